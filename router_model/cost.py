@@ -1,0 +1,362 @@
+"""What a request costs on each model, and what routing saves.
+
+Prices live in a versioned JSON table (`router_model/prices.json`) rather than in code, so a
+price change is a data change with a date and a source. A user file can override or extend it.
+All prices are USD per 1M tokens; all results are dollars. The arithmetic is plain float
+(scalars or numpy arrays): token totals are formed first and divided by 1M last, which keeps
+round figures (1M calls x 500 tokens x $2.50) exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Union
+
+import numpy as np
+
+from router_model.errors import ConfigError
+
+Number = Union[float, int, np.ndarray]
+
+TOKENS_PER_UNIT = 1_000_000
+DAYS_PER_MONTH = 30
+DEFAULT_CHEAP = "gpt-4o-mini"
+DEFAULT_STRONG = "gpt-4o"
+PACKAGED_FILE = "router_model/prices.json"
+_CURRENCY = "USD"
+_UNIT = "per 1M tokens"
+_TOP_KEYS = frozenset({"version", "as_of", "source", "currency", "unit", "notes", "models", "aliases"})
+_MODEL_KEYS = frozenset({"input", "output", "cached_input", "context_window"})
+_SUPPORTED_VERSION = 1
+
+
+class PriceFileError(ConfigError):
+    """A price file is unreadable or holds an unusable value: `file` and `key` say where."""
+
+    def __init__(self, message: str, *, file: str, key: str | None = None) -> None:
+        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+        self.file = file
+        self.key = key
+        self.reason = message
+
+
+class UnknownModelError(ConfigError):
+    """A model name is neither priced nor an alias; `known` lists what is."""
+
+    def __init__(self, model: str, known: tuple[str, ...]) -> None:
+        super().__init__(
+            f"no price for model {model!r}; known models: {', '.join(known)} "
+            "(add it to a price file passed with --prices, or alias it there)"
+        )
+        self.model = model
+        self.known = known
+
+
+def _amount_problem(value: Any) -> str | None:
+    """Why `value` is not a usable price, or None if it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"expected a non-negative number, got {value!r}"
+    if not math.isfinite(value) or value < 0:
+        return f"expected a finite non-negative number, got {value!r}"
+    return None
+
+
+def _context_problem(value: Any) -> str | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return None
+    return f"expected a positive integer or null, got {value!r}"
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """One model's list prices in USD per 1M tokens; `cached_input` bills prompt-cache hits."""
+
+    input: float
+    output: float
+    cached_input: float
+    context_window: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cached_input"):
+            problem = _amount_problem(getattr(self, name))
+            if problem:
+                raise ConfigError(f"{name}: {problem}")
+            object.__setattr__(self, name, float(getattr(self, name)))
+        problem = _context_problem(self.context_window)
+        if problem:
+            raise ConfigError(f"context_window: {problem}")
+
+
+@dataclass(frozen=True)
+class PairPricing:
+    """Prices for a cheap/strong pair; `notes` says when a fallback price stands in."""
+
+    cheap_model: str
+    strong_model: str
+    cheap: ModelPrice
+    strong: ModelPrice
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Model prices plus aliases (dated snapshot names -> priced model); names are lower-case."""
+
+    models: Mapping[str, ModelPrice]
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    version: int = _SUPPORTED_VERSION
+    as_of: str = ""
+    source: str = ""
+    currency: str = _CURRENCY
+    unit: str = _UNIT
+    files: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        models = {_norm(k): v for k, v in self.models.items()}
+        aliases = {_norm(k): _norm(v) for k, v in self.aliases.items()}
+        for name, price in models.items():
+            if not name:
+                raise ConfigError("a model name is empty")
+            if not isinstance(price, ModelPrice):
+                raise ConfigError(f"models[{name!r}] must be a ModelPrice, got {type(price).__name__}")
+        for alias, target in aliases.items():
+            if alias in models:
+                raise ConfigError(f"alias {alias!r} is also a priced model; drop one of the two")
+            if target not in models:
+                raise ConfigError(f"alias {alias!r} points to {target!r}, which has no price")
+        if self.currency != _CURRENCY or self.unit != _UNIT:
+            raise ConfigError(f"prices must be {_CURRENCY} {_UNIT}, got {self.currency} {self.unit}")
+        object.__setattr__(self, "models", MappingProxyType(models))
+        object.__setattr__(self, "aliases", MappingProxyType(aliases))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> PriceTable:
+        """The packaged table, overridden/extended field by field by the file at `path` if given.
+
+        A user file has the same layout; it may hold only `models` and/or `aliases`. Fields of a
+        model already priced replace the packaged ones; a new model needs `input` and `output`
+        (`cached_input` defaults to `input`, i.e. no cache discount).
+        """
+        meta, raw_models, raw_aliases = _parse(_packaged_text(), PACKAGED_FILE)
+        files = [PACKAGED_FILE]
+        alias_file = dict.fromkeys(raw_aliases, PACKAGED_FILE)
+        if path is not None:
+            label = str(path)
+            try:
+                user_text = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PriceFileError(f"cannot read price file: {exc}", file=label) from None
+            user_meta, user_models, user_aliases = _parse(user_text, label)
+            for name, fields in user_models.items():
+                raw_models[name] = {**raw_models.get(name, {}), **fields}
+            raw_aliases.update(user_aliases)
+            alias_file.update(dict.fromkeys(user_aliases, label))
+            for name in user_models:
+                raw_aliases.pop(name, None)  # a user price beats a packaged alias of that name
+            meta.update(user_meta)
+            files.append(label)
+        label = " + ".join(files)
+        models: dict[str, ModelPrice] = {}
+        for name, fields in raw_models.items():
+            for key in ("input", "output"):
+                if key not in fields:  # only a model new in the user file can lack one
+                    raise PriceFileError(f"missing required field {key!r}", file=files[-1], key=f"models.{name}")
+            models[name] = ModelPrice(
+                input=fields["input"],
+                output=fields["output"],
+                cached_input=fields.get("cached_input", fields["input"]),
+                context_window=fields.get("context_window"),
+            )
+        for alias, target in raw_aliases.items():
+            if target not in models:
+                raise PriceFileError(
+                    f"points to {target!r}, which has no price", file=alias_file[alias], key=f"aliases.{alias}"
+                )
+        try:
+            return cls(models=models, aliases=raw_aliases, files=tuple(files), **meta)
+        except ConfigError as exc:
+            raise PriceFileError(str(exc), file=label) from None
+
+    def known_models(self) -> tuple[str, ...]:
+        """Priced model names, sorted (aliases not included)."""
+        return tuple(sorted(self.models))
+
+    def resolve(self, model: str) -> str:
+        """The priced name for `model` (itself or its alias target); UnknownModelError if neither."""
+        name = _norm(model)
+        if name in self.models:
+            return name
+        if name in self.aliases:
+            return self.aliases[name]
+        raise UnknownModelError(model, self.known_models())
+
+    def __contains__(self, model: object) -> bool:
+        return isinstance(model, str) and (_norm(model) in self.models or _norm(model) in self.aliases)
+
+    def price(self, model: str) -> ModelPrice:
+        """The price of `model`, resolving aliases; UnknownModelError (a ConfigError) if unpriced."""
+        return self.models[self.resolve(model)]
+
+    def pricing_for_pair(self, cheap: str, strong: str, *, fallback: bool = False) -> PairPricing:
+        """Prices for a cheap/strong pair.
+
+        With `fallback=True` an unpriced cheap model is priced as gpt-4o-mini and an unpriced
+        strong one as gpt-4o, and `notes` says so; without it an unpriced name is an error, so a
+        cost figure is never silently built on someone else's price.
+        """
+        notes: list[str] = []
+        prices: list[ModelPrice] = []
+        for role, name, default in (("cheap", cheap, DEFAULT_CHEAP), ("strong", strong, DEFAULT_STRONG)):
+            if name in self or not fallback:
+                prices.append(self.price(name))
+                continue
+            prices.append(self.price(default))
+            notes.append(f"{role} model {name!r} is not in the price table; priced as {default}")
+        return PairPricing(cheap, strong, prices[0], prices[1], tuple(notes))
+
+
+def _packaged_text() -> str:
+    """The packaged prices.json, via importlib.resources so it works from a wheel or zip too."""
+    try:
+        return resources.files("router_model").joinpath("prices.json").read_text(encoding="utf-8")
+    except (OSError, TypeError, ValueError):
+        # importlib.resources cannot read a namespace package found through a relative sys.path
+        # entry (no __init__.py, run from the source tree); the file sits next to this module.
+        return Path(__file__).with_name("prices.json").read_text(encoding="utf-8")
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower()
+
+
+def _parse(text: str, label: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, str]]:
+    """Parse one price file into (metadata, raw model fields, aliases), checking its shape."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PriceFileError(f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}", file=label) from None
+    if not isinstance(data, dict):
+        raise PriceFileError(f"expected a JSON object, got {type(data).__name__}", file=label)
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise PriceFileError(f"unknown key(s) {unknown}; expected some of {sorted(_TOP_KEYS)}", file=label)
+    meta: dict[str, Any] = {}
+    if "version" in data:
+        if data["version"] != _SUPPORTED_VERSION or isinstance(data["version"], bool):
+            raise PriceFileError(
+                f"unsupported version {data['version']!r}; this code reads version {_SUPPORTED_VERSION}",
+                file=label, key="version",
+            )
+        meta["version"] = _SUPPORTED_VERSION
+    for key in ("as_of", "source", "currency", "unit"):
+        if key in data:
+            if not isinstance(data[key], str):
+                raise PriceFileError(f"expected a string, got {data[key]!r}", file=label, key=key)
+            meta[key] = data[key]
+    if meta.get("currency", _CURRENCY) != _CURRENCY:
+        raise PriceFileError(f"only {_CURRENCY} is supported, got {meta['currency']!r}", file=label, key="currency")
+    if meta.get("unit", _UNIT) != _UNIT:
+        raise PriceFileError(f"prices must be {_UNIT!r}, got {meta['unit']!r}", file=label, key="unit")
+    raw_models = data.get("models", {})
+    if not isinstance(raw_models, dict):
+        raise PriceFileError("expected an object of model name -> prices", file=label, key="models")
+    models: dict[str, dict[str, Any]] = {}
+    for name, fields in raw_models.items():
+        key = f"models.{name}"
+        if not name.strip():
+            raise PriceFileError("empty model name", file=label, key=key)
+        if not isinstance(fields, dict):
+            raise PriceFileError(f"expected an object of prices, got {fields!r}", file=label, key=key)
+        bad = sorted(set(fields) - _MODEL_KEYS)
+        if bad:
+            raise PriceFileError(f"unknown field(s) {bad}; expected some of {sorted(_MODEL_KEYS)}", file=label, key=key)
+        for field_name, value in fields.items():
+            problem = _context_problem(value) if field_name == "context_window" else _amount_problem(value)
+            if problem:
+                raise PriceFileError(problem, file=label, key=f"{key}.{field_name}")
+        models[_norm(name)] = dict(fields)
+    raw_aliases = data.get("aliases", {})
+    if not isinstance(raw_aliases, dict):
+        raise PriceFileError("expected an object of alias -> model name", file=label, key="aliases")
+    aliases: dict[str, str] = {}
+    for alias, target in raw_aliases.items():
+        if not isinstance(target, str) or not target.strip() or not alias.strip():
+            raise PriceFileError(f"expected a model name, got {target!r}", file=label, key=f"aliases.{alias}")
+        if _norm(alias) in models:
+            raise PriceFileError("is both a priced model and an alias in this file", file=label, key=f"aliases.{alias}")
+        aliases[_norm(alias)] = _norm(target)
+    return meta, models, aliases
+
+
+# ---------------------------------------------------------------- arithmetic
+
+
+def _non_negative(value: Number, what: str) -> None:
+    arr = np.asarray(value, dtype=float)
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ConfigError(f"{what} must be finite and non-negative, got {value!r}")
+
+
+def _share(value: Number, what: str) -> None:
+    arr = np.asarray(value, dtype=float)
+    if not np.all((arr >= 0) & (arr <= 1)):  # also rejects NaN
+        raise ConfigError(f"{what} must be within [0, 1], got {value!r}")
+
+
+def _token_cost(price: ModelPrice, input_tokens: Number, output_tokens: Number, cached_share: Number) -> Number:
+    """Dollars for token totals: totals times $/1M, divided by 1M last to keep round figures exact."""
+    cached = input_tokens * cached_share
+    uncached = input_tokens - cached
+    return (uncached * price.input + cached * price.cached_input + output_tokens * price.output) / TOKENS_PER_UNIT
+
+
+def request_cost(price: ModelPrice, input_tokens: Number, output_tokens: Number, cached_share: Number = 0.0) -> Number:
+    """Dollars for one request (or elementwise for arrays); `cached_share` of input hits the cache."""
+    _non_negative(input_tokens, "input_tokens")
+    _non_negative(output_tokens, "output_tokens")
+    _share(cached_share, "cached_share")
+    return _token_cost(price, input_tokens, output_tokens, cached_share)
+
+
+def monthly_cost(
+    price: ModelPrice, requests: Number, input_tokens: Number, output_tokens: Number, cached_share: Number = 0.0
+) -> Number:
+    """Dollars a month for `requests` calls a month of `input_tokens` + `output_tokens` each."""
+    _non_negative(requests, "requests")
+    _non_negative(input_tokens, "input_tokens")
+    _non_negative(output_tokens, "output_tokens")
+    _share(cached_share, "cached_share")
+    return _token_cost(price, requests * input_tokens, requests * output_tokens, cached_share)
+
+
+def blended_price(cheap: float, strong: float, cheap_share: Number) -> Number:
+    """Average $/1M when `cheap_share` of calls pay `cheap` and the rest `strong` (same tokens per call).
+
+    Pass e.g. `cheap_price.input, strong_price.input` for the blended input price.
+    """
+    _non_negative(cheap, "cheap price")
+    _non_negative(strong, "strong price")
+    _share(cheap_share, "cheap_share")
+    return cheap_share * cheap + (1 - cheap_share) * strong
+
+
+def routed_monthly_cost(
+    cheap_price: ModelPrice,
+    strong_price: ModelPrice,
+    requests: Number,
+    input_tokens: Number,
+    output_tokens: Number,
+    cached_share: Number,
+    cheap_share: Number,
+) -> Number:
+    """Dollars a month when `cheap_share` of the calls go to the cheap model, the rest to the strong."""
+    _share(cheap_share, "cheap_share")
+    return monthly_cost(cheap_price, requests * cheap_share, input_tokens, output_tokens, cached_share) + monthly_cost(
+        strong_price, requests * (1 - cheap_share), input_tokens, output_tokens, cached_share
+    )

@@ -1,0 +1,195 @@
+"""`router-cost`: what a traffic profile costs a month on each model, and what routing saves.
+
+Meant for back-of-the-envelope figures that can be checked: every price comes from the
+versioned price table (shown in the output) and every assumption is an option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from router_model.cost import (
+    DAYS_PER_MONTH,
+    DEFAULT_CHEAP,
+    DEFAULT_STRONG,
+    PriceTable,
+    blended_price,
+    monthly_cost,
+    routed_monthly_cost,
+)
+from router_model.errors import ConfigError
+
+_DIGITS = 6  # JSON rounding: drops float noise (1111.5000000000002) yet keeps sub-cent figures
+
+
+def _number(text: str) -> int | float:
+    """A finite non-negative number; int when integral so JSON echoes 1000000, not 1000000.0."""
+    try:
+        value = float(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}")
+    return int(value) if value.is_integer() else value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"must be within [0, 1] (a fraction, not a percent), got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed so docs and tests can render the help)."""
+    parser = argparse.ArgumentParser(
+        prog="router-cost",
+        description=(
+            "Monthly LLM cost of a traffic profile on the cheap and the strong model, and with routing.\n"
+            "Prices are USD per 1M tokens from the packaged, dated price table (router_model/prices.json)\n"
+            f"unless --prices overrides them. A month is {DAYS_PER_MONTH} days."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "example:\n"
+            "  router-cost --requests 1000000 --input-tokens 500 --output-tokens 200 --cheap-share 0.7\n"
+            "  -> gpt-4o $3,250.00, gpt-4o-mini $195.00, routed $1,111.50, blended input $0.855/1M (-65.8%)\n"
+            "exit status: 0 ok, 2 bad option or price file"
+        ),
+    )
+    volume = parser.add_mutually_exclusive_group(required=True)
+    volume.add_argument("--requests", type=_number, metavar="N", help="requests (LLM calls) per month")
+    volume.add_argument(
+        "--requests-per-day",
+        type=_number,
+        metavar="N",
+        help=f"requests per day instead of --requests; multiplied by {DAYS_PER_MONTH} days for the month",
+    )
+    parser.add_argument(
+        "--input-tokens", type=_number, required=True, metavar="I",
+        help="average input (prompt) tokens per request, system prompt and history included",
+    )
+    parser.add_argument(
+        "--output-tokens", type=_number, required=True, metavar="O",
+        help="average output (completion) tokens per request",
+    )
+    parser.add_argument(
+        "--cached-share", type=_fraction, default=0.0, metavar="C",
+        help="fraction of input tokens billed at the cached-input price (prompt-cache hits), 0..1; default 0",
+    )
+    parser.add_argument(
+        "--cheap-share", type=_fraction, default=None, metavar="S",
+        help="fraction of requests the router sends to the cheap model, 0..1; "
+        "adds the routed cost, savings and blended input price",
+    )
+    parser.add_argument("--cheap", default=DEFAULT_CHEAP, metavar="MODEL", help=f"cheap model (default {DEFAULT_CHEAP})")
+    parser.add_argument("--strong", default=DEFAULT_STRONG, metavar="MODEL", help=f"strong model (default {DEFAULT_STRONG})")
+    parser.add_argument(
+        "--prices", default=None, metavar="FILE",
+        help="JSON price file that overrides/extends the packaged table (same layout; merged by model name)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return parser
+
+
+def compute(args: argparse.Namespace, table: PriceTable) -> dict[str, Any]:
+    """The figures for parsed options, as the JSON object `--json` prints (unrounded)."""
+    requests = args.requests if args.requests is not None else args.requests_per_day * DAYS_PER_MONTH
+    pair = table.pricing_for_pair(args.cheap, args.strong)
+    cheap, strong = pair.cheap, pair.strong
+    io = (requests, args.input_tokens, args.output_tokens, args.cached_share)
+    out: dict[str, Any] = {
+        "requests": requests,
+        "input_tokens": args.input_tokens,
+        "output_tokens": args.output_tokens,
+        "cached_share": args.cached_share,
+        "cheap_model": args.cheap,
+        "strong_model": args.strong,
+        "monthly_cost": {args.strong: monthly_cost(strong, *io), args.cheap: monthly_cost(cheap, *io)},
+    }
+    if args.requests_per_day is not None:
+        out["requests_per_day"] = args.requests_per_day
+    if args.cheap_share is not None:
+        s = args.cheap_share
+        always_strong = out["monthly_cost"][args.strong]
+        routed = routed_monthly_cost(cheap, strong, *io, s)
+        blended = blended_price(cheap.input, strong.input, s)
+        out.update(
+            routed=routed,
+            cheap_share=s,
+            savings=always_strong - routed,
+            savings_fraction=(always_strong - routed) / always_strong if always_strong else 0.0,
+            blended_input_price_per_1m=blended,
+            blended_input_change_vs_strong=blended / strong.input - 1 if strong.input else 0.0,
+        )
+    out["prices"] = {"as_of": table.as_of, "source": table.source, "files": list(table.files)}
+    return out
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, _DIGITS)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def _count(n: float) -> str:
+    return f"{n:,.0f}" if float(n).is_integer() else f"{n:,.2f}"
+
+
+def format_table(r: dict[str, Any], table: PriceTable) -> str:
+    """The human-readable report."""
+    cheap, strong = r["cheap_model"], r["strong_model"]
+    per_day = f" ({_count(r['requests_per_day'])}/day x {DAYS_PER_MONTH} days)" if "requests_per_day" in r else ""
+    lines = [
+        f"{_count(r['requests'])} requests/month{per_day}, "
+        f"{_count(r['input_tokens'])} input + {_count(r['output_tokens'])} output tokens each, "
+        f"{r['cached_share']:.0%} of input cached",
+        f"prices: {table.source} (as of {table.as_of}), USD per 1M tokens; files: {', '.join(table.files)}",
+        "",
+        f"{'model':<24}{'input/1M':>10}{'cached/1M':>11}{'output/1M':>11}{'monthly cost':>16}",
+    ]
+    for name in (strong, cheap):
+        p = table.price(name)
+        lines.append(
+            f"{name:<24}{p.input:>10.3f}{p.cached_input:>11.3f}{p.output:>11.3f}{'$' + format(r['monthly_cost'][name], ',.2f'):>16}"
+        )
+    if "routed" in r:
+        s = r["cheap_share"]
+        lines += [
+            "",
+            f"routed ({s:.0%} of requests on {cheap}): ${r['routed']:,.2f}/month",
+            f"savings vs always {strong}: ${r['savings']:,.2f}/month ({r['savings_fraction']:.1%})",
+            f"blended input price: ${r['blended_input_price_per_1m']:.4g} per 1M tokens "
+            f"({r['blended_input_change_vs_strong']:+.1%} vs {strong} at ${table.price(strong).input:g})",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `router-cost`; returns the exit status (2 for bad options or price files)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        table = PriceTable.load(args.prices)
+        result = compute(args, table)
+    except ConfigError as exc:
+        parser.error(str(exc))  # exits 2 with the usage line and the message
+    if args.json:
+        print(json.dumps(_rounded(result)))
+    else:
+        print(format_table(result, table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

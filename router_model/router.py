@@ -1,0 +1,258 @@
+"""The router: rules first, then one ONNX graph from token ids to a calibrated probability."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from router_model.artifact import (
+    FEATURES_INPUT,
+    GRAPH_FILES,
+    PROBABILITIES_OUTPUT,
+    TOKENIZER_FILE,
+    ArtifactMetadata,
+    read_metadata,
+    verify_file,
+)
+from router_model.decision import (
+    REASON_CLASSIFIER,
+    REASON_LONG_CONTEXT,
+    REASON_VISION,
+    TAG_REASON_PREFIX,
+    RoutingDecision,
+    RoutingRules,
+)
+from router_model.encoder import TextEncoder
+from router_model.errors import ArtifactError, InvalidRequestError
+from router_model.features import request_features
+from router_model.request import ParsedRequest, Request, parse_request
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 32
+WARMUP_TEXT = "Warm-up request: summarise the following sentence in five words."
+
+
+def _check_tags(tags: Sequence[str] | None, field: str = "tags") -> tuple[str, ...]:
+    if tags is None:
+        return ()
+    if isinstance(tags, (str, bytes)) or not isinstance(tags, Sequence):
+        raise InvalidRequestError(f"expected a list of strings, got {type(tags).__name__}", field=field)
+    out = []
+    for i, t in enumerate(tags):
+        if not isinstance(t, str):
+            raise InvalidRequestError(f"expected a string, got {type(t).__name__}", field=f"{field}[{i}]")
+        out.append(t.strip().lower())
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    parsed: ParsedRequest
+    tags: tuple[str, ...]
+
+
+class Router:
+    """A loaded, verified artifact. Thread-safe: onnxruntime sessions may be run concurrently."""
+
+    def __init__(
+        self,
+        meta: ArtifactMetadata,
+        session,
+        encoder: TextEncoder,
+        *,
+        rules: RoutingRules,
+        graph: str,
+        path: Path,
+    ) -> None:
+        self.meta = meta
+        self._session = session
+        self._encoder = encoder
+        self.rules = rules
+        self.graph = graph
+        self.path = path
+        self._cheap_idx = list(meta.cheap_ok_index)
+
+    # --- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        graph: str | None = None,
+        rules: RoutingRules | None = None,
+        threads: int | None = None,
+    ) -> Router:
+        """Verify and load a model directory; raise ArtifactError naming the file at fault."""
+        from router_model.onnx_session import make_session
+
+        path = Path(path)
+        meta = read_metadata(path)
+        graph = graph or meta.default_graph
+        if graph not in meta.graphs:
+            raise ArtifactError(f"graph {graph!r} not in this artifact; it has {sorted(meta.graphs)}", file="metadata.json")
+        graph_file = meta.graphs[graph]
+        tok_path = verify_file(path, TOKENIZER_FILE, meta.files[TOKENIZER_FILE])
+        graph_path = verify_file(path, graph_file, meta.files[graph_file])
+        try:
+            encoder = TextEncoder.from_file(str(tok_path), meta.encoder)
+        except Exception as e:
+            raise ArtifactError(f"cannot load tokenizer: {e}", file=TOKENIZER_FILE) from e
+        try:
+            session = make_session(str(graph_path), threads=threads or 1)
+        except Exception as e:
+            raise ArtifactError(f"onnxruntime cannot load the graph: {e}", file=graph_file) from e
+        router = cls(meta, session, encoder, rules=rules or RoutingRules(), graph=graph, path=path)
+        router._check_graph(graph_file)
+        return router
+
+    def _check_graph(self, graph_file: str) -> None:
+        expected = set(self.meta.encoder.model_inputs) | ({FEATURES_INPUT} if self.meta.features else set())
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        if set(inputs) != expected:
+            raise ArtifactError(f"graph inputs {sorted(inputs)} do not match metadata {sorted(expected)}", file=graph_file)
+        if self.meta.features:
+            width = inputs[FEATURES_INPUT].shape[-1]
+            if isinstance(width, int) and width != len(self.meta.features):
+                raise ArtifactError(
+                    f"features input has width {width}, metadata lists {len(self.meta.features)} features", file=graph_file
+                )
+        outputs = [o.name for o in self._session.get_outputs()]
+        if PROBABILITIES_OUTPUT not in outputs:
+            raise ArtifactError(f"graph has no {PROBABILITIES_OUTPUT!r} output (has {outputs})", file=graph_file)
+        probs = self._probabilities([WARMUP_TEXT], np.array([16]))
+        if probs.shape != (1, len(self.meta.classes)):
+            raise ArtifactError(
+                f"graph returned probabilities of shape {probs.shape}, expected (1, {len(self.meta.classes)})", file=graph_file
+            )
+        if not np.all(np.isfinite(probs)) or abs(float(probs.sum()) - 1.0) > 1e-3:
+            raise ArtifactError(f"graph returned invalid probabilities {probs.tolist()}", file=graph_file)
+
+    # --- properties ----------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict:
+        return dict(self.meta.raw)
+
+    @property
+    def version(self) -> str:
+        return self.meta.artifact_version
+
+    @property
+    def cheap_model(self) -> str:
+        return self.meta.cheap_model
+
+    @property
+    def strong_model(self) -> str:
+        return self.meta.strong_model
+
+    @property
+    def threshold(self) -> float:
+        return self.meta.threshold
+
+    # --- scoring -------------------------------------------------------------------------
+    def _probabilities(self, texts: Sequence[str], n_tokens: np.ndarray | None = None) -> np.ndarray:
+        feeds, counted = self._encoder.encode_batch(texts)
+        return self._run(feeds, texts, counted if n_tokens is None else n_tokens)
+
+    def _run(self, feeds: dict[str, np.ndarray], texts: Sequence[str], n_tokens: Sequence[int]) -> np.ndarray:
+        if self.meta.features:
+            feeds[FEATURES_INPUT] = request_features(texts, n_tokens, self.meta.features)
+        return self._session.run([PROBABILITIES_OUTPUT], feeds)[0]
+
+    def _tokenize(self, parsed: ParsedRequest):
+        """Encode the classifier text once; count the full request (same text for a prompt)."""
+        if not parsed.classifier_text.strip():
+            return None, self._encoder.count_tokens(parsed.full_text)
+        enc, n = self._encoder.encode_one(parsed.classifier_text)
+        if parsed.full_text is not parsed.classifier_text:
+            n = self._encoder.count_tokens(parsed.full_text)
+        return enc, n
+
+    def _p_cheap_ok(self, parsed: Sequence[ParsedRequest], encs: Sequence, n_tokens: Sequence[int]) -> np.ndarray:
+        """p_cheap_ok per item, in length-sorted batches."""
+        out = np.empty(len(parsed), dtype=np.float64)
+        order = sorted(range(len(parsed)), key=lambda i: len(encs[i].ids))
+        for k in range(0, len(order), BATCH_SIZE):
+            idx = order[k : k + BATCH_SIZE]
+            feeds = self._encoder.pad([encs[i] for i in idx])
+            probs = self._run(feeds, [parsed[i].classifier_text for i in idx], [n_tokens[i] for i in idx])
+            out[idx] = probs[:, self._cheap_idx].sum(axis=1)
+        return np.clip(out, 0.0, 1.0)
+
+    def p_cheap_ok(self, requests: Sequence[Request]) -> np.ndarray:
+        """The classifier's p_cheap_ok for each request, rules not applied (evaluation, parity)."""
+        parsed = [parse_request(r) for r in requests]
+        toks = [self._tokenize(p) for p in parsed]
+        if any(e is None for e, _ in toks):
+            raise InvalidRequestError("a request has no text for the classifier", field="messages")
+        return self._p_cheap_ok(parsed, [e for e, _ in toks], [n for _, n in toks])
+
+    # --- decisions -----------------------------------------------------------------------
+    def _rule(self, prep: _Prepared, n_tokens: int) -> str | None:
+        rules = self.rules
+        if prep.parsed.has_image and rules.image_to_strong:
+            return REASON_VISION
+        for tag in prep.tags:
+            if tag in rules.strong_tags:
+                return TAG_REASON_PREFIX + tag
+        if rules.max_tokens is not None and n_tokens > rules.max_tokens:
+            return REASON_LONG_CONTEXT
+        if not prep.parsed.classifier_text.strip():
+            raise InvalidRequestError("the request has no text for the classifier (only images)", field="messages")
+        return None
+
+    def _decide(self, p: float | None, reason: str | None, n_tokens: int) -> RoutingDecision:
+        t = self.meta.threshold
+        if reason is not None:
+            return RoutingDecision(self.strong_model, None, 1.0, t, reason, self.version, n_tokens)
+        assert p is not None
+        cheap = p >= t
+        return RoutingDecision(
+            self.cheap_model if cheap else self.strong_model,
+            p,
+            p if cheap else 1.0 - p,
+            t,
+            REASON_CLASSIFIER,
+            self.version,
+            n_tokens,
+        )
+
+    def predict(self, request: Request, *, tags: Sequence[str] | None = None) -> RoutingDecision:
+        """Route one request (a prompt string or OpenAI-style chat messages)."""
+        return self.predict_batch([request], tags=[tags])[0]
+
+    def predict_batch(
+        self, requests: Sequence[Request], *, tags: Sequence[Sequence[str] | None] | None = None
+    ) -> list[RoutingDecision]:
+        """Route many requests; classifier work is batched by length. Order is preserved."""
+        if isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence):
+            raise InvalidRequestError("expected a list of requests", field="requests")
+        if tags is not None and len(tags) != len(requests):
+            raise InvalidRequestError(f"{len(tags)} tag lists for {len(requests)} requests", field="tags")
+        single = len(requests) == 1
+        prepared: list[_Prepared] = []
+        reasons: list[str | None] = []
+        encs: list = []
+        n_tokens: list[int] = []
+        for i, req in enumerate(requests):
+            try:
+                prep = _Prepared(parse_request(req), _check_tags(tags[i] if tags is not None else None))
+                enc, n = self._tokenize(prep.parsed)
+                reasons.append(self._rule(prep, n))
+            except InvalidRequestError as e:
+                if single:
+                    raise
+                raise InvalidRequestError(e.reason, field=f"requests[{i}].{e.field}" if e.field else f"requests[{i}]") from e
+            prepared.append(prep)
+            encs.append(enc)
+            n_tokens.append(n)
+        todo = [i for i, r in enumerate(reasons) if r is None]
+        p_ok: dict[int, float] = {}
+        if todo:
+            vals = self._p_cheap_ok([prepared[i].parsed for i in todo], [encs[i] for i in todo], [n_tokens[i] for i in todo])
+            p_ok = {i: float(v) for i, v in zip(todo, vals)}
+        return [self._decide(p_ok.get(i), reasons[i], n_tokens[i]) for i in range(len(requests))]

@@ -1,0 +1,173 @@
+"""`router-serve`: run the router as a gRPC service.
+
+Every option can also come from an environment variable (listed in --help), which is how a
+container is usually configured; a flag on the command line wins over the variable.
+Signals: SIGTERM/SIGINT stop gracefully (refuse new calls, drain in-flight ones for
+--grace-seconds, exit 0); SIGHUP reloads the model directory (a bad artifact is refused and
+logged, the old one keeps serving).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from router_model.errors import ArtifactError, ConfigError
+
+log = logging.getLogger("router_model.service")
+
+T = TypeVar("T")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env(name: str, parse: Callable[[str], T], default: T) -> T:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return parse(raw.strip())
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        raise ConfigError(f"environment variable {name}={raw!r}: {e}") from None
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError(f"expected one of {sorted(_TRUE | _FALSE - {''})}")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"expected one of {list(choices)}")
+        return text
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; defaults come from the environment (raises ConfigError on a bad one)."""
+    p = argparse.ArgumentParser(
+        prog="router-serve",
+        description="Serve the learned router over gRPC (router.v1.Router, grpc.health.v1, reflection).",
+        epilog=(
+            "Signals: SIGTERM/SIGINT = graceful shutdown; SIGHUP = reload the model directory. "
+            "Observation mode: the response still carries the decision, but callers should only log it, "
+            "not route on it. See docs/service.md."
+        ),
+    )
+    opt: list[tuple[Sequence[str], str, dict[str, Any]]] = [
+        (["--model-dir"], "ROUTER_MODEL_DIR", dict(type=Path, default=_env("ROUTER_MODEL_DIR", Path, None),
+                                                  help="trained model directory (started NOT_SERVING without one)")),
+        (["--host"], "ROUTER_HOST", dict(default=_env("ROUTER_HOST", str, "0.0.0.0"), help="address to bind (default 0.0.0.0)")),
+        (["--port"], "ROUTER_PORT", dict(type=int, default=_env("ROUTER_PORT", int, 50051), help="gRPC port (default 50051)")),
+        (["--workers"], "ROUTER_WORKERS", dict(type=int, default=_env("ROUTER_WORKERS", int, 4),
+                                              help="gRPC handler threads (default 4)")),
+        (["--threads"], "ROUTER_THREADS", dict(type=int, default=_env("ROUTER_THREADS", int, 1),
+                                              help="onnxruntime intra-op threads per inference (default 1)")),
+        (["--max-message-bytes"], "ROUTER_MAX_MESSAGE_BYTES",
+         dict(type=int, default=_env("ROUTER_MAX_MESSAGE_BYTES", int, 4 * 1024 * 1024),
+              help="largest gRPC message accepted or sent (default 4 MiB; larger -> RESOURCE_EXHAUSTED)")),
+        (["--max-prompt-chars"], "ROUTER_MAX_PROMPT_CHARS",
+         dict(type=int, default=_env("ROUTER_MAX_PROMPT_CHARS", int, 1_000_000),
+              help="largest prompt (or total message text) in characters (default 1,000,000; larger -> INVALID_ARGUMENT)")),
+        (["--observe"], "ROUTER_OBSERVE", dict(action=argparse.BooleanOptionalAction, default=_env("ROUTER_OBSERVE", _bool, False),
+                                              help="observation mode: decide and log every decision; callers log, not route")),
+        (["--decision-log"], "ROUTER_DECISION_LOG", dict(type=Path, default=_env("ROUTER_DECISION_LOG", Path, None),
+                                                        help="JSON-lines decision log (required with --observe)")),
+        (["--log-prompts"], "ROUTER_LOG_PROMPTS", dict(action=argparse.BooleanOptionalAction,
+                                                      default=_env("ROUTER_LOG_PROMPTS", _bool, False),
+                                                      help="also store prompt text in the decision log (default: only its sha256)")),
+        (["--metrics-port"], "ROUTER_METRICS_PORT", dict(type=int, default=_env("ROUTER_METRICS_PORT", int, None),
+                                                        help="serve Prometheus metrics on http://HOST:PORT/metrics")),
+        (["--graph"], "ROUTER_GRAPH", dict(choices=["int8", "fp32"], default=_env("ROUTER_GRAPH", _choice("int8", "fp32"), None),
+                                          help="which graph of the artifact to run (default: the artifact's default)")),
+        (["--grace-seconds"], "ROUTER_GRACE_SECONDS", dict(type=float, default=_env("ROUTER_GRACE_SECONDS", float, 10.0),
+                                                          help="how long shutdown waits for in-flight calls (default 10)")),
+        (["--log-level"], "ROUTER_LOG_LEVEL", dict(default=_env("ROUTER_LOG_LEVEL", str, "INFO"),
+                                                  help="logging level (default INFO)")),
+    ]
+    for flags, env, kwargs in opt:
+        kwargs["help"] = f"{kwargs['help']} [env {env}]"
+        p.add_argument(*flags, **kwargs)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """A ServerConfig from parsed arguments (raises ConfigError on an inconsistent set)."""
+    from router_model.service.server import ServerConfig
+
+    return ServerConfig(
+        model_dir=args.model_dir,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        max_message_bytes=args.max_message_bytes,
+        max_prompt_chars=args.max_prompt_chars,
+        observe=args.observe,
+        decision_log=args.decision_log,
+        log_prompts=args.log_prompts,
+        metrics_port=args.metrics_port,
+        graph=args.graph,
+        grace_seconds=args.grace_seconds,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; exit 0 after a graceful stop, 2 on a configuration error."""
+    try:
+        parser = build_parser()
+    except ConfigError as e:
+        print(f"router-serve: error: {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from router_model.decision_log import DecisionLogError
+    from router_model.service.server import create_server
+
+    try:
+        running = create_server(config_from_args(args))
+    except (ConfigError, DecisionLogError) as e:
+        parser.error(str(e))
+
+    stop = threading.Event()
+
+    def reload_in_background() -> None:
+        try:
+            result = running.reload()
+            log.info("SIGHUP reload: %s -> %s", result.previous_version, result.artifact_version)
+        except (ArtifactError, ConfigError) as e:
+            log.error("SIGHUP reload refused, still serving the previous artifact: %s", e)
+        except Exception:
+            log.exception("SIGHUP reload failed, still serving the previous artifact")
+
+    def on_signal(signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            threading.Thread(target=reload_in_background, name="router-sighup-reload", daemon=True).start()
+        else:
+            log.info("received %s, shutting down (grace %.1f s)", signal.Signals(signum).name, args.grace_seconds)
+            stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    print(f"router-serve listening on {running.address}", flush=True)
+    while not stop.wait(1.0):  # a timed wait keeps the main thread responsive to signals
+        pass
+    running.stop(args.grace_seconds)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

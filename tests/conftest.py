@@ -1,0 +1,66 @@
+"""Shared fixtures: real routers trained once per test session on the example log.
+
+Training is real (ONNX export of the bundled MiniLM, calibrated head, int8 quantisation); it
+takes well under a minute per model on two cores. Tests that need the public data in
+../shared/data skip with a reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_LOG = REPO / "data" / "example-log.jsonl"
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("ROUTER_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def require_shared(relative: str) -> Path:
+    """Path of a public data file, or skip the test with the reason."""
+    path = shared_data_dir() / relative
+    if not path.exists():
+        pytest.skip(f"public data not available: {path} is absent (set ROUTER_SHARED_DATA to its folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("router-cache")
+
+
+def _train(out: Path, cache: Path, seed: int, logs: tuple[Path, ...] = (EXAMPLE_LOG,), **kw):
+    from training.pipeline import TrainConfig, train
+
+    config = TrainConfig(
+        logs=logs,
+        out_dir=out,
+        cache_dir=cache,
+        seed=seed,
+        heads=kw.pop("heads", ("logreg_c1",)),
+        track=kw.pop("track", False),
+        progress=False,
+        **kw,
+    )
+    return train(config)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, cache_dir):
+    """A TrainResult for a router trained on data/example-log.jsonl."""
+    return _train(tmp_path_factory.mktemp("model-a") / "router", cache_dir, seed=0)
+
+
+@pytest.fixture(scope="session")
+def model_dir(trained) -> Path:
+    return trained.model_dir
+
+
+@pytest.fixture(scope="session")
+def second_model_dir(tmp_path_factory, cache_dir) -> Path:
+    """Another valid artifact with a different artifact_version (for hot-reload tests)."""
+    return _train(tmp_path_factory.mktemp("model-b") / "router", cache_dir, seed=1).model_dir

@@ -1,0 +1,1 @@
+"""Training-side code: log reading, splits, metrics, thresholds, baselines, public data."""

@@ -1,0 +1,99 @@
+"""Join the embedder graph and the calibrated head into one ONNX graph, fp32 and int8.
+
+token ids -> embedder -> [embedding | request features] -> calibrated head -> probabilities.
+The int8 graph quantises only the embedder (dynamic, per-channel weights: per-tensor loses too
+much, see STACK.md); the head stays fp32 so its calibration is untouched.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from router_model.artifact import FEATURES_INPUT, PROBABILITIES_OUTPUT
+from training.embedder import EMBEDDING_OUTPUT, OPSET
+
+HEAD_INPUT = "head_input"
+ML_OPSET = 3
+
+
+def head_to_onnx(model, n_inputs: int) -> onnx.ModelProto:
+    """Convert a fitted sklearn classifier to ONNX with a plain probability tensor (no zipmap)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onx = convert_sklearn(
+        model,
+        initial_types=[(HEAD_INPUT, FloatTensorType([None, n_inputs]))],
+        options={id(model): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+    )
+    names = [o.name for o in onx.graph.output]
+    if PROBABILITIES_OUTPUT not in names:
+        raise RuntimeError(f"skl2onnx produced outputs {names}, expected {PROBABILITIES_OUTPUT!r}")
+    return onx
+
+
+def _concat_model(dim: int, n_features: int, ir_version: int) -> onnx.ModelProto:
+    emb = helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["batch", dim])
+    feats = helper.make_tensor_value_info(FEATURES_INPUT, TensorProto.FLOAT, ["batch", n_features])
+    out = helper.make_tensor_value_info(HEAD_INPUT, TensorProto.FLOAT, ["batch", dim + n_features])
+    node = helper.make_node("Concat", [EMBEDDING_OUTPUT, FEATURES_INPUT], [HEAD_INPUT], axis=1)
+    graph = helper.make_graph([node], "concat_features", [emb, feats], [out])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = ir_version
+    return m
+
+
+def _identity_model(dim: int, ir_version: int) -> onnx.ModelProto:
+    emb = helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["batch", dim])
+    out = helper.make_tensor_value_info(HEAD_INPUT, TensorProto.FLOAT, ["batch", dim])
+    graph = helper.make_graph([helper.make_node("Identity", [EMBEDDING_OUTPUT], [HEAD_INPUT])], "no_features", [emb], [out])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = ir_version
+    return m
+
+
+def merge_router_graph(embedder: onnx.ModelProto, head: onnx.ModelProto, dim: int, n_features: int) -> onnx.ModelProto:
+    """One graph from the embedder's inputs (+ features) to `probabilities`."""
+    from onnx import compose
+
+    ir = max(embedder.ir_version, head.ir_version)
+    embedder = onnx.ModelProto.FromString(embedder.SerializeToString())
+    head = onnx.ModelProto.FromString(head.SerializeToString())
+    embedder.ir_version = ir
+    head.ir_version = ir
+    joiner = _concat_model(dim, n_features, ir) if n_features else _identity_model(dim, ir)
+    first = compose.merge_models(embedder, joiner, io_map=[(EMBEDDING_OUTPUT, EMBEDDING_OUTPUT)])
+    merged = compose.merge_models(first, head, io_map=[(HEAD_INPUT, HEAD_INPUT)], outputs=[PROBABILITIES_OUTPUT])
+    onnx.checker.check_model(merged)
+    return merged
+
+
+def quantize_embedder(embedder_path: Path) -> onnx.ModelProto:
+    """Dynamic int8 quantisation of the embedder, per-channel weights."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "embedder.int8.onnx"
+        quantize_dynamic(str(embedder_path), str(out), weight_type=QuantType.QInt8, per_channel=True)
+        model = onnx.load(str(out))
+    # Keep only opset imports the graph uses (quantisation can leave stray ones).
+    used = {n.domain for n in model.graph.node}
+    keep = [o for o in model.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    return model
+
+
+def head_parity(model, onx: onnx.ModelProto, X: np.ndarray) -> float:
+    """Max abs difference between sklearn's and the converted head's probabilities."""
+    from router_model.onnx_session import make_session
+
+    sess = make_session(onx.SerializeToString(), threads=1)
+    got = sess.run([PROBABILITIES_OUTPUT], {HEAD_INPUT: X.astype(np.float32)})[0]
+    return float(np.abs(got - model.predict_proba(X)).max())

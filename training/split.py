@@ -1,0 +1,76 @@
+"""Leak-free, stable splits: rows are grouped by normalized prompt and placed by a hash of it.
+
+Hashing the group key (not shuffling rows) means a log that grows keeps every old row on the same
+side of the split, and identical prompts (after normalization) can never straddle train and test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["SPLIT_NAMES", "assign_splits", "group_kfold", "normalize_prompt"]
+
+SPLIT_NAMES = ("train", "val", "test")
+_WS = re.compile(r"\s+")
+
+
+def normalize_prompt(text: str) -> str:
+    """Group key: NFKC, lowercase, whitespace collapsed, stripped (so trivial variants group together)."""
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
+
+
+def _unit_hash(key: str, seed: int) -> float:
+    """A stable uniform number in [0, 1) for a key: the first 8 bytes of sha256(seed + key)."""
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_splits(
+    group_keys: Sequence[str], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> np.ndarray:
+    """"train"/"val"/"test" per row, decided by the hash of its group key only."""
+    if len(fractions) != 3 or any((not math.isfinite(f)) or f < 0 for f in fractions):
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions!r}")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must sum to 1, got {fractions!r} (sum {sum(fractions)})")
+    edges = np.cumsum(fractions)[:2]
+    cache: dict[str, str] = {}
+    out = np.empty(len(group_keys), dtype="<U5")
+    for i, key in enumerate(group_keys):
+        name = cache.get(key)
+        if name is None:
+            u = _unit_hash(key, seed)
+            name = SPLIT_NAMES[int(np.searchsorted(edges, u, side="right"))]
+            cache[key] = name
+        out[i] = name
+    return out
+
+
+def group_kfold(group_keys: Sequence[str], k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k (train_idx, test_idx) folds with no group in two folds and fold sizes balanced by rows.
+
+    Groups are visited in hash order (a deterministic shuffle) and each goes to the fold with the
+    fewest rows so far (lowest fold index on ties).
+    """
+    if k < 2:
+        raise ValueError(f"k must be >= 2, got {k}")
+    rows_of: dict[str, list[int]] = {}
+    for i, key in enumerate(group_keys):
+        rows_of.setdefault(key, []).append(i)
+    if len(rows_of) < k:
+        raise ValueError(f"need at least k={k} distinct groups, got {len(rows_of)}")
+    order = sorted(rows_of, key=lambda g: (_unit_hash(g, seed), g))
+    fold_of_row = np.empty(len(group_keys), dtype=np.int64)
+    sizes = [0] * k
+    for g in order:
+        f = min(range(k), key=lambda j: (sizes[j], j))
+        fold_of_row[rows_of[g]] = f
+        sizes[f] += len(rows_of[g])
+    idx = np.arange(len(group_keys))
+    return [(idx[fold_of_row != f], idx[fold_of_row == f]) for f in range(k)]
