@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -408,6 +409,37 @@ def test_reload_refuses_a_corrupt_artifact_and_keeps_serving(stub, model_dir: Pa
     assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).model_dir == str(model_dir)
 
 
+def test_watch_reloads_when_the_model_directory_changes(model_dir: Path, second_model_dir: Path, tmp_path: Path) -> None:
+    def point(link: Path, target: Path) -> None:  # swap a symlink atomically, as a deploy would
+        tmp = link.with_name("next")
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+
+    graph = default_graph_file(model_dir)
+    bad = clone_artifact(model_dir, tmp_path / "bad", copy=(graph,))
+    with open(bad / graph, "r+b") as f:
+        f.seek(2000)
+        f.write(b"\x00" * 16)
+    link = tmp_path / "current"
+    link.symlink_to(model_dir)
+    config = ServerConfig(model_dir=link, port=0, metrics_port=0, watch_interval=0.05)
+    with serve(config) as running, channel(running) as ch:
+        stub = router_stub(ch)
+
+        def version() -> str:
+            return stub.Route(pb.RouteRequest(prompt="which version?"), timeout=10).artifact_version
+
+        first = version()
+        point(link, second_model_dir)
+        assert wait_for(lambda: version() != first, timeout=60)
+        second = version()
+        point(link, bad)
+        assert wait_for(lambda: metric(scrape(running), "router_reloads_total", result="failed") == 1, timeout=60)
+        time.sleep(0.3)  # a refused artifact is not retried until it changes again
+        assert metric(scrape(running), "router_reloads_total", result="failed") == 1
+        assert version() == second and health_status(ch) == SERVING
+
+
 # --- shutdown ------------------------------------------------------------------------------
 
 
@@ -416,7 +448,7 @@ def test_graceful_shutdown_drains_in_flight_and_refuses_new_calls(model_dir: Pat
     with serve(config) as running, channel(running) as ch:
         stub = router_stub(ch)
         result: dict[str, object] = {}
-        items = batch_lasting(stub, 1.0)
+        items = batch_lasting(stub, 2.0)
 
         def in_flight() -> None:
             try:
@@ -429,10 +461,19 @@ def test_graceful_shutdown_drains_in_flight_and_refuses_new_calls(model_dir: Pat
         assert wait_for(lambda: metric(scrape(running), "router_in_flight_requests") == 1)
         stopper = threading.Thread(target=running.stop)
         stopper.start()
-        time.sleep(0.1)
-        with pytest.raises(grpc.RpcError) as info:
-            stub.Route(pb.RouteRequest(prompt="too late"), timeout=5)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        def refused() -> bool:
+            try:
+                stub.Route(pb.RouteRequest(prompt="too late"), timeout=5)
+                return False  # the stop has not taken effect yet
+            except grpc.RpcError as e:
+                # UNAVAILABLE once the server refuses connections; a call that races the stop
+                # itself (received, not yet started) is CANCELLED by gRPC.
+                assert e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+                return True
+
+        assert wait_for(refused, timeout=10)
+        assert t.is_alive(), "new calls should be refused while the in-flight one is still draining"
         t.join()
         stopper.join()
         assert "error" not in result, result.get("error")
@@ -471,6 +512,20 @@ def test_observe_mode_writes_one_line_per_decision(stub, decision_log_path: Path
         assert rec["p_cheap_ok"] == pytest.approx(resp.p_cheap_ok)
     chat_json = json.dumps([{"content": messages[0].content, "role": "user"}], separators=(",", ":"))
     assert by_id["obs-chat"]["prompt_sha256"] == hashlib.sha256(chat_json.encode()).hexdigest()
+
+
+def test_log_prompts_stores_the_prompt_text(model_dir: Path, tmp_path: Path) -> None:
+    log_path = tmp_path / "with-prompts.jsonl"
+    config = ServerConfig(model_dir=model_dir, port=0, decision_log=log_path, log_prompts=True)
+    with serve(config) as running, channel(running) as ch:
+        resp = router_stub(ch).Route(
+            pb.RouteRequest(messages=[pb.ChatMessage(role="user", content="Name three rivers.")]), timeout=10
+        )
+        assert resp.observe_only is False  # logging decisions does not by itself mean observation mode
+    (record,) = list(read_decision_log(log_path))
+    assert json.loads(record["prompt"]) == [{"role": "user", "content": "Name three rivers."}]
+    assert record["prompt_sha256"] == hashlib.sha256(record["prompt"].encode()).hexdigest()
+    assert record["request_id"] == resp.request_id
 
 
 def test_metrics_endpoint_counts(server, stub) -> None:
@@ -548,3 +603,18 @@ def test_router_serve_rejects_bad_env() -> None:
 def test_generated_code_is_current() -> None:
     proc = subprocess.run([sys.executable, "scripts/gen_proto.py", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_generated_code_check_catches_a_stale_file(tmp_path: Path) -> None:
+    for rel in ("scripts/gen_proto.py", "router_model/service/proto", "router_model/service/gen"):
+        src, dst = ROOT / rel, tmp_path / rel
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dst.parent.mkdir(parents=True)
+            shutil.copyfile(src, dst)
+    proto = tmp_path / "router_model/service/proto/router/v1/router.proto"
+    proto.write_text(proto.read_text().replace("  string detail = 2;\n", "  string detail = 2;\n  string alt = 3;\n"))
+    proc = subprocess.run([sys.executable, "scripts/gen_proto.py", "--check"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "router_model/service/gen/router/v1/router_pb2.py" in proc.stderr and "gen_proto.py" in proc.stderr

@@ -48,10 +48,21 @@ def make_target(name: str) -> Target:
     raise ValueError(f"unknown target {name!r}; expected one of {TARGETS}")
 
 
-def _calibrated(base, method: str, cv: int):
+def calibration_folds(n_splits: int, seed: int):
+    """Shuffled stratified folds for CalibratedClassifierCV.
+
+    sklearn's default (an int cv) does not shuffle; a log sorted by topic then trains each
+    calibration member without whole topics, which cost 0.01-0.09 APGR on routellm-mmlu.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+
+
+def _calibrated(base, method: str, cv: int, seed: int):
     from sklearn.calibration import CalibratedClassifierCV
 
-    return CalibratedClassifierCV(base, method=method, cv=cv)
+    return CalibratedClassifierCV(base, method=method, cv=calibration_folds(cv, seed))
 
 
 def candidate_heads(seed: int = 0, calibration: str = "sigmoid", cv: int = 5) -> dict[str, Callable[[], object]]:
@@ -60,12 +71,12 @@ def candidate_heads(seed: int = 0, calibration: str = "sigmoid", cv: int = 5) ->
     from sklearn.neural_network import MLPClassifier
 
     def lr(c: float):
-        return lambda: _calibrated(LogisticRegression(C=c, max_iter=2000), calibration, cv)
+        return lambda: _calibrated(LogisticRegression(C=c, max_iter=2000), calibration, cv, seed)
 
     return {
+        "logreg_c0.1": lr(0.1),
         "logreg_c0.3": lr(0.3),
         "logreg_c1": lr(1.0),
-        "logreg_c3": lr(3.0),
         "mlp_64": lambda: _calibrated(
             MLPClassifier(
                 hidden_layer_sizes=(64,),
@@ -77,6 +88,7 @@ def candidate_heads(seed: int = 0, calibration: str = "sigmoid", cv: int = 5) ->
             ),
             calibration,
             cv,
+            seed,
         ),
     }
 

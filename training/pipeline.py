@@ -29,7 +29,7 @@ from training import metrics as M
 from training.baselines import heuristic_scores, oracle_scores, random_scores
 from training.embed import OnnxEmbedder
 from training.embedder import DEFAULT_EMBEDDER, default_cache_dir, export_embedder
-from training.head import candidate_heads, make_target, p_cheap_ok
+from training.head import calibration_folds, candidate_heads, make_target, p_cheap_ok
 from training.log import LogReadResult, ReadOptions, read_logs
 from training.split import assign_splits, normalize_prompt
 from training.threshold import DEFAULT_GOAL, Goal, choose_threshold
@@ -239,7 +239,7 @@ def _fit_heads(ds: Dataset, config: TrainConfig, target) -> tuple[str, object, d
         t0 = time.perf_counter()
         model = factories[name]()
         if min_class < 5:  # tiny logs: fewer calibration folds than the rarest class size
-            model.set_params(cv=max(2, min(5, min_class or 2)))
+            model.set_params(cv=calibration_folds(max(2, min(5, min_class or 2)), config.seed))
         model.fit(ds.X[tr], y[tr])
         p_val = p_cheap_ok(model, ds.X[va], target)
         val = score_block(name, 1.0 - p_val, ds, va) if len(np.unique(ds.s[va] - ds.w[va])) > 1 else {"apgr": float("nan")}

@@ -8,6 +8,7 @@ single assignment, so every call runs start to finish on the router it started w
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -18,13 +19,14 @@ from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from router_model.artifact import METADATA_FILE
 from router_model.decision import RoutingDecision, RoutingRules
 from router_model.decision_log import DecisionLogWriter, decision_record, utc_timestamp
 from router_model.errors import ArtifactError, ConfigError, InvalidRequestError
@@ -49,6 +51,7 @@ class ServerConfig:
     `workers` is the gRPC handler thread count and `threads` onnxruntime's intra-op thread count
     per session (None = Router.load's default); see docs/service.md for the choice on 2 cores.
     `model_dir` may be None: the server then starts NOT_SERVING until a Reload names one.
+    `watch_interval` (seconds) polls the model directory's metadata.json and reloads on change.
     """
 
     model_dir: Path | None = None
@@ -66,6 +69,7 @@ class ServerConfig:
     rules: RoutingRules | None = None
     grace_seconds: float = 10.0
     batch_chunk: int = 32
+    watch_interval: float | None = None
 
     def __post_init__(self) -> None:
         if self.model_dir is not None:
@@ -81,6 +85,8 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1 or None, got {self.threads}")
+        if self.watch_interval is not None and self.watch_interval <= 0:
+            raise ConfigError(f"watch_interval must be positive or None, got {self.watch_interval}")
         if self.grace_seconds < 0:
             raise ConfigError(f"grace_seconds must not be negative, got {self.grace_seconds}")
         if self.graph is not None and self.graph not in GRAPHS:
@@ -125,6 +131,7 @@ class ModelHolder:
         self._model_dir = config.model_dir
         self._current: _Loaded | None = None
         self._lock = threading.Lock()
+        self._seen: tuple[int, int, int] | None = None  # metadata.json of the last load attempt
         self.ready = threading.Event()
 
     @property
@@ -148,6 +155,7 @@ class ModelHolder:
             if target is None:
                 raise ConfigError("no model directory configured; name one in the Reload request")
             started = time.perf_counter()
+            self._seen = _signature(target)
             try:
                 router = Router.load(
                     target, graph=self._config.graph, rules=self._config.rules, threads=self._config.threads
@@ -166,6 +174,29 @@ class ModelHolder:
             self.ready.set()
         log.info("serving artifact %s from %s (loaded in %d ms)", router.version, target, load_ms)
         return ReloadResult(previous.router.version if previous else None, router.version, target, load_ms)
+
+    def reload_if_changed(self) -> None:
+        """Reload when the model directory's metadata.json changed since the last attempt.
+
+        metadata.json is written last (and a retrained directory is swapped in whole), so a new
+        one means a complete new artifact. A failed attempt is not retried until it changes again.
+        """
+        target = self._model_dir
+        if target is None or _signature(target) in (None, self._seen):
+            return
+        try:
+            result = self.reload()
+            log.info("model directory changed: %s -> %s", result.previous_version, result.artifact_version)
+        except (ArtifactError, ConfigError) as e:
+            log.error("model directory changed but the new artifact is refused, still serving the previous one: %s", e)
+
+
+def _signature(model_dir: Path) -> tuple[int, int, int] | None:
+    try:
+        st = (model_dir / METADATA_FILE).stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _check_deadline(context: grpc.ServicerContext) -> None:
@@ -258,15 +289,14 @@ def log_text(request: Request) -> str:
     return json.dumps(request, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
-Handler = Callable[[Any, _Req, grpc.ServicerContext], _Resp]
+Handler = Callable[[Any, Any, grpc.ServicerContext], Any]
 
 
 def _rpc(name: str) -> Callable[[Handler], Handler]:
     """The one place that turns exceptions into status codes and records per-RPC metrics."""
 
     def wrap(fn: Handler) -> Handler:
+        @functools.wraps(fn)
         def handler(self: RouterServicer, request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             self._metrics.start_rpc()
@@ -290,8 +320,6 @@ def _rpc(name: str) -> Callable[[Handler], Handler]:
                 self._metrics.finish_rpc(name, code.name, time.perf_counter() - started)
             context.abort(code, details)
 
-        handler.__name__ = fn.__name__
-        handler.__doc__ = fn.__doc__
         return handler
 
     return wrap
@@ -354,10 +382,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         step = self._config.batch_chunk
         for lo in range(0, len(routed), step):
             _check_deadline(context)
+            chunk = routed[lo : lo + step]
             try:
-                decisions.extend(loaded.router.predict_batch(routed[lo : lo + step], tags=tags[lo : lo + step]))
+                decisions.extend(loaded.router.predict_batch(chunk, tags=tags[lo : lo + step]))
             except InvalidRequestError as e:
-                raise InvalidRequestError(e.reason, field=_batch_field(e.field, lo, len(routed[lo : lo + step]))) from None
+                raise InvalidRequestError(e.reason, field=_batch_field(e.field, lo, len(chunk))) from None
         self._log_decisions(list(zip(routed, ids, decisions)), loaded.router)
         latency_us = round((time.perf_counter() - started) * 1e6)
         observe = self._config.observe
@@ -440,7 +469,18 @@ class RunningServer:
         self._metrics_httpd = metrics_httpd
         self._decision_log = decision_log
         self._stopped = threading.Event()
+        self._closing = threading.Event()
         self._stop_lock = threading.Lock()
+        if config.watch_interval is not None:
+            threading.Thread(target=self._watch, name="router-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        interval = self.config.watch_interval
+        while not self._closing.wait(interval):
+            try:
+                self._holder.reload_if_changed()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("watching the model directory failed")
 
     @property
     def address(self) -> str:
@@ -469,6 +509,7 @@ class RunningServer:
         with self._stop_lock:
             if self._stopped.is_set():
                 return
+            self._closing.set()
             self._health.enter_graceful_shutdown()
             self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
             if self._metrics_httpd is not None:

@@ -1,0 +1,354 @@
+"""Batch scoring of a JSONL file of requests, streamed in bounded memory.
+
+Each input line is a JSON object with `prompt` (a string) or `messages` (OpenAI chat messages),
+optional `id` (string or integer; default `<file stem>:<line>`), optional `tags` (list of strings)
+and optional `context_turns` (earlier user turns, as in the normalized public files). Every
+other field is ignored, so a labelled training log can be scored as it is. Blank lines are
+skipped.
+
+Each output line, in input order: `line` (input line number), `id`, `model`, `p_cheap_ok`,
+`confidence`, `reason`; with `skip_invalid`, a bad input line gives an output line whose
+decision fields are null and whose `error` says `field: reason`.
+
+The file is never held in memory: a chunk of `batch_size` lines is read, routed with
+`Router.predict_batch`, written, and dropped before the next chunk is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from router_model.errors import InvalidRequestError, RouterError
+from router_model.request import parse_request
+
+DEFAULT_BATCH_SIZE = 256
+
+
+class InputLineError(RouterError, ValueError):
+    """A line of the input file cannot be scored; str() is `FILE:LINE: field: reason`."""
+
+    def __init__(self, file: str, line: int, field: str | None, reason: str) -> None:
+        self.file = file
+        self.line = line
+        self.field = field
+        self.reason = reason
+        where = f"{file}:{line}"
+        super().__init__(f"{where}: {field}: {reason}" if field else f"{where}: {reason}")
+
+
+@dataclass
+class ScoreReport:
+    """What a scoring run did: lines written, lines that failed, and per-model counts."""
+
+    written: int = 0
+    invalid: int = 0
+    blank: int = 0
+    by_model: dict[str, int] = field(default_factory=dict)
+    by_reason: dict[str, int] = field(default_factory=dict)
+    first_errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Item:
+    line: int
+    id: str
+    request: Any
+    tags: tuple[str, ...] | None
+
+
+class _LineProblem(Exception):
+    def __init__(self, field: str | None, reason: str, rid: str | None = None) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+        self.rid = rid
+
+
+def parse_input_line(raw: bytes, line: int, default_id: str) -> _Item | None:
+    """One input line -> an item to route; None for a blank line; raises _LineProblem."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _LineProblem("line", f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _LineProblem("line", f"invalid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise _LineProblem("line", f"expected a JSON object, got {type(obj).__name__}")
+    rid: Any = obj.get("id", default_id)
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+        raise _LineProblem("id", f"expected a non-empty string or an integer, got {rid!r}")
+    rid = str(rid)
+    has_prompt, has_messages = "prompt" in obj, "messages" in obj
+    if has_prompt and has_messages:
+        raise _LineProblem("prompt", "give either 'prompt' or 'messages', not both", rid)
+    if not has_prompt and not has_messages:
+        raise _LineProblem(None, "missing request: the line has neither 'prompt' nor 'messages'", rid)
+    if has_prompt:
+        request = obj["prompt"]
+        if not isinstance(request, str):
+            raise _LineProblem("prompt", f"expected a string, got {type(request).__name__}", rid)
+        turns = obj.get("context_turns") or []
+        if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+            raise _LineProblem("context_turns", f"expected a list of strings, got {turns!r}"[:200], rid)
+        if turns and request.strip():
+            request = [{"role": "user", "content": t} for t in turns] + [{"role": "user", "content": request}]
+    else:
+        request = obj["messages"]
+        if not isinstance(request, list):
+            raise _LineProblem("messages", f"expected a list of chat messages, got {type(request).__name__}", rid)
+    tags = obj.get("tags")
+    if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
+        raise _LineProblem("tags", f"expected a list of strings, got {tags!r}"[:200], rid)
+    try:
+        parse_request(request)
+    except InvalidRequestError as e:
+        raise _LineProblem(e.field, e.reason, rid) from None
+    return _Item(line, rid, request, tuple(tags) if tags is not None else None)
+
+
+def _read_chunks(fh: IO[bytes], size: int) -> Iterator[list[tuple[int, bytes]]]:
+    chunk: list[tuple[int, bytes]] = []
+    for i, raw in enumerate(fh, start=1):
+        chunk.append((i, raw))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _decision_row(item: _Item, decision) -> dict[str, Any]:
+    return {
+        "line": item.line,
+        "id": item.id,
+        "model": decision.model,
+        "p_cheap_ok": decision.p_cheap_ok,
+        "confidence": decision.confidence,
+        "reason": decision.reason,
+    }
+
+
+def _error_row(line: int, rid: str, message: str) -> dict[str, Any]:
+    return {"line": line, "id": rid, "model": None, "p_cheap_ok": None, "confidence": None, "reason": None,
+            "error": message}
+
+
+def _route(router, items: list[_Item]) -> list[Any]:
+    """Decisions for the items; an item the router refuses gets its InvalidRequestError instead."""
+    if not items:
+        return []
+    try:
+        return router.predict_batch([it.request for it in items], tags=[it.tags for it in items])
+    except InvalidRequestError:
+        pass  # one item is refused by a rule (e.g. image-only with the image rule off): find it
+    out: list[Any] = []
+    for it in items:
+        try:
+            out.append(router.predict(it.request, tags=it.tags))
+        except InvalidRequestError as e:
+            out.append(e)
+    return out
+
+
+def score_stream(
+    router,
+    fin: IO[bytes],
+    fout: IO[str],
+    *,
+    name: str,
+    default_id_prefix: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    skip_invalid: bool = False,
+    progress=None,
+) -> ScoreReport:
+    """Route every line of `fin` into `fout` chunk by chunk; raises InputLineError when not skipping."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    report = ScoreReport()
+    for chunk in _read_chunks(fin, batch_size):
+        rows: list[dict[str, Any] | _Item] = []
+        for line, raw in chunk:
+            try:
+                item = parse_input_line(raw, line, f"{default_id_prefix}:{line}")
+            except _LineProblem as p:
+                err = InputLineError(name, line, p.field, p.reason)
+                if not skip_invalid:
+                    raise err from None
+                report.invalid += 1
+                if len(report.first_errors) < 10:
+                    report.first_errors.append(str(err))
+                msg = f"{p.field}: {p.reason}" if p.field else p.reason
+                rows.append(_error_row(line, p.rid or f"{default_id_prefix}:{line}", msg))
+                continue
+            if item is None:
+                report.blank += 1
+                continue
+            rows.append(item)
+        items = [r for r in rows if isinstance(r, _Item)]
+        decisions = dict(zip((it.line for it in items), _route(router, items)))
+        out_lines: list[str] = []
+        for r in rows:
+            if isinstance(r, _Item):
+                d = decisions[r.line]
+                if isinstance(d, InvalidRequestError):
+                    err = InputLineError(name, r.line, d.field, d.reason)
+                    if not skip_invalid:
+                        raise err from None
+                    report.invalid += 1
+                    if len(report.first_errors) < 10:
+                        report.first_errors.append(str(err))
+                    row = _error_row(r.line, r.id, f"{d.field}: {d.reason}" if d.field else d.reason)
+                else:
+                    row = _decision_row(r, d)
+                    report.by_model[d.model] = report.by_model.get(d.model, 0) + 1
+                    report.by_reason[d.reason] = report.by_reason.get(d.reason, 0) + 1
+            else:
+                row = r
+            out_lines.append(json.dumps(row, ensure_ascii=False))
+        if out_lines:
+            fout.write("\n".join(out_lines) + "\n")
+        report.written += len(out_lines)
+        if progress is not None:
+            progress(sum(len(raw) for _, raw in chunk))
+    return report
+
+
+def score_file(
+    router,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    skip_invalid: bool = False,
+    show_progress: bool = True,
+) -> ScoreReport:
+    """Score `input_path` (or '-' for stdin) into `output_path` (or '-' for stdout).
+
+    A file output is written beside the target and renamed into place on success, so a run that
+    stops at a bad line leaves no half-written output behind.
+    """
+    in_name = str(input_path)
+    stdin = in_name == "-"
+    stdout = str(output_path) == "-"
+    total = None
+    if not stdin:
+        p = Path(input_path)
+        if not p.is_file():
+            raise FileNotFoundError(f"input file not found: {p}")
+        total = p.stat().st_size
+    prefix = "stdin" if stdin else Path(in_name).stem
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="scoring", unit="B", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+    fin = sys.stdin.buffer if stdin else open(in_name, "rb")
+    tmp: Path | None = None
+    try:
+        if stdout:
+            fout = sys.stdout
+        else:
+            out = Path(output_path)
+            if out.parent and not out.parent.exists():
+                raise FileNotFoundError(f"output folder does not exist: {out.parent}")
+            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+            fout = open(tmp, "w", encoding="utf-8")
+        try:
+            report = score_stream(
+                router,
+                fin,
+                fout,
+                name=in_name,
+                default_id_prefix=prefix,
+                batch_size=batch_size,
+                skip_invalid=skip_invalid,
+                progress=bar.update if bar is not None else None,
+            )
+        finally:
+            if not stdout:
+                fout.close()
+        if tmp is not None:
+            tmp.replace(Path(output_path))
+            tmp = None
+        else:
+            fout.flush()
+        return report
+    finally:
+        if bar is not None:
+            bar.close()
+        if not stdin:
+            fin.close()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def summarize(report: ScoreReport) -> str:
+    models = ", ".join(f"{m}: {n}" for m, n in sorted(report.by_model.items())) or "none"
+    reasons = ", ".join(f"{r}: {n}" for r, n in sorted(report.by_reason.items())) or "none"
+    return (
+        f"scored {report.written - report.invalid} request(s), {report.invalid} invalid line(s) skipped; "
+        f"models: {models}; reasons: {reasons}"
+    )
+
+
+def metadata_summary(meta: Mapping[str, Any], path: str | Path) -> str:
+    """A human-readable summary of metadata.json: pair, threshold, goal, held-out metrics, versions."""
+    lines = [f"model directory: {path}"]
+    lines.append(f"artifact_version: {meta.get('artifact_version')}  (format {meta.get('format_version')}, "
+                 f"created {meta.get('created_at', '?')})")
+    lines.append(f"pair: cheap={meta.get('cheap_model')}  strong={meta.get('strong_model')}")
+    lines.append(f"threshold: {float(meta.get('threshold', float('nan'))):.4f}  (route to cheap when p_cheap_ok >= threshold)")
+    goal = meta.get("goal") or {}
+    if isinstance(goal, Mapping):
+        lines.append(f"goal: {goal.get('kind')}={goal.get('value')}  (met on validation: {goal.get('met_on_validation')})")
+    lines.append(f"head: {meta.get('head')}  target: {meta.get('target')}  calibration: {meta.get('calibration')}")
+    emb = meta.get("embedder") or {}
+    if isinstance(emb, Mapping):
+        enc = emb.get("encoder") or {}
+        lines.append(f"embedder: {emb.get('name')}  dim {emb.get('dim')}  max_length {enc.get('max_length')}  "
+                     f"truncation {enc.get('truncation')}")
+    lines.append(f"features: {', '.join(meta.get('features') or []) or 'none'}")
+    graphs = meta.get("graphs") or {}
+    lines.append(f"graphs: {', '.join(f'{k}={v}' for k, v in sorted(graphs.items()))}  default: {meta.get('default_graph')}")
+    data = meta.get("data") or {}
+    if isinstance(data, Mapping) and data:
+        lines.append(f"data: {data.get('rows_used')} rows used of {data.get('rows_read')} read, split {data.get('split_rows')}, "
+                     f"sha256 {str(data.get('sha256', ''))[:16]}...")
+    test = (meta.get("metrics") or {}).get("test") if isinstance(meta.get("metrics"), Mapping) else None
+    if isinstance(test, Mapping) and isinstance(test.get("router"), Mapping):
+        lines.append(f"held-out test set: {test.get('n_test')} prompts (cheap pass rate {_f(test.get('q_weak'))}, "
+                     f"strong {_f(test.get('q_strong'))})")
+        cols = ("apgr", "cpt50", "cpt80", "strong_share", "quality_vs_strong", "cost_saved")
+        lines.append(f"  {'':<10}" + "".join(f"{c:>18}" for c in cols))
+        for name in ("router", "random", "heuristic", "oracle"):
+            block = test.get(name)
+            if isinstance(block, Mapping):
+                lines.append(f"  {name:<10}" + "".join(f"{_f(block.get(c)):>18}" for c in cols))
+        r = test["router"]
+        lines.append(f"  router calibration: AUC {_f(r.get('auc'))}  ECE {_f(r.get('ece'))}  Brier {_f(r.get('brier'))}")
+    parity = meta.get("parity")
+    if isinstance(parity, Mapping):
+        lines.append(
+            f"parity: fp32 vs sklearn max abs {_f(parity.get('fp32_graph_vs_sklearn_max_abs'), '.1e')}; int8 agreement "
+            f"{_f(parity.get('int8_decision_agreement'))}, APGR diff {_f(parity.get('int8_apgr_abs_diff'), '.4f')}"
+        )
+    versions = meta.get("versions")
+    if isinstance(versions, Mapping):
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    return "\n".join(lines)
+
+
+def _f(v: Any, fmt: str = ".3f") -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return format(v, fmt)
+    return "n/a"

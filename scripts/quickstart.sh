@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up, train a router on the default public data, and route a few prompts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+. .venv/bin/activate
+router-train --out artifacts/router
+python -m router_model route --model-dir artifacts/router \
+  "Classify the sentiment of this review as positive or negative: 'Arrived late but works great.'" \
+  "Extract the invoice number and total from: Invoice #4471, total due EUR 312.50 by 1 May." \
+  "Prove that every finite integral domain is a field, then generalise the argument to division rings." \
+  "Implement a lock-free multi-producer multi-consumer queue in C++ and explain the memory ordering of each atomic."
