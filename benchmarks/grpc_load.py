@@ -23,7 +23,6 @@ import os
 import platform
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import threading

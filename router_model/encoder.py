@@ -41,6 +41,18 @@ class EncoderSettings:
             raise ValueError(f"max_length must be at least 8, got {self.max_length}")
 
 
+@dataclass(frozen=True)
+class TokenIds:
+    """A truncated sequence's ids with special tokens (what `pad` needs from an Encoding)."""
+
+    ids: list[int]
+    type_ids: list[int]
+
+    @property
+    def attention_mask(self) -> list[int]:
+        return [1] * len(self.ids)
+
+
 class TextEncoder:
     """Wraps a `tokenizers` tokenizer with explicit truncation and padding."""
 
@@ -50,6 +62,8 @@ class TextEncoder:
         self._tok.no_truncation()
         self._tok.no_padding()
         self._n_special = self._tok.num_special_tokens_to_add(is_pair=False)
+        self._special: tuple[list[int], list[int], list[int], list[int], int] | None = None
+        self._template()
         self._budget = settings.max_length - self._n_special
         if self._budget <= 0:
             raise ValueError("max_length leaves no room for text after special tokens")
@@ -70,23 +84,52 @@ class TextEncoder:
         half = MAX_TOKENIZED_CHARS // 2
         return text[:half] + "\n" + text[-half:]
 
-    def encode_one(self, text: str) -> tuple[Encoding, int]:
-        """Token ids with special tokens, truncated per policy; and the untruncated text length."""
-        text = self._clip(text)
-        enc = self._tok.encode(text, add_special_tokens=False)
-        n = len(enc.ids)
-        if n > self._budget:
-            s = self.settings
-            head = self._budget if s.truncation == "head" else math.ceil(self._budget * s.head_fraction)
-            tail = self._budget - head
-            enc.truncate(head, direction="right")
-            if tail > 0:
-                tail_enc = self._tok.encode(text, add_special_tokens=False)
-                tail_enc.truncate(tail, direction="left")
-                enc = Encoding.merge([enc, tail_enc], growing_offsets=False)
-        return self._tok.post_process(enc), n
+    def _template(self) -> tuple[list[int], list[int], list[int], list[int], int]:
+        """Where the post-processor puts special tokens around one sequence (probed once)."""
+        if self._special is None:
+            probe = self._tok.encode("a", add_special_tokens=False)
+            full = self._tok.post_process(probe)
+            k = len(probe.ids)
+            for start in range(len(full.ids) - k + 1):
+                if full.ids[start : start + k] == probe.ids and not any(full.special_tokens_mask[start : start + k]):
+                    break
+            else:  # pragma: no cover - a post-processor that rewrites the sequence itself
+                raise ValueError("cannot locate the sequence in the tokenizer's post-processed template")
+            self._special = (
+                list(full.ids[:start]),
+                list(full.type_ids[:start]),
+                list(full.ids[start + k :]),
+                list(full.type_ids[start + k :]),
+                int(full.type_ids[start]) if k else 0,
+            )
+        return self._special
 
-    def pad(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
+    def encode_one(self, text: str) -> tuple[Encoding | TokenIds, int]:
+        """Token ids with special tokens, truncated per policy; and the untruncated token count.
+
+        A text longer than the budget is cut from the ids of one encoding (head ids + tail ids,
+        then the special tokens of the tokenizer's template). `Encoding.truncate` + `merge` is not
+        used: merged encodings combine their `overflowing` lists pairwise, which takes gigabytes
+        and seconds for a prompt of a few thousand tokens. The count is `count_tokens(text)`
+        (estimated beyond MAX_TOKENIZED_CHARS), the same number training computes.
+        """
+        clipped = self._clip(text)
+        enc = self._tok.encode(clipped, add_special_tokens=False)
+        n = len(enc.ids) if clipped is text else self.count_tokens(text)
+        if len(enc.ids) <= self._budget:
+            return self._tok.post_process(enc), n
+        s = self.settings
+        head = self._budget if s.truncation == "head" else math.ceil(self._budget * s.head_fraction)
+        tail = self._budget - head
+        ids = enc.ids
+        body = ids[:head] + (ids[len(ids) - tail :] if tail > 0 else [])
+        pre_ids, pre_types, post_ids, post_types, seq_type = self._template()
+        return (
+            TokenIds(pre_ids + body + post_ids, pre_types + [seq_type] * len(body) + post_types),
+            n,
+        )
+
+    def pad(self, encodings: Sequence[Encoding | TokenIds]) -> dict[str, np.ndarray]:
         """Pad encodings to the batch's longest into the graph's int64 inputs."""
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), width), dtype=np.int64)

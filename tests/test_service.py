@@ -237,6 +237,15 @@ def test_invalid_batch_item_is_named_with_its_index(stub) -> None:
     assert info.value.details().startswith("requests[1].prompt: ")
 
 
+def test_message_over_max_bytes_is_resource_exhausted(model_dir: Path) -> None:
+    with serve(ServerConfig(model_dir=model_dir, port=0, max_message_bytes=2048)) as running, channel(running) as ch:
+        stub = router_stub(ch)
+        assert stub.Route(pb.RouteRequest(prompt="small enough"), timeout=10).model
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Route(pb.RouteRequest(prompt="z" * 4096), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def test_unexpected_error_is_internal_and_generic(model_dir: Path, tmp_path: Path) -> None:
     # A real artifact the server cannot represent: metadata holding an integer beyond a double.
     odd = clone_artifact(model_dir, tmp_path / "odd", metadata_update={"data": {"rows": 10**400}})

@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_TOKENS = 250
 CHARS_PER_TOKEN = 4
-INT8_MIN_AGREEMENT = 0.99
-INT8_MAX_APGR_DIFF = 0.005
 
 
 @dataclass(frozen=True)
@@ -120,6 +118,8 @@ class TrainResult:
     evaluation: dict[str, Any]
     run_id: str | None
     plots: list[Path]
+    head: object | None = None  # the fitted sklearn classifier (analysis, parity tests)
+    target: object | None = None
 
 
 def _say(msg: str) -> None:
@@ -321,6 +321,11 @@ def train(config: TrainConfig) -> TrainResult:
     plots = save_plots(plot_dir, ds, te, p_test, evaluation)
     (plot_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     elapsed = time.perf_counter() - t_start
+    par = artifact["parity"]
+    _say(
+        f"export parity: fp32 graph vs sklearn {par['fp32_graph_vs_sklearn_max_abs']:.1e}; int8 vs fp32: "
+        f"{par['int8_decision_agreement']:.1%} decisions agree, APGR differs by {par['int8_apgr_abs_diff']:.4f}"
+    )
     _say(f"model directory: {config.out_dir}  (default graph {artifact['default_graph']}, {elapsed:.0f}s in all)")
 
     run_id = None
@@ -328,4 +333,4 @@ def train(config: TrainConfig) -> TrainResult:
         from training.tracking import track_run
 
         run_id = track_run(config, read, artifact, evaluation, head_scores, choice, plots, model, st, elapsed)
-    return TrainResult(config.out_dir, artifact, evaluation, run_id, plots)
+    return TrainResult(config.out_dir, artifact, evaluation, run_id, plots, head=model, target=target)

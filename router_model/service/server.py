@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -457,8 +458,8 @@ class RunningServer:
         holder: ModelHolder,
         health_servicer: health.HealthServicer,
         metrics: Metrics,
-        metrics_httpd: Any,
-        decision_log: Any,
+        metrics_httpd: ThreadingHTTPServer | None,
+        decision_log: DecisionLogWriter | None,
     ) -> None:
         self.config = config
         self.port = port
@@ -542,29 +543,28 @@ def create_server(config: ServerConfig, *, load_in_background: bool = True) -> R
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     holder = ModelHolder(config, metrics, health_servicer)
-    decision_log = (
-        DecisionLogWriter(config.decision_log, include_prompt=config.log_prompts)
-        if config.decision_log is not None
-        else None
-    )
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 0),  # a second server on a taken port fails instead of sharing it
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="router-rpc"),
         options=options,
     )
-    router_pb2_grpc.add_RouterServicer_to_server(
-        RouterServicer(config, holder, metrics, decision_log), server
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    try:
+        port = server.add_insecure_port(f"{host}:{config.port}")
+    except RuntimeError as e:
+        raise ConfigError(f"cannot listen on {host}:{config.port}: {e}") from None
+    decision_log = (
+        DecisionLogWriter(config.decision_log, include_prompt=config.log_prompts)
+        if config.decision_log is not None
+        else None
     )
+    router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(config, holder, metrics, decision_log), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    port = server.add_insecure_port(f"{host}:{config.port}")
-    if port == 0:
-        raise ConfigError(f"could not bind {host}:{config.port}")
     metrics_httpd = serve_metrics(metrics, config.host, config.metrics_port) if config.metrics_port is not None else None
     server.start()
     running = RunningServer(config, server, port, holder, health_servicer, metrics, metrics_httpd, decision_log)

@@ -1,0 +1,175 @@
+"""Serving computes what training fit: ONNX graph vs sklearn, exported embedder vs sentence-transformers,
+and int8 vs fp32 decisions on a router trained on public data.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.artifact_writer import INT8_MAX_APGR_DIFF, INT8_MIN_AGREEMENT
+
+from conftest import EXAMPLE_LOG, _train, require_shared
+from router_model.router import Router
+
+MMLU = "routellm-evals/routellm-mmlu.normalized.jsonl"
+CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+STRONG = "gpt-4-1106-preview"
+SUBSET_ROWS = 3000
+TEXTS = [
+    "What is the capital of France?",
+    "Write a Python function that merges two sorted lists in O(n) time and explain its complexity.",
+    "Résumé: la réunion est déplacée à jeudi 15h; apportez les chiffres du T3.",
+    "Prove that sqrt(2) is irrational.\nA. by contradiction\nB. by induction\nAnswer:",
+    "ok",
+]
+
+
+def _pipeline_inputs(trained, cache_dir: Path):
+    """Rebuild the training pipeline's view of the example log: config, records, X, target, head."""
+    from router_model.cost import PriceTable
+    from router_model.features import request_features
+    from training.embed import OnnxEmbedder
+    from training.embedder import export_embedder
+    from training.head import make_target
+    from training.log import ReadOptions, read_logs
+    from training.pipeline import TrainConfig, _fit_heads, build_dataset
+
+    meta = trained.metadata
+    config = TrainConfig(
+        logs=(EXAMPLE_LOG,),
+        out_dir=trained.model_dir,
+        seed=0,  # as conftest's `trained`
+        heads=(meta["head"],),
+        target=meta["target"],
+        features=tuple(meta["features"]),
+        calibration=meta["calibration"],
+        truncation=meta["embedder"]["encoder"]["truncation"],
+        cache_dir=cache_dir,
+        track=False,
+        progress=False,
+    )
+    read = read_logs(config.logs, options=ReadOptions(pass_threshold=config.pass_threshold))
+    exported = export_embedder(config.embedder, cache_dir, truncation=config.truncation)  # cached export
+    assert exported.spec.to_dict() == meta["embedder"]
+    embedder = OnnxEmbedder(exported, threads=2)  # no embedding cache: computed afresh
+    ds = build_dataset(read, config, embedder.encoder, PriceTable.load(config.prices))
+    emb = embedder.embed_uncached(ds.texts)
+    ds.X = np.hstack([emb, request_features(ds.texts, ds.n_tokens, config.features)]).astype(np.float32)
+    target = make_target(config.target)
+    head = getattr(trained, "head", None)
+    if head is None:
+        # TrainResult does not carry the fitted head: refit it exactly as the pipeline does. The fit is
+        # deterministic (no shuffling in the calibration folds), and a different head could not match
+        # the graph to 1e-4 below, so a silent mismatch cannot make this test pass.
+        _, head, _ = _fit_heads(ds, config, target)
+    return read, ds, target, head
+
+
+def test_fp32_graph_matches_sklearn_pipeline(trained, cache_dir: Path) -> None:
+    from training.head import p_cheap_ok
+
+    read, ds, target, head = _pipeline_inputs(trained, cache_dir)
+    p_sklearn = p_cheap_ok(head, ds.X, target)
+    router = Router.load(trained.model_dir, graph="fp32")
+    p_graph = router.p_cheap_ok([r.request for r in read.records])
+    diff = float(np.abs(p_graph - p_sklearn).max())
+    print(f"\nfp32 graph vs sklearn pipeline on {len(p_graph)} example prompts: max abs diff {diff:.2e}")
+    assert diff < 1e-4
+    assert len(np.unique(np.round(p_sklearn, 6))) > 1
+    assert trained.metadata["parity"]["fp32_graph_vs_sklearn_max_abs"] < 1e-4
+
+
+def test_exported_embedder_matches_sentence_transformers(cache_dir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from training.embed import OnnxEmbedder
+    from training.embedder import DEFAULT_EMBEDDER, export_embedder, resolve_model_path
+
+    st = SentenceTransformer(resolve_model_path(DEFAULT_EMBEDDER), device="cpu")
+    ref = st.encode(TEXTS, convert_to_numpy=True)
+    got = OnnxEmbedder(export_embedder(DEFAULT_EMBEDDER, cache_dir), threads=2).embed_uncached(TEXTS)
+    diff = float(np.abs(ref - got).max())
+    print(f"\nexported embedder vs sentence-transformers on {len(TEXTS)} texts: max abs diff {diff:.2e}")
+    assert ref.shape == got.shape == (len(TEXTS), 384)
+    assert diff < 1e-4
+
+
+# --- public data: int8 vs fp32 on a real held-out split ------------------------------------------
+@pytest.fixture(scope="module")
+def public_router(tmp_path_factory, cache_dir: Path):
+    """One router trained on a fixed 3,000-row sample of RouteLLM MMLU (trained once per module)."""
+    src = require_shared(MMLU)
+    with src.open(encoding="utf-8") as f:
+        lines = [ln for ln in f if ln.strip()]
+    keep = sorted(random.Random(0).sample(range(len(lines)), SUBSET_ROWS))
+    base = tmp_path_factory.mktemp("public")
+    subset = base / "mmlu-3000.jsonl"
+    subset.write_text("".join(lines[i] for i in keep), encoding="utf-8")
+    result = _train(base / "router", cache_dir, seed=0, logs=(subset,), cheap_model=CHEAP, strong_model=STRONG,
+                    heads=("logreg_c1",))
+    return result, subset
+
+
+@pytest.fixture(scope="module")
+def int8_report(public_router) -> dict:
+    """int8 vs fp32 on the public router's held-out split, measured here through the serving path."""
+    from training import metrics as M
+    from training.log import read_logs
+    from training.split import assign_splits, normalize_prompt
+
+    result, subset = public_router
+    meta = result.metadata
+    assert (meta["cheap_model"], meta["strong_model"]) == (CHEAP, STRONG)
+    read = read_logs([subset], models=(CHEAP, STRONG))
+    split = assign_splits([normalize_prompt(r.classifier_text) for r in read.records], fractions=(0.7, 0.15, 0.15), seed=0)
+    test = [r for r, s in zip(read.records, split) if s == "test"]
+    assert len(test) == meta["data"]["split_rows"]["test"] > 300
+    requests = [r.request for r in test]
+    w = np.array([float(r.passed[CHEAP]) for r in test])
+    s = np.array([float(r.passed[STRONG]) for r in test])
+    p32 = Router.load(result.model_dir, graph="fp32", threads=2).p_cheap_ok(requests)
+    p8 = Router.load(result.model_dir, graph="int8", threads=2).p_cheap_ok(requests)
+    t = meta["threshold"]
+    agreement = float(np.mean((p8 >= t) == (p32 >= t)))
+    apgr32, apgr8 = M.apgr(1 - p32, w, s), M.apgr(1 - p8, w, s)
+    report = {
+        "n_test": len(test),
+        "threshold": t,
+        "int8_decision_agreement": agreement,
+        "apgr_fp32": apgr32,
+        "apgr_int8": apgr8,
+        "apgr_abs_diff": abs(apgr8 - apgr32),
+        "max_abs_p_diff": float(np.abs(p8 - p32).max()),
+        "default_graph": meta["default_graph"],
+        "parity": meta["parity"],
+    }
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in report.items() if k != "parity"}
+    print("\nint8 vs fp32 on the held-out split of a 3,000-row RouteLLM MMLU sample: " + json.dumps(shown))
+    return report
+
+
+def test_int8_figures_match_the_pipeline_and_pick_the_default(int8_report: dict) -> None:
+    r = int8_report
+    # The pipeline measured the same rows the same way and recorded it in metadata.json.
+    assert r["int8_decision_agreement"] == pytest.approx(r["parity"]["int8_decision_agreement"], abs=1e-9)
+    assert r["apgr_abs_diff"] == pytest.approx(r["parity"]["int8_apgr_abs_diff"], abs=1e-6)
+    meets = r["int8_decision_agreement"] >= INT8_MIN_AGREEMENT and r["apgr_abs_diff"] <= INT8_MAX_APGR_DIFF
+    # `--graph auto`: int8 is served by default only when it meets the bar.
+    assert r["default_graph"] == ("int8" if meets else "fp32")
+
+
+def test_int8_close_to_fp32_on_public_test_split(int8_report: dict) -> None:
+    """Regression guard on a small public sample (the issue's 99% agreement bar is not met, see README).
+
+    Dynamic int8 quantises activations per tensor; on MiniLM that moves p_cheap_ok by ~0.003 on
+    average, and prompts whose fp32 score lies within ~0.02 of the threshold can flip.
+    """
+    r = int8_report
+    assert r["int8_decision_agreement"] >= 0.95, r
+    assert r["apgr_abs_diff"] <= 0.015, r
+    assert r["max_abs_p_diff"] <= 0.05, r

@@ -1,0 +1,197 @@
+"""`router-savings` (training.savings): the report's numbers hang together and match router_model.cost."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from router_model.cost import PriceTable, monthly_cost, routed_monthly_cost
+from training import metrics as M
+from training.log import read_logs
+from training.savings import (
+    DEFAULT_SHARES,
+    LabelledScores,
+    compute_report,
+    expected_at_shares,
+    format_report,
+    main,
+)
+
+from conftest import EXAMPLE_LOG
+
+VOLUME = 250_000
+
+
+@pytest.fixture(scope="module")
+def report_json(model_dir) -> dict:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["--model-dir", str(model_dir), "--log", str(EXAMPLE_LOG), "--requests-per-month", str(VOLUME), "--json"])
+    assert code == 0
+    return json.loads(buf.getvalue())
+
+
+def _by_share(rep: dict, share: float) -> dict:
+    rows = [g for g in rep["grid"] if math.isclose(g["strong_share"], share, abs_tol=1e-9)]
+    assert rows, f"no grid row at strong share {share}"
+    return rows[0]
+
+
+# ---------------------------------------------------------------- the CLI on a trained router
+
+
+def test_table_is_printed(model_dir, capsys, tmp_path) -> None:
+    png = tmp_path / "plots" / "savings.png"
+    code = main(["--model-dir", str(model_dir), "--log", str(EXAMPLE_LOG), "--plot", str(png)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Savings report" in out and "always strong" in out and "always cheap" in out
+    assert "router at its threshold" in out
+    assert "q/strong" in out and "saved/mo" in out and "random" in out and "oracle" in out
+    grid_lines = [ln for ln in out.splitlines() if "%|" in ln]
+    assert len(grid_lines) >= len(DEFAULT_SHARES)
+    assert sum(ln.startswith("*") for ln in grid_lines) == 1  # the chosen threshold is marked once
+    assert "1,000,000 requests/month" in out  # default volume
+    # The fixture router was trained on this very log: the report must say so.
+    assert "WARNING: this log is (part of) the data the router was trained on" in out
+    assert "held-out" in out
+    assert "rules (not applied above)" in out
+    assert f"plot: {png}" in out
+    data = png.read_bytes()
+    assert len(data) > 5_000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_shares_and_savings_are_consistent(report_json) -> None:
+    rep = report_json
+    assert rep["requests_per_month"] == VOLUME
+    assert rep["trained_on_this_log"] is True
+    assert rep["n"] == rep["rows_used"] == 40
+    a_s, a_c = rep["always_strong"], rep["always_cheap"]
+    assert a_s["saved_vs_strong"] == pytest.approx(0.0, abs=1e-6)
+    assert a_c["saved_vs_strong"] == pytest.approx(a_s["monthly_cost"] - a_c["monthly_cost"], abs=1e-5)
+    shares = [g["strong_share"] for g in rep["grid"]]
+    assert shares == sorted(shares) and shares[0] == 0.0 and shares[-1] == 1.0
+    assert {round(x, 6) for x in DEFAULT_SHARES} <= {round(x, 6) for x in shares}
+    for g in rep["grid"]:
+        for name in ("router", "random", "oracle"):
+            pt = g[name]
+            assert pt["cheap_share"] + pt["strong_share"] == pytest.approx(1.0)
+            assert pt["saved_vs_strong"] == pytest.approx(a_s["monthly_cost"] - pt["monthly_cost"], abs=1e-5)
+            assert pt["extra_vs_cheap"] == pytest.approx(pt["monthly_cost"] - a_c["monthly_cost"], abs=1e-5)
+            assert pt["quality_vs_strong"] == pytest.approx(pt["pass_rate"] / a_s["pass_rate"], abs=1e-6)
+            # Routing can't cost more than always-strong nor less than always-cheap.
+            assert a_c["monthly_cost"] - 1e-6 <= pt["monthly_cost"] <= a_s["monthly_cost"] + 1e-6
+        # The oracle is the best any routing can do at the same share.
+        assert g["oracle"]["pass_rate"] >= g["router"]["pass_rate"] - 1e-9
+        assert g["oracle"]["pass_rate"] >= g["random"]["pass_rate"] - 1e-9
+    # At 0% strong every routing is always-cheap; at 100% always-strong.
+    zero, full = _by_share(rep, 0.0), _by_share(rep, 1.0)
+    for name in ("router", "random", "oracle"):
+        assert zero[name]["saved_vs_strong"] == pytest.approx(a_c["saved_vs_strong"], abs=1e-5)
+        assert zero[name]["pass_rate"] == pytest.approx(a_c["pass_rate"])
+        assert full[name]["saved_vs_strong"] == pytest.approx(0.0, abs=1e-5)
+        assert full[name]["pass_rate"] == pytest.approx(a_s["pass_rate"])
+    # Monotone: more strong calls never save more (every strong call costs more than a cheap one),
+    # and random routing's quality moves in a straight line toward always-strong.
+    for name in ("router", "random", "oracle"):
+        saved = [g[name]["saved_vs_strong"] for g in rep["grid"]]
+        assert all(b <= a + 1e-6 for a, b in zip(saved, saved[1:])), name
+    rq = [g["random"]["pass_rate"] for g in rep["grid"]]
+    assert all(b >= a - 1e-12 for a, b in zip(rq, rq[1:]))
+
+
+def test_chosen_point(report_json, model_dir) -> None:
+    rep = report_json
+    ch = rep["chosen"]
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert ch["threshold"] == pytest.approx(meta["threshold"])
+    marked = [g for g in rep["grid"] if g["chosen"]]
+    assert len(marked) == 1 and marked[0]["strong_share"] == pytest.approx(ch["router"]["strong_share"])
+    assert ch["router"]["cheap_share"] + ch["router"]["strong_share"] == pytest.approx(1.0)
+    assert ch["random"]["strong_share"] == pytest.approx(ch["router"]["strong_share"])
+    assert ch["oracle"]["pass_rate"] >= ch["router"]["pass_rate"] - 1e-9
+    # Rules are reported, not applied.
+    assert rep["rules"]["applied_to_figures"] is False
+    assert rep["rules"]["strong_rows"] == sum(rep["rules"]["by_reason"].values())
+
+
+def test_dollars_match_router_model_cost(report_json) -> None:
+    """Hand-check: the monthly figures equal router_model.cost on the log's mean token counts."""
+    rep = report_json
+    read = read_logs([EXAMPLE_LOG], models=(rep["cheap_model"], rep["strong_model"]))
+    inp = np.mean([r.input_tokens if r.input_tokens is not None else math.ceil(len(r.full_text) / 4) for r in read.records])
+    out = np.mean([r.output_tokens if r.output_tokens is not None else 250 for r in read.records])
+    assert rep["mean_input_tokens"] == pytest.approx(inp, abs=1e-6)
+    assert rep["mean_output_tokens"] == pytest.approx(out, abs=1e-6)
+    table = PriceTable.load()
+    strong, cheap = table.price("gpt-4o"), table.price("gpt-4o-mini")  # the example log's pair
+    assert rep["always_strong"]["monthly_cost"] == pytest.approx(monthly_cost(strong, VOLUME, inp, out), abs=1e-4)
+    assert rep["always_cheap"]["monthly_cost"] == pytest.approx(monthly_cost(cheap, VOLUME, inp, out), abs=1e-4)
+    # Random routing at 30% strong: the same as router-cost's routed figure at a 70% cheap share.
+    g = _by_share(rep, 0.3)
+    routed = routed_monthly_cost(cheap, strong, VOLUME, inp, out, 0.0, 0.7)
+    assert g["random"]["monthly_cost"] == pytest.approx(routed, abs=1e-4)
+    assert g["random"]["saved_vs_strong"] == pytest.approx(monthly_cost(strong, VOLUME, inp, out) - routed, abs=1e-4)
+    # One figure by hand: 250k requests x (inp x $2.50 + out x $10) / 1M.
+    assert rep["always_strong"]["monthly_cost"] == pytest.approx(VOLUME * (inp * 2.5 + out * 10.0) / 1e6, abs=1e-4)
+
+
+def test_bad_options(model_dir, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--model-dir", str(model_dir), "--log", str(EXAMPLE_LOG), "--cheap", "gpt-4o-mini"])
+    assert e.value.code == 2
+    assert main(["--model-dir", str(model_dir), "--log", "no-such-log.jsonl"]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the arithmetic, synthetic
+
+
+def _synthetic(p: np.ndarray, seed: int = 0) -> LabelledScores:
+    rng = np.random.default_rng(seed)
+    n = len(p)
+    w = (rng.random(n) < 0.6).astype(float)
+    s = np.maximum(w, (rng.random(n) < 0.5).astype(float))
+    inp = rng.integers(10, 500, n).astype(float)
+    out = np.full(n, 250.0)
+    cc, cs = (inp * 0.15 + out * 0.6) / 1e6, (inp * 2.5 + out * 10) / 1e6
+    return LabelledScores(p, w, s, cc, cs, inp, out, 0.5, "cheap", "strong", {}, {"notes": []})
+
+
+def test_expected_at_shares_matches_metrics_quality_curve() -> None:
+    rng = np.random.default_rng(1)
+    sc = _synthetic(np.round(rng.random(300), 2))  # rounded: many ties
+    x = np.linspace(0, 1, 51)
+    q, c = expected_at_shares(1 - sc.p, sc.w, sc.s, sc.cost_cheap, sc.cost_strong, x)
+    _, q_ref = M.quality_curve(1 - sc.p, sc.w, sc.s, n_points=51)
+    np.testing.assert_allclose(q, q_ref, atol=1e-12)
+    assert c[0] == pytest.approx(sc.cost_cheap.mean()) and c[-1] == pytest.approx(sc.cost_strong.mean())
+
+
+def test_constant_score_router_is_random_routing() -> None:
+    sc = _synthetic(np.full(200, 0.7))
+    rep = compute_report(sc, requests_per_month=1_000_000)
+    for g in rep["grid"]:
+        assert g["router"]["pass_rate"] == pytest.approx(g["random"]["pass_rate"])
+        assert g["router"]["monthly_cost"] == pytest.approx(g["random"]["monthly_cost"])
+    # Everything above the threshold of 0.5 goes cheap.
+    assert rep["chosen"]["router"]["strong_share"] == 0.0
+    info = {"model_dir": "m", "artifact_version": "v", "logs": ["l.jsonl"], "rows_read": 200, "skipped": {},
+            "prices": {"source": "test", "as_of": "today", "cheap_per_1m": {"input": 0.15, "output": 0.6},
+                       "strong_per_1m": {"input": 2.5, "output": 10.0}}}
+    text = format_report({**rep, **info})
+    assert sum(ln.startswith("*") and "%|" in ln for ln in text.splitlines()) == 1 and "held-out" in text
+
+
+def test_volume_scales_dollars_only() -> None:
+    sc = _synthetic(np.random.default_rng(2).random(100))
+    a = compute_report(sc, requests_per_month=1_000)
+    b = compute_report(sc, requests_per_month=10_000)
+    for ga, gb in zip(a["grid"], b["grid"]):
+        assert gb["router"]["saved_vs_strong"] == pytest.approx(10 * ga["router"]["saved_vs_strong"])
+        assert gb["router"]["pass_rate"] == ga["router"]["pass_rate"]

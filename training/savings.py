@@ -1,0 +1,498 @@
+"""`router-savings`: what a trained router saves on a labelled log, in the user's dollars.
+
+For the router's own threshold and across strong-call shares (0%, 10%, ..., 100%), the report
+gives the cheap share, the pass rate, quality relative to always-strong, the monthly cost at the
+user's volume and the dollars saved against always-strong (and the extra spent against
+always-cheap), beside random and oracle routing at the same shares. It prints a table (or one
+JSON object with ``--json``) and can draw the cost-quality plane as a PNG.
+
+Conventions (as in shared/notes/METRICS.md and training.metrics):
+
+* The router's score is p_cheap_ok from the classifier only (``Router.p_cheap_ok``); the rules
+  (images, tags, very long contexts) are not applied to the figures, but how many rows they would
+  send to the strong model is reported from ``Router.predict_batch`` reasons.
+* At a strong share x the top x*n rows by 1 - p_cheap_ok go to the strong model; ties are scored
+  as the expectation over random tie-breaking (so a constant score is exactly random routing,
+  and the oracle, score s - w, is in expectation over its large tie blocks).
+* Quality is the pass rate (a row's outcome passed or not), so "quality" and "pass rate" are the
+  same number; quality_vs_strong divides by always-strong's pass rate.
+* Per-request dollars come from ``training.pipeline.request_costs`` (the log's token counts, or
+  the documented estimate: ceil(chars / 4) input tokens and ``--output-tokens`` output tokens);
+  monthly figures are mean cost per request x requests per month.
+
+A log the router was trained on overstates its quality: evaluate on held-out rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router_model.errors import ConfigError, RouterError
+
+__all__ = [
+    "DEFAULT_REQUESTS_PER_MONTH",
+    "DEFAULT_SHARES",
+    "LabelledScores",
+    "build_parser",
+    "compute_report",
+    "expected_at_shares",
+    "format_report",
+    "main",
+    "save_plot",
+    "score_log",
+]
+
+DEFAULT_REQUESTS_PER_MONTH = 1_000_000
+DEFAULT_SHARES = tuple(round(i / 10, 1) for i in range(11))
+HELD_OUT_NOTE = (
+    "Quality measured on rows the router was trained on overstates it: use held-out rows "
+    "(e.g. the test split, or requests logged after training)."
+)
+_DIGITS = 10  # significant digits in --json output (drops float noise only)
+
+
+@dataclass
+class LabelledScores:
+    """Everything the report needs, one entry per log row (arrays aligned)."""
+
+    p: np.ndarray  # classifier p_cheap_ok
+    w: np.ndarray  # cheap model passed (0/1)
+    s: np.ndarray  # strong model passed (0/1)
+    cost_cheap: np.ndarray  # dollars per request on the cheap model
+    cost_strong: np.ndarray
+    input_tokens: np.ndarray  # the token counts the costs were computed from
+    output_tokens: np.ndarray
+    threshold: float
+    cheap_model: str
+    strong_model: str
+    rule_reasons: dict[str, int]  # rows the rules would send to strong, per reason
+    info: dict[str, Any]  # provenance: files, rows, router version, pricing notes, ...
+
+
+# ------------------------------------------------------------------------------ arithmetic
+
+
+def expected_at_shares(
+    r: np.ndarray, w: np.ndarray, s: np.ndarray, cc: np.ndarray, cs: np.ndarray, shares: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean quality, mean cost per request) when the top share*n rows by `r` go strong.
+
+    Ties in `r` and fractional k = share * n are taken in expectation over random tie-breaking:
+    linear interpolation between tie-block boundaries, as `training.metrics.quality_curve` does.
+    """
+    r, w, s, cc, cs = (np.asarray(a, dtype=float) for a in (r, w, s, cc, cs))
+    n = len(r)
+    if n == 0:
+        raise ValueError("empty input: need at least one row")
+    x = np.asarray(shares, dtype=float)
+    if np.any((x < 0) | (x > 1)) or not np.all(np.isfinite(x)):
+        raise ValueError("shares must lie in [0, 1]")
+    order = np.argsort(-r, kind="stable")
+    ends = np.flatnonzero(np.diff(r[order]) != 0) + 1
+    ks = np.concatenate([[0], ends, [n]])
+    dq = np.concatenate([[0.0], np.cumsum((s - w)[order])])[ks]
+    dc = np.concatenate([[0.0], np.cumsum((cs - cc)[order])])[ks]
+    k = x * n
+    quality = (w.sum() + np.interp(k, ks, dq)) / n
+    cost = (cc.sum() + np.interp(k, ks, dc)) / n
+    return quality, cost
+
+
+def _point(name_share: float, quality: float, cost_per_request: float, base: dict[str, float], volume: float) -> dict[str, float]:
+    monthly = cost_per_request * volume
+    return {
+        "strong_share": float(name_share),
+        "cheap_share": float(1.0 - name_share),
+        "pass_rate": float(quality),
+        "quality_vs_strong": float(quality / base["q_strong"]),
+        "cost_per_request": float(cost_per_request),
+        "monthly_cost": float(monthly),
+        "saved_vs_strong": float(base["strong_monthly"] - monthly),
+        "saved_fraction": float((base["strong_monthly"] - monthly) / base["strong_monthly"]) if base["strong_monthly"] else 0.0,
+        "extra_vs_cheap": float(monthly - base["cheap_monthly"]),
+    }
+
+
+def compute_report(
+    sc: LabelledScores,
+    *,
+    requests_per_month: float = DEFAULT_REQUESTS_PER_MONTH,
+    shares: Sequence[float] = DEFAULT_SHARES,
+) -> dict[str, Any]:
+    """The savings report as a JSON-ready dict (see the module docstring for conventions).
+
+    Random routing is reported in expectation (no seed): at strong share x its quality and cost
+    lie on the straight line from always-cheap to always-strong.
+    """
+    if not (math.isfinite(requests_per_month) and requests_per_month >= 0):
+        raise ValueError(f"requests_per_month must be a finite non-negative number, got {requests_per_month!r}")
+    w, s, cc, cs, p = sc.w, sc.s, sc.cost_cheap, sc.cost_strong, sc.p
+    n = len(p)
+    q_weak, q_strong = float(w.mean()), float(s.mean())
+    if q_strong <= 0:
+        raise ValueError("the strong model passes no row of this log: quality relative to always-strong is undefined")
+    V = float(requests_per_month)
+    base = {"q_strong": q_strong, "strong_monthly": float(cs.mean()) * V, "cheap_monthly": float(cc.mean()) * V}
+
+    scores = {"router": 1.0 - p, "random": np.zeros(n), "oracle": s - w}
+    strong_chosen = p < sc.threshold
+    chosen_share = float(strong_chosen.mean())
+    grid_shares = sorted(set(float(x) for x in shares) | {chosen_share})
+
+    def at(name: str, xs: Sequence[float]) -> list[dict[str, float]]:
+        q, c = expected_at_shares(scores[name], w, s, cc, cs, xs)
+        return [_point(x, qi, ci, base, V) for x, qi, ci in zip(xs, q, c)]
+
+    # The router at its own threshold: the exact decision p < threshold (no tie expectation).
+    q_ch = float(np.where(strong_chosen, s, w).mean())
+    c_ch = float(np.where(strong_chosen, cs, cc).mean())
+    chosen = {
+        "threshold": float(sc.threshold),
+        "router": _point(chosen_share, q_ch, c_ch, base, V),
+        "random": at("random", [chosen_share])[0],
+        "oracle": at("oracle", [chosen_share])[0],
+    }
+    grid = []
+    rows = {name: at(name, grid_shares) for name in scores}
+    for i, x in enumerate(grid_shares):
+        grid.append({
+            "strong_share": x,
+            "cheap_share": 1.0 - x,
+            "chosen": bool(x == chosen_share),
+            **{name: rows[name][i] for name in scores},
+        })
+
+    always_strong = _point(1.0, q_strong, float(cs.mean()), base, V)
+    always_cheap = _point(0.0, q_weak, float(cc.mean()), base, V)
+    rules_total = int(sum(sc.rule_reasons.values()))
+    extra = list(sc.info.get("notes", []))
+    warnings = [n for n in extra if n.startswith("WARNING")]
+    notes = [*warnings, HELD_OUT_NOTE, *(n for n in extra if n not in warnings)]
+    return {
+        **{k: v for k, v in sc.info.items() if k != "notes"},
+        "n": int(n),
+        "cheap_model": sc.cheap_model,
+        "strong_model": sc.strong_model,
+        "requests_per_month": V,
+        "mean_input_tokens": float(np.mean(sc.input_tokens)),
+        "mean_output_tokens": float(np.mean(sc.output_tokens)),
+        "always_strong": always_strong,
+        "always_cheap": always_cheap,
+        "chosen": chosen,
+        "grid": grid,
+        "rules": {
+            "strong_rows": rules_total,
+            "strong_share": rules_total / n,
+            "by_reason": dict(sorted(sc.rule_reasons.items())),
+            "applied_to_figures": False,
+        },
+        "notes": notes,
+    }
+
+
+# ------------------------------------------------------------------------------ scoring a log
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def score_log(
+    model_dir: str | Path,
+    logs: Sequence[str | Path],
+    *,
+    cheap: str | None = None,
+    strong: str | None = None,
+    prices: str | Path | None = None,
+    output_tokens: int | None = None,
+    skip_invalid: bool = False,
+    threads: int | None = None,
+) -> LabelledScores:
+    """Read the labelled log(s), score every row with the router and cost it on both models."""
+    from router_model.cost import PriceTable
+    from router_model.decision import REASON_CLASSIFIER
+    from router_model.router import Router
+    from training.log import LogFormatError, ReadOptions, read_logs
+    from training.pipeline import CHARS_PER_TOKEN, DEFAULT_OUTPUT_TOKENS, request_costs
+
+    if (cheap is None) != (strong is None):
+        raise ValueError("name both --cheap and --strong, or neither (the router's pair is used)")
+    router = Router.load(model_dir, threads=threads or os.cpu_count() or 1)
+    meta = router.metadata
+    data = meta.get("data", {}) or {}
+    notes: list[str] = []
+    options = ReadOptions(pass_threshold=float(data.get("pass_threshold", 0.8)), skip_invalid=skip_invalid)
+    models = (cheap, strong) if cheap is not None else (router.cheap_model, router.strong_model)
+    try:
+        read = read_logs(list(logs), models=models, options=options)
+    except LogFormatError as e:
+        if cheap is not None or e.problems or "never occur" not in str(e):
+            raise
+        # The log names its models differently from the router's training data: let the reader
+        # pick the log's most represented pair and say so.
+        read = read_logs(list(logs), models=None, options=options)
+        notes.append(
+            f"the router's pair ({router.cheap_model} / {router.strong_model}) is not in the log; "
+            f"using the log's pair {read.cheap_model} / {read.strong_model} (name it with --cheap/--strong)"
+        )
+    records = read.records
+    requests = [r.request for r in records]
+    tags = [list(r.tags) for r in records]
+
+    # Rules need predict_batch; it also yields p_cheap_ok for every row no rule decided, so only
+    # the rule-decided rows are scored again with the classifier.
+    decisions = router.predict_batch(requests, tags=tags)
+    p = np.array([d.p_cheap_ok if d.p_cheap_ok is not None else np.nan for d in decisions], dtype=float)
+    reasons = Counter(d.reason for d in decisions if d.reason != REASON_CLASSIFIER)
+    todo = [i for i, d in enumerate(decisions) if d.p_cheap_ok is None and records[i].classifier_text.strip()]
+    if todo:
+        p[todo] = router.p_cheap_ok([requests[i] for i in todo])
+    no_text = np.isnan(p)
+    if no_text.any():
+        p[no_text] = 0.0  # nothing for the classifier to read (image only): counted as a strong call
+        notes.append(f"{int(no_text.sum())} row(s) have no text for the classifier (images only); scored p_cheap_ok = 0")
+
+    table = PriceTable.load(prices)
+    out_tok = DEFAULT_OUTPUT_TOKENS if output_tokens is None else int(output_tokens)
+    n_tokens = [d.prompt_tokens for d in decisions]
+    cc, cs, pair = request_costs(read, n_tokens, table, out_tok)
+    notes += list(pair.notes)
+    estimated_in = sum(1 for r in records if r.input_tokens is None)
+    estimated_out = sum(1 for r in records if r.output_tokens is None)
+    if estimated_in or estimated_out:
+        notes.append(
+            f"token counts estimated for {estimated_in} row(s) input (chars / 4) and {estimated_out} row(s) "
+            f"output ({out_tok} tokens); the log's own counts are used where present"
+        )
+    inp = np.array([r.input_tokens if r.input_tokens is not None else math.ceil(len(r.full_text) / CHARS_PER_TOKEN) for r in records], float)
+    out = np.array([r.output_tokens if r.output_tokens is not None else out_tok for r in records], float)
+
+    trained_files = [str(f) for f in data.get("files", [])]
+    trained_on = bool(data.get("sha256")) and data.get("sha256") == read.data_sha256
+    overlap = sorted({f for f in read.files for t in trained_files if _same_file(f, t)})
+    if trained_on or overlap:
+        notes.insert(0, "WARNING: this log is (part of) the data the router was trained on "
+                     f"({', '.join(overlap) or 'same sha256'}); its figures are optimistic.")
+
+    info = {
+        "model_dir": str(model_dir),
+        "artifact_version": router.version,
+        "router_pair": [router.cheap_model, router.strong_model],
+        "logs": list(read.files),
+        "rows_read": read.rows_read,
+        "rows_used": read.rows_used,
+        "skipped": dict(read.skipped),
+        "trained_on_this_log": bool(trained_on or overlap),
+        "prices": {
+            "as_of": table.as_of,
+            "source": table.source,
+            "files": list(table.files),
+            "cheap_per_1m": {"input": pair.cheap.input, "output": pair.cheap.output},
+            "strong_per_1m": {"input": pair.strong.input, "output": pair.strong.output},
+        },
+        "output_tokens_default": out_tok,
+        "notes": notes,
+    }
+    w = np.array([float(r.passed[read.cheap_model]) for r in records])
+    s = np.array([float(r.passed[read.strong_model]) for r in records])
+    return LabelledScores(p, w, s, np.asarray(cc, float), np.asarray(cs, float), inp, out, router.threshold,
+                          read.cheap_model, read.strong_model, dict(reasons), info)
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def _money(x: float) -> str:
+    """Whole dollars (cents below $100); float noise around zero prints as $0."""
+    digits = 0 if abs(x) >= 100 else 2
+    if round(x, digits) == 0:
+        return "$0"
+    return f"-${-x:,.{digits}f}" if x < 0 else f"${x:,.{digits}f}"
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """The terminal table."""
+    V = rep["requests_per_month"]
+    a_s, a_c, ch = rep["always_strong"], rep["always_cheap"], rep["chosen"]
+    pr = rep["prices"]
+    lines = [
+        f"Savings report: router {rep['model_dir']} ({rep['artifact_version']}), threshold {ch['threshold']:.4f}",
+        f"log: {', '.join(rep['logs'])}: {rep['n']} rows (read {rep['rows_read']}, skipped {sum(rep['skipped'].values())}); "
+        f"cheap = {rep['cheap_model']}, strong = {rep['strong_model']}",
+        f"volume: {V:,.0f} requests/month; mean tokens per request {rep['mean_input_tokens']:,.0f} in + "
+        f"{rep['mean_output_tokens']:,.0f} out",
+        f"prices (USD per 1M in/out): cheap ${pr['cheap_per_1m']['input']:g}/${pr['cheap_per_1m']['output']:g}, "
+        f"strong ${pr['strong_per_1m']['input']:g}/${pr['strong_per_1m']['output']:g} ({pr['source']}, as of {pr['as_of']})",
+        "",
+        f"always strong: pass rate {a_s['pass_rate']:.3f}, {_money(a_s['monthly_cost'])}/month",
+        f"always cheap:  pass rate {a_c['pass_rate']:.3f} ({a_c['quality_vs_strong']:.1%} of strong), "
+        f"{_money(a_c['monthly_cost'])}/month, saves {_money(a_c['saved_vs_strong'])}/month",
+        f"router at its threshold: {ch['router']['cheap_share']:.1%} cheap calls, pass rate {ch['router']['pass_rate']:.3f} "
+        f"({ch['router']['quality_vs_strong']:.1%} of strong), {_money(ch['router']['monthly_cost'])}/month, "
+        f"saves {_money(ch['router']['saved_vs_strong'])}/month ({ch['router']['saved_fraction']:.1%}); "
+        f"random at that share {ch['random']['quality_vs_strong']:.1%}, oracle {ch['oracle']['quality_vs_strong']:.1%} of strong",
+        "",
+        f"{'':14}|{'router':^44}|{'random':^20}|{'oracle':^20}",
+        f"{'strong':>7}{'cheap':>7}|{'pass':>7}{'q/strong':>10}{'$/month':>13}{'saved/mo':>14}|"
+        f"{'q/strong':>9}{'saved/mo':>11}|{'q/strong':>9}{'saved/mo':>11}",
+    ]
+    for g in rep["grid"]:
+        r, rnd, o = g["router"], g["random"], g["oracle"]
+        mark = "*" if g["chosen"] else " "
+        lines.append(
+            f"{mark}{g['strong_share']:>6.1%}{g['cheap_share']:>7.1%}|{r['pass_rate']:>7.3f}{r['quality_vs_strong']:>10.3f}"
+            f"{_money(r['monthly_cost']):>13}{_money(r['saved_vs_strong']):>14}|"
+            f"{rnd['quality_vs_strong']:>9.3f}{_money(rnd['saved_vs_strong']):>11}|"
+            f"{o['quality_vs_strong']:>9.3f}{_money(o['saved_vs_strong']):>11}"
+        )
+    lines.append("* = the router's threshold (the exact decision p_cheap_ok < threshold goes strong); other rows "
+                 "route the top share by 1 - p_cheap_ok.")
+    lines.append("saved/mo = always-strong cost minus this routing's cost; always-cheap would save "
+                 f"{_money(a_c['saved_vs_strong'])}/month. Random and oracle are in expectation at the same strong share.")
+    rules = rep["rules"]
+    by = ", ".join(f"{k} {v}" for k, v in rules["by_reason"].items()) or "none"
+    lines.append(f"rules (not applied above) would send {rules['strong_rows']} row(s) "
+                 f"({rules['strong_share']:.1%}) to strong: {by}")
+    lines += [f"note: {n}" for n in rep["notes"]]
+    return "\n".join(lines)
+
+
+def save_plot(rep: dict[str, Any], sc: LabelledScores, path: str | Path, n_points: int = 101) -> Path:
+    """PNG of quality (relative to always-strong) against monthly cost: router, random, oracle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = np.linspace(0.0, 1.0, n_points)
+    V = rep["requests_per_month"]
+    q_strong = rep["always_strong"]["pass_rate"]
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for name, r, style in (
+        ("router", 1.0 - sc.p, "-"),
+        ("random", np.zeros(len(sc.p)), "--"),
+        ("oracle", sc.s - sc.w, ":"),
+    ):
+        q, c = expected_at_shares(r, sc.w, sc.s, sc.cost_cheap, sc.cost_strong, xs)
+        ax.plot(c * V, q / q_strong, style, label=name)
+    ch = rep["chosen"]["router"]
+    ax.plot([ch["monthly_cost"]], [ch["quality_vs_strong"]], "o", color="black", zorder=5,
+            label=f"chosen threshold: {ch['cheap_share']:.0%} cheap, saves {_money(ch['saved_vs_strong'])}/mo")
+    for key, label in (("always_cheap", "always cheap"), ("always_strong", "always strong")):
+        pt = rep[key]
+        ax.annotate(label, (pt["monthly_cost"], pt["quality_vs_strong"]), fontsize=8,
+                    xytext=(4, -10), textcoords="offset points")
+    ax.axhline(1.0, color="grey", linewidth=0.6)
+    ax.set_xlabel(f"monthly cost in $ at {V:,.0f} requests/month")
+    ax.set_ylabel("quality relative to always-strong")
+    ax.set_title(f"Cost vs quality ({rep['n']} rows: {rep['cheap_model']} vs {rep['strong_model']})", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.{_DIGITS}g}")  # significant digits: per-request dollars are tiny
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _volume(text: str) -> float:
+    try:
+        value = float(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}")
+    return value
+
+
+def _tokens(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of tokens, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="router-savings",
+        description="What a trained router saves on a labelled request log: cheap-call share, pass rate, quality "
+        "relative to always-strong and dollars a month, at the router's threshold and across strong-call shares, "
+        "beside random and oracle routing. Use a log the router was NOT trained on.",
+        epilog="example:\n  python -m training.savings --model-dir artifacts/router --log heldout.jsonl "
+        "--requests-per-month 1000000 --plot savings.png\nexit status: 0 ok, 1 unreadable log or model directory, 2 bad option",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model-dir", required=True, type=Path, metavar="DIR", help="the router's model directory")
+    p.add_argument("--log", action="append", required=True, type=Path, metavar="FILE",
+                   help="labelled request log (JSONL, see data/README.md); repeat for several files")
+    p.add_argument("--requests-per-month", type=_volume, default=DEFAULT_REQUESTS_PER_MONTH, metavar="N",
+                   help="your volume (default: %(default)s)")
+    p.add_argument("--cheap", metavar="NAME", help="the cheap model's name in the log (default: the router's)")
+    p.add_argument("--strong", metavar="NAME", help="the strong model's name in the log (default: the router's)")
+    p.add_argument("--prices", type=Path, metavar="FILE", help="price table JSON overriding/extending the packaged one")
+    p.add_argument("--output-tokens", type=_tokens, default=None, metavar="N",
+                   help="output tokens per request assumed where the log has none (default: 250)")
+    p.add_argument("--plot", type=Path, metavar="OUT.png", help="write the cost-quality plot here")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--skip-invalid", action="store_true", help="skip malformed rows (counted per reason) instead of stopping")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `router-savings`; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.cheap is None) != (args.strong is None):
+        parser.error("name both --cheap and --strong, or neither (the router's pair is used)")
+    try:
+        sc = score_log(args.model_dir, args.log, cheap=args.cheap, strong=args.strong, prices=args.prices,
+                       output_tokens=args.output_tokens, skip_invalid=args.skip_invalid)
+        rep = compute_report(sc, requests_per_month=args.requests_per_month)
+        if args.plot is not None:
+            rep["plot"] = str(save_plot(rep, sc, args.plot))
+    except ConfigError as exc:
+        parser.error(str(exc))  # a bad price file or setting: exit 2 with the usage line
+    except (RouterError, ValueError, OSError) as exc:
+        print(f"router-savings: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(_rounded(rep)))
+    else:
+        print(format_report(rep))
+        if "plot" in rep:
+            print(f"plot: {rep['plot']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
