@@ -105,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
     configs += [
         (f"router default: joint + features ({args.head})", lambda folds: cv_scores(XF, w, s, folds, "joint", args.head)),
-        ("oracle", lambda folds: oracle_scores(w, s)),
     ]
+    if not args.quick:
+        configs.append(
+            ("joint + features, stronger L2 (logreg_c0.03)", lambda folds: cv_scores(XF, w, s, folds, "joint", "logreg_c0.03"))
+        )
+    configs.append(("oracle", lambda folds: oracle_scores(w, s)))
     results: dict[str, dict] = {}
     for gname, groups in groupings.items():
         folds = group_kfold(groups, k=args.folds, seed=0)

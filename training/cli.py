@@ -10,7 +10,7 @@ from pathlib import Path
 from router_model.errors import RouterError
 from router_model.features import DEFAULT_FEATURES, FEATURES
 from training.embedder import DEFAULT_EMBEDDER
-from training.head import TARGETS
+from training.head import DEFAULT_HEADS, TARGETS
 from training.threshold import Goal
 
 EPILOG = """
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=",".join(DEFAULT_FEATURES), metavar="LIST",
                    help=f"comma-separated request features beside the embedding, or 'none' (known: {', '.join(FEATURES)})")
     p.add_argument("--heads", default="", metavar="LIST",
-                   help="comma-separated candidate classifiers to try (default: all; the best on validation APGR wins)")
+                   help=f"comma-separated candidate classifiers to try; the best on validation APGR wins (default: "
+                   f"{','.join(DEFAULT_HEADS)}; also known: logreg_c1)")
     p.add_argument("--calibration", choices=("sigmoid", "isotonic"), default="sigmoid", help="probability calibration (default: %(default)s)")
     p.add_argument("--truncation", choices=("head_tail", "head"), default="head_tail",
                    help="how prompts longer than the embedder's window are cut (default: %(default)s)")

@@ -29,7 +29,7 @@ from training import metrics as M
 from training.baselines import heuristic_scores, oracle_scores, random_scores
 from training.embed import OnnxEmbedder
 from training.embedder import DEFAULT_EMBEDDER, default_cache_dir, export_embedder
-from training.head import calibration_folds, candidate_heads, make_target, p_cheap_ok
+from training.head import DEFAULT_HEADS, calibration_folds, candidate_heads, make_target, p_cheap_ok
 from training.log import LogReadResult, ReadOptions, read_logs
 from training.split import assign_splits, normalize_prompt
 from training.threshold import DEFAULT_GOAL, Goal, choose_threshold
@@ -225,7 +225,7 @@ def _fit_heads(ds: Dataset, config: TrainConfig, target) -> tuple[str, object, d
     tr, va = ds.rows("train"), ds.rows("val")
     y = target.labels(ds.w >= 0.5, ds.s >= 0.5)
     factories = candidate_heads(seed=config.seed, calibration=config.calibration)
-    names = list(config.heads) or list(factories)
+    names = list(config.heads) or list(DEFAULT_HEADS)
     unknown = [n for n in names if n not in factories]
     if unknown:
         raise ValueError(f"unknown heads {unknown}; known: {sorted(factories)}")
