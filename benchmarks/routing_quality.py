@@ -39,9 +39,17 @@ CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
 
 
+def _unshuffled_calibration():
+    """What sklearn does by default (cv=5 without shuffling), for comparison with training/head.py."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
+
+    return CalibratedClassifierCV(LogisticRegression(C=0.1, max_iter=2000), method="sigmoid", cv=5)
+
+
 def cv_scores(X, w, s, folds, target_name: str, head: str) -> np.ndarray:
     """Out-of-fold router scores r = 1 - p_cheap_ok (or 1 - P(cheap passes) for 'cheap_passes')."""
-    factory = candidate_heads()[head]
+    factory = _unshuffled_calibration if head == "unshuffled" else candidate_heads()[head]
     r = np.zeros(len(w))
     for tr, te in folds:
         if target_name == "cheap_passes":
@@ -107,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         (f"router default: joint + features ({args.head})", lambda folds: cv_scores(XF, w, s, folds, "joint", args.head)),
     ]
     if not args.quick:
-        configs.append(
-            ("joint + features, stronger L2 (logreg_c0.03)", lambda folds: cv_scores(XF, w, s, folds, "joint", "logreg_c0.03"))
-        )
+        configs += [
+            ("joint + features, stronger L2 (logreg_c0.03)", lambda folds: cv_scores(XF, w, s, folds, "joint", "logreg_c0.03")),
+            ("joint + features, MLP (mlp_64)", lambda folds: cv_scores(XF, w, s, folds, "joint", "mlp_64")),
+            ("joint + features, unshuffled calibration folds", lambda folds: cv_scores(XF, w, s, folds, "joint", "unshuffled")),
+        ]
     configs.append(("oracle", lambda folds: oracle_scores(w, s)))
     results: dict[str, dict] = {}
     for gname, groups in groupings.items():
