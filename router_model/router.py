@@ -11,7 +11,6 @@ import numpy as np
 
 from router_model.artifact import (
     FEATURES_INPUT,
-    GRAPH_FILES,
     PROBABILITIES_OUTPUT,
     TOKENIZER_FILE,
     ArtifactMetadata,

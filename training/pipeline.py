@@ -12,17 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from router_model.artifact import GRAPH_FILES, TOKENIZER_FILE, write_metadata
+from router_model.artifact import GRAPH_FILES
 from router_model.cost import PriceTable
 from router_model.features import DEFAULT_FEATURES, check_feature_names, request_features
 from training import metrics as M
