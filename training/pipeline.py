@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +123,7 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def request_costs(read: LogReadResult, n_tokens_full: Sequence[int], prices: PriceTable, output_tokens: int):
+def request_costs(read: LogReadResult, prices: PriceTable, output_tokens: int):
     """Per-request dollars on each model: token counts from the log, else documented estimates."""
     pair = prices.pricing_for_pair(read.cheap_model, read.strong_model, fallback=True)
     inp = np.array(
@@ -143,7 +142,7 @@ def build_dataset(read: LogReadResult, config: TrainConfig, encoder, prices: Pri
     split = assign_splits(groups, fractions=config.split, seed=config.seed)
     w = np.array([float(r.passed[read.cheap_model]) for r in read.records])
     s = np.array([float(r.passed[read.strong_model]) for r in read.records])
-    cc, cs, _ = request_costs(read, n_tokens, prices, config.output_tokens)
+    cc, cs, _ = request_costs(read, prices, config.output_tokens)
     return Dataset(texts, n_tokens, groups, w, s, split, cc, cs, [r.category for r in read.records])
 
 

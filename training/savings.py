@@ -268,8 +268,7 @@ def score_log(
 
     table = PriceTable.load(prices)
     out_tok = DEFAULT_OUTPUT_TOKENS if output_tokens is None else int(output_tokens)
-    n_tokens = [d.prompt_tokens for d in decisions]
-    cc, cs, pair = request_costs(read, n_tokens, table, out_tok)
+    cc, cs, pair = request_costs(read, table, out_tok)
     notes += list(pair.notes)
     estimated_in = sum(1 for r in records if r.input_tokens is None)
     estimated_out = sum(1 for r in records if r.output_tokens is None)
