@@ -12,20 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from router_model.cli_args import positive_int
 from router_model.errors import ArtifactError, ConfigError, InvalidRequestError, RouterError
 
 ENV_MODEL_DIR = "ROUTER_MODEL_DIR"
 PROG = "python -m router_model"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _add_model_dir(p: argparse.ArgumentParser) -> None:
@@ -46,7 +37,7 @@ def _add_graph_threads(p: argparse.ArgumentParser, default_threads: str) -> None
         help="which ONNX graph to run: int8 (quantised embedder, about 2x faster) or fp32 (exactly the trained "
         "model); default: the artifact's default_graph, chosen at training time",
     )
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help=f"onnxruntime intra-op threads (default: {default_threads})")
 
 
@@ -77,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to write one decision per input line ('-' = stdout); a file is written beside "
                     "and renamed into place when the run succeeds")
     _add_graph_threads(sc, "all cores")
-    sc.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
+    sc.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
                     help="lines read, routed and written per chunk; bounds memory (default: %(default)s)")
     sc.add_argument("--skip-invalid", action="store_true",
                     help="for a bad input line, write an output line with an 'error' field and go on (a count is "

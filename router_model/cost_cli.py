@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from router_model.cli_args import non_negative_number
 from router_model.cost import (
     DAYS_PER_MONTH,
     DEFAULT_CHEAP,
@@ -29,12 +29,7 @@ _DIGITS = 6  # JSON rounding: drops float noise (1111.5000000000002) yet keeps s
 
 def _number(text: str) -> int | float:
     """A finite non-negative number; int when integral so JSON echoes 1000000, not 1000000.0."""
-    try:
-        value = float(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}")
+    value = non_negative_number(text)
     return int(value) if value.is_integer() else value
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from router_model.cli_args import non_negative_number
 from router_model.cost import DAYS_PER_MONTH, PriceTable, monthly_cost
 from router_model.errors import ConfigError, RouterError
 
@@ -519,16 +520,6 @@ def format_report(report: ObservationReport) -> str:
 # ---------------------------------------------------------------- CLI
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m router_model.decision_log",
@@ -545,15 +536,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--log", required=True, metavar="FILE", help="the decision log (JSON lines)")
     rep.add_argument(
-        "--requests-per-month", type=_non_negative, default=None, metavar="N",
+        "--requests-per-month", type=non_negative_number, default=None, metavar="N",
         help="monthly volume for the cost projection (default: the log's rate x 30 days)",
     )
     rep.add_argument(
-        "--output-tokens", type=_non_negative, default=DEFAULT_OUTPUT_TOKENS, metavar="O",
+        "--output-tokens", type=non_negative_number, default=DEFAULT_OUTPUT_TOKENS, metavar="O",
         help=f"assumed output tokens per request; the log has none (default {DEFAULT_OUTPUT_TOKENS})",
     )
     rep.add_argument(
-        "--input-tokens", type=_non_negative, default=None, metavar="I",
+        "--input-tokens", type=non_negative_number, default=None, metavar="I",
         help="input tokens per request (default: the log's mean prompt_tokens, per side)",
     )
     rep.add_argument("--prices", default=None, metavar="FILE", help="price file overriding/extending the packaged one")

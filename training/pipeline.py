@@ -123,8 +123,19 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def request_costs(read: LogReadResult, prices: PriceTable, output_tokens: int):
-    """Per-request dollars on each model: token counts from the log, else documented estimates."""
+@dataclass(frozen=True)
+class RequestCosts:
+    """Per-request token counts and dollars on each model, aligned with the log's records."""
+
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    cheap: np.ndarray
+    strong: np.ndarray
+    pricing: Any  # router_model.cost.PairPricing
+
+
+def request_costs(read: LogReadResult, prices: PriceTable, output_tokens: int) -> RequestCosts:
+    """Token counts from the log, else documented estimates (input ceil(chars / 4), output as given)."""
     pair = prices.pricing_for_pair(read.cheap_model, read.strong_model, fallback=True)
     inp = np.array(
         [r.input_tokens if r.input_tokens is not None else math.ceil(len(r.full_text) / CHARS_PER_TOKEN) for r in read.records],
@@ -132,7 +143,7 @@ def request_costs(read: LogReadResult, prices: PriceTable, output_tokens: int):
     )
     out = np.array([r.output_tokens if r.output_tokens is not None else output_tokens for r in read.records], dtype=float)
     cost = lambda p: (inp * p.input + out * p.output) / 1e6  # noqa: E731
-    return cost(pair.cheap), cost(pair.strong), pair
+    return RequestCosts(inp, out, cost(pair.cheap), cost(pair.strong), pair)
 
 
 def build_dataset(read: LogReadResult, config: TrainConfig, encoder, prices: PriceTable) -> Dataset:
@@ -142,8 +153,8 @@ def build_dataset(read: LogReadResult, config: TrainConfig, encoder, prices: Pri
     split = assign_splits(groups, fractions=config.split, seed=config.seed)
     w = np.array([float(r.passed[read.cheap_model]) for r in read.records])
     s = np.array([float(r.passed[read.strong_model]) for r in read.records])
-    cc, cs, _ = request_costs(read, prices, config.output_tokens)
-    return Dataset(texts, n_tokens, groups, w, s, split, cc, cs, [r.category for r in read.records])
+    costs = request_costs(read, prices, config.output_tokens)
+    return Dataset(texts, n_tokens, groups, w, s, split, costs.cheap, costs.strong, [r.category for r in read.records])
 
 
 def score_block(name: str, r: np.ndarray, ds: Dataset, idx: np.ndarray) -> dict[str, float]:

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from router_model.cli_args import non_negative_number, whole_number
 from router_model.errors import ConfigError, RouterError
 
 __all__ = [
@@ -227,7 +228,7 @@ def score_log(
     from router_model.decision import REASON_CLASSIFIER
     from router_model.router import Router
     from training.log import LogFormatError, ReadOptions, read_logs
-    from training.pipeline import CHARS_PER_TOKEN, DEFAULT_OUTPUT_TOKENS, request_costs
+    from training.pipeline import DEFAULT_OUTPUT_TOKENS, request_costs
 
     if (cheap is None) != (strong is None):
         raise ValueError("name both --cheap and --strong, or neither (the router's pair is used)")
@@ -268,7 +269,8 @@ def score_log(
 
     table = PriceTable.load(prices)
     out_tok = DEFAULT_OUTPUT_TOKENS if output_tokens is None else int(output_tokens)
-    cc, cs, pair = request_costs(read, table, out_tok)
+    costs = request_costs(read, table, out_tok)
+    cc, cs, pair = costs.cheap, costs.strong, costs.pricing
     notes += list(pair.notes)
     estimated_in = sum(1 for r in records if r.input_tokens is None)
     estimated_out = sum(1 for r in records if r.output_tokens is None)
@@ -277,8 +279,7 @@ def score_log(
             f"token counts estimated for {estimated_in} row(s) input (chars / 4) and {estimated_out} row(s) "
             f"output ({out_tok} tokens); the log's own counts are used where present"
         )
-    inp = np.array([r.input_tokens if r.input_tokens is not None else math.ceil(len(r.full_text) / CHARS_PER_TOKEN) for r in records], float)
-    out = np.array([r.output_tokens if r.output_tokens is not None else out_tok for r in records], float)
+    inp, out = costs.input_tokens, costs.output_tokens
 
     trained_files = [str(f) for f in data.get("files", [])]
     trained_on = bool(data.get("sha256")) and data.get("sha256") == read.data_sha256
@@ -421,26 +422,6 @@ def _rounded(value: Any) -> Any:
 # ------------------------------------------------------------------------------ CLI
 
 
-def _volume(text: str) -> float:
-    try:
-        value = float(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}")
-    return value
-
-
-def _tokens(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of tokens, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="router-savings",
@@ -454,12 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, type=Path, metavar="DIR", help="the router's model directory")
     p.add_argument("--log", action="append", required=True, type=Path, metavar="FILE",
                    help="labelled request log (JSONL, see data/README.md); repeat for several files")
-    p.add_argument("--requests-per-month", type=_volume, default=DEFAULT_REQUESTS_PER_MONTH, metavar="N",
+    p.add_argument("--requests-per-month", type=non_negative_number, default=DEFAULT_REQUESTS_PER_MONTH, metavar="N",
                    help="your volume (default: %(default)s)")
     p.add_argument("--cheap", metavar="NAME", help="the cheap model's name in the log (default: the router's)")
     p.add_argument("--strong", metavar="NAME", help="the strong model's name in the log (default: the router's)")
     p.add_argument("--prices", type=Path, metavar="FILE", help="price table JSON overriding/extending the packaged one")
-    p.add_argument("--output-tokens", type=_tokens, default=None, metavar="N",
+    p.add_argument("--output-tokens", type=whole_number, default=None, metavar="N",
                    help="output tokens per request assumed where the log has none (default: 250)")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="write the cost-quality plot here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

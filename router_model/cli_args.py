@@ -1,0 +1,32 @@
+"""argparse value types shared by the command-line tools, so each rule is written once."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def non_negative_number(text: str) -> float:
+    """A finite number >= 0; `_` and `,` thousands separators are accepted (1_000_000, 1,000,000)."""
+    try:
+        value = float(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}")
+    return value
+
+
+def whole_number(text: str, *, minimum: int = 0) -> int:
+    """An integer >= `minimum`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, minimum=1)
