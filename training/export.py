@@ -1,14 +1,11 @@
 """Join the embedder graph and the calibrated head into one ONNX graph, fp32 and int8.
 
 token ids -> embedder -> [embedding | request features] -> calibrated head -> probabilities.
-The int8 graph quantises only the embedder (dynamic, per-channel weights: per-tensor loses too
-much, see STACK.md); the head stays fp32 so its calibration is untouched.
+The int8 graph quantises only the embedder (training/quantize.py); the head stays fp32 so its
+calibration is untouched.
 """
 
 from __future__ import annotations
-
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -65,6 +62,12 @@ def merge_router_graph(embedder: onnx.ModelProto, head: onnx.ModelProto, dim: in
     ir = max(embedder.ir_version, head.ir_version)
     embedder = onnx.ModelProto.FromString(embedder.SerializeToString())
     head = onnx.ModelProto.FromString(head.SerializeToString())
+    # Keep only the opset imports the embedder uses (quantisation can leave stray ones that
+    # merge_models would reject as conflicting).
+    used = {n.domain for n in embedder.graph.node}
+    keep = [o for o in embedder.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
+    del embedder.opset_import[:]
+    embedder.opset_import.extend(keep)
     embedder.ir_version = ir
     head.ir_version = ir
     joiner = _concat_model(dim, n_features, ir) if n_features else _identity_model(dim, ir)
@@ -72,22 +75,6 @@ def merge_router_graph(embedder: onnx.ModelProto, head: onnx.ModelProto, dim: in
     merged = compose.merge_models(first, head, io_map=[(HEAD_INPUT, HEAD_INPUT)], outputs=[PROBABILITIES_OUTPUT])
     onnx.checker.check_model(merged)
     return merged
-
-
-def quantize_embedder(embedder_path: Path) -> onnx.ModelProto:
-    """Dynamic int8 quantisation of the embedder, per-channel weights."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "embedder.int8.onnx"
-        quantize_dynamic(str(embedder_path), str(out), weight_type=QuantType.QInt8, per_channel=True)
-        model = onnx.load(str(out))
-    # Keep only opset imports the graph uses (quantisation can leave stray ones).
-    used = {n.domain for n in model.graph.node}
-    keep = [o for o in model.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
-    del model.opset_import[:]
-    model.opset_import.extend(keep)
-    return model
 
 
 def head_parity(model, onx: onnx.ModelProto, X: np.ndarray) -> float:
