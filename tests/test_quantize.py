@@ -105,3 +105,10 @@ def test_trained_artifact_records_how_int8_was_made(trained) -> None:
     q = trained.metadata["quantization"]
     assert q["calibration_prompts"] > 0 and q["max_outliers"] == QuantizationSettings().max_outliers
     assert q["inputs_split"] >= 1 and q["outlier_channels"] >= q["inputs_split"]
+
+
+def test_quantising_does_not_print_onnxruntime_preprocessing_advice(exported, caplog) -> None:
+    with caplog.at_level("WARNING"):
+        q = quantize_embedder(exported.onnx_path, [], QuantizationSettings(max_outliers=0))
+    assert any(n.op_type == "DynamicQuantizeLinear" for n in q.model.graph.node)
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]

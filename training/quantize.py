@@ -12,6 +12,7 @@ no measurable latency cost (benchmarks/quantization.py).
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -154,6 +155,14 @@ def split_outlier_channels(model: onnx.ModelProto, outliers: Mapping[str, np.nda
     return model, fp32_nodes
 
 
+class _NoPreprocessAdvice(logging.Filter):
+    """onnxruntime advises quant_pre_process on every call; its fusions are left out on purpose
+    (the graph must stay comparable node for node with the fp32 one), so the advice is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing before quantization")
+
+
 def quantize_embedder(
     embedder_path: Path,
     calibration_feeds: Sequence[Mapping[str, np.ndarray]],
@@ -172,7 +181,12 @@ def quantize_embedder(
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "split.onnx", Path(tmp) / "int8.onnx"
         onnx.save(split, str(src))
-        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=fp32_nodes)
+        advice = _NoPreprocessAdvice()
+        logging.getLogger().addFilter(advice)
+        try:
+            quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=fp32_nodes)
+        finally:
+            logging.getLogger().removeFilter(advice)
         quantized = onnx.load(str(out))
     return QuantizedEmbedder(
         quantized, len(calibration_feeds), {x: [int(i) for i in idx] for x, idx in sorted(outliers.items())}
