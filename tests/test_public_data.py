@@ -59,28 +59,28 @@ def test_download_failure_is_clear(tmp_path: Path) -> None:
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+# A hand-made CSV in the RouteLLM layout; the column names come from the module, not from the data.
+HEADER = f"prompt,{pd.WEAK_MODEL},{pd.STRONG_MODEL}\n"
+
+
 def test_converter_on_a_tiny_csv(tmp_path: Path) -> None:
     csv_path = tmp_path / "mmlu_toy_subject.csv"
-    csv_path.write_text(
-        "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\n"
-        '"What is 1+1?\nA. 1\nB. 2\nAnswer:",False,True\n'
-        'Plain,True,True\n',
-        encoding="utf-8",
-    )
+    question = "Made-up question: how many legs has a tripod?\nA. 2\nB. 3\nAnswer:"
+    csv_path.write_text(HEADER + f'"{question}",False,True\nPlain,True,True\n', encoding="utf-8")
     out = pd.convert_mmlu_csvs([csv_path], tmp_path / "out.jsonl")
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert rows[0] == {
-        "id": "routellm-mmlu-toy_subject-0", "prompt": "What is 1+1?\nA. 1\nB. 2\nAnswer:",
+        "id": "routellm-mmlu-toy_subject-0", "prompt": question,
         "source": "routellm/mmlu/toy_subject", "label_type": "correctness",
-        "models": {"mistralai/Mixtral-8x7B-Instruct-v0.1": 0.0, "gpt-4-1106-preview": 1.0},
+        "models": {pd.WEAK_MODEL: 0.0, pd.STRONG_MODEL: 1.0},
     }
-    assert read_logs([out]).strong_model == "gpt-4-1106-preview"
+    assert read_logs([out]).strong_model == pd.STRONG_MODEL
 
 
 def test_converter_rejects_bad_values_without_output(tmp_path: Path) -> None:
     csv_path = tmp_path / "mmlu_toy.csv"
     csv_path.write_text(
-        "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\nQ,Maybe,True\n", encoding="utf-8"
+        HEADER + "Q,Maybe,True\n", encoding="utf-8"
     )
     with pytest.raises(pd.PublicDataError, match="Maybe"):
         pd.convert_mmlu_csvs([csv_path], tmp_path / "out.jsonl")

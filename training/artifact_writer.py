@@ -21,7 +21,7 @@ from router_model.artifact import GRAPH_FILES, TOKENIZER_FILE, write_metadata
 from training import metrics as M
 from training.head import p_cheap_ok
 from training.export import head_parity, head_to_onnx, merge_router_graph
-from training.quantize import QuantizationSettings, calibration_feeds, quantize_embedder
+from training.quantize import calibration_feeds, quantize_embedder
 
 # int8 is served by default when, on the held-out split, its APGR is within 0.005 of fp32 and at
 # least 95% of its decisions agree. The int8 graph (training/quantize.py) reaches ~98.5% agreement
@@ -68,8 +68,7 @@ def write_model_dir(*, config, read, exported, model, target, threshold, evaluat
         # Outlier channels are found on training prompts only: the test split stays unseen.
         train_texts = [ds.texts[i] for i in ds.rows("train")]
         feeds = calibration_feeds(exported.text_encoder(), train_texts, seed=config.seed)
-        quant_settings = QuantizationSettings()
-        emb8 = quantize_embedder(exported.onnx_path, feeds, quant_settings)
+        emb8 = quantize_embedder(exported.onnx_path, feeds)
         onnx.save(merge_router_graph(emb8.model, head, dim, len(config.features)), str(tmp / GRAPH_FILES["int8"]))
         shutil.copyfile(exported.tokenizer_path, tmp / TOKENIZER_FILE)
         version = f"{stamp:%Y%m%dT%H%M%SZ}-{hashlib.sha256(head.SerializeToString()).hexdigest()[:8]}"
@@ -88,7 +87,7 @@ def write_model_dir(*, config, read, exported, model, target, threshold, evaluat
             "embedder": exported.spec.to_dict(),
             "features": list(config.features),
             "graphs": dict(GRAPH_FILES),
-            "quantization": emb8.summary(quant_settings),
+            "quantization": emb8.summary(),
             "default_graph": "fp32",
             "metrics": {"test": evaluation, "validation_heads": head_scores},
             "data": {
