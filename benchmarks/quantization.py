@@ -1,20 +1,15 @@
 """int8 recipes against the fp32 graph: decision agreement, APGR, |delta p| and latency.
 
 For a router trained on public data (default `artifacts/router`), the embedder is re-quantised
-three ways and each is merged with the router's own head:
+several ways and each is merged with the router's own head:
 
-* `dynamic`: onnxruntime dynamic int8, per-channel weights (what the pipeline shipped before);
-* `outlier_split` (what the pipeline ships): the same after splitting off outlier input channels
-  found on training prompts (training/quantize.py);
+* `dynamic`: onnxruntime's plain dynamic int8 (per-channel weights, tables uint8 per tensor);
+* `outlier_split`: training/quantize.py with outlier channels split off only (no per-token
+  scaling, weights rounded to nearest);
+* `no_gptq`: the shipped recipe with weights rounded to nearest;
+* `shipped`: training/quantize.py's defaults, i.e. the router's own `model.int8.onnx`;
 * `blockwise_8bit` (reference, needs `onnx-ir`): weight-only 8-bit MatMulNBits, block 32, with
-  accuracy_level 4 (activations quantised per block of 32): the most faithful int8 graph found;
-* `per_token_gptq` (reference): a wider outlier split (channels above 1.5x the 90th percentile,
-  up to 32 per input, attention inputs included), each MatMul input divided by its per-token max
-  |x| before dynamic int8 and the output multiplied back, and the int8 weights rounded with GPTQ
-  (Frantar et al., 2022) on the calibration prompts instead of to nearest: the dynamic-int8 graph
-  that comes closest to fp32, at about 1 ms more per 64-token decision;
-* `weights_only` (diagnostic): fp32 graph whose weights are rounded to per-channel int8 and back,
-  i.e. the part of the error that comes from the weights alone.
+  accuracy_level 4 (activations quantised per block of 32).
 
 Each is scored on the router's held-out test split (rebuilt from the logs named in metadata.json,
 by the same prompt-hash split) against the fp32 graph at the router's threshold. Latency is
@@ -27,6 +22,7 @@ alternating rounds so background load hits them alike.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -89,130 +85,12 @@ def blockwise_8bit(embedder_path: Path) -> onnx.ModelProto | None:
     return q.model.model
 
 
-def weights_only(embedder_path: Path) -> onnx.ModelProto:
-    """fp32 graph with each MatMul weight rounded to symmetric per-column int8 and back."""
-    from onnx import numpy_helper
-
-    from training.quantize import weight_matmuls
-
-    model = onnx.load(str(embedder_path))
-    inits = {i.name: i for i in model.graph.initializer}
-    for nodes in weight_matmuls(model).values():
-        for node in nodes:
-            w = numpy_helper.to_array(inits[node.input[1]])
-            scale = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / 127.0
-            wq = (np.clip(np.round(w / scale), -127, 127) * scale).astype(np.float32)
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array(wq, node.input[1]))
-    return model
-
-
-def per_token_normalised(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Divide each weight-MatMul input by its per-token max |x| and multiply the product back.
-
-    Dynamic int8 uses one activation scale per tensor; with the tokens brought to one range that
-    scale fits every token (per-token quantisation, which onnxruntime's kernels do not offer).
-    """
-    from onnx import helper, numpy_helper
-
-    from training.quantize import weight_matmuls
-
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    nodes = list(model.graph.node)
-    position = {id(n): i for i, n in enumerate(nodes)}
-    before: dict[int, list] = {}
-    after: dict[int, list] = {}
-    model.graph.initializer.append(numpy_helper.from_array(np.array(1e-6, np.float32), "per_token_eps"))
-    for k, (x, matmuls) in enumerate(weight_matmuls(model).items()):
-        st = f"per_token_{k}"
-        before.setdefault(min(position[id(n)] for n in matmuls), []).extend([
-            helper.make_node("Abs", [x], [f"{st}_abs"]),
-            helper.make_node("ReduceMax", [f"{st}_abs"], [f"{st}_max"], axes=[-1], keepdims=1),
-            helper.make_node("Max", [f"{st}_max", "per_token_eps"], [f"{st}_scale"]),
-            helper.make_node("Div", [x, f"{st}_scale"], [f"{st}_x"]),
-        ])
-        for j, node in enumerate(matmuls):
-            out = node.output[0]
-            node.input[0], node.output[0] = f"{st}_x", f"{st}_{j}_y"
-            after.setdefault(position[id(node)], []).append(helper.make_node("Mul", [node.output[0], f"{st}_scale"], [out]))
-    ordered = []
-    for i, node in enumerate(nodes):
-        ordered += before.get(i, []) + [node] + after.get(i, [])
-    del model.graph.node[:]
-    model.graph.node.extend(ordered)
-    return model
-
-
-def gptq_rounded(fp32_model: onnx.ModelProto, q_model: onnx.ModelProto, feeds, damp: float = 0.01) -> onnx.ModelProto:
-    """Re-round the int8 weights of `q_model` (same scales) with GPTQ on the MatMul inputs of the feeds."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from router_model.onnx_session import make_session
-    from training.quantize import weight_matmuls
-
-    groups = weight_matmuls(fp32_model)
-    weights = {i.name: i for i in fp32_model.graph.initializer}
-    qinit = {i.name: i for i in q_model.graph.initializer}
-    groups = {x: [n for n in ns if n.input[1] + "_quantized" in qinit] for x, ns in groups.items()}
-    groups = {x: ns for x, ns in groups.items() if ns}
-    probe = onnx.ModelProto.FromString(fp32_model.SerializeToString())
-    for x in groups:
-        probe.graph.output.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, None))
-    session = make_session(probe.SerializeToString(), threads=2)
-    hess: dict[str, np.ndarray] = {}
-    tokens = 0
-    for feed in feeds:
-        mask = feed["attention_mask"].astype(bool)
-        for x, out in zip(groups, session.run(list(groups), feed)):
-            v = out[mask].astype(np.float64)
-            hess[x] = hess.get(x, 0) + v.T @ v
-        tokens += int(mask.sum())
-    for x, nodes in groups.items():
-        h = hess[x] / tokens
-        for node in nodes:
-            w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float64)
-            scale = numpy_helper.to_array(qinit[node.input[1] + "_scale"]).astype(np.float64)
-            name = node.input[1] + "_quantized"
-            qinit[name].CopyFrom(numpy_helper.from_array(_gptq(w, scale, h, damp), name))
-    return q_model
-
-
-def _gptq(w: np.ndarray, scale: np.ndarray, h: np.ndarray, damp: float) -> np.ndarray:
-    """Symmetric int8 rows of w (K x N, per-column scales), rounding errors pushed onto later rows."""
-    w, h = w.copy(), h.copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[dead] = 0.0
-    order = np.argsort(-np.diag(h))  # most active input channels first
-    w, h = w[order], h[order][:, order]
-    h += damp * np.mean(np.diag(h)) * np.eye(len(h))
-    u = np.linalg.cholesky(np.linalg.inv(h)).T
-    q = np.zeros(w.shape, dtype=np.int8)
-    for i in range(len(w)):
-        qi = np.clip(np.round(w[i] / scale), -127, 127)
-        q[i] = qi
-        w[i + 1:] -= np.outer(u[i, i + 1:], (w[i] - qi * scale) / u[i, i])
-    out = np.empty_like(q)
-    out[order] = q
-    return out
-
-
-def per_token_gptq(embedder_path: Path, feeds) -> onnx.ModelProto:
+def plain_dynamic(embedder_path: Path) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from training.quantize import QuantizationSettings, activation_maxima, find_outliers, split_outlier_channels, weight_matmuls
-
-    wide = QuantizationSettings(outlier_ratio=1.5, max_outliers=32)
-    model = onnx.load(str(embedder_path))
-    amax = activation_maxima(model, feeds, list(weight_matmuls(model)))
-    outliers = {x: idx for x, m in amax.items() if (idx := find_outliers(m, wide)).size}
-    split, keep_fp32 = split_outlier_channels(model, outliers)
-    normalised = per_token_normalised(split)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx.save(normalised, f"{tmp}/in.onnx")
-        quantize_dynamic(f"{tmp}/in.onnx", f"{tmp}/out.onnx", weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_exclude=keep_fp32)
-        quantized = onnx.load(f"{tmp}/out.onnx")
-    return gptq_rounded(normalised, quantized, feeds)
+        quantize_dynamic(str(embedder_path), f"{tmp}/int8.onnx", weight_type=QuantType.QInt8, per_channel=True)
+        return onnx.load(f"{tmp}/int8.onnx")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,17 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     feeds = calibration_feeds(exported.text_encoder(), train_texts, seed=0)
 
     settings = QuantizationSettings()
-    variants: dict[str, onnx.ModelProto] = {
-        "dynamic": quantize_embedder(exported.onnx_path, [], QuantizationSettings(max_outliers=0)).model,
-        "outlier_split": quantize_embedder(exported.onnx_path, feeds, settings).model,
-    }
+    variants: dict[str, onnx.ModelProto] = {"dynamic": plain_dynamic(exported.onnx_path)}
+    for name, recipe in (("outlier_split", QuantizationSettings(per_token_scaling=False, gptq_damping=None)),
+                         ("no_gptq", QuantizationSettings(gptq_damping=None)),
+                         ("shipped", settings)):
+        variants[name] = quantize_embedder(exported.onnx_path, feeds, recipe).model
     block = blockwise_8bit(exported.onnx_path)
     if block is not None:
         variants["blockwise_8bit"] = block
     else:
         print("blockwise_8bit skipped: onnx-ir is not installed (pip install onnx-ir)")
-    variants["per_token_gptq"] = per_token_gptq(exported.onnx_path, feeds)
-    variants["weights_only"] = weights_only(exported.onnx_path)
 
     t = float(meta["threshold"])
     results: dict[str, dict] = {}
@@ -304,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "apgr_fp32": apgr32,
         "share_within_0.01_of_threshold": near,
         "calibration_prompts": len(feeds),
-        "settings": {"outlier_ratio": settings.outlier_ratio, "max_outliers": settings.max_outliers},
+        "settings": dataclasses.asdict(settings),
         "quality": results,
         "latency_64_tokens_1_thread": latency,
         "load_average_before": load_before,

@@ -164,13 +164,13 @@ def test_int8_figures_match_the_pipeline_and_pick_the_default(int8_report: dict)
 
 
 def test_int8_close_to_fp32_on_public_test_split(int8_report: dict) -> None:
-    """Regression guard on a small public sample (the issue's 99% agreement bar is not met, see README).
+    """The issue's bar (99% of decisions, APGR within 0.005) on a small public sample.
 
-    The int8 graph splits outlier channels off before dynamic quantisation (training/quantize.py);
-    p_cheap_ok then moves by ~0.002 on average, and prompts whose fp32 score lies within ~0.01 of
-    the threshold can still flip (plain dynamic int8: ~97% on the public router, benchmarks/quantization.py).
+    The int8 graph (training/quantize.py) moves p_cheap_ok by ~0.0007 on average; only prompts
+    whose fp32 score lies within a few thousandths of the threshold can flip (plain dynamic int8:
+    ~97% agreement on the public router, benchmarks/quantization.py).
     """
     r = int8_report
-    assert r["int8_decision_agreement"] >= 0.97, r
+    assert r["int8_decision_agreement"] >= 0.99, r
     assert r["apgr_abs_diff"] <= INT8_MAX_APGR_DIFF, r
-    assert r["max_abs_p_diff"] <= 0.03, r
+    assert r["max_abs_p_diff"] <= 0.015, r

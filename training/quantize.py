@@ -1,48 +1,64 @@
-"""Dynamic int8 quantisation of the embedder, with outlier input channels kept in fp32.
+"""The int8 embedder: onnxruntime dynamic int8, after rewrites that make it faithful to fp32.
 
-onnxruntime's dynamic int8 MatMul quantises each activation tensor with a single scale. In BERT-style
-encoders a few input channels of the feed-forward layers are 5-10x larger than the rest (MiniLM: max
-~28 against a 90th percentile of ~3), so that one scale spends most of the 8 bits on them and the
-other channels lose precision. As in LLM.int8() (Dettmers et al., 2022), those channels are found on
-calibration prompts, zeroed on the int8 path, and their small contribution is computed in fp32 and
-added back: x @ W = (x * keep) @ W_int8 + x[:, outliers] @ W[outliers]. The split is exact in fp32;
-on the public router it cuts the int8 graph's error (mean |delta p_cheap_ok| 0.0033 -> 0.0019) for
-about 0.3 ms per 64-token decision (benchmarks/quantization.py).
+Plain dynamic int8 (one activation scale per tensor, per-channel int8 weights, each embedding table
+one uint8 scale) flips ~3% of the public router's decisions near its threshold. The recipe here,
+each step measured by benchmarks/quantization.py on the public router's held-out prompts:
+
+1. MatMuls fed by a LayerNorm read its normalised rows, the gain and shift folded into the weights;
+2. outlier input channels (found on calibration prompts) are split off and computed in fp32;
+3. every int8 input is scaled per token (training/int8_rewrites.py has the exact rewrites);
+4. onnxruntime quantises the MatMuls (per-channel symmetric int8 weights);
+5. the int8 weights are re-rounded with GPTQ on the calibration prompts (training/gptq.py);
+6. the token embedding table is stored as int8 with one scale per row.
+
+Calibration prompts come from the training split only. Every step is exact in fp32 except 4-6.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from training.gptq import gptq_requantize
+from training.int8_rewrites import (
+    normalise_layernorm_inputs,
+    row_scaled_tables,
+    scale_per_token,
+    split_outlier_channels,
+    weight_matmuls,
+)
 
 # A channel is an outlier when its calibration max |x| exceeds OUTLIER_RATIO times the 90th percentile
-# of the input's channel maxima. 3x keeps MiniLM's feed-forward outliers (4-10x) and leaves the
-# attention inputs (at most ~2.7x, where splitting cost latency and bought nothing) on plain int8.
+# of the input's channel maxima (MiniLM: the feed-forward inputs carry channels 5-10x the rest).
 OUTLIER_RATIO = 3.0
 MAX_OUTLIERS = 8  # per input tensor: the fp32 side product stays tiny
+GPTQ_DAMPING = 0.01  # fraction of the mean diagonal added to E[x x^T] before inverting it
 CALIBRATION_PROMPTS = 256
 
 
 @dataclass(frozen=True)
 class QuantizationSettings:
-    """How the int8 graph was made; recorded in metadata.json."""
+    """How the int8 graph is made; recorded in metadata.json. The defaults are the shipped recipe."""
 
     outlier_ratio: float = OUTLIER_RATIO
     max_outliers: int = MAX_OUTLIERS
+    per_token_scaling: bool = True  # steps 1 and 3 (each alone makes the int8 graph worse)
+    gptq_damping: float | None = GPTQ_DAMPING  # None: round weights to nearest
 
     def __post_init__(self) -> None:
         if not self.outlier_ratio > 1.0:
             raise ValueError(f"outlier_ratio must be > 1, got {self.outlier_ratio}")
         if self.max_outliers < 0:
             raise ValueError(f"max_outliers must be >= 0, got {self.max_outliers}")
+        if self.gptq_damping is not None and not self.gptq_damping > 0:
+            raise ValueError(f"gptq_damping must be > 0 (or None for round to nearest), got {self.gptq_damping}")
 
 
 @dataclass(frozen=True)
@@ -53,24 +69,19 @@ class QuantizedEmbedder:
     outlier_channels: dict[str, list[int]]  # MatMul input tensor -> channels computed in fp32
 
     def summary(self) -> dict:
+        calibrated = self.calibration_prompts > 0
         return {
-            "method": "onnxruntime dynamic int8, per-channel weights; outlier input channels in fp32",
+            "method": "onnxruntime dynamic int8 (per-channel weights) after exact rewrites; see training/quantize.py",
             "outlier_ratio": self.settings.outlier_ratio,
             "max_outliers": self.settings.max_outliers,
+            "per_token_scaling": self.settings.per_token_scaling,
+            "weight_rounding": "gptq" if calibrated and self.settings.gptq_damping is not None else "nearest",
+            "gptq_damping": self.settings.gptq_damping if calibrated else None,
+            "token_embeddings": "int8, one scale per row",
             "calibration_prompts": self.calibration_prompts,
             "inputs_split": len(self.outlier_channels),
             "outlier_channels": sum(len(v) for v in self.outlier_channels.values()),
         }
-
-
-def weight_matmuls(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    """MatMul nodes whose second input is a 2-D initializer, grouped by their activation input."""
-    inits = {i.name: i for i in model.graph.initializer}
-    groups: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and node.input[1] in inits and len(inits[node.input[1]].dims) == 2:
-            groups[node.input[0]].append(node)
-    return dict(groups)
 
 
 def activation_maxima(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -101,61 +112,6 @@ def find_outliers(amax: np.ndarray, settings: QuantizationSettings = Quantizatio
     return np.sort(top[amax[top] > bar]).astype(np.int64)
 
 
-def split_outlier_channels(model: onnx.ModelProto, outliers: Mapping[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
-    """Rewrite each MatMul on an input with outliers into an int8-able part plus an fp32 side product.
-
-    Returns the new model (numerically equal in fp32) and the names of the nodes of the fp32 side
-    path, which the quantiser must leave alone.
-    """
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    inits = {i.name: i for i in model.graph.initializer}
-    groups = weight_matmuls(model)
-    nodes = list(model.graph.node)
-    position = {id(n): i for i, n in enumerate(nodes)}
-    before: dict[int, list[onnx.NodeProto]] = defaultdict(list)
-    after: dict[int, list[onnx.NodeProto]] = defaultdict(list)
-    fp32_nodes: list[str] = []
-    for k, (x, idx) in enumerate(sorted(outliers.items())):
-        idx = np.asarray(idx, dtype=np.int64)
-        if idx.size == 0 or x not in groups:
-            continue
-        stem = f"outlier_split_{k}"
-        width = numpy_helper.to_array(inits[groups[x][0].input[1]]).shape[0]
-        keep = np.ones(width, dtype=np.float32)
-        keep[idx] = 0.0
-        model.graph.initializer.extend(
-            [numpy_helper.from_array(keep, f"{stem}_keep"), numpy_helper.from_array(idx, f"{stem}_channels")]
-        )
-        x_in, x_out = f"{stem}_inliers", f"{stem}_outliers"
-        first = min(position[id(n)] for n in groups[x])
-        before[first] += [
-            helper.make_node("Mul", [x, f"{stem}_keep"], [x_in], name=f"{stem}_mask"),
-            helper.make_node("Gather", [x, f"{stem}_channels"], [x_out], axis=-1, name=f"{stem}_gather"),
-        ]
-        for j, node in enumerate(groups[x]):
-            w = numpy_helper.to_array(inits[node.input[1]])
-            w_in = w.copy()
-            w_in[idx] = 0.0  # rows of zeroed channels would only widen the int8 weight scales
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array(w_in.astype(np.float32), node.input[1]))
-            w_name = f"{stem}_w{j}"
-            model.graph.initializer.append(numpy_helper.from_array(w[idx].astype(np.float32), w_name))
-            out = node.output[0]
-            node.input[0] = x_in
-            node.output[0] = f"{stem}_{j}_int8_part"
-            side = helper.make_node("MatMul", [x_out, w_name], [f"{stem}_{j}_fp32_part"], name=f"{stem}_{j}_fp32_matmul")
-            add = helper.make_node("Add", [node.output[0], side.output[0]], [out], name=f"{stem}_{j}_add")
-            after[position[id(node)]] += [side, add]
-            fp32_nodes.append(side.name)
-        fp32_nodes.append(f"{stem}_gather")
-    ordered: list[onnx.NodeProto] = []
-    for i, node in enumerate(nodes):
-        ordered += before.get(i, []) + [node] + after.get(i, [])
-    del model.graph.node[:]
-    model.graph.node.extend(ordered)
-    onnx.checker.check_model(model)
-    return model, fp32_nodes
-
-
 class _NoPreprocessAdvice(logging.Filter):
     """onnxruntime advises quant_pre_process on every call; its fusions are left out on purpose
     (the graph must stay comparable node for node with the fp32 one), so the advice is noise."""
@@ -169,28 +125,36 @@ def quantize_embedder(
     calibration_feeds: Sequence[Mapping[str, np.ndarray]],
     settings: QuantizationSettings = QuantizationSettings(),
 ) -> QuantizedEmbedder:
-    """Dynamic int8 (per-channel weights) after splitting off outlier channels found on the feeds."""
+    """The int8 embedder (module docstring). Without calibration feeds: no outlier split, no GPTQ."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(embedder_path))
+    if settings.per_token_scaling:
+        model = normalise_layernorm_inputs(model)
     outliers: dict[str, np.ndarray] = {}
     if calibration_feeds and settings.max_outliers > 0:
         groups = weight_matmuls(model)
         amax = activation_maxima(model, calibration_feeds, list(groups))
         outliers = {x: idx for x, m in amax.items() if (idx := find_outliers(m, settings)).size}
-    split, fp32_nodes = split_outlier_channels(model, outliers)
+    model, fp32_nodes = split_outlier_channels(model, outliers)
+    if settings.per_token_scaling:
+        model = scale_per_token(model, skip_nodes=fp32_nodes)
     with tempfile.TemporaryDirectory() as tmp:
-        src, out = Path(tmp) / "split.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(split, str(src))
+        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, str(src))
         advice = _NoPreprocessAdvice()
         logging.getLogger().addFilter(advice)
         try:
-            quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=fp32_nodes)
+            quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"], nodes_to_exclude=fp32_nodes)
         finally:
             logging.getLogger().removeFilter(advice)
         quantized = onnx.load(str(out))
+    if calibration_feeds and settings.gptq_damping is not None:
+        quantized = gptq_requantize(model, quantized, calibration_feeds, settings.gptq_damping)
     return QuantizedEmbedder(
-        quantized, settings, len(calibration_feeds), {x: [int(i) for i in idx] for x, idx in sorted(outliers.items())}
+        row_scaled_tables(quantized), settings, len(calibration_feeds),
+        {x: [int(i) for i in idx] for x, idx in sorted(outliers.items())},
     )
 
 
