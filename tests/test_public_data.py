@@ -64,14 +64,16 @@ HEADER = f"prompt,{pd.WEAK_MODEL},{pd.STRONG_MODEL}\n"
 
 
 def test_converter_on_a_tiny_csv(tmp_path: Path) -> None:
-    csv_path = tmp_path / "mmlu_toy_subject.csv"
+    subject = "toy_subject"
+    csv_path = tmp_path / f"mmlu_{subject}.csv"
     question = "Made-up question: how many legs has a tripod?\nA. 2\nB. 3\nAnswer:"
     csv_path.write_text(HEADER + f'"{question}",False,True\nPlain,True,True\n', encoding="utf-8")
     out = pd.convert_mmlu_csvs([csv_path], tmp_path / "out.jsonl")
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert rows[0] == {
-        "id": "routellm-mmlu-toy_subject-0", "prompt": question,
-        "source": "routellm/mmlu/toy_subject", "label_type": "correctness",
+        # the converter's documented format: row i of mmlu_<subject>.csv
+        "id": f"routellm-mmlu-{subject}-0", "prompt": question,
+        "source": f"routellm/mmlu/{subject}", "label_type": "correctness",
         "models": {pd.WEAK_MODEL: 0.0, pd.STRONG_MODEL: 1.0},
     }
     assert read_logs([out]).strong_model == pd.STRONG_MODEL

@@ -12,9 +12,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
-from training.int8_rewrites import weight_matmuls
+from training.int8_rewrites import token_rows, weight_matmuls
 
 
 class GPTQError(RuntimeError):
@@ -23,13 +23,7 @@ class GPTQError(RuntimeError):
 
 def input_moments(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], names: list[str]) -> dict[str, np.ndarray]:
     """E[x x^T] of each named MatMul input over the unpadded tokens of the feeds."""
-    from router_model.onnx_session import make_session
-
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    for name in names:
-        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    session = make_session(probe.SerializeToString(), threads=2)
-    sums = {name: np.zeros(0) for name in names}
+    sums = {name: np.zeros((0, 0)) for name in names}
     pending: dict[str, list[np.ndarray]] = {name: [] for name in names}
     tokens = rows = 0
 
@@ -40,12 +34,11 @@ def input_moments(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarra
                 sums[name] = x.T @ x if sums[name].size == 0 else sums[name] + x.T @ x
                 pending[name] = []
 
-    for feed in feeds:
-        mask = np.asarray(feed["attention_mask"]).astype(bool)
-        for name, out in zip(names, session.run(names, dict(feed))):
-            pending[name].append(out[mask])
-        tokens += int(mask.sum())
-        rows += int(mask.sum())
+    for out in token_rows(model, feeds, names):
+        for name, x in out.items():
+            pending[name].append(x)
+        n = len(next(iter(out.values()))) if out else 0
+        tokens, rows = tokens + n, rows + n
         if rows >= 4096:
             flush()
             rows = 0

@@ -19,7 +19,7 @@ remove both effects before `quantize_dynamic` runs, without changing what the fp
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Collection, Mapping
+from typing import Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -34,6 +34,21 @@ def weight_matmuls(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
         if node.op_type == "MatMul" and node.input[1] in inits and len(inits[node.input[1]].dims) == 2:
             groups[node.input[0]].append(node)
     return dict(groups)
+
+
+def token_rows(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], names: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+    """For each feed, the named intermediate tensors as (unpadded tokens x channels) arrays."""
+    from router_model.onnx_session import make_session
+
+    probe = _copy(model)
+    for name in names:
+        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = make_session(probe.SerializeToString(), threads=2)
+    for feed in feeds:
+        mask = np.asarray(feed["attention_mask"]).astype(bool) if "attention_mask" in feed else None
+        outs = session.run(list(names), dict(feed))
+        yield {name: out[mask] if mask is not None and out.shape[:2] == mask.shape else out.reshape(-1, out.shape[-1])
+               for name, out in zip(names, outs)}
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -163,11 +178,13 @@ def scale_per_token(model: onnx.ModelProto, skip_nodes: Collection[str] = ()) ->
         if not matmuls:
             continue
         stem = f"per_token_{k}"
+        if opset >= 18:
+            reduce = helper.make_node("ReduceMax", [f"{stem}_abs", "per_token_axes"], [f"{stem}_max"], keepdims=1, name=f"{stem}_max")
+        else:
+            reduce = helper.make_node("ReduceMax", [f"{stem}_abs"], [f"{stem}_max"], axes=[-1], keepdims=1, name=f"{stem}_max")
         before[min(position[id(n)] for n in matmuls)] += [
             helper.make_node("Abs", [x], [f"{stem}_abs"], name=f"{stem}_abs"),
-            (helper.make_node("ReduceMax", [f"{stem}_abs", "per_token_axes"], [f"{stem}_max"], keepdims=1, name=f"{stem}_max")
-             if opset >= 18 else
-             helper.make_node("ReduceMax", [f"{stem}_abs"], [f"{stem}_max"], axes=[-1], keepdims=1, name=f"{stem}_max")),
+            reduce,
             # the floor keeps an all-zero row (never seen in practice) from turning into NaN
             helper.make_node("Max", [f"{stem}_max", "per_token_floor"], [f"{stem}_scale"], name=f"{stem}_scale"),
             helper.make_node("Div", [x, f"{stem}_scale"], [f"{stem}_x"], name=f"{stem}_div"),

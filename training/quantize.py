@@ -24,7 +24,6 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from training.gptq import gptq_requantize
 from training.int8_rewrites import (
@@ -32,6 +31,7 @@ from training.int8_rewrites import (
     row_scaled_tables,
     scale_per_token,
     split_outlier_channels,
+    token_rows,
     weight_matmuls,
 )
 
@@ -86,17 +86,9 @@ class QuantizedEmbedder:
 
 def activation_maxima(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], names: Sequence[str]) -> dict[str, np.ndarray]:
     """Per-channel max |x| of the named tensors over the unpadded tokens of the calibration feeds."""
-    from router_model.onnx_session import make_session
-
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    for name in names:
-        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    session = make_session(probe.SerializeToString(), threads=2)
     amax: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        mask = np.asarray(feed["attention_mask"]).astype(bool) if "attention_mask" in feed else None
-        for name, out in zip(names, session.run(list(names), dict(feed))):
-            x = out[mask] if mask is not None and out.shape[:2] == mask.shape else out.reshape(-1, out.shape[-1])
+    for rows in token_rows(model, feeds, names):
+        for name, x in rows.items():
             m = np.abs(x).max(axis=0)
             amax[name] = m if name not in amax else np.maximum(amax[name], m)
     return amax
