@@ -47,8 +47,8 @@ ISSUE_AGREEMENT, ISSUE_APGR_DIFF = 0.99, 0.005
 
 def test_split(meta: dict):
     """The router's held-out rows, as the pipeline split them (seed 0, 70/15/15 by prompt hash)."""
-    from training.log import ReadOptions, read_logs
-    from training.split import assign_splits, normalize_prompt
+    from training.data.log import ReadOptions, read_logs
+    from training.data.split import assign_splits, normalize_prompt
 
     d = meta["data"]
     read = read_logs(d["files"], models=(meta["cheap_model"], meta["strong_model"]),
@@ -67,7 +67,7 @@ def test_split(meta: dict):
 
 def head_of(model_dir: Path) -> onnx.ModelProto:
     """The calibrated head (head_input -> probabilities) cut out of the router's fp32 graph."""
-    from training.export import HEAD_INPUT
+    from training.artifact.graph import HEAD_INPUT
 
     src = str(model_dir / GRAPH_FILES["fp32"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
-    from training import metrics as M
-    from training.embedder import export_embedder
-    from training.export import merge_router_graph
-    from training.quantize import QuantizationSettings, calibration_feeds, quantize_embedder
+    from training.evaluate import metrics as M
+    from training.embedding.export import export_embedder
+    from training.artifact.graph import merge_router_graph
+    from training.artifact.quantize import QuantizationSettings, calibration_feeds, quantize_embedder
 
     started, load_before = time.time(), loadavg()
     meta = read_metadata(args.model_dir).raw

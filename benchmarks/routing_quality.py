@@ -26,14 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from router_model.features import DEFAULT_FEATURES, request_features  # noqa: E402
-from training import metrics as M  # noqa: E402
-from training.baselines import heuristic_scores, oracle_scores  # noqa: E402
-from training.embed import OnnxEmbedder  # noqa: E402
-from training.embedder import default_cache_dir, export_embedder  # noqa: E402
+from training.evaluate import metrics as M  # noqa: E402
+from training.evaluate.baselines import heuristic_scores, oracle_scores  # noqa: E402
+from training.embedding.onnx_embedder import OnnxEmbedder  # noqa: E402
+from training.embedding.export import default_cache_dir, export_embedder  # noqa: E402
 from training.head import candidate_heads, make_target, p_cheap_ok  # noqa: E402
-from training.log import read_logs  # noqa: E402
-from training.public_data import shared_data_dir  # noqa: E402
-from training.split import group_kfold, normalize_prompt  # noqa: E402
+from training.data.log import read_logs  # noqa: E402
+from training.data.public import shared_data_dir  # noqa: E402
+from training.data.split import group_kfold, normalize_prompt  # noqa: E402
 
 CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"

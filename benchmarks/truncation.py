@@ -39,12 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from router_model.features import DEFAULT_FEATURES, request_features  # noqa: E402
-from training import metrics as M  # noqa: E402
-from training.embed import OnnxEmbedder  # noqa: E402
-from training.embedder import DEFAULT_EMBEDDER, ExportedEmbedder, default_cache_dir, export_embedder  # noqa: E402
+from training.evaluate import metrics as M  # noqa: E402
+from training.embedding.onnx_embedder import OnnxEmbedder  # noqa: E402
+from training.embedding.export import DEFAULT_EMBEDDER, ExportedEmbedder, default_cache_dir, export_embedder  # noqa: E402
 from training.head import candidate_heads, make_target, p_cheap_ok  # noqa: E402
-from training.log import ReadOptions, read_logs  # noqa: E402
-from training.split import group_kfold, normalize_prompt  # noqa: E402
+from training.data.log import ReadOptions, read_logs  # noqa: E402
+from training.data.split import group_kfold, normalize_prompt  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = {
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": (
             f"grouped {FOLDS}-fold CV (normalize_prompt groups), head {HEAD} (sigmoid-calibrated logistic regression), "
             f"target cheap_ok, inputs: embedding{' + ' + ', '.join(DEFAULT_FEATURES) if args.features else ''}; "
-            "out-of-fold p_cheap_ok scored with training.metrics; bootstrap over prompt groups"
+            "out-of-fold p_cheap_ok scored with training.evaluate.metrics; bootstrap over prompt groups"
         ),
         "embedder": exported.spec.name,
         "window_tokens": exported.spec.encoder.max_length,

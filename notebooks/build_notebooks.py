@@ -94,7 +94,7 @@ NB01 = build(
             import numpy as np
             import pandas as pd
 
-            from training.log import ReadOptions, read_logs
+            from training.data.log import ReadOptions, read_logs
 
             CHEAP, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
             read = read_logs([NEEDED["mmlu"], NEEDED["mtbench"]], models=(CHEAP, STRONG))
@@ -204,13 +204,13 @@ NB02 = build(
             from sklearn.linear_model import LogisticRegression
 
             from router_model.features import DEFAULT_FEATURES, request_features
-            from training import metrics as M
-            from training.baselines import heuristic_scores, oracle_scores, random_scores
-            from training.embed import OnnxEmbedder
-            from training.embedder import default_cache_dir, export_embedder
+            from training.evaluate import metrics as M
+            from training.evaluate.baselines import heuristic_scores, oracle_scores, random_scores
+            from training.embedding.onnx_embedder import OnnxEmbedder
+            from training.embedding.export import default_cache_dir, export_embedder
             from training.head import calibration_folds, make_target, p_cheap_ok
-            from training.log import read_logs
-            from training.split import assign_splits, normalize_prompt
+            from training.data.log import read_logs
+            from training.data.split import assign_splits, normalize_prompt
 
             N_TRAIN, SEED = 4000, 0
             read = read_logs([NEEDED["mmlu"]], models=("mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"))
@@ -328,9 +328,10 @@ NB03 = build(
             import pandas as pd
 
             from router_model.cost import PriceTable, monthly_cost, routed_monthly_cost
-            from training.log import read_logs
-            from training.savings import compute_report, expected_at_shares, score_log
-            from training.split import assign_splits, normalize_prompt
+            from training.data.log import read_logs
+            from training.evaluate.metrics import expected_at_shares
+            from training.evaluate.savings import compute_report, score_log
+            from training.data.split import assign_splits, normalize_prompt
 
             LOGS = [NEEDED["mmlu"], NEEDED["mtbench"]]
             CHEAP, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
@@ -437,7 +438,7 @@ NB03 = build(
             display(pd.DataFrame(rows).set_index("requests/month").round(0))
             print(f"mean tokens per request: {tin:.0f} in + {tout:.0f} out; "
                   + "; ".join(f"{k}: {v:.1%} cheap calls" for k, v in points.items()))
-            print("Per-request costs (training.savings) differ from this mean-token estimate only through the token mix "
+            print("Per-request costs (training.evaluate.savings) differ from this mean-token estimate only through the token mix "
                   f"of the rows sent cheap: at the router threshold ${ch['saved_vs_strong']:,.0f} vs "
                   f"${rows[1]['router threshold: saved']:,.0f} saved a month at 1M requests.")
         '''),

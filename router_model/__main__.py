@@ -141,16 +141,16 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from router_model.artifact import read_metadata, verify_file
-    from router_model.score import metadata_summary
+    from router_model.summary import metadata_summary
 
     path = _model_dir(args)
     meta = read_metadata(path)
     for name, sha in sorted(meta.files.items()):
         verify_file(path, name, sha)
     if args.json:
-        print(json.dumps(dict(meta.raw), indent=2, sort_keys=True))
+        print(json.dumps(meta.to_dict(), indent=2, sort_keys=True))
     else:
-        print(metadata_summary(meta.raw, path))
+        print(metadata_summary(meta, path))
         print(f"files: {len(meta.files)} verified against their sha256")
     return 0
 

@@ -2,12 +2,12 @@
 
 The model directory comes from `configure(model_dir=...)` or, on first use, from the
 ROUTER_MODEL_DIR environment variable (ROUTER_MODEL_GRAPH picks `int8` or `fp32`,
-ROUTER_MODEL_THREADS the onnxruntime threads). Loading happens once, under a lock.
+ROUTER_MODEL_THREADS the onnxruntime threads; names in router_model.settings, shared with
+router-serve). Loading happens once, under a lock.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,10 +16,7 @@ from router_model.decision import RoutingDecision, RoutingRules
 from router_model.errors import ConfigError
 from router_model.request import Request
 from router_model.router import Router
-
-ENV_MODEL_DIR = "ROUTER_MODEL_DIR"
-ENV_GRAPH = "ROUTER_MODEL_GRAPH"
-ENV_THREADS = "ROUTER_MODEL_THREADS"
+from router_model.settings import ENV_GRAPH, ENV_MODEL_DIR, ENV_THREADS, env
 
 _lock = threading.Lock()
 _router: Router | None = None
@@ -34,15 +31,12 @@ def configure(
 ) -> Router:
     """Load (or replace) the process-wide router; returns it."""
     global _router
-    model_dir = model_dir or os.environ.get(ENV_MODEL_DIR)
+    model_dir = model_dir or env(ENV_MODEL_DIR, str, None)
     if not model_dir:
         raise ConfigError(f"no model directory: call router_model.configure(model_dir=...) or set {ENV_MODEL_DIR}")
-    graph = graph or os.environ.get(ENV_GRAPH) or None
-    if threads is None and os.environ.get(ENV_THREADS):
-        try:
-            threads = int(os.environ[ENV_THREADS])
-        except ValueError as e:
-            raise ConfigError(f"{ENV_THREADS} must be an integer, got {os.environ[ENV_THREADS]!r}") from e
+    graph = graph or env(ENV_GRAPH, str, None) or None
+    if threads is None:
+        threads = env(ENV_THREADS, _optional_int, None)
     router = Router.load(model_dir, graph=graph, rules=rules, threads=threads)
     with _lock:
         _router = router
@@ -50,6 +44,10 @@ def configure(
 
 
 _load_lock = threading.Lock()
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text else None  # set but empty: as if unset
 
 
 def get_router() -> Router:

@@ -1,19 +1,23 @@
-"""The model directory: what it holds, how it is written, and how it is verified at load.
+"""The model directory: its one schema (`ArtifactMetadata`), how it is written, how it is verified.
 
 A directory holds `model.onnx` (fp32 graph from token ids and request features to class
-probabilities), `model.int8.onnx` (the same with a dynamically quantised embedder),
-`tokenizer.json` and `metadata.json`. The metadata records the sha256 of every file; loading
-refuses a directory whose files are missing, truncated, tampered with, or of an unknown format,
-naming the file and the problem. Nothing here unpickles anything.
+probabilities), `model.int8.onnx` (the same with a quantised embedder), `tokenizer.json` and
+`metadata.json`. `ArtifactMetadata` is the only spelling of metadata.json: the training writer
+builds one, `write_metadata` serialises it with `to_dict`, and every reader (the router, the
+`info` command, the gRPC service) gets one back from `read_metadata` / `from_dict`, validated.
+The metadata records the sha256 of every file; loading refuses a directory whose files are
+missing, truncated, tampered with, or of an unknown format, naming the file and the problem.
+Nothing here unpickles anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +28,221 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
-GRAPH_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+FP32 = "fp32"
+INT8 = "int8"
+GRAPH_FILES: Mapping[str, str] = {FP32: "model.onnx", INT8: "model.int8.onnx"}
+GRAPHS: tuple[str, ...] = (INT8, FP32)  # the names a caller may ask for, in serving preference
 TOKENIZER_FILE = "tokenizer.json"
 PROBABILITIES_OUTPUT = "probabilities"
 FEATURES_INPUT = "features"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------ the schema
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """What the artifact records about the embedder: enough to tokenise exactly as training did."""
+
+    name: str
+    pooling: str
+    normalize: bool
+    dim: int
+    encoder: EncoderSettings
+    weights_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["encoder"]["model_inputs"] = list(self.encoder.model_inputs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EmbedderSpec:
+        enc = dict(d["encoder"])
+        enc["model_inputs"] = tuple(enc["model_inputs"])
+        return cls(
+            name=str(d["name"]),
+            pooling=str(d["pooling"]),
+            normalize=bool(d["normalize"]),
+            dim=int(d["dim"]),
+            encoder=EncoderSettings(**enc),
+            weights_sha256=str(d["weights_sha256"]),
+        )
+
+
+@dataclass(frozen=True)
+class GoalRecord:
+    """The goal the threshold was chosen for, and whether validation data met it."""
+
+    kind: str
+    value: float
+    met_on_validation: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GoalRecord:
+        met = d.get("met_on_validation")
+        return cls(str(d["kind"]), float(d["value"]), None if met is None else bool(met))
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """Which log the router was trained on, and what the reader made of it."""
+
+    files: tuple[str, ...]
+    sha256: str
+    rows_read: int
+    rows_used: int
+    skipped: Mapping[str, int]
+    split_rows: Mapping[str, int]
+    pass_threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": list(self.files),
+            "sha256": self.sha256,
+            "rows_read": self.rows_read,
+            "rows_used": self.rows_used,
+            "skipped": dict(self.skipped),
+            "split_rows": dict(self.split_rows),
+            "pass_threshold": self.pass_threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DataRecord:
+        return cls(
+            files=tuple(str(f) for f in d.get("files", ())),
+            sha256=str(d.get("sha256", "")),
+            rows_read=int(d.get("rows_read", 0)),
+            rows_used=int(d.get("rows_used", 0)),
+            skipped={str(k): int(v) for k, v in dict(d.get("skipped", {})).items()},
+            split_rows={str(k): int(v) for k, v in dict(d.get("split_rows", {})).items()},
+            pass_threshold=float(d.get("pass_threshold", 0.8)),
+        )
+
+
+@dataclass(frozen=True)
+class ParityRecord:
+    """How closely the exported graphs match the sklearn pipeline and each other (test split)."""
+
+    head_onnx_vs_sklearn_max_abs: float
+    fp32_graph_vs_sklearn_max_abs: float
+    int8_decision_agreement: float
+    int8_apgr_abs_diff: float
+    int8_max_abs_diff: float
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ParityRecord:
+        return cls(**{f.name: (int if f.name == "n" else float)(d[f.name]) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class ArtifactMetadata:
+    """metadata.json, validated. Optional parts default so older directories still load."""
+
+    artifact_version: str
+    cheap_model: str
+    strong_model: str
+    threshold: float
+    goal: GoalRecord
+    classes: tuple[str, ...]
+    cheap_ok_classes: tuple[str, ...]
+    embedder: EmbedderSpec
+    features: tuple[str, ...]
+    graphs: Mapping[str, str]
+    default_graph: str
+    files: Mapping[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    target: str = ""
+    head: str = ""
+    calibration: str = ""
+    quantization: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)  # {"test": evaluation, "validation_heads": ...}
+    data: DataRecord | None = None
+    parity: ParityRecord | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def cheap_ok_index(self) -> tuple[int, ...]:
+        return tuple(self.classes.index(c) for c in self.cheap_ok_classes)
+
+    @property
+    def encoder(self) -> EncoderSettings:
+        return self.embedder.encoder
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embedder.dim
+
+    @property
+    def test_metrics(self) -> Mapping[str, Any]:
+        """The held-out evaluation recorded at training time ({} if none)."""
+        test = self.metrics.get("test")
+        return test if isinstance(test, Mapping) else {}
+
+    def replace(self, **changes: Any) -> ArtifactMetadata:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format_version": self.format_version,
+            "artifact_version": self.artifact_version,
+            "created_at": self.created_at,
+            "cheap_model": self.cheap_model,
+            "strong_model": self.strong_model,
+            "threshold": self.threshold,
+            "goal": self.goal.to_dict(),
+            "target": self.target,
+            "classes": list(self.classes),
+            "cheap_ok_classes": list(self.cheap_ok_classes),
+            "head": self.head,
+            "calibration": self.calibration,
+            "embedder": self.embedder.to_dict(),
+            "features": list(self.features),
+            "graphs": dict(self.graphs),
+            "default_graph": self.default_graph,
+            "quantization": _plain(self.quantization),
+            "metrics": _plain(self.metrics),
+            "versions": dict(self.versions),
+            "files": dict(self.files),
+        }
+        if self.data is not None:
+            d["data"] = self.data.to_dict()
+        if self.parity is not None:
+            d["parity"] = self.parity.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ArtifactMetadata:
+        """Validate metadata.json's content; raise ArtifactError naming the field on any problem."""
+        return _parse(raw)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copies of nested mappings (metadata holds read-only views after parsing)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 _REQUIRED = (
     "format_version",
     "artifact_version",
@@ -45,53 +260,28 @@ _REQUIRED = (
 )
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class ArtifactMetadata:
-    """The validated fields of metadata.json the router relies on; `raw` keeps everything."""
-
-    format_version: int
-    artifact_version: str
-    cheap_model: str
-    strong_model: str
-    threshold: float
-    classes: tuple[str, ...]
-    cheap_ok_classes: tuple[str, ...]
-    features: tuple[str, ...]
-    encoder: EncoderSettings
-    embedding_dim: int
-    graphs: Mapping[str, str]
-    default_graph: str
-    files: Mapping[str, str]
-    raw: Mapping[str, Any]
-
-    @property
-    def cheap_ok_index(self) -> tuple[int, ...]:
-        return tuple(self.classes.index(c) for c in self.cheap_ok_classes)
-
-
 def _fail(msg: str) -> ArtifactError:
     return ArtifactError(msg, file=METADATA_FILE)
 
 
-def parse_metadata(raw: Mapping[str, Any]) -> ArtifactMetadata:
-    """Validate metadata.json's content; raise ArtifactError naming the field on any problem."""
+def _mapping(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise _fail(f"{key} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise _fail(f"missing field(s) {missing}")
     version = raw["format_version"]
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise _fail(f"format_version must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
         raise _fail(
-            f"format_version {version} was written by a newer router-model; this one reads up to {FORMAT_VERSION}. Upgrade router-model."
+            f"format_version {version} was written by a newer router-model; this one reads up to {FORMAT_VERSION}. "
+            "Upgrade router-model."
         )
     if version < 1:
         raise _fail(f"format_version {version} is not a known format")
@@ -99,14 +289,14 @@ def parse_metadata(raw: Mapping[str, Any]) -> ArtifactMetadata:
         threshold = float(raw["threshold"])
         classes = tuple(str(c) for c in raw["classes"])
         cheap_ok = tuple(str(c) for c in raw["cheap_ok_classes"])
-        emb = raw["embedder"]
-        enc = dict(emb["encoder"])
-        enc["model_inputs"] = tuple(enc["model_inputs"])
-        encoder = EncoderSettings(**enc)
-        dim = int(emb["dim"])
+        embedder = EmbedderSpec.from_dict(raw["embedder"])
+        goal = GoalRecord.from_dict(raw["goal"])
         features = tuple(str(f) for f in raw["features"])
         graphs = {str(k): str(v) for k, v in dict(raw["graphs"]).items()}
         files = {str(k): str(v) for k, v in dict(raw["files"]).items()}
+        data = DataRecord.from_dict(raw["data"]) if raw.get("data") is not None else None
+        parity = ParityRecord.from_dict(raw["parity"]) if raw.get("parity") is not None else None
+        versions = {str(k): str(v) for k, v in dict(raw.get("versions", {})).items()}
     except (KeyError, TypeError, ValueError) as e:
         raise _fail(f"malformed field: {e}") from e
     if not 0.0 <= threshold <= 1.0 + 1e-6:
@@ -128,22 +318,34 @@ def parse_metadata(raw: Mapping[str, Any]) -> ArtifactMetadata:
     return ArtifactMetadata(
         format_version=version,
         artifact_version=str(raw["artifact_version"]),
+        created_at=str(raw.get("created_at", "")),
         cheap_model=str(raw["cheap_model"]),
         strong_model=str(raw["strong_model"]),
         threshold=threshold,
+        goal=goal,
+        target=str(raw.get("target", "")),
         classes=classes,
         cheap_ok_classes=cheap_ok,
+        head=str(raw.get("head", "")),
+        calibration=str(raw.get("calibration", "")),
+        embedder=embedder,
         features=features,
-        encoder=encoder,
-        embedding_dim=dim,
         graphs=graphs,
         default_graph=str(raw["default_graph"]),
+        quantization=_plain(_mapping(raw, "quantization")),
+        metrics=_plain(_mapping(raw, "metrics")),
+        data=data,
+        parity=parity,
+        versions=versions,
         files=files,
-        raw=dict(raw),
     )
 
 
+# ------------------------------------------------------------------------------ reading and writing
+
+
 def read_metadata(model_dir: Path) -> ArtifactMetadata:
+    """Read and validate `model_dir/metadata.json` (files are verified separately, by `verify_file`)."""
     path = Path(model_dir) / METADATA_FILE
     if not Path(model_dir).is_dir():
         raise ArtifactError(f"model directory {model_dir} does not exist", file=str(model_dir))
@@ -155,8 +357,8 @@ def read_metadata(model_dir: Path) -> ArtifactMetadata:
         raise _fail(f"not valid JSON ({e}); the file is truncated or corrupt") from e
     if not isinstance(raw, dict):
         raise _fail("must hold a JSON object")
-    meta = parse_metadata(raw)
-    _warn_if_newer(meta.raw.get("versions", {}))
+    meta = ArtifactMetadata.from_dict(raw)
+    _warn_if_newer(meta.versions)
     return meta
 
 
@@ -175,16 +377,17 @@ def verify_file(model_dir: Path, name: str, expected_sha256: str) -> Path:
     return path
 
 
-def write_metadata(model_dir: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+def write_metadata(model_dir: Path, metadata: ArtifactMetadata) -> ArtifactMetadata:
     """Record every file's sha256 and write metadata.json last, so a half-written dir never verifies."""
     model_dir = Path(model_dir)
-    files = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != METADATA_FILE)
-    full = {**metadata, "format_version": FORMAT_VERSION, "files": {n: sha256_file(model_dir / n) for n in files}}
-    parse_metadata(full)
+    names = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != METADATA_FILE)
+    full = metadata.replace(format_version=FORMAT_VERSION, files={n: sha256_file(model_dir / n) for n in names})
+    text = json.dumps(full.to_dict(), indent=2, sort_keys=True)
+    checked = ArtifactMetadata.from_dict(json.loads(text))  # what a reader will get back
     tmp = model_dir / (METADATA_FILE + ".tmp")
-    tmp.write_text(json.dumps(full, indent=2, sort_keys=True), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(model_dir / METADATA_FILE)
-    return full
+    return checked
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -200,7 +403,7 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 def _warn_if_newer(versions: Mapping[str, Any]) -> None:
     from router_model import __version__
 
-    saved = versions.get("router_model") if isinstance(versions, Mapping) else None
+    saved = versions.get("router_model")
     if isinstance(saved, str) and _version_tuple(saved) > _version_tuple(__version__):
         log.warning(
             "this model was saved with router-model %s, newer than the installed %s; upgrade if loading misbehaves",

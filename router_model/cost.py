@@ -26,6 +26,7 @@ Number = Union[float, int, np.ndarray]
 
 TOKENS_PER_UNIT = 1_000_000
 DAYS_PER_MONTH = 30
+DEFAULT_OUTPUT_TOKENS = 250  # assumed output tokens per request where a log has none
 DEFAULT_CHEAP = "gpt-4o-mini"
 DEFAULT_STRONG = "gpt-4o"
 PACKAGED_FILE = "router_model/prices.json"

@@ -23,6 +23,11 @@ MAX_TOKENIZED_CHARS = 200_000
 CHARS_PER_TOKEN_ESTIMATE = 4
 
 
+def estimate_tokens(text: str) -> int:
+    """The documented token estimate where no tokenizer count is at hand: ceil(chars / 4)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN_ESTIMATE)
+
+
 @dataclass(frozen=True)
 class EncoderSettings:
     """How text becomes token ids; written into the artifact so serving matches training."""
@@ -75,7 +80,7 @@ class TextEncoder:
     def count_tokens(self, text: str) -> int:
         """Token count of the whole text (estimated beyond MAX_TOKENIZED_CHARS)."""
         if len(text) > MAX_TOKENIZED_CHARS:
-            return math.ceil(len(text) / CHARS_PER_TOKEN_ESTIMATE)
+            return estimate_tokens(text)
         return len(self._tok.encode(text, add_special_tokens=False).ids)
 
     def _clip(self, text: str) -> str:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, cast
 
 from router_model.errors import InvalidRequestError
 
 ChatMessages = Sequence[Mapping[str, Any]]
-Request = Union[str, ChatMessages]
+Request = str | ChatMessages
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
@@ -34,7 +34,6 @@ class ParsedRequest:
     classifier_text: str
     full_text: str
     has_image: bool
-    n_messages: int
 
 
 def _message_text(message: Mapping[str, Any], index: int) -> tuple[str, bool]:
@@ -83,16 +82,17 @@ def parse_request(request: Request) -> ParsedRequest:
     if isinstance(request, str):
         if not request.strip():
             raise InvalidRequestError("the prompt is empty", field="prompt")
-        return ParsedRequest(request, request, False, 1)
+        return ParsedRequest(request, request, False)
     if isinstance(request, (bytes, bytearray)) or not isinstance(request, Sequence):
         raise InvalidRequestError(
             f"expected a prompt string or a list of chat messages, got {type(request).__name__}",
             field="request",
         )
-    if len(request) == 0:
+    messages = cast(ChatMessages, request)  # each item is checked by _message_text
+    if len(messages) == 0:
         raise InvalidRequestError("the message list is empty", field="messages")
-    parts = [_message_text(m, i) for i, m in enumerate(request)]
-    roles = [m["role"] for m in request]
+    parts = [_message_text(m, i) for i, m in enumerate(messages)]
+    roles = [m["role"] for m in messages]
     has_image = any(img for _, img in parts)
     user_idx = [i for i, r in enumerate(roles) if r == "user" and parts[i][0].strip()]
     last = user_idx[-1] if user_idx else max(
@@ -100,7 +100,7 @@ def parse_request(request: Request) -> ParsedRequest:
     )
     if last is None:
         if has_image:
-            return ParsedRequest("", "", True, len(request))
+            return ParsedRequest("", "", True)
         raise InvalidRequestError("no message has any text", field="messages")
     context: list[str] = []
     budget = CONTEXT_CHARS
@@ -116,4 +116,4 @@ def parse_request(request: Request) -> ParsedRequest:
     if context:
         text = text + CONTEXT_SEPARATOR + "\n".join(context)
     full = "\n".join(t for t, _ in parts if t)
-    return ParsedRequest(text, full, has_image, len(request))
+    return ParsedRequest(text, full, has_image)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,8 +52,13 @@ def _check_tags(tags: Sequence[str] | None, field: str = "tags") -> tuple[str, .
 
 @dataclass(frozen=True)
 class _Prepared:
+    """One validated request: parsed, tokenised, and the rule that decides it (None = classifier)."""
+
     parsed: ParsedRequest
     tags: tuple[str, ...]
+    enc: Any
+    n_tokens: int
+    rule: str | None
 
 
 class Router:
@@ -123,7 +129,7 @@ class Router:
         outputs = [o.name for o in self._session.get_outputs()]
         if PROBABILITIES_OUTPUT not in outputs:
             raise ArtifactError(f"graph has no {PROBABILITIES_OUTPUT!r} output (has {outputs})", file=graph_file)
-        probs = self._probabilities([WARMUP_TEXT], np.array([16]))
+        probs = self._probabilities([WARMUP_TEXT], [16])
         if probs.shape != (1, len(self.meta.classes)):
             raise ArtifactError(
                 f"graph returned probabilities of shape {probs.shape}, expected (1, {len(self.meta.classes)})", file=graph_file
@@ -134,7 +140,8 @@ class Router:
     # --- properties ----------------------------------------------------------------------
     @property
     def metadata(self) -> dict:
-        return dict(self.meta.raw)
+        """metadata.json as a plain dict (for JSON output); `meta` is the typed schema."""
+        return self.meta.to_dict()
 
     @property
     def version(self) -> str:
@@ -153,9 +160,9 @@ class Router:
         return self.meta.threshold
 
     # --- scoring -------------------------------------------------------------------------
-    def _probabilities(self, texts: Sequence[str], n_tokens: np.ndarray | None = None) -> np.ndarray:
-        feeds, counted = self._encoder.encode_batch(texts)
-        return self._run(feeds, texts, counted if n_tokens is None else n_tokens)
+    def _probabilities(self, texts: Sequence[str], n_tokens: Sequence[int]) -> np.ndarray:
+        feeds, _ = self._encoder.encode_batch(texts)
+        return self._run(feeds, texts, n_tokens)
 
     def _run(self, feeds: dict[str, np.ndarray], texts: Sequence[str], n_tokens: Sequence[int]) -> np.ndarray:
         if self.meta.features:
@@ -191,18 +198,25 @@ class Router:
         return self._p_cheap_ok(parsed, [e for e, _ in toks], [n for _, n in toks])
 
     # --- decisions -----------------------------------------------------------------------
-    def _rule(self, prep: _Prepared, n_tokens: int) -> str | None:
+    def _rule(self, parsed: ParsedRequest, tags: tuple[str, ...], n_tokens: int) -> str | None:
         rules = self.rules
-        if prep.parsed.has_image and rules.image_to_strong:
+        if parsed.has_image and rules.image_to_strong:
             return REASON_VISION
-        for tag in prep.tags:
+        for tag in tags:
             if tag in rules.strong_tags:
                 return TAG_REASON_PREFIX + tag
         if rules.max_tokens is not None and n_tokens > rules.max_tokens:
             return REASON_LONG_CONTEXT
-        if not prep.parsed.classifier_text.strip():
+        if not parsed.classifier_text.strip():
             raise InvalidRequestError("the request has no text for the classifier (only images)", field="messages")
         return None
+
+    def _prepare(self, request: Request, tags: Sequence[str] | None) -> _Prepared:
+        """Validate and tokenise one request; errors name the field relative to the request."""
+        parsed = parse_request(request)
+        checked = _check_tags(tags)
+        enc, n = self._tokenize(parsed)
+        return _Prepared(parsed, checked, enc, n, self._rule(parsed, checked, n))
 
     def _decide(self, p: float | None, reason: str | None, n_tokens: int) -> RoutingDecision:
         t = self.meta.threshold
@@ -220,38 +234,41 @@ class Router:
             n_tokens,
         )
 
+    def _route(self, prepared: Sequence[_Prepared]) -> list[RoutingDecision]:
+        """Decisions in order: rules first, the classifier for the rest in length-sorted batches."""
+        todo = [i for i, prep in enumerate(prepared) if prep.rule is None]
+        p_ok: dict[int, float] = {}
+        if todo:
+            vals = self._p_cheap_ok(
+                [prepared[i].parsed for i in todo], [prepared[i].enc for i in todo], [prepared[i].n_tokens for i in todo]
+            )
+            p_ok = {i: float(v) for i, v in zip(todo, vals)}
+        return [self._decide(p_ok.get(i), prep.rule, prep.n_tokens) for i, prep in enumerate(prepared)]
+
     def predict(self, request: Request, *, tags: Sequence[str] | None = None) -> RoutingDecision:
-        """Route one request (a prompt string or OpenAI-style chat messages)."""
-        return self.predict_batch([request], tags=[tags])[0]
+        """Route one request (a prompt string or OpenAI-style chat messages).
+
+        An InvalidRequestError names the field relative to the request, with `index` None.
+        """
+        return self._route([self._prepare(request, tags)])[0]
 
     def predict_batch(
         self, requests: Sequence[Request], *, tags: Sequence[Sequence[str] | None] | None = None
     ) -> list[RoutingDecision]:
-        """Route many requests; classifier work is batched by length. Order is preserved."""
+        """Route many requests; classifier work is batched by length. Order is preserved.
+
+        An InvalidRequestError about one request carries its position as `index` (for every
+        batch size) and its field relative to that request; one about the batch itself
+        (not a list, tag lists of the wrong length) has `index` None.
+        """
         if isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence):
             raise InvalidRequestError("expected a list of requests", field="requests")
         if tags is not None and len(tags) != len(requests):
             raise InvalidRequestError(f"{len(tags)} tag lists for {len(requests)} requests", field="tags")
-        single = len(requests) == 1
         prepared: list[_Prepared] = []
-        reasons: list[str | None] = []
-        encs: list = []
-        n_tokens: list[int] = []
         for i, req in enumerate(requests):
             try:
-                prep = _Prepared(parse_request(req), _check_tags(tags[i] if tags is not None else None))
-                enc, n = self._tokenize(prep.parsed)
-                reasons.append(self._rule(prep, n))
+                prepared.append(self._prepare(req, tags[i] if tags is not None else None))
             except InvalidRequestError as e:
-                if single:
-                    raise
-                raise InvalidRequestError(e.reason, field=f"requests[{i}].{e.field}" if e.field else f"requests[{i}]") from e
-            prepared.append(prep)
-            encs.append(enc)
-            n_tokens.append(n)
-        todo = [i for i, r in enumerate(reasons) if r is None]
-        p_ok: dict[int, float] = {}
-        if todo:
-            vals = self._p_cheap_ok([prepared[i].parsed for i in todo], [encs[i] for i in todo], [n_tokens[i] for i in todo])
-            p_ok = {i: float(v) for i, v in zip(todo, vals)}
-        return [self._decide(p_ok.get(i), reasons[i], n_tokens[i]) for i in range(len(requests))]
+                raise InvalidRequestError(e.reason, field=e.field, index=i) from e
+        return self._route(prepared)

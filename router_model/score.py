@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -299,56 +299,3 @@ def summarize(report: ScoreReport) -> str:
         f"scored {report.written - report.invalid} request(s), {report.invalid} invalid line(s) skipped; "
         f"models: {models}; reasons: {reasons}"
     )
-
-
-def metadata_summary(meta: Mapping[str, Any], path: str | Path) -> str:
-    """A human-readable summary of metadata.json: pair, threshold, goal, held-out metrics, versions."""
-    lines = [f"model directory: {path}"]
-    lines.append(f"artifact_version: {meta.get('artifact_version')}  (format {meta.get('format_version')}, "
-                 f"created {meta.get('created_at', '?')})")
-    lines.append(f"pair: cheap={meta.get('cheap_model')}  strong={meta.get('strong_model')}")
-    lines.append(f"threshold: {float(meta.get('threshold', float('nan'))):.4f}  (route to cheap when p_cheap_ok >= threshold)")
-    goal = meta.get("goal") or {}
-    if isinstance(goal, Mapping):
-        lines.append(f"goal: {goal.get('kind')}={goal.get('value')}  (met on validation: {goal.get('met_on_validation')})")
-    lines.append(f"head: {meta.get('head')}  target: {meta.get('target')}  calibration: {meta.get('calibration')}")
-    emb = meta.get("embedder") or {}
-    if isinstance(emb, Mapping):
-        enc = emb.get("encoder") or {}
-        lines.append(f"embedder: {emb.get('name')}  dim {emb.get('dim')}  max_length {enc.get('max_length')}  "
-                     f"truncation {enc.get('truncation')}")
-    lines.append(f"features: {', '.join(meta.get('features') or []) or 'none'}")
-    graphs = meta.get("graphs") or {}
-    lines.append(f"graphs: {', '.join(f'{k}={v}' for k, v in sorted(graphs.items()))}  default: {meta.get('default_graph')}")
-    data = meta.get("data") or {}
-    if isinstance(data, Mapping) and data:
-        lines.append(f"data: {data.get('rows_used')} rows used of {data.get('rows_read')} read, split {data.get('split_rows')}, "
-                     f"sha256 {str(data.get('sha256', ''))[:16]}...")
-    test = (meta.get("metrics") or {}).get("test") if isinstance(meta.get("metrics"), Mapping) else None
-    if isinstance(test, Mapping) and isinstance(test.get("router"), Mapping):
-        lines.append(f"held-out test set: {test.get('n_test')} prompts (cheap pass rate {_f(test.get('q_weak'))}, "
-                     f"strong {_f(test.get('q_strong'))})")
-        cols = ("apgr", "cpt50", "cpt80", "strong_share", "quality_vs_strong", "cost_saved")
-        lines.append(f"  {'':<10}" + "".join(f"{c:>18}" for c in cols))
-        for name in ("router", "random", "heuristic", "oracle"):
-            block = test.get(name)
-            if isinstance(block, Mapping):
-                lines.append(f"  {name:<10}" + "".join(f"{_f(block.get(c)):>18}" for c in cols))
-        r = test["router"]
-        lines.append(f"  router calibration: AUC {_f(r.get('auc'))}  ECE {_f(r.get('ece'))}  Brier {_f(r.get('brier'))}")
-    parity = meta.get("parity")
-    if isinstance(parity, Mapping):
-        lines.append(
-            f"parity: fp32 vs sklearn max abs {_f(parity.get('fp32_graph_vs_sklearn_max_abs'), '.1e')}; int8 agreement "
-            f"{_f(parity.get('int8_decision_agreement'))}, APGR diff {_f(parity.get('int8_apgr_abs_diff'), '.4f')}"
-        )
-    versions = meta.get("versions")
-    if isinstance(versions, Mapping):
-        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
-    return "\n".join(lines)
-
-
-def _f(v: Any, fmt: str = ".3f") -> str:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return format(v, fmt)
-    return "n/a"

@@ -16,8 +16,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from router_model.service.config import ServerConfig
 from router_model.service.gen.router.v1 import router_pb2_grpc
-from router_model.service.server import RunningServer, ServerConfig, create_server
+from router_model.service.server import RunningServer, create_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

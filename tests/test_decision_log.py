@@ -9,27 +9,25 @@ import os
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from router_model.cost import PriceTable
-from router_model.decision_log import (
+from router_model.observe.decision_log import (
     DecisionLogError,
     DecisionLogWriter,
-    build_report,
     decision_record,
-    format_report,
-    main,
     parse_timestamp,
     read_decision_log,
     utc_timestamp,
 )
+from router_model.observe.report import build_report, format_report, main
 
 REPO = Path(__file__).resolve().parents[1]
-T0 = datetime(2026, 11, 26, 7, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 26, 7, 30, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,7 @@ def rec(i: int = 0, *, model: str = "gpt-4o-mini", p: float | None = 0.9, tokens
 def test_timestamps_are_utc_iso_with_z() -> None:
     ts = utc_timestamp(datetime(2026, 11, 26, 8, 30, 0, 123000, tzinfo=timezone(timedelta(hours=1))))
     assert ts == "2026-11-26T07:30:00.123Z"
-    assert parse_timestamp(ts) == datetime(2026, 11, 26, 7, 30, 0, 123000, tzinfo=timezone.utc)
+    assert parse_timestamp(ts) == datetime(2026, 11, 26, 7, 30, 0, 123000, tzinfo=UTC)
 
 
 def test_many_threads_one_file(tmp_path: Path) -> None:
@@ -114,12 +112,12 @@ def test_writer_adds_hash_and_ts_when_missing(tmp_path: Path) -> None:
         w.write({**r, "prompt": "hi"})
     (line,) = list(read_decision_log(tmp_path / "d.jsonl"))
     assert line["prompt_sha256"] == hashlib.sha256(b"hi").hexdigest() and "prompt" not in line
-    assert abs((parse_timestamp(line["ts"]) - datetime.now(timezone.utc)).total_seconds()) < 60
+    assert abs((parse_timestamp(line["ts"]) - datetime.now(UTC)).total_seconds()) < 60
 
 
 def test_writer_never_raises_and_warns_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     w = DecisionLogWriter(tmp_path / "d.jsonl")
-    caplog.set_level(logging.WARNING, logger="router_model.decision_log")
+    caplog.set_level(logging.WARNING, logger="router_model.observe.decision_log")
     assert w.write({**rec(), "p_cheap_ok": float("nan")}) is False  # not valid JSON
     w.close()
     w.close()  # idempotent
@@ -272,7 +270,7 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         for r in hand_made_log():
             w.write(r)
     proc = subprocess.run(
-        [sys.executable, "-m", "router_model.decision_log", "report", "--log", str(path),
+        [sys.executable, "-m", "router_model.observe.report", "report", "--log", str(path),
          "--requests-per-month", "1000000", "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )

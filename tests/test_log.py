@@ -1,4 +1,4 @@
-"""training.log: every bad-input case is reported with file, line, field and reason."""
+"""training.data.log: every bad-input case is reported with file, line, field and reason."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from router_model.errors import ConfigError, RouterError
-from training.log import LabelledRecord, LogFormatError, LogProblem, ReadOptions, read_logs
+from training.data.log import LabelledRecord, LogFormatError, LogProblem, ReadOptions, read_logs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ROUTER_SHARED_DATA") or REPO.parent / "shared" / "data")

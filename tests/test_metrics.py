@@ -1,12 +1,12 @@
-"""training.metrics (and baselines): hand-computed cases, tie handling, orderings, errors."""
+"""training.evaluate.metrics (and baselines): hand-computed cases, tie handling, orderings, errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.baselines import heuristic_scores, oracle_scores, random_scores
-from training.metrics import (
+from training.evaluate.baselines import heuristic_scores, oracle_scores, random_scores
+from training.evaluate.metrics import (
     apgr,
     auc,
     brier,

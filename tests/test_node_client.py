@@ -11,7 +11,7 @@ import pytest
 from service_helpers import serve
 
 from router_model.router import Router
-from router_model.service.server import ServerConfig
+from router_model.service.config import ServerConfig
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.artifact_writer import INT8_MAX_APGR_DIFF, INT8_MIN_AGREEMENT
+from training.artifact.writer import INT8_MAX_APGR_DIFF, INT8_MIN_AGREEMENT
 
 from conftest import EXAMPLE_LOG, _train, require_shared
 from router_model.router import Router
@@ -33,10 +33,10 @@ def _pipeline_inputs(trained, cache_dir: Path):
     """Rebuild the training pipeline's view of the example log: config, records, X, target, head."""
     from router_model.cost import PriceTable
     from router_model.features import request_features
-    from training.embed import OnnxEmbedder
-    from training.embedder import export_embedder
+    from training.embedding.onnx_embedder import OnnxEmbedder
+    from training.embedding.export import export_embedder
     from training.head import make_target
-    from training.log import ReadOptions, read_logs
+    from training.data.log import ReadOptions, read_logs
     from training.pipeline import TrainConfig, _fit_heads, build_dataset
 
     meta = trained.metadata
@@ -87,8 +87,8 @@ def test_fp32_graph_matches_sklearn_pipeline(trained, cache_dir: Path) -> None:
 def test_exported_embedder_matches_sentence_transformers(cache_dir: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from training.embed import OnnxEmbedder
-    from training.embedder import DEFAULT_EMBEDDER, export_embedder, resolve_model_path
+    from training.embedding.onnx_embedder import OnnxEmbedder
+    from training.embedding.export import DEFAULT_EMBEDDER, export_embedder, resolve_model_path
 
     st = SentenceTransformer(resolve_model_path(DEFAULT_EMBEDDER), device="cpu")
     ref = st.encode(TEXTS, convert_to_numpy=True)
@@ -118,9 +118,9 @@ def public_router(tmp_path_factory, cache_dir: Path):
 @pytest.fixture(scope="module")
 def int8_report(public_router) -> dict:
     """int8 vs fp32 on the public router's held-out split, measured here through the serving path."""
-    from training import metrics as M
-    from training.log import read_logs
-    from training.split import assign_splits, normalize_prompt
+    from training.evaluate import metrics as M
+    from training.data.log import read_logs
+    from training.data.split import assign_splits, normalize_prompt
 
     result, subset = public_router
     meta = result.metadata

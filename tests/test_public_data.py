@@ -1,4 +1,4 @@
-"""training.public_data: pinned checksums, faithful conversion, no partial files, offline fallback."""
+"""training.data.public: pinned checksums, faithful conversion, no partial files, offline fallback."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from training import public_data as pd
-from training.log import read_logs
+from training.cache import default_cache_dir, public_data_cache_dir
+from training.data import public as pd
+from training.data.log import read_logs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ROUTER_SHARED_DATA") or REPO.parent / "shared" / "data")
@@ -32,11 +33,14 @@ def test_pinned_checksums_table() -> None:
 def test_paths_follow_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROUTER_SHARED_DATA", str(tmp_path / "s"))
     monkeypatch.setenv("ROUTER_CACHE_DIR", str(tmp_path / "c"))
-    assert pd.shared_data_dir() == tmp_path / "s" and pd.cache_dir() == tmp_path / "c"
+    # One cache root for everything training rebuilds; public data in its own folder under it.
+    assert pd.shared_data_dir() == tmp_path / "s" and public_data_cache_dir() == tmp_path / "c" / "public"
+    assert default_cache_dir() == tmp_path / "c"
     monkeypatch.delenv("ROUTER_SHARED_DATA")
     monkeypatch.delenv("ROUTER_CACHE_DIR")
     assert pd.shared_data_dir() == REPO.parent / "shared" / "data"
-    assert pd.cache_dir() == Path.home() / ".cache" / "router-model" / "public"
+    assert public_data_cache_dir() == Path.home() / ".cache" / "router-model" / "public"
+    assert default_cache_dir() == Path.home() / ".cache" / "router-model"
 
 
 def test_checksum_mismatch_names_file_and_leaves_nothing(tmp_path: Path) -> None:

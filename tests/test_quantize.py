@@ -11,15 +11,15 @@ import onnx
 import pytest
 
 from conftest import EXAMPLE_LOG, require_shared
-from training.gptq import GPTQError, gptq_requantize, gptq_round
-from training.int8_rewrites import (
+from training.artifact.gptq import GPTQError, gptq_requantize, gptq_round
+from training.artifact.int8_rewrites import (
     normalise_layernorm_inputs,
     row_scaled_tables,
     scale_per_token,
     split_outlier_channels,
     weight_matmuls,
 )
-from training.quantize import (
+from training.artifact.quantize import (
     QuantizationSettings,
     activation_maxima,
     calibration_feeds,
@@ -32,7 +32,7 @@ MMLU = "routellm-evals/routellm-mmlu.normalized.jsonl"
 
 @pytest.fixture(scope="module")
 def exported(cache_dir: Path):
-    from training.embedder import DEFAULT_EMBEDDER, export_embedder
+    from training.embedding.export import DEFAULT_EMBEDDER, export_embedder
 
     return export_embedder(DEFAULT_EMBEDDER, cache_dir)
 
@@ -44,7 +44,7 @@ def _example_prompts() -> list[str]:
 
 def _embed(model: onnx.ModelProto | str, feeds) -> np.ndarray:
     from router_model.onnx_session import make_session
-    from training.embedder import EMBEDDING_OUTPUT
+    from training.embedding.export import EMBEDDING_OUTPUT
 
     src = model if isinstance(model, str) else model.SerializeToString()
     session = make_session(src, threads=2)

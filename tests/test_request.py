@@ -15,7 +15,7 @@ def user(content):
 def test_prompt_string() -> None:
     p = parse_request("What is 2 + 2?")
     assert p.classifier_text == p.full_text == "What is 2 + 2?"
-    assert not p.has_image and p.n_messages == 1
+    assert not p.has_image
 
 
 def test_single_user_message_string_and_parts() -> None:
@@ -52,7 +52,6 @@ def test_system_and_assistant_turns_are_context_not_the_question() -> None:
     # Every message's text counts toward the full text (token length rule).
     for m in msgs:
         assert m["content"] in p.full_text
-    assert p.n_messages == 4
 
 
 def test_trailing_assistant_turn_does_not_become_the_question() -> None:

@@ -205,14 +205,18 @@ def test_rules_disabled_the_classifier_decides(bare_router: Router) -> None:
 def test_bad_input_names_the_field(router: Router, request_, kwargs, field: str) -> None:
     with pytest.raises(InvalidRequestError) as exc:
         router.predict(request_, **kwargs)
-    assert exc.value.field == field
+    assert exc.value.field == field and exc.value.index is None
     assert isinstance(exc.value, ValueError)
 
 
 def test_bad_batch_input_names_the_item(router: Router) -> None:
     with pytest.raises(InvalidRequestError) as exc:
         router.predict_batch(["good", "", "also good"])
-    assert exc.value.field == "requests[1].prompt"
+    assert (exc.value.index, exc.value.field) == (1, "prompt")
+    assert str(exc.value).startswith("requests[1].prompt: ")
+    with pytest.raises(InvalidRequestError) as exc:
+        router.predict_batch([""])
+    assert (exc.value.index, exc.value.field) == (0, "prompt")
     with pytest.raises(InvalidRequestError) as exc:
         router.predict_batch("not a list")
     assert exc.value.field == "requests"

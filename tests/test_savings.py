@@ -1,4 +1,4 @@
-"""`router-savings` (training.savings): the report's numbers hang together and match router_model.cost."""
+"""`router-savings` (training.evaluate.savings): the report's numbers hang together and match router_model.cost."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from router_model.cost import PriceTable, monthly_cost, routed_monthly_cost
-from training import metrics as M
-from training.log import read_logs
-from training.savings import (
+from training.evaluate import metrics as M
+from training.evaluate.metrics import expected_at_shares
+from training.data.log import read_logs
+from training.evaluate.savings import (
     DEFAULT_SHARES,
     LabelledScores,
     compute_report,
-    expected_at_shares,
     format_report,
     main,
 )

@@ -18,11 +18,6 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-
-from router_model.decision_log import read_decision_log, record_problem
-from router_model.router import Router
-from router_model.service.gen.router.v1 import router_pb2 as pb
-from router_model.service.server import FIELD_METADATA_KEY, SERVICE_NAME, ServerConfig
 from service_helpers import (
     NOT_SERVING,
     SERVING,
@@ -36,6 +31,13 @@ from service_helpers import (
     serve,
     wait_for,
 )
+
+from router_model.observe.decision_log import read_decision_log, record_problem
+from router_model.router import Router
+from router_model.service.config import ServerConfig
+from router_model.service.gen.router.v1 import router_pb2 as pb
+from router_model.service.server import SERVICE_NAME
+from router_model.service.status import FIELD_METADATA_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PROMPT_CHARS = 20_000

@@ -1,11 +1,11 @@
-"""training.split: no group leaks across splits or folds, and growth keeps old rows in place."""
+"""training.data.split: no group leaks across splits or folds, and growth keeps old rows in place."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.split import assign_splits, group_kfold, normalize_prompt
+from training.data.split import assign_splits, group_kfold, normalize_prompt
 
 
 def keys(n_groups: int, reps: int = 3) -> list[str]:

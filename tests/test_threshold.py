@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from router_model.errors import ConfigError
-from training.metrics import evaluate_routing
+from training.evaluate.metrics import evaluate_routing
 from training.threshold import ALL_STRONG, DEFAULT_GOAL, Goal, choose_threshold
 
 # Four requests; the cheap model is right on the two it is most confident about.

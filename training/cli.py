@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
+from router_model.cost import DEFAULT_OUTPUT_TOKENS
 from router_model.errors import RouterError
 from router_model.features import DEFAULT_FEATURES, FEATURES
-from training.embedder import DEFAULT_EMBEDDER
+from training.embedding.export import DEFAULT_EMBEDDER
 from training.head import DEFAULT_HEADS, TARGETS
 from training.threshold import Goal
 
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="graph served by default: auto picks int8 when it agrees with fp32 on >=99%% of test decisions "
                    "and its APGR is within 0.005 (default: %(default)s)")
     p.add_argument("--prices", type=Path, metavar="FILE", help="price table JSON overriding/extending the packaged one")
-    p.add_argument("--output-tokens", type=int, default=250, metavar="N",
+    p.add_argument("--output-tokens", type=int, default=DEFAULT_OUTPUT_TOKENS, metavar="N",
                    help="output tokens per request assumed for cost when the log has none (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the classifiers (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, metavar="DIR", help="embedding and export cache (default: $ROUTER_CACHE_DIR or ~/.cache/router-model)")
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     from training.pipeline import TrainConfig
-    from training.public_data import default_public_logs
+    from training.data.public import default_public_logs
 
     if args.max_strong_share is not None:
         goal = Goal.max_strong_share(args.max_strong_share)
@@ -119,9 +121,17 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    # SIGTERM/SIGHUP would otherwise end the process without unwinding: the staged model
+    # directory (tens of MB) would be left behind. SystemExit unwinds and cleans up.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     try:
         config = config_from_args(args)
         from training.pipeline import train

@@ -14,6 +14,7 @@ from typing import Literal, Union
 import numpy as np
 
 from router_model.errors import ConfigError
+from training.evaluate.metrics import cumulative_by_score
 
 __all__ = ["ALL_STRONG", "DEFAULT_GOAL", "Goal", "ThresholdChoice", "choose_threshold"]
 
@@ -117,14 +118,12 @@ def choose_threshold(
     if q_strong <= 0:
         raise ValueError("quality_vs_strong is undefined: the strong model's mean quality is 0")
 
-    order = np.argsort(-p, kind="stable")  # most confident first: these go cheap first
-    ps = p[order]
-    # Candidate j = number of rows routed cheap; only at unique-value boundaries (plus 0).
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(ps) != 0) + 1, [n]])
-    d_q = np.concatenate([[0.0], np.cumsum((w_ - s_)[order])])
-    d_c = np.concatenate([[0.0], np.cumsum((cc - cs)[order])])
-    quality = (s_.sum() + d_q[bounds]) / n
-    cost = (cs.sum() + d_c[bounds]) / n
+    # Most confident first: the top j rows by p go cheap. Candidates only at tie-block boundaries.
+    blocks = cumulative_by_score(p, w_ - s_, cc - cs)
+    bounds, ps = blocks.k, blocks.sorted_scores
+    d_q, d_c = blocks.sums
+    quality = (s_.sum() + d_q) / n
+    cost = (cs.sum() + d_c) / n
     share = (n - bounds) / n
     # Thresholds: above 1 for j=0, midpoints between consecutive unique values, 0.0 for all cheap.
     thr = np.empty(len(bounds))

@@ -9,8 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from router_model.artifact import ArtifactMetadata
+from training.data.log import LogReadResult
+from training.head import FittedHead
+from training.threshold import ThresholdChoice
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +32,51 @@ def _flatten(prefix: str, d: dict[str, Any], out: dict[str, float]) -> None:
             out[key] = float(v)
 
 
-def track_run(config, read, artifact, evaluation, head_scores, choice, plots, model, embed_stats, elapsed) -> str:
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything one training run logs: settings, the data read, the artifact and its evaluation."""
+
+    params: dict[str, Any]
+    read: LogReadResult
+    metadata: ArtifactMetadata
+    model_dir: Path  # the verified directory to log (staged: it is published only after tracking)
+    choice: ThresholdChoice
+    plots: tuple[Path, ...]
+    head: FittedHead
+    embed_stats: dict[str, float]
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    tracking_uri: str | None
+    experiment: str
+    registered_model: str
+
+    @property
+    def uri(self) -> str:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def track_run(target: TrackingTarget, run: RunRecord) -> str:
     """Log params, data hash and counts, metrics, plots, the model dir and the sklearn head."""
     import joblib
     import mlflow
 
-    uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    meta, read, choice = run.metadata, run.read, run.choice
+    uri = target.uri
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(config.experiment)
-    with mlflow.start_run() as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in config.params().items()})
+    mlflow.set_experiment(target.experiment)
+    with mlflow.start_run() as active:
+        mlflow.log_params({k: str(v)[:500] for k, v in run.params.items()})
         mlflow.log_params(
             {
                 "cheap_model_resolved": read.cheap_model,
                 "strong_model_resolved": read.strong_model,
                 "data_sha256": read.data_sha256,
-                "head": artifact["head"],
-                "artifact_version": artifact["artifact_version"],
-                "default_graph_chosen": artifact["default_graph"],
+                "head": meta.head,
+                "artifact_version": meta.artifact_version,
+                "default_graph_chosen": meta.default_graph,
             }
         )
         metrics: dict[str, float] = {
@@ -53,37 +86,37 @@ def track_run(config, read, artifact, evaluation, head_scores, choice, plots, mo
             "threshold": choice.threshold,
             "val_strong_share": choice.strong_share,
             "val_quality_vs_strong": choice.quality_vs_strong,
-            "train_seconds": elapsed,
-            "embed_texts_per_second": embed_stats.get("texts_per_second", 0.0),
+            "train_seconds": run.elapsed,
+            "embed_texts_per_second": run.embed_stats.get("texts_per_second", 0.0),
         }
-        _flatten("test", evaluation, metrics)
-        _flatten("val", head_scores, metrics)
-        _flatten("parity", artifact.get("parity", {}), metrics)
+        _flatten("test", dict(meta.test_metrics), metrics)
+        _flatten("val", run.head.validation, metrics)
+        _flatten("parity", meta.parity.to_dict() if meta.parity else {}, metrics)
         mlflow.log_metrics({k.replace("[", "_").replace("]", "_"): v for k, v in metrics.items()})
-        for p in plots:
+        for p in run.plots:
             mlflow.log_artifact(str(p), artifact_path="plots")
-        mlflow.log_artifacts(str(config.out_dir), artifact_path="model")
+        mlflow.log_artifacts(str(run.model_dir), artifact_path="model")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sklearn_head.joblib"
-            joblib.dump(model, path)
+            joblib.dump(run.head.model, path)
             mlflow.log_artifact(str(path), artifact_path="analysis")
-        run_id = run.info.run_id
-        source = f"{run.info.artifact_uri}/model"
+        run_id = active.info.run_id
+        source = f"{active.info.artifact_uri}/model"
     try:
         client = mlflow.MlflowClient()
         try:
-            client.get_registered_model(config.registered_model)
+            client.get_registered_model(target.registered_model)
         except Exception:
-            client.create_registered_model(config.registered_model, description="router-model directories (ONNX + metadata.json)")
+            client.create_registered_model(target.registered_model, description="router-model directories (ONNX + metadata.json)")
         mv = client.create_model_version(
-            config.registered_model,
+            target.registered_model,
             source=source,
             run_id=run_id,
-            tags={"artifact_version": artifact["artifact_version"], "default_graph": artifact["default_graph"]},
+            tags={"artifact_version": meta.artifact_version, "default_graph": meta.default_graph},
             description=f"cheap={read.cheap_model} strong={read.strong_model} threshold={choice.threshold:.4f}",
         )
-        print(f"mlflow: run {run_id} in {uri}; registered {config.registered_model} v{mv.version}", flush=True)
-    except Exception as e:  # registration is a convenience; the run itself is tracked
+        print(f"mlflow: run {run_id} in {uri}; registered {target.registered_model} v{mv.version}", flush=True)
+    except Exception as e:  # noqa: BLE001 - registration is a convenience; the run itself is tracked
         log.warning("could not register the model in MLflow: %s", e)
         print(f"mlflow: run {run_id} in {uri} (not registered: {e})", flush=True)
-    return run_id
+    return str(run_id)

@@ -11,54 +11,35 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from router_model.errors import ArtifactError, ConfigError
+from router_model.service.config import ServerConfig
+from router_model.settings import (
+    DEFAULT_HOST,
+    ENV_GRAPH,
+    ENV_MODEL_DIR,
+    ENV_THREADS,
+    GRAPHS,
+    check_renamed,
+    env,
+    parse_bool,
+    parse_choice,
+)
 
 log = logging.getLogger("router_model.service")
 
-T = TypeVar("T")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def _env(name: str, parse: Callable[[str], T], default: T) -> T:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        return parse(raw.strip())
-    except (ValueError, argparse.ArgumentTypeError) as e:
-        raise ConfigError(f"environment variable {name}={raw!r}: {e}") from None
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise ValueError(f"expected one of {sorted(_TRUE | _FALSE - {''})}")
-
-
-def _choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        text = text.upper() if upper else text
-        if text not in choices:
-            raise ValueError(f"expected one of {list(choices)}")
-        return text
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; defaults come from the environment (raises ConfigError on a bad one)."""
+    check_renamed()
     p = argparse.ArgumentParser(
         prog="router-serve",
         description="Serve the learned router over gRPC (router.v1.Router, grpc.health.v1, reflection).",
@@ -69,48 +50,47 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     opt: list[tuple[Sequence[str], str, dict[str, Any]]] = [
-        (["--model-dir"], "ROUTER_MODEL_DIR", dict(type=Path, metavar="DIR", default=_env("ROUTER_MODEL_DIR", Path, None),
+        (["--model-dir"], ENV_MODEL_DIR, dict(type=Path, metavar="DIR", default=env(ENV_MODEL_DIR, Path, None),
                                                   help="trained model directory (started NOT_SERVING without one)")),
-        (["--host"], "ROUTER_HOST", dict(metavar="HOST", default=_env("ROUTER_HOST", str, "0.0.0.0"), help="address to bind (default 0.0.0.0)")),
-        (["--port"], "ROUTER_PORT", dict(type=int, metavar="PORT", default=_env("ROUTER_PORT", int, 50051), help="gRPC port (default 50051)")),
-        (["--workers"], "ROUTER_WORKERS", dict(type=int, metavar="N", default=_env("ROUTER_WORKERS", int, 4),
+        (["--host"], "ROUTER_HOST", dict(metavar="HOST", default=env("ROUTER_HOST", str, DEFAULT_HOST),
+                                        help=f"address to bind, for gRPC and metrics (default {DEFAULT_HOST}; 0.0.0.0 = every interface)")),
+        (["--port"], "ROUTER_PORT", dict(type=int, metavar="PORT", default=env("ROUTER_PORT", int, 50051), help="gRPC port (default 50051)")),
+        (["--workers"], "ROUTER_WORKERS", dict(type=int, metavar="N", default=env("ROUTER_WORKERS", int, 4),
                                               help="gRPC handler threads (default 4)")),
-        (["--threads"], "ROUTER_THREADS", dict(type=int, metavar="N", default=_env("ROUTER_THREADS", int, 1),
+        (["--threads"], ENV_THREADS, dict(type=int, metavar="N", default=env(ENV_THREADS, int, 1),
                                               help="onnxruntime intra-op threads per inference (default 1)")),
         (["--max-message-bytes"], "ROUTER_MAX_MESSAGE_BYTES",
-         dict(type=int, metavar="BYTES", default=_env("ROUTER_MAX_MESSAGE_BYTES", int, 4 * 1024 * 1024),
+         dict(type=int, metavar="BYTES", default=env("ROUTER_MAX_MESSAGE_BYTES", int, 4 * 1024 * 1024),
               help="largest gRPC message accepted or sent (default 4 MiB; larger -> RESOURCE_EXHAUSTED)")),
         (["--max-prompt-chars"], "ROUTER_MAX_PROMPT_CHARS",
-         dict(type=int, metavar="CHARS", default=_env("ROUTER_MAX_PROMPT_CHARS", int, 1_000_000),
+         dict(type=int, metavar="CHARS", default=env("ROUTER_MAX_PROMPT_CHARS", int, 1_000_000),
               help="largest prompt (or total message text) in characters (default 1,000,000; larger -> INVALID_ARGUMENT)")),
-        (["--observe"], "ROUTER_OBSERVE", dict(action=argparse.BooleanOptionalAction, default=_env("ROUTER_OBSERVE", _bool, False),
+        (["--observe"], "ROUTER_OBSERVE", dict(action=argparse.BooleanOptionalAction, default=env("ROUTER_OBSERVE", parse_bool, False),
                                               help="observation mode: decide and log every decision; callers log, not route")),
-        (["--decision-log"], "ROUTER_DECISION_LOG", dict(type=Path, metavar="FILE", default=_env("ROUTER_DECISION_LOG", Path, None),
+        (["--decision-log"], "ROUTER_DECISION_LOG", dict(type=Path, metavar="FILE", default=env("ROUTER_DECISION_LOG", Path, None),
                                                         help="JSON-lines decision log (required with --observe)")),
         (["--log-prompts"], "ROUTER_LOG_PROMPTS", dict(action=argparse.BooleanOptionalAction,
-                                                      default=_env("ROUTER_LOG_PROMPTS", _bool, False),
+                                                      default=env("ROUTER_LOG_PROMPTS", parse_bool, False),
                                                       help="also store prompt text in the decision log (default: only its sha256)")),
-        (["--metrics-port"], "ROUTER_METRICS_PORT", dict(type=int, metavar="PORT", default=_env("ROUTER_METRICS_PORT", int, None),
+        (["--metrics-port"], "ROUTER_METRICS_PORT", dict(type=int, metavar="PORT", default=env("ROUTER_METRICS_PORT", int, None),
                                                         help="serve Prometheus metrics on http://HOST:PORT/metrics")),
-        (["--graph"], "ROUTER_GRAPH", dict(choices=["int8", "fp32"], default=_env("ROUTER_GRAPH", _choice("int8", "fp32"), None),
+        (["--graph"], ENV_GRAPH, dict(choices=GRAPHS, default=env(ENV_GRAPH, parse_choice(*GRAPHS), None),
                                           help="which graph of the artifact to run (default: the artifact's default)")),
-        (["--grace-seconds"], "ROUTER_GRACE_SECONDS", dict(type=float, metavar="S", default=_env("ROUTER_GRACE_SECONDS", float, 10.0),
+        (["--grace-seconds"], "ROUTER_GRACE_SECONDS", dict(type=float, metavar="S", default=env("ROUTER_GRACE_SECONDS", float, 10.0),
                                                           help="how long shutdown waits for in-flight calls (default 10)")),
-        (["--watch-interval"], "ROUTER_WATCH_INTERVAL", dict(type=float, metavar="S", default=_env("ROUTER_WATCH_INTERVAL", float, None),
+        (["--watch-interval"], "ROUTER_WATCH_INTERVAL", dict(type=float, metavar="S", default=env("ROUTER_WATCH_INTERVAL", float, None),
                                                             help="reload when the model dir's metadata.json changes, polled every S seconds")),
-        (["--log-level"], "ROUTER_LOG_LEVEL", dict(type=str.upper, choices=LOG_LEVELS, default=_env("ROUTER_LOG_LEVEL", _choice(*LOG_LEVELS, upper=True), "INFO"),
+        (["--log-level"], "ROUTER_LOG_LEVEL", dict(type=str.upper, choices=LOG_LEVELS, default=env("ROUTER_LOG_LEVEL", parse_choice(*LOG_LEVELS, upper=True), "INFO"),
                                                   help="logging level (default INFO)")),
     ]
-    for flags, env, kwargs in opt:
-        kwargs["help"] = f"{kwargs['help']} [env {env}]"
+    for flags, var, kwargs in opt:
+        kwargs["help"] = f"{kwargs['help']} [env {var}]"
         p.add_argument(*flags, **kwargs)
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """A ServerConfig from parsed arguments (raises ConfigError on an inconsistent set)."""
-    from router_model.service.server import ServerConfig
-
     return ServerConfig(
         model_dir=args.model_dir,
         host=args.host,
@@ -138,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from router_model.decision_log import DecisionLogError
+    from router_model.observe.decision_log import DecisionLogError
     from router_model.service.server import create_server
 
     try:

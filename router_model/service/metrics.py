@@ -1,124 +1,100 @@
-"""Prometheus text-format metrics with the standard library only.
+"""The service's Prometheus metrics and the HTTP endpoint that serves them.
 
-Kept dependency-free on purpose: the inference image stays small, and the handful of series the
-service exports (counters, one histogram, two gauges) need nothing more than a lock and dicts.
+Each `Metrics` owns its own CollectorRegistry rather than prometheus_client's global one, so
+several servers in one process (the tests start many) never collide or share counts.
 """
 
 from __future__ import annotations
 
-import bisect
 import threading
-from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # Round-trip latency buckets in seconds: sub-millisecond to a slow batch.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )
+# What generate_latest writes: the classic text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _ModelCollector(Collector):
+    """router_model_loaded and router_model_info, read from one value so a scrape never sees
+    the old version dropped before the new one is set."""
 
+    def __init__(self) -> None:
+        self.artifact_version: str | None = None
 
-def _labels(**labels: str) -> str:
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
-
-
-def _num(value: float) -> str:
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        version = self.artifact_version
+        yield GaugeMetricFamily("router_model_loaded", "1 when an artifact is loaded and serving.", value=int(version is not None))
+        info = GaugeMetricFamily(
+            "router_model_info", "The artifact version being served (value always 1).", labels=["artifact_version"]
+        )
+        if version is not None:
+            info.add_metric([version], 1)
+        yield info
 
 
 class Metrics:
-    """Thread-safe counters for the service; `render()` gives the exposition text."""
+    """The service's series in a registry of their own; every method is thread-safe."""
 
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self._lock = threading.Lock()
-        self._buckets = tuple(sorted(buckets))
-        self._requests: dict[str, int] = defaultdict(int)
-        self._errors: dict[tuple[str, str], int] = defaultdict(int)
-        self._latency_counts: dict[str, list[int]] = {}
-        self._latency_sum: dict[str, float] = defaultdict(float)
-        self._decisions: dict[tuple[str, str], int] = defaultdict(int)
-        self._reloads: dict[str, int] = defaultdict(int)
-        self._in_flight = 0
-        self._artifact_version: str | None = None
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._requests = Counter("router_requests_total", "RPCs finished, by method.", ["rpc"], registry=r)
+        self._errors = Counter(
+            "router_errors_total", "RPCs that ended with a non-OK status, by method and code.", ["rpc", "code"], registry=r
+        )
+        self._latency = Histogram(
+            "router_request_duration_seconds", "Server-side time per RPC.", ["rpc"], buckets=sorted(buckets), registry=r
+        )
+        self._decisions = Counter(
+            "router_decisions_total", "Routing decisions, by chosen model and reason.", ["model", "reason"], registry=r
+        )
+        self._reloads = Counter(
+            "router_reloads_total", "Artifact loads (the one at start-up included), by result.", ["result"], registry=r
+        )
+        self._in_flight = Gauge("router_in_flight_requests", "RPCs being handled now.", registry=r)
+        self._model = _ModelCollector()
+        r.register(self._model)
 
     def start_rpc(self) -> None:
-        with self._lock:
-            self._in_flight += 1
+        self._in_flight.inc()
 
     def finish_rpc(self, rpc: str, code: str, seconds: float) -> None:
         """Count one finished RPC with its status code name ("OK", "INVALID_ARGUMENT", ...)."""
-        slot = bisect.bisect_left(self._buckets, seconds)
-        with self._lock:
-            self._in_flight -= 1
-            self._requests[rpc] += 1
-            if code != "OK":
-                self._errors[(rpc, code)] += 1
-            counts = self._latency_counts.get(rpc)
-            if counts is None:
-                counts = self._latency_counts[rpc] = [0] * (len(self._buckets) + 1)
-            counts[slot] += 1
-            self._latency_sum[rpc] += seconds
+        self._requests.labels(rpc=rpc).inc()
+        if code != "OK":
+            self._errors.labels(rpc=rpc, code=code).inc()
+        self._latency.labels(rpc=rpc).observe(seconds)
+        self._in_flight.dec()  # last: a scrape that sees the call done also sees it counted
 
-    def count_decisions(self, pairs: list[tuple[str, str]]) -> None:
+    def count_decisions(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Count decisions given as (model, reason) pairs."""
-        with self._lock:
-            for pair in pairs:
-                self._decisions[pair] += 1
+        for model, reason in pairs:
+            self._decisions.labels(model=model, reason=reason).inc()
 
     def model_loaded(self, artifact_version: str) -> None:
-        with self._lock:
-            self._artifact_version = artifact_version
+        self._model.artifact_version = artifact_version
 
     def count_reload(self, ok: bool) -> None:
-        with self._lock:
-            self._reloads["ok" if ok else "failed"] += 1
+        self._reloads.labels(result="ok" if ok else "failed").inc()
 
     def render(self) -> str:
-        """The Prometheus text exposition (format 0.0.4) of every series."""
-        with self._lock:
-            out: list[str] = []
-
-            def head(name: str, kind: str, text: str) -> None:
-                out.append(f"# HELP {name} {text}")
-                out.append(f"# TYPE {name} {kind}")
-
-            head("router_requests_total", "counter", "RPCs finished, by method.")
-            for rpc, n in sorted(self._requests.items()):
-                out.append(f"router_requests_total{_labels(rpc=rpc)} {n}")
-            head("router_errors_total", "counter", "RPCs that ended with a non-OK status, by method and code.")
-            for (rpc, code), n in sorted(self._errors.items()):
-                out.append(f"router_errors_total{_labels(rpc=rpc, code=code)} {n}")
-            head("router_request_duration_seconds", "histogram", "Server-side time per RPC.")
-            for rpc, counts in sorted(self._latency_counts.items()):
-                running = 0
-                for bound, n in zip((*self._buckets, float("inf")), counts):
-                    running += n
-                    le = "+Inf" if bound == float("inf") else _num(bound)
-                    out.append(f"router_request_duration_seconds_bucket{_labels(rpc=rpc, le=le)} {running}")
-                out.append(f"router_request_duration_seconds_sum{_labels(rpc=rpc)} {self._latency_sum[rpc]!r}")
-                out.append(f"router_request_duration_seconds_count{_labels(rpc=rpc)} {running}")
-            head("router_decisions_total", "counter", "Routing decisions, by chosen model and reason.")
-            for (model, reason), n in sorted(self._decisions.items()):
-                out.append(f"router_decisions_total{_labels(model=model, reason=reason)} {n}")
-            head("router_reloads_total", "counter", "Artifact loads (the one at start-up included), by result.")
-            for result, n in sorted(self._reloads.items()):
-                out.append(f"router_reloads_total{_labels(result=result)} {n}")
-            head("router_in_flight_requests", "gauge", "RPCs being handled now.")
-            out.append(f"router_in_flight_requests {self._in_flight}")
-            head("router_model_loaded", "gauge", "1 when an artifact is loaded and serving.")
-            out.append(f"router_model_loaded {int(self._artifact_version is not None)}")
-            head("router_model_info", "gauge", "The artifact version being served (value always 1).")
-            if self._artifact_version is not None:
-                out.append(f"router_model_info{_labels(artifact_version=self._artifact_version)} 1")
-            return "\n".join(out) + "\n"
+        """The Prometheus text exposition of every series."""
+        return generate_latest(self.registry).decode()
 
 
 def serve_metrics(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
-    """Serve GET /metrics on host:port from a daemon thread; port 0 picks a free one."""
+    """Serve GET /metrics on host:port from a daemon thread; port 0 picks a free one.
+
+    Not prometheus_client's own server: that one answers every path, and only /metrics is ours.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)

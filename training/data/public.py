@@ -19,7 +19,9 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from router_model.artifact import sha256_file
 from router_model.errors import RouterError
+from training.cache import public_data_cache_dir
 
 __all__ = [
     "ChecksumError",
@@ -29,7 +31,6 @@ __all__ = [
     "PublicDataError",
     "ROUTELLM_BASE_URL",
     "ROUTELLM_COMMIT",
-    "cache_dir",
     "convert_mmlu_csvs",
     "default_public_logs",
     "download_mmlu_csvs",
@@ -130,21 +131,9 @@ def shared_data_dir() -> Path:
     env = os.environ.get("ROUTER_SHARED_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def cache_dir() -> Path:
-    """`$ROUTER_CACHE_DIR`, else `~/.cache/router-model/public`."""
-    env = os.environ.get("ROUTER_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "router-model" / "public"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_target(final: Path) -> tuple[int, Path]:
@@ -160,13 +149,13 @@ def download_mmlu_csvs(
 
     `base_url` may be a `file://` URL of a local copy (tests, offline mirrors).
     """
-    dest = Path(dest) if dest is not None else cache_dir() / "routellm-mmlu-responses"
+    dest = Path(dest) if dest is not None else public_data_cache_dir() / "routellm-mmlu-responses"
     out: list[Path] = []
     for subject in MMLU_SUBJECTS:
         name = f"mmlu_{subject}.csv"
         final = dest / name
         expected = MMLU_SHA256[subject]
-        if final.is_file() and _sha256_file(final) == expected:
+        if final.is_file() and sha256_file(final) == expected:
             out.append(final)
             continue
         url = f"{base_url.rstrip('/')}/{name}"
@@ -236,12 +225,12 @@ def default_public_logs(*, base_url: str = ROUTELLM_BASE_URL) -> list[Path]:
     local = [shared / MMLU_NORMALIZED, shared / MTBENCH_NORMALIZED]
     if all(p.is_file() for p in local):
         return local
-    root = cache_dir()
+    root = public_data_cache_dir()
     out = root / MMLU_NORMALIZED
-    if not (out.is_file() and _sha256_file(out) == MMLU_NORMALIZED_SHA256):
+    if not (out.is_file() and sha256_file(out) == MMLU_NORMALIZED_SHA256):
         csvs = download_mmlu_csvs(root / "routellm-mmlu-responses", base_url=base_url)
         convert_mmlu_csvs(csvs, out)
-        actual = _sha256_file(out)
+        actual = sha256_file(out)
         if actual != MMLU_NORMALIZED_SHA256:
             out.unlink(missing_ok=True)
             raise ChecksumError(str(out), MMLU_NORMALIZED_SHA256, actual)

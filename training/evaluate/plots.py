@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training import metrics as M
-from training.baselines import heuristic_scores, oracle_scores
+from training.evaluate import metrics as M
+from training.evaluate.baselines import heuristic_scores, oracle_scores
+from training.head import cheap_loses_nothing
 
 
-def save_plots(out_dir: Path, ds, idx: np.ndarray, p_test: np.ndarray, evaluation: dict[str, Any]) -> list[Path]:
+def save_plots(
+    out_dir: Path, texts: Sequence[str], w: np.ndarray, s: np.ndarray, p_test: np.ndarray, evaluation: dict[str, Any]
+) -> list[Path]:
+    """The cost-quality curve (router beside the baselines) and the reliability diagram, on held-out rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    w, s = ds.w[idx], ds.s[idx]
     paths = []
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     curves = {
         "router": 1.0 - p_test,
-        "heuristic (length/keywords)": heuristic_scores([ds.texts[i] for i in idx]),
+        "heuristic (length/keywords)": heuristic_scores(texts),
         "oracle": oracle_scores(w, s),
-        "random": np.zeros(len(idx)),
+        "random": np.zeros(len(p_test)),
     }
     for name, r in curves.items():
         x, q = M.quality_curve(r, w, s)
@@ -36,7 +40,7 @@ def save_plots(out_dir: Path, ds, idx: np.ndarray, p_test: np.ndarray, evaluatio
     ax.annotate(f"chosen threshold\n{share:.0%} strong", (share * 100, float(w.mean())), fontsize=8)
     ax.set_xlabel("share of calls sent to the strong model (%)")
     ax.set_ylabel("quality (pass rate)")
-    ax.set_title(f"Quality vs strong-call share (test, n={len(idx)})")
+    ax.set_title(f"Quality vs strong-call share (test, n={len(p_test)})")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     p = out_dir / "quality_vs_strong_share.png"
@@ -44,7 +48,7 @@ def save_plots(out_dir: Path, ds, idx: np.ndarray, p_test: np.ndarray, evaluatio
     plt.close(fig)
     paths.append(p)
 
-    ok = 1.0 - ((w < 0.5) & (s >= 0.5)).astype(float)
+    ok = cheap_loses_nothing(w, s)
     bins = M.reliability_bins(p_test, ok, n_bins=15)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")

@@ -20,15 +20,19 @@ import numpy as np
 __all__ = [
     "ReliabilityBins",
     "RoutingResult",
+    "ScoreBlocks",
     "apgr",
     "auc",
     "brier",
     "cpt",
     "ece",
+    "cumulative_by_score",
     "evaluate_routing",
+    "expected_at_shares",
     "pgr_curve",
     "quality_curve",
     "reliability_bins",
+    "routing_scores",
 ]
 
 ArrayLike = Union[np.ndarray, "list[float]"]
@@ -54,15 +58,60 @@ def _arrays(*named: tuple[str, ArrayLike]) -> list[np.ndarray]:
     return out
 
 
+class ScoreBlocks(NamedTuple):
+    """Rows sorted by score (highest first) and cut at tie-block boundaries.
+
+    `k[j]` is the number of top rows before boundary j (0 .. n); `sums[c][j]` is the sum of
+    column c over those rows; `sorted_scores` is the score column in that order. Every metric
+    that sends "the top k by score" somewhere (PGR, the quality curve, the threshold search, the
+    savings table) reads its numbers from here, so ties are handled one way everywhere.
+    """
+
+    k: np.ndarray
+    sums: tuple[np.ndarray, ...]
+    sorted_scores: np.ndarray
+
+
+def cumulative_by_score(score: np.ndarray, *columns: np.ndarray) -> ScoreBlocks:
+    """Cumulative sums of `columns` over the top-k rows by `score`, at every tie-block boundary."""
+    score = np.asarray(score, dtype=float)
+    order = np.argsort(-score, kind="stable")
+    ranked = score[order]
+    ends = np.flatnonzero(np.diff(ranked) != 0) + 1  # block ends (exclusive), before the last
+    k = np.concatenate([[0], ends, [len(score)]])
+    sums = tuple(np.concatenate([[0.0], np.cumsum(np.asarray(c, dtype=float)[order])])[k] for c in columns)
+    return ScoreBlocks(k, sums, ranked)
+
+
 def _gain_breakpoints(r: np.ndarray, w: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(k at tie-block boundaries, cumulative gain sum(s - w) of the top-k there), k from 0 to n."""
-    order = np.argsort(-r, kind="stable")
-    r_sorted = r[order]
-    gain = np.cumsum((s - w)[order])
-    ends = np.flatnonzero(np.diff(r_sorted) != 0) + 1  # block ends (exclusive), before the last
-    ks = np.concatenate([[0], ends, [len(r)]])
-    g = np.concatenate([[0.0], gain[ends - 1], [gain[-1]]])
-    return ks.astype(float), g
+    blocks = cumulative_by_score(r, s - w)
+    return blocks.k.astype(float), blocks.sums[0]
+
+
+def expected_at_shares(
+    r: ArrayLike, w: ArrayLike, s: ArrayLike, cost_cheap: ArrayLike, cost_strong: ArrayLike, shares: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean quality, mean cost per request) when the top share*n rows by `r` go to the strong model.
+
+    Ties in `r` and a fractional k = share * n are taken in expectation over random tie-breaking
+    (linear interpolation between tie-block boundaries), as in `quality_curve`.
+    """
+    r_, w_, s_, cc, cs = _arrays(("r", r), ("w", w), ("s", s), ("cost_cheap", cost_cheap), ("cost_strong", cost_strong))
+    x = np.asarray(shares, dtype=float)
+    if np.any((x < 0) | (x > 1)) or not np.all(np.isfinite(x)):
+        raise ValueError("shares must lie in [0, 1]")
+    n = len(r_)
+    blocks = cumulative_by_score(r_, s_ - w_, cs - cc)
+    dq, dc = blocks.sums
+    quality = (w_.sum() + np.interp(x * n, blocks.k, dq)) / n
+    cost = (cc.sum() + np.interp(x * n, blocks.k, dc)) / n
+    return quality, cost
+
+
+def routing_scores(r: ArrayLike, w: ArrayLike, s: ArrayLike) -> dict[str, float]:
+    """The field's summary of a router score: APGR, CPT(50%) and CPT(80%)."""
+    return {"apgr": apgr(r, w, s), "cpt50": cpt(r, w, s, 50), "cpt80": cpt(r, w, s, 80)}
 
 
 def _pgr_breakpoints(r: ArrayLike, w: ArrayLike, s: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

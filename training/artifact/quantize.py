@@ -25,8 +25,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from training.gptq import gptq_requantize
-from training.int8_rewrites import (
+from training.artifact.gptq import gptq_requantize
+from training.artifact.int8_rewrites import (
     normalise_layernorm_inputs,
     row_scaled_tables,
     scale_per_token,

@@ -6,7 +6,7 @@ user's volume and the dollars saved against always-strong (and the extra spent a
 always-cheap), beside random and oracle routing at the same shares. It prints a table (or one
 JSON object with ``--json``) and can draw the cost-quality plane as a PNG.
 
-Conventions (as in shared/notes/METRICS.md and training.metrics):
+Conventions (as in shared/notes/METRICS.md and training.evaluate.metrics):
 
 * The router's score is p_cheap_ok from the classifier only (``Router.p_cheap_ok``); the rules
   (images, tags, very long contexts) are not applied to the figures, but how many rows they would
@@ -16,7 +16,7 @@ Conventions (as in shared/notes/METRICS.md and training.metrics):
   and the oracle, score s - w, is in expectation over its large tie blocks).
 * Quality is the pass rate (a row's outcome passed or not), so "quality" and "pass rate" are the
   same number; quality_vs_strong divides by always-strong's pass rate.
-* Per-request dollars come from ``training.pipeline.request_costs`` (the log's token counts, or
+* Per-request dollars come from ``training.data.costs.request_costs`` (the log's token counts, or
   the documented estimate: ceil(chars / 4) input tokens and ``--output-tokens`` output tokens);
   monthly figures are mean cost per request x requests per month.
 
@@ -39,7 +39,9 @@ from typing import Any
 import numpy as np
 
 from router_model.cli_args import non_negative_number, whole_number
+from router_model.cost import DEFAULT_OUTPUT_TOKENS
 from router_model.errors import ConfigError, RouterError
+from training.evaluate.metrics import expected_at_shares
 
 __all__ = [
     "DEFAULT_REQUESTS_PER_MONTH",
@@ -47,7 +49,6 @@ __all__ = [
     "LabelledScores",
     "build_parser",
     "compute_report",
-    "expected_at_shares",
     "format_report",
     "main",
     "save_plot",
@@ -82,32 +83,6 @@ class LabelledScores:
 
 
 # ------------------------------------------------------------------------------ arithmetic
-
-
-def expected_at_shares(
-    r: np.ndarray, w: np.ndarray, s: np.ndarray, cc: np.ndarray, cs: np.ndarray, shares: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(mean quality, mean cost per request) when the top share*n rows by `r` go strong.
-
-    Ties in `r` and fractional k = share * n are taken in expectation over random tie-breaking:
-    linear interpolation between tie-block boundaries, as `training.metrics.quality_curve` does.
-    """
-    r, w, s, cc, cs = (np.asarray(a, dtype=float) for a in (r, w, s, cc, cs))
-    n = len(r)
-    if n == 0:
-        raise ValueError("empty input: need at least one row")
-    x = np.asarray(shares, dtype=float)
-    if np.any((x < 0) | (x > 1)) or not np.all(np.isfinite(x)):
-        raise ValueError("shares must lie in [0, 1]")
-    order = np.argsort(-r, kind="stable")
-    ends = np.flatnonzero(np.diff(r[order]) != 0) + 1
-    ks = np.concatenate([[0], ends, [n]])
-    dq = np.concatenate([[0.0], np.cumsum((s - w)[order])])[ks]
-    dc = np.concatenate([[0.0], np.cumsum((cs - cc)[order])])[ks]
-    k = x * n
-    quality = (w.sum() + np.interp(k, ks, dq)) / n
-    cost = (cc.sum() + np.interp(k, ks, dc)) / n
-    return quality, cost
 
 
 def _point(name_share: float, quality: float, cost_per_request: float, base: dict[str, float], volume: float) -> dict[str, float]:
@@ -227,16 +202,15 @@ def score_log(
     from router_model.cost import PriceTable
     from router_model.decision import REASON_CLASSIFIER
     from router_model.router import Router
-    from training.log import LogFormatError, ReadOptions, read_logs
-    from training.pipeline import DEFAULT_OUTPUT_TOKENS, request_costs
+    from training.data.costs import request_costs
+    from training.data.log import LogFormatError, ReadOptions, read_logs
 
     if (cheap is None) != (strong is None):
         raise ValueError("name both --cheap and --strong, or neither (the router's pair is used)")
     router = Router.load(model_dir, threads=threads or os.cpu_count() or 1)
-    meta = router.metadata
-    data = meta.get("data", {}) or {}
+    data = router.meta.data
     notes: list[str] = []
-    options = ReadOptions(pass_threshold=float(data.get("pass_threshold", 0.8)), skip_invalid=skip_invalid)
+    options = ReadOptions(pass_threshold=data.pass_threshold if data else 0.8, skip_invalid=skip_invalid)
     models = (cheap, strong) if cheap is not None else (router.cheap_model, router.strong_model)
     try:
         read = read_logs(list(logs), models=models, options=options)
@@ -281,8 +255,8 @@ def score_log(
         )
     inp, out = costs.input_tokens, costs.output_tokens
 
-    trained_files = [str(f) for f in data.get("files", [])]
-    trained_on = bool(data.get("sha256")) and data.get("sha256") == read.data_sha256
+    trained_files = list(data.files) if data else []
+    trained_on = bool(data and data.sha256) and data is not None and data.sha256 == read.data_sha256
     overlap = sorted({f for f in read.files for t in trained_files if _same_file(f, t)})
     if trained_on or overlap:
         notes.insert(0, "WARNING: this log is (part of) the data the router was trained on "
@@ -428,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="What a trained router saves on a labelled request log: cheap-call share, pass rate, quality "
         "relative to always-strong and dollars a month, at the router's threshold and across strong-call shares, "
         "beside random and oracle routing. Use a log the router was NOT trained on.",
-        epilog="example:\n  python -m training.savings --model-dir artifacts/router --log heldout.jsonl "
+        epilog="example:\n  python -m training.evaluate.savings --model-dir artifacts/router --log heldout.jsonl "
         "--requests-per-month 1000000 --plot savings.png\nexit status: 0 ok, 1 unreadable log or model directory, 2 bad option",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -441,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strong", metavar="NAME", help="the strong model's name in the log (default: the router's)")
     p.add_argument("--prices", type=Path, metavar="FILE", help="price table JSON overriding/extending the packaged one")
     p.add_argument("--output-tokens", type=whole_number, default=None, metavar="N",
-                   help="output tokens per request assumed where the log has none (default: 250)")
+                   help="output tokens per request assumed where the log has none (default: " + str(DEFAULT_OUTPUT_TOKENS) + ")")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="write the cost-quality plot here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--skip-invalid", action="store_true", help="skip malformed rows (counted per reason) instead of stopping")

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from training.int8_rewrites import token_rows, weight_matmuls
+from training.artifact.int8_rewrites import token_rows, weight_matmuls
 
 
 class GPTQError(RuntimeError):

@@ -15,17 +15,31 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from router_model.artifact import EmbedderSpec
+from router_model.encoder import TextEncoder
 from router_model.onnx_session import make_session
-from training.embedder import ExportedEmbedder
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
 MAX_BATCH_TOKENS = 8192
+
+
+@dataclass(frozen=True)
+class ExportedEmbedder:
+    """An exported embedder on disk: the graph, its tokenizer and what the artifact records of it."""
+
+    onnx_path: Path
+    tokenizer_path: Path
+    spec: EmbedderSpec
+
+    def text_encoder(self) -> TextEncoder:
+        return TextEncoder.from_file(str(self.tokenizer_path), self.spec.encoder)
 
 
 class OnnxEmbedder:

@@ -12,12 +12,15 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from router_model.encoder import EncoderSettings, TextEncoder
+from router_model.artifact import EmbedderSpec
+from router_model.encoder import EncoderSettings
+from router_model.errors import RouterError
+from training.cache import default_cache_dir
+from training.embedding.onnx_embedder import ExportedEmbedder, OnnxEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -28,41 +31,8 @@ EXPORT_FORMAT = "st-onnx-v1"
 OPSET = 17
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(RouterError, RuntimeError):
     """The embedder cannot be resolved, exported or verified."""
-
-
-@dataclass(frozen=True)
-class EmbedderSpec:
-    """What the artifact records about the embedder."""
-
-    name: str
-    pooling: str
-    normalize: bool
-    dim: int
-    encoder: EncoderSettings
-    weights_sha256: str
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["encoder"]["model_inputs"] = list(self.encoder.model_inputs)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EmbedderSpec:
-        enc = dict(d["encoder"])
-        enc["model_inputs"] = tuple(enc["model_inputs"])
-        return cls(**{**d, "encoder": EncoderSettings(**enc)})
-
-
-@dataclass(frozen=True)
-class ExportedEmbedder:
-    onnx_path: Path
-    tokenizer_path: Path
-    spec: EmbedderSpec
-
-    def text_encoder(self) -> TextEncoder:
-        return TextEncoder.from_file(str(self.tokenizer_path), self.spec.encoder)
 
 
 def resolve_model_path(name: str) -> str:
@@ -211,8 +181,6 @@ PARITY_TEXTS = (
 
 def verify_against_sentence_transformers(exported: ExportedEmbedder, st_model, atol: float = 1e-4) -> float:
     """Embed a few texts both ways; refuse an export that drifts from sentence-transformers."""
-    from training.embed import OnnxEmbedder
-
     ref = st_model.encode(list(PARITY_TEXTS), convert_to_numpy=True, normalize_embeddings=False)
     got = OnnxEmbedder(exported, threads=1).embed_uncached(list(PARITY_TEXTS))
     diff = float(np.abs(ref - got).max())
@@ -222,5 +190,3 @@ def verify_against_sentence_transformers(exported: ExportedEmbedder, st_model, a
     return diff
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ROUTER_CACHE_DIR", Path.home() / ".cache" / "router-model"))

@@ -1,275 +1,30 @@
-"""Observation-mode decision log: what the router *would* have done, one JSON object per line.
+"""The observation report: what a decision log says the router would do, and what it would cost.
 
-Before the router is trusted to switch models, the service runs it in observation mode and
-appends each decision here. `report` then answers the questions a rollout needs: how much
-traffic would go cheap, how sure the classifier is, which rules fire, and what it would save.
-
-Line format (UTC ISO-8601 timestamps; `prompt` only when prompt logging was asked for):
-  {"ts": "2026-11-26T07:30:00.123Z", "request_id": "...", "prompt_sha256": "<hex>",
-   "prompt_tokens": 412, "model": "gpt-4o-mini", "cheap_model": "gpt-4o-mini",
-   "strong_model": "gpt-4o", "p_cheap_ok": 0.91, "confidence": 0.91, "reason": "classifier",
-   "threshold": 0.5, "artifact_version": "...", "prompt": "..."}
+Split from the log itself so that the request path (the writer) never imports the cost model or
+numpy's statistics, and the report can grow without touching the line format.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import logging
 import math
-import os
 import sys
-import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from router_model.cli_args import non_negative_number
-from router_model.cost import DAYS_PER_MONTH, PriceTable, monthly_cost
-from router_model.errors import ConfigError, RouterError
+from router_model.cost import DAYS_PER_MONTH, DEFAULT_OUTPUT_TOKENS, PriceTable, monthly_cost
+from router_model.errors import ConfigError
+from router_model.observe.decision_log import DecisionLogError, parse_timestamp, read_decision_log, record_problem
 
-log = logging.getLogger(__name__)
-
-DEFAULT_OUTPUT_TOKENS = 250
-REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
-    "ts": (str,),
-    "prompt_tokens": (int,),
-    "model": (str,),
-    "cheap_model": (str,),
-    "strong_model": (str,),
-    "reason": (str,),
-}
 _SECONDS_PER_MONTH = DAYS_PER_MONTH * 86_400
 _SHORT_WINDOW_S = 7 * 86_400
-
-
-class DecisionLogError(RouterError, ValueError):
-    """A decision log is unreadable or a line is malformed: `path` and `line` (1-based) say where."""
-
-    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
-        where = f"{path}:{line}" if path and line else (path or (f"line {line}" if line else ""))
-        super().__init__(f"{where}: {message}" if where else message)
-        self.path = path
-        self.line = line
-        self.reason = message
-
-
-def utc_timestamp(when: datetime | None = None) -> str:
-    """`when` (default now) as UTC ISO-8601 with milliseconds and a Z, the log's `ts` format."""
-    when = datetime.now(timezone.utc) if when is None else when.astimezone(timezone.utc)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_timestamp(ts: str) -> datetime:
-    """Parse a log `ts` (Z or offset; naive means UTC) into an aware datetime."""
-    text = ts.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    when = datetime.fromisoformat(text)
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
-
-
-def prompt_sha256(prompt: str) -> str:
-    """Hex SHA-256 of the prompt's UTF-8 bytes: joins log lines to prompts without storing them."""
-    return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def decision_record(
-    decision: Any,
-    *,
-    request_id: str,
-    prompt: str,
-    cheap_model: str,
-    strong_model: str,
-    ts: str | None = None,
-) -> dict[str, Any]:
-    """One log record from a RoutingDecision (or its dict) and the request it was made for.
-
-    The record carries the prompt; DecisionLogWriter drops it unless prompt logging is on, so
-    the caller never has to decide twice.
-    """
-    fields = decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
-    return {
-        "ts": ts or utc_timestamp(),
-        "request_id": request_id,
-        "prompt_sha256": prompt_sha256(prompt),
-        "prompt_tokens": fields["prompt_tokens"],
-        "model": fields["model"],
-        "cheap_model": cheap_model,
-        "strong_model": strong_model,
-        "p_cheap_ok": fields["p_cheap_ok"],
-        "confidence": fields["confidence"],
-        "reason": fields["reason"],
-        "threshold": fields["threshold"],
-        "artifact_version": fields["artifact_version"],
-        "prompt": prompt,
-    }
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars (a float32 probability, an int64 count)
-        return value.item()
-    return str(value)
-
-
-class DecisionLogWriter:
-    """Thread-safe JSON-lines appender that never raises into the request path.
-
-    Each record is serialised outside the lock and appended with a single unbuffered write
-    under it, so a line reaches the file as soon as `write` returns (what line buffering is
-    for) and concurrent writers never interleave. A failed write (full disk, closed file,
-    unserialisable value) is counted in `errors` and warned about once; the request goes on.
-    A partially written line is fenced off by a newline before the next record, so one bad
-    line never corrupts the next.
-    """
-
-    def __init__(self, path: str | Path, *, include_prompt: bool = False) -> None:
-        self.path = Path(path)
-        self.include_prompt = include_prompt
-        self.errors = 0
-        self.written = 0
-        self._lock = threading.Lock()
-        self._warned = False
-        self._fence = False
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file: Any = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
-        except OSError as exc:  # at start-up, not in the request path: fail loudly
-            raise DecisionLogError(f"cannot open the decision log for appending: {exc}", path=str(path)) from None
-        # A previous run may have died mid-line; start on a fresh line so ours stay readable.
-        try:
-            if self._file.tell() > 0:
-                with open(self.path, "rb") as f:
-                    f.seek(-1, os.SEEK_END)
-                    self._fence = f.read(1) != b"\n"
-        except OSError:
-            self._fence = True
-
-    def write(self, decision: Mapping[str, Any]) -> bool:
-        """Append one record; True when it was written. Adds `ts` and `prompt_sha256` if absent."""
-        try:
-            record = dict(decision)
-            record.setdefault("ts", utc_timestamp())
-            prompt = record.get("prompt")
-            if isinstance(prompt, str):
-                record.setdefault("prompt_sha256", prompt_sha256(prompt))
-            if not self.include_prompt:
-                record.pop("prompt", None)
-            line = (json.dumps(record, default=_json_default, allow_nan=False) + "\n").encode("utf-8")
-        except Exception as exc:  # noqa: BLE001 - a log must not fail a request
-            with self._lock:
-                self._failed(exc)
-            return False
-        with self._lock:
-            try:
-                if self._fence:
-                    line = b"\n" + line
-                    self._fence = False
-                view = memoryview(line)
-                while view:
-                    n = self._file.write(view)
-                    if not n:
-                        raise OSError("no bytes written")
-                    view = view[n:]
-                self.written += 1
-                return True
-            except Exception as exc:  # noqa: BLE001 - full disk, closed file, ...
-                self._fence = True
-                self._failed(exc)
-                return False
-
-    def _failed(self, exc: BaseException) -> None:
-        """Count a failure (caller holds the lock) and warn the first time only."""
-        self.errors += 1
-        if not self._warned:
-            self._warned = True
-            log.warning("decision log %s: write failed (%s); further failures are only counted", self.path, exc)
-
-    def close(self) -> None:
-        """Close the file; later writes are counted as errors. Safe to call twice."""
-        with self._lock:
-            try:
-                self._file.close()
-            except OSError as exc:
-                self._failed(exc)
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._file.closed)
-
-    def __enter__(self) -> DecisionLogWriter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def record_problem(record: Any) -> str | None:
-    """Why `record` is not a usable decision record, or None when it is."""
-    if not isinstance(record, Mapping):
-        return f"expected a JSON object, got {type(record).__name__}"
-    for key, types in REQUIRED_FIELDS.items():
-        if key not in record:
-            return f"missing field {key!r}"
-        value = record[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            return f"field {key!r} should be {types[0].__name__}, got {value!r}"
-    if record["prompt_tokens"] < 0:
-        return f"field 'prompt_tokens' is negative: {record['prompt_tokens']}"
-    p = record.get("p_cheap_ok")
-    if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0):
-        return f"field 'p_cheap_ok' should be a probability or null, got {p!r}"
-    try:
-        parse_timestamp(record["ts"])
-    except ValueError:
-        return f"field 'ts' is not an ISO-8601 timestamp: {record['ts']!r}"
-    return None
-
-
-def read_decision_log(
-    path: str | Path,
-    *,
-    skip_malformed: bool = False,
-    skipped: list[DecisionLogError] | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Stream the records of a decision log; blank lines are ignored.
-
-    A malformed line raises DecisionLogError naming the file and line number, unless
-    `skip_malformed`, in which case it is skipped (and appended to `skipped` if given) —
-    useful for a log whose writer died mid-line.
-    """
-    label = str(path)
-    try:
-        f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise DecisionLogError(f"cannot read the decision log: {exc}", path=label) from None
-    with f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                problem = record_problem(record)
-            except json.JSONDecodeError as exc:
-                problem = f"not valid JSON ({exc.msg} at column {exc.colno})"
-            if problem is None:
-                yield record
-                continue
-            error = DecisionLogError(problem, path=label, line=lineno)
-            if not skip_malformed:
-                raise error
-            if skipped is not None:
-                skipped.append(error)
-
-
-# ---------------------------------------------------------------- report
-
 
 @dataclass(frozen=True)
 class ObservationReport:
@@ -415,14 +170,16 @@ def build_report(
     share = cheap_calls / n
     costs: dict[str, float | None] = dict.fromkeys(("strong", "cheap", "routed", "savings", "fraction"))
     if volume is not None:
-        costs["strong"] = float(monthly_cost(pair.strong, volume, in_all, output_tokens))
-        costs["cheap"] = float(monthly_cost(pair.cheap, volume, in_all, output_tokens))
-        costs["routed"] = float(
+        strong = float(monthly_cost(pair.strong, volume, in_all, output_tokens))
+        routed = float(
             monthly_cost(pair.cheap, volume * share, in_cheap, output_tokens)
             + monthly_cost(pair.strong, volume * (1 - share), in_strong, output_tokens)
         )
-        costs["savings"] = costs["strong"] - costs["routed"]
-        costs["fraction"] = costs["savings"] / costs["strong"] if costs["strong"] else 0.0
+        costs["strong"] = strong
+        costs["cheap"] = float(monthly_cost(pair.cheap, volume, in_all, output_tokens))
+        costs["routed"] = routed
+        costs["savings"] = strong - routed
+        costs["fraction"] = (strong - routed) / strong if strong else 0.0
 
     arr = np.asarray(p_values, dtype=float)
     deciles = tuple(float(q) for q in np.quantile(arr, np.linspace(0, 1, 11))) if arr.size else ()
@@ -517,12 +274,13 @@ def format_report(report: ObservationReport) -> str:
     return "\n".join(lines)
 
 
+
 # ---------------------------------------------------------------- CLI
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m router_model.decision_log",
+        prog="python -m router_model.observe.report",
         description="Read an observation-mode decision log (JSON lines) written by the router service.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -554,7 +312,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m router_model.decision_log report ...`; exit 2 on a bad option, price file or log."""
+    """`python -m router_model.observe.report report ...`; exit 2 on a bad option, price file or log."""
     parser = _parser()
     args = parser.parse_args(argv)
     skipped: list[DecisionLogError] = []

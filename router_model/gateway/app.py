@@ -1,0 +1,815 @@
+"""The gateway's Starlette app: decide, forward, check, account, log.
+
+One `Gateway` owns the config, the router (hot-reloadable), one pooled `httpx.AsyncClient`,
+the price table, the metrics registry and the decision log. `create_app` wraps it in a
+Starlette app whose lifespan opens the client and loads the router in the background.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from router_model.cost import PriceTable
+from router_model.decision import RoutingDecision
+from router_model.errors import ArtifactError, ConfigError, InvalidRequestError
+from router_model.gateway.checks import failed_check
+from router_model.gateway.config import GatewayConfig, Upstream
+from router_model.gateway.costing import Usage, usage_cost
+from router_model.gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    GatewayError,
+    InvalidJSON,
+    RouterNotReady,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamInvalid,
+    UpstreamTimeout,
+    error_body,
+)
+from router_model.gateway.metrics import GatewayMetrics
+from router_model.observe.decision_log import DecisionLogWriter, decision_record
+from router_model.router import Router
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+     "transfer-encoding", "upgrade"}
+)
+_DROP_REQUEST_HEADERS = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "cookie"}
+_DROP_RESPONSE_HEADERS = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+REASON_PASSTHROUGH = "passthrough"
+REASON_UNROUTABLE = "unroutable"
+REASON_NO_ROUTER = "no-router"
+CHAT_ENDPOINT = "chat_completions"
+
+
+# ---------------------------------------------------------------- the router, hot-reloadable
+
+
+class RouterHolder:
+    """The loaded router; `reload` verifies a new one beside it and swaps, keeping the old on failure."""
+
+    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics, router: Router | None = None) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._seen: tuple[int, int, int] | None = None
+        self.error: str | None = None
+        self.current: Router | None = router
+        if router is not None:
+            self._seen = _signature(router.path)
+            metrics.model_loaded(router.version)
+            metrics.reloads.labels("ok").inc()
+
+    @property
+    def model_dir(self) -> Any:
+        return self._config.model_dir if self._config.model_dir is not None else getattr(self.current, "path", None)
+
+    def reload(self) -> Router:
+        """Load the configured directory; raise ArtifactError/ConfigError, the serving router untouched."""
+        with self._lock:
+            target = self.model_dir
+            if target is None:
+                raise ConfigError("no model directory configured (--model-dir)")
+            self._seen = _signature(target)
+            try:
+                router = Router.load(target, graph=self._config.graph, threads=self._config.threads)
+            except (ArtifactError, ConfigError, OSError) as exc:
+                self._metrics.reloads.labels("failed").inc()
+                self.error = str(exc)
+                raise
+            previous = self.current
+            self.current = router
+            self.error = None
+            self._metrics.reloads.labels("ok").inc()
+            self._metrics.model_loaded(router.version)
+        log.info("router %s loaded from %s (previous: %s)", router.version, target, previous.version if previous else None)
+        return router
+
+    def reload_logged(self) -> bool:
+        """`reload`, logging instead of raising (SIGHUP, the watcher, the start-up load)."""
+        try:
+            self.reload()
+            return True
+        except (ArtifactError, ConfigError, OSError) as exc:
+            kept = f"still serving {self.current.version}" if self.current else "no router loaded"
+            log.error("router load failed (%s): %s", kept, exc)
+            return False
+
+    def reload_if_changed(self) -> bool:
+        """Reload when metadata.json changed since the last attempt (a failed attempt waits for the next change)."""
+        target = self.model_dir
+        if target is None:
+            return False
+        sig = _signature(target)
+        if sig is None or sig == self._seen:
+            return False
+        return self.reload_logged()
+
+
+def _signature(model_dir: Any) -> tuple[int, int, int] | None:
+    try:
+        st = (model_dir / "metadata.json").stat()
+    except (OSError, TypeError):
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+# ---------------------------------------------------------------- one call
+
+
+@dataclass
+class _Attempt:
+    model: str
+    status: int
+    usage: Usage | None = None
+    cost: float | None = None
+    response_model: str | None = None
+
+
+@dataclass
+class _Call:
+    request_id: str
+    body: dict[str, Any]
+    raw: bytes
+    requested: str
+    stream: bool
+    mode: str
+    in_headers: Mapping[str, str]
+    started: float
+    router: Router | None = None
+    decision: RoutingDecision | None = None
+    reason: str = REASON_PASSTHROUGH
+    target: str = ""
+    attempts: list[_Attempt] = field(default_factory=list)
+    escalated: str | None = None
+    fallback: str | None = None
+    finished: bool = False
+
+    def payload(self, model: str) -> bytes:
+        """The body for `model`: the client's bytes when unchanged, else the same JSON with `model` replaced."""
+        if model == self.requested:
+            return self.raw
+        body = dict(self.body)
+        body["model"] = model
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @property
+    def routing(self) -> bool:
+        """Route mode with a decision: the target may differ from what the client asked."""
+        return self.mode == "route" and self.decision is not None
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidJSON(f"the request body must be a JSON object, got {type(body).__name__}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequest("'model' must be a non-empty string", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array", param="messages")
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise BadRequest("'stream' must be a boolean", param="stream")
+    return body
+
+
+def request_tags(headers: Mapping[str, str], body: Mapping[str, Any]) -> list[str] | None:
+    """Routing tags: the `x-router-tags: a,b` header, else `metadata.router_tags` ("a,b") in the body."""
+    text = headers.get("x-router-tags")
+    if text is None:
+        metadata = body.get("metadata")
+        value = metadata.get("router_tags") if isinstance(metadata, Mapping) else None
+        text = value if isinstance(value, str) else None
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def log_text(messages: Any) -> str:
+    """What the decision log hashes: the messages as compact key-sorted JSON (as router-serve does)."""
+    return json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _error_response(err: GatewayError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers or None)
+
+
+def _upstream_message(content: bytes) -> str | None:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    msg = err.get("message") if isinstance(err, dict) else None
+    return msg if isinstance(msg, str) else None
+
+
+def _response_headers(headers: httpx.Headers) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in _DROP_RESPONSE_HEADERS}
+
+
+def _client_error(resp: httpx.Response, content: bytes) -> Response:
+    """An upstream 4xx (429 included) passed through: its status, its error body, its retry-after."""
+    headers = _response_headers(resp.headers)
+    try:
+        data = json.loads(content)
+        ok = isinstance(data, dict) and isinstance(data.get("error"), dict)
+    except ValueError:
+        ok = False
+    if ok:
+        headers["content-type"] = "application/json"
+        return Response(content, status_code=resp.status_code, headers=headers)
+    text = content.decode("utf-8", "replace")[:500] or resp.reason_phrase
+    body = error_body(f"upstream answered {resp.status_code}: {text}", "upstream_error", f"upstream_{resp.status_code}")
+    headers.pop("content-type", None)
+    return JSONResponse(body, status_code=resp.status_code, headers=headers)
+
+
+# ---------------------------------------------------------------- streaming
+
+
+class _UsageScanner:
+    """Finds `usage` (and the answer's `model`) in SSE bytes as they pass, without changing them."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.usage: Usage | None = None
+        self.model: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if self.model is None and b'"model"' in data or b'"usage"' in data:
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    if self.model is None and isinstance(obj.get("model"), str):
+                        self.model = obj["model"]
+                    usage = Usage.from_response(obj.get("usage"))
+                    if usage is not None:
+                        self.usage = usage
+
+
+class _RelayResponse(StreamingResponse):
+    """Starlette's StreamingResponse over the upstream's SSE bytes; always closes the upstream and
+    accounts the call when it ends, whether the stream completed, broke, or the client left."""
+
+    def __init__(
+        self,
+        upstream: httpx.Response,
+        on_close: Callable[[bool, bool, _UsageScanner], Awaitable[None]],
+        headers: Mapping[str, str],
+    ) -> None:
+        self._upstream = upstream
+        self._on_close = on_close
+        self._scanner = _UsageScanner()
+        self._completed = False
+        self._interrupted = False
+        super().__init__(self._relay(), status_code=upstream.status_code, headers=headers)
+
+    async def _relay(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._upstream.aiter_bytes():
+                self._scanner.feed(chunk)
+                yield chunk
+        except httpx.HTTPError as exc:
+            self._interrupted = True
+            log.warning("upstream stream broke off: %s", exc.__class__.__name__)
+            return
+        self._completed = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._upstream.aclose()
+                await self._on_close(self._completed, self._interrupted, self._scanner)
+
+
+# ---------------------------------------------------------------- the gateway
+
+
+class Gateway:
+    """Config, router, HTTP client, prices, metrics and decision log of one gateway app."""
+
+    def __init__(self, config: GatewayConfig, *, router: Router | None = None, prices: PriceTable | None = None) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.holder = RouterHolder(config, self.metrics, router)
+        self.prices = prices or PriceTable.load(config.prices)
+        self.decision_log = (
+            DecisionLogWriter(config.decision_log, include_prompt=config.log_prompts) if config.decision_log else None
+        )
+        self._client: httpx.AsyncClient | None = None
+        self._aliases = frozenset(a.lower() for a in config.aliases)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("the gateway's HTTP client is not open (the app's lifespan has not started)")
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        t = self.config.timeouts
+        limits = httpx.Limits(max_connections=self.config.max_connections, max_keepalive_connections=self.config.max_connections)
+        timeout = httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False) as client:
+            self._client = client
+            async with anyio.create_task_group() as tg:
+                if self.holder.current is None:
+                    tg.start_soon(self._initial_load)
+                if self.config.watch_interval is not None:
+                    tg.start_soon(self._watch, self.config.watch_interval)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        self._client = None
+        if self.decision_log is not None:
+            self.decision_log.close()
+
+    async def _initial_load(self) -> None:
+        await anyio.to_thread.run_sync(self.holder.reload_logged, abandon_on_cancel=True)
+
+    async def _watch(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            await anyio.to_thread.run_sync(self.holder.reload_if_changed, abandon_on_cancel=True)
+
+    def request_reload(self) -> None:
+        """Reload in a background thread (safe from a signal handler)."""
+        threading.Thread(target=self.holder.reload_logged, name="gateway-reload", daemon=True).start()
+
+    # --- helpers -------------------------------------------------------------------------
+    def _out_headers(self, headers: Mapping[str, str], upstream: Upstream) -> dict[str, str]:
+        out = {
+            k: v for k, v in headers.items()
+            if k.lower() not in _DROP_REQUEST_HEADERS and not k.lower().startswith("x-router-")
+        }
+        key = upstream.api_key()
+        if key:
+            out = {k: v for k, v in out.items() if k.lower() != "authorization"}
+            out["authorization"] = f"Bearer {key}"
+        out["accept-encoding"] = "identity"
+        return out
+
+    def _price(self, model: str, usage: Usage | None) -> float | None:
+        return usage_cost(self.prices, model, usage) if usage is not None else None
+
+    def _record_usage(self, attempt: _Attempt) -> None:
+        usage = attempt.usage
+        if usage is None:
+            return
+        m = self.metrics
+        m.tokens.labels(attempt.model, "prompt").inc(usage.prompt_tokens)
+        m.tokens.labels(attempt.model, "completion").inc(usage.completion_tokens)
+        m.tokens.labels(attempt.model, "cached").inc(usage.cached_tokens)
+        attempt.cost = self._price(attempt.model, usage)
+        if attempt.cost is not None:
+            m.cost.labels(attempt.model).inc(attempt.cost)
+
+    def _router_headers(self, call: _Call) -> dict[str, str]:
+        served = call.attempts[-1].model if call.attempts else call.target
+        h = {"x-router-model": served, "x-router-reason": call.reason, "x-router-mode": call.mode,
+             "x-router-request-id": call.request_id}
+        d = call.decision
+        if d is not None:
+            h["x-router-decision"] = d.model
+            h["x-router-artifact"] = d.artifact_version
+            if d.p_cheap_ok is not None:
+                h["x-router-p-cheap-ok"] = f"{d.p_cheap_ok:.6f}"
+        if call.escalated:
+            h["x-router-escalated"] = call.escalated
+        if call.fallback:
+            h["x-router-fallback"] = call.fallback
+        return h
+
+    # --- deciding ------------------------------------------------------------------------
+    def _routed_model(self, requested: str, router: Router | None) -> bool:
+        name = requested.strip().lower()
+        if name in self._aliases:
+            return True
+        return router is not None and name == router.strong_model.lower()
+
+    async def _decide(self, call: _Call) -> None:
+        """Set the call's decision and target model; pass through models the router does not own."""
+        router = self.holder.current
+        name = call.requested.strip().lower()
+        is_alias = name in self._aliases
+        if not is_alias and (router is None or name != router.strong_model.lower()):
+            call.target = call.requested
+            call.reason = REASON_PASSTHROUGH if router is not None else REASON_NO_ROUTER
+            return
+        if router is None:
+            detail = f": {self.holder.error}" if self.holder.error else " yet"
+            raise RouterNotReady(f"model {call.requested!r} needs the router, which is not loaded{detail}")
+        call.router = router
+        strong = router.strong_model
+        unrouted = strong if is_alias else call.requested  # what the app gets without routing
+        tags = request_tags(call.in_headers, call.body)
+        started = time.perf_counter()
+        try:
+            decision = await anyio.to_thread.run_sync(lambda: router.predict(call.body["messages"], tags=tags))
+        except InvalidRequestError as exc:
+            # The router cannot read this request (e.g. a part type it does not know): fail open.
+            log.info("request %s not routable (%s); forwarding to %s", call.request_id, exc, unrouted)
+            call.reason = REASON_UNROUTABLE
+            call.target = unrouted
+            self.metrics.decisions.labels(unrouted, REASON_UNROUTABLE, call.mode).inc()
+            return
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        call.decision = decision
+        call.reason = decision.reason
+        self.metrics.decisions.labels(decision.model, decision.reason, call.mode).inc()
+        call.target = decision.model if call.mode == "route" else unrouted
+
+    def _can_fall_back(self, call: _Call, model: str) -> bool:
+        return (
+            self.config.fallback_to_strong and call.routing and call.router is not None
+            and model == call.router.cheap_model and model != call.router.strong_model
+        )
+
+    # --- upstream ------------------------------------------------------------------------
+    async def _send(self, call: _Call, model: str, *, stream: bool) -> httpx.Response:
+        """Send the call to `model`'s upstream; the response is unread when `stream`."""
+        upstream = self.config.upstream_for(model)
+        request = self.client.build_request(
+            "POST", f"{upstream.base_url}/chat/completions", content=call.payload(model),
+            headers=self._out_headers(call.in_headers, upstream),
+        )
+        try:
+            resp = await self.client.send(request, stream=stream)
+        except httpx.TimeoutException:
+            self.metrics.upstream_errors.labels("timeout").inc()
+            self.metrics.upstream_requests.labels(model, "timeout").inc()
+            call.attempts.append(_Attempt(model, 504))
+            raise UpstreamTimeout(f"the upstream did not answer in time for model {model!r}") from None
+        except httpx.HTTPError as exc:
+            self.metrics.upstream_errors.labels("connect").inc()
+            self.metrics.upstream_requests.labels(model, "unreachable").inc()
+            call.attempts.append(_Attempt(model, 502))
+            raise UpstreamError(f"cannot reach the upstream for model {model!r} ({exc.__class__.__name__})") from None
+        self.metrics.upstream_requests.labels(model, str(resp.status_code)).inc()
+        if resp.status_code >= 500:
+            self.metrics.upstream_errors.labels("status_5xx").inc()
+        return resp
+
+    async def _send_with_fallback(self, call: _Call, *, stream: bool) -> tuple[httpx.Response, bytes | None]:
+        """Send to the target; on a cheap-model 5xx/timeout/connect failure retry once on the strong model.
+
+        Returns the response and, unless it is a 200 stream, its body (read and closed).
+        """
+        model = call.target
+        for last in (False, True):
+            try:
+                resp = await self._send(call, model, stream=stream)
+            except (UpstreamError, UpstreamTimeout) as exc:
+                if last or not self._can_fall_back(call, model):
+                    raise
+                cause = exc.code
+            else:
+                content: bytes | None = None
+                if stream and resp.status_code != 200:
+                    try:
+                        content = await resp.aread()
+                    except httpx.HTTPError:
+                        content = b""
+                    finally:
+                        await resp.aclose()
+                elif not stream:
+                    content = resp.content
+                if resp.status_code < 500 or last or not self._can_fall_back(call, model):
+                    if resp.status_code >= 500:
+                        call.attempts.append(_Attempt(model, resp.status_code))
+                        detail = _upstream_message(content or b"")
+                        raise UpstreamFailed(
+                            f"the upstream answered {resp.status_code} for model {model!r}" + (f": {detail}" if detail else "")
+                        )
+                    return resp, content
+                call.attempts.append(_Attempt(model, resp.status_code))
+                cause = f"status_{resp.status_code}"
+            assert call.router is not None
+            call.fallback = cause
+            self.metrics.fallbacks.labels(cause).inc()
+            log.info("request %s: %s failed (%s); falling back to %s", call.request_id, model, cause, call.router.strong_model)
+            model = call.router.strong_model
+        raise AssertionError("unreachable")
+
+    # --- accounting ----------------------------------------------------------------------
+    def _finish(self, call: _Call, status: int, *, completed: bool = True) -> None:
+        if call.finished:
+            return
+        call.finished = True
+        m = self.metrics
+        m.requests.labels(CHAT_ENDPOINT, str(status)).inc()
+        m.duration.labels(CHAT_ENDPOINT, str(call.stream).lower()).observe(time.perf_counter() - call.started)
+        d, router = call.decision, call.router
+        if d is None or router is None:
+            return
+        final = call.attempts[-1] if call.attempts else None
+        spent = sum(a.cost or 0.0 for a in call.attempts)
+        priced = bool(call.attempts) and all(a.cost is not None or a.usage is None for a in call.attempts)
+        usage = final.usage if final is not None else None
+        baseline = self._price(router.strong_model, usage)
+        cost: float | None = spent if priced and usage is not None else None
+        saved: float | None = None
+        if baseline is not None and cost is not None:
+            if call.mode == "route":
+                saved = baseline - cost
+            else:  # what routing would have saved on the same tokens
+                routed = self._price(d.model, usage)
+                saved = baseline - routed if routed is not None else None
+        if cost is not None and baseline is not None and saved is not None:
+            m.routed_cost.labels(call.mode).inc(cost)
+            m.baseline_cost.labels(call.mode).inc(baseline)
+            m.add_saving(call.mode, saved)
+        if self.decision_log is None:
+            return
+        record = decision_record(
+            d, request_id=call.request_id, prompt=log_text(call.body.get("messages")),
+            cheap_model=router.cheap_model, strong_model=router.strong_model,
+        )
+        record.update(
+            source="gateway",
+            mode=call.mode,
+            requested_model=call.requested,
+            served_model=final.model if final else call.target,
+            upstream_model=final.response_model if final else None,
+            stream=call.stream,
+            status=status,
+            completed=completed,
+            escalated=call.escalated,
+            fallback=call.fallback,
+            attempts=[{"model": a.model, "status": a.status, "cost_usd": a.cost} for a in call.attempts],
+            usage=usage.to_dict() if usage else None,
+            cost_usd=cost,
+            baseline_cost_usd=baseline,
+            saved_usd=saved,
+            saved_is_estimate=call.mode != "route",
+        )
+        self.decision_log.write(record)
+        m.log_errors.set(self.decision_log.errors)
+
+    # --- endpoints -----------------------------------------------------------------------
+    async def _read_body(self, request: HTTPRequest) -> bytes:
+        limit = self.config.max_body_bytes
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def chat_completions(self, request: HTTPRequest) -> Response:
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        call: _Call | None = None
+        try:
+            raw = await self._read_body(request)
+            body = _parse_body(raw)
+            mode = self.config.mode
+            forced = request.headers.get("x-router-mode")
+            if forced is not None:
+                forced = forced.strip().lower()
+                if forced not in ("observe", "route"):
+                    raise BadRequest(f"x-router-mode must be 'observe' or 'route', got {forced!r}", param="x-router-mode")
+                if forced == "observe":
+                    mode = "observe"
+            call = _Call(
+                request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+                body=body, raw=raw, requested=body["model"], stream=bool(body.get("stream")), mode=mode,
+                in_headers=request.headers, started=started,
+            )
+            await self._decide(call)
+            if call.stream:
+                return await self._stream(call)
+            return await self._complete(call)
+        except GatewayError as err:
+            if call is not None:
+                self._finish(call, err.status, completed=False)
+            else:
+                self.metrics.requests.labels(CHAT_ENDPOINT, str(err.status)).inc()
+            return _error_response(err)
+        finally:
+            self.metrics.in_flight.dec()
+
+    async def _complete(self, call: _Call) -> Response:
+        resp, content = await self._send_with_fallback(call, stream=False)
+        assert content is not None
+        if resp.status_code >= 400:
+            call.attempts.append(_Attempt(call.attempts[-1].model if call.fallback else call.target, resp.status_code))
+            self._finish(call, resp.status_code, completed=False)
+            out = _client_error(resp, content)
+            out.headers.update(self._router_headers(call))
+            return out
+        model = call.router.strong_model if call.fallback and call.router else call.target
+        attempt, data = self._accept(call, model, resp, content)
+        router = call.router
+        if call.routing and router is not None and model == router.cheap_model != router.strong_model and self.config.checks.any:
+            check = failed_check(call.body, data, self.config.checks)
+            if check is not None:
+                call.escalated = check
+                self.metrics.escalations.labels(check).inc()
+                log.info("request %s: cheap answer failed the %s check; asking %s", call.request_id, check, router.strong_model)
+                try:
+                    strong = await self._send(call, router.strong_model, stream=False)
+                    if strong.status_code == 200:
+                        _, _ = self._accept(call, router.strong_model, strong, strong.content)
+                        resp, content = strong, strong.content
+                    else:
+                        call.attempts.append(_Attempt(router.strong_model, strong.status_code))
+                        raise UpstreamFailed(f"escalation answered {strong.status_code}")
+                except GatewayError as exc:  # the cheap answer is better than none
+                    log.warning("request %s: escalation failed (%s); returning the cheap answer", call.request_id, exc)
+                    call.escalated = f"{check}:failed"
+                    call.attempts.append(attempt)
+        del attempt
+        headers = _response_headers(resp.headers)
+        headers.update(self._router_headers(call))
+        self._finish(call, 200)
+        return Response(content, status_code=200, headers=headers, media_type=None)
+
+    def _accept(self, call: _Call, model: str, resp: httpx.Response, content: bytes) -> tuple[_Attempt, dict[str, Any]]:
+        """Parse a 200 answer, record its usage and cost as an attempt; 502 when it is not a JSON object."""
+        try:
+            data = json.loads(content)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            self.metrics.upstream_errors.labels("invalid_response").inc()
+            call.attempts.append(_Attempt(model, 502))
+            raise UpstreamInvalid(f"the upstream's answer for model {model!r} is not a JSON object")
+        attempt = _Attempt(model, resp.status_code, Usage.from_response(data.get("usage")))
+        attempt.response_model = data.get("model") if isinstance(data.get("model"), str) else None
+        self._record_usage(attempt)
+        call.attempts.append(attempt)
+        return attempt, data
+
+    async def _stream(self, call: _Call) -> Response:
+        resp, content = await self._send_with_fallback(call, stream=True)
+        model = call.router.strong_model if call.fallback and call.router else call.target
+        if resp.status_code != 200:
+            assert content is not None
+            call.attempts.append(_Attempt(model, resp.status_code))
+            self._finish(call, resp.status_code, completed=False)
+            out = _client_error(resp, content)
+            out.headers.update(self._router_headers(call))
+            return out
+        attempt = _Attempt(model, 200)
+        call.attempts.append(attempt)
+
+        async def on_close(completed: bool, interrupted: bool, scanner: _UsageScanner) -> None:
+            attempt.usage = scanner.usage
+            attempt.response_model = scanner.model
+            self._record_usage(attempt)
+            if interrupted:
+                self.metrics.upstream_errors.labels("stream_interrupted").inc()
+            elif not completed:
+                self.metrics.disconnects.inc()
+                log.info("request %s: client left the stream; upstream request cancelled", call.request_id)
+            self._finish(call, 200, completed=completed)
+
+        headers = _response_headers(resp.headers)
+        headers.update(self._router_headers(call))
+        return _RelayResponse(resp, on_close, headers)
+
+    async def models(self, request: HTTPRequest) -> Response:
+        upstream = self.config.upstream
+        status = 502
+        try:
+            try:
+                resp = await self.client.get(f"{upstream.base_url}/models", headers=self._out_headers(request.headers, upstream))
+            except httpx.TimeoutException:
+                raise UpstreamTimeout("the upstream did not answer in time") from None
+            except httpx.HTTPError as exc:
+                raise UpstreamError(f"cannot reach the upstream ({exc.__class__.__name__})") from None
+            status = resp.status_code
+            if status >= 500:
+                status = 502
+                raise UpstreamFailed(f"the upstream answered {resp.status_code}")
+            if status >= 400:
+                return _client_error(resp, resp.content)
+            try:
+                data = resp.json()
+            except ValueError:
+                status = 502
+                raise UpstreamInvalid("the upstream's model list is not JSON") from None
+            if isinstance(data, dict) and isinstance(data.get("data"), list):
+                have = {m.get("id") for m in data["data"] if isinstance(m, dict)}
+                for alias in sorted(self.config.aliases):
+                    if alias not in have:
+                        data["data"].append({"id": alias, "object": "model", "created": 0, "owned_by": "router-gateway"})
+            return JSONResponse(data, headers=_response_headers(resp.headers) | {"content-type": "application/json"})
+        except GatewayError as err:
+            status = err.status
+            return _error_response(err)
+        finally:
+            self.metrics.requests.labels("models", str(status)).inc()
+
+    async def healthz(self, request: HTTPRequest) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: HTTPRequest) -> Response:
+        router = self.holder.current
+        if router is None:
+            detail = f": {self.holder.error}" if self.holder.error else " yet"
+            return _error_response(RouterNotReady(f"no router is loaded{detail}"))
+        upstream = self.config.upstream
+        try:
+            resp = await self.client.get(
+                f"{upstream.base_url}/models", headers=self._out_headers(request.headers, upstream),
+                timeout=self.config.timeouts.readiness,
+            )
+        except httpx.HTTPError as exc:
+            return _error_response(UpstreamError(f"the upstream does not answer ({exc.__class__.__name__})"))
+        if resp.status_code >= 500:
+            return _error_response(UpstreamFailed(f"the upstream answers {resp.status_code}"))
+        return JSONResponse(
+            {"status": "ready", "artifact_version": router.version, "cheap_model": router.cheap_model,
+             "strong_model": router.strong_model, "mode": self.config.mode, "upstream_status": resp.status_code}
+        )
+
+    async def metrics_endpoint(self, request: HTTPRequest) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        if self.decision_log is not None:
+            self.metrics.log_errors.set(self.decision_log.errors)
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+# ---------------------------------------------------------------- the app
+
+
+async def _http_error(request: HTTPRequest, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: ("not_found", "invalid_request_error"), 405: ("method_not_allowed", "invalid_request_error")}
+    code, type_ = codes.get(exc.status_code, (f"http_{exc.status_code}", "invalid_request_error"))
+    return JSONResponse(error_body(str(exc.detail), type_, code), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: HTTPRequest, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(error_body("internal gateway error", "server_error", "internal_error"), status_code=500)
+
+
+def create_app(config: GatewayConfig, *, router: Router | None = None, prices: PriceTable | None = None) -> Starlette:
+    """The gateway as an ASGI app; `app.state.gateway` is its `Gateway`. Pass `router` to skip loading."""
+    gw = Gateway(config, router=router, prices=prices)
+    routes = [
+        Route("/v1/chat/completions", gw.chat_completions, methods=["POST"]),
+        Route("/chat/completions", gw.chat_completions, methods=["POST"]),
+        Route("/v1/models", gw.models, methods=["GET"]),
+        Route("/healthz", gw.healthz, methods=["GET"]),
+        Route("/readyz", gw.readyz, methods=["GET"]),
+        Route("/metrics", gw.metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=gw.lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.gateway = gw
+    return app

@@ -1,0 +1,259 @@
+"""The gateway's settings: frozen dataclasses, read from a JSON or TOML file checked by a JSON Schema.
+
+Command-line options override the file. API keys are never stored in the file: an upstream
+names the environment variable that holds its key (`api_key_env`), which must be set when the
+gateway starts and is read again for every request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from router_model.gateway.errors import GatewayConfigError
+
+MODES = ("observe", "route")
+DEFAULT_REFUSAL_PATTERNS: tuple[str, ...] = (
+    r"^\W*(i'?m|i am) (so |very )?sorry\b.{0,40}\b(can(no|')?t|unable|won'?t|not able)\b",
+    r"^\W*(i|we) (can(no|')?t|am unable to|'m unable to|won'?t|am not able to) (help|assist|comply|provide|do that)",
+    r"^\W*sorry, (but )?i (can(no|')?t|won'?t)",
+)
+
+_UPSTREAM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["base_url"],
+    "properties": {
+        "base_url": {"type": "string", "pattern": "^https?://"},
+        "api_key_env": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+    },
+}
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "model_dir": {"type": "string", "minLength": 1},
+        "mode": {"enum": list(MODES)},
+        "upstream": _UPSTREAM_SCHEMA,
+        "models": {"type": "object", "additionalProperties": _UPSTREAM_SCHEMA},
+        "aliases": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
+        "fallback_to_strong": {"type": "boolean"},
+        "decision_log": {"type": "string", "minLength": 1},
+        "log_prompts": {"type": "boolean"},
+        "watch_interval": {"type": "number", "exclusiveMinimum": 0},
+        "prices": {"type": "string", "minLength": 1},
+        "graph": {"enum": ["int8", "fp32"]},
+        "threads": {"type": "integer", "minimum": 1},
+        "max_body_bytes": {"type": "integer", "minimum": 1024},
+        "max_connections": {"type": "integer", "minimum": 1},
+        "host": {"type": "string", "minLength": 1},
+        "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+        "grace_seconds": {"type": "number", "minimum": 0},
+        "timeouts": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                k: {"type": "number", "exclusiveMinimum": 0} for k in ("connect", "read", "write", "pool", "readiness")
+            },
+        },
+        "checks": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                **{k: {"type": "boolean"} for k in ("json", "json_schema", "length", "empty", "refusal", "tool_arguments")},
+                "refusal_patterns": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An OpenAI-compatible base URL (ending in /v1, like the SDK's base_url) and where its key is."""
+
+    base_url: str
+    api_key_env: str | None = None
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^https?://[^/\s]+", self.base_url):
+            raise GatewayConfigError(f"expected an http(s) URL, got {self.base_url!r}", key="base_url")
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+
+    def api_key(self) -> str | None:
+        """The key from the environment (read per request, so a rotated key is picked up)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. `read` bounds the wait for each piece of the answer (the whole answer when not streamed)."""
+
+    connect: float = 5.0
+    read: float = 120.0
+    write: float = 30.0
+    pool: float = 10.0
+    readiness: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "write", "pool", "readiness"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise GatewayConfigError(f"expected a positive number of seconds, got {value!r}", key=f"timeouts.{name}")
+            object.__setattr__(self, name, float(value))
+
+
+@dataclass(frozen=True)
+class Checks:
+    """Fast checks of a cheap answer (route mode, not streamed); a failed one escalates to the strong model."""
+
+    json: bool = True
+    json_schema: bool = True
+    length: bool = True
+    empty: bool = True
+    refusal: bool = True
+    tool_arguments: bool = True
+    refusal_patterns: tuple[str, ...] = DEFAULT_REFUSAL_PATTERNS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "refusal_patterns", tuple(self.refusal_patterns))
+        for i, pattern in enumerate(self.refusal_patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise GatewayConfigError(f"not a valid regular expression: {exc}", key=f"checks.refusal_patterns[{i}]") from None
+
+    @property
+    def any(self) -> bool:
+        return any((self.json, self.json_schema, self.length, self.empty, self.refusal, self.tool_arguments))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway needs; build with `load_config` or directly (tests)."""
+
+    upstream: Upstream
+    model_dir: Path | None = None
+    models: Mapping[str, Upstream] = field(default_factory=dict)
+    aliases: frozenset[str] = frozenset({"auto"})
+    mode: str = "observe"
+    fallback_to_strong: bool = True
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    checks: Checks = field(default_factory=Checks)
+    decision_log: Path | None = None
+    log_prompts: bool = False
+    watch_interval: float | None = None
+    prices: Path | None = None
+    graph: str | None = None
+    threads: int = 1
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_connections: int = 256
+    host: str = "127.0.0.1"
+    port: int = 8080
+    grace_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise GatewayConfigError(f"expected one of {list(MODES)}, got {self.mode!r}", key="mode")
+        if self.watch_interval is not None and not self.watch_interval > 0:
+            raise GatewayConfigError(f"must be positive, got {self.watch_interval!r}", key="watch_interval")
+        if self.threads < 1:
+            raise GatewayConfigError(f"must be >= 1, got {self.threads!r}", key="threads")
+        object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
+        object.__setattr__(self, "aliases", frozenset(a.strip() for a in self.aliases))
+        for key, up in (("upstream", self.upstream), *((f"models.{m}", u) for m, u in self.models.items())):
+            if up.api_key_env and up.api_key_env not in os.environ:
+                raise GatewayConfigError(
+                    f"names the environment variable {up.api_key_env!r}, which is not set", key=f"{key}.api_key_env"
+                )
+
+    def upstream_for(self, model: str) -> Upstream:
+        """The upstream serving `model`: its own entry under `models`, else the default one."""
+        return self.models.get(model, self.upstream)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    label = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GatewayConfigError(f"cannot read the config file: {exc}", file=label) from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data: Any = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise GatewayConfigError(f"not valid TOML: {exc}", file=label) from None
+    except json.JSONDecodeError as exc:
+        raise GatewayConfigError(f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}", file=label) from None
+    validate_document(data, file=label)
+    return dict(data)
+
+
+def validate_document(data: Any, *, file: str | None = None) -> None:
+    """Check a parsed config document against CONFIG_SCHEMA; raise naming the first bad key."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or None
+        raise GatewayConfigError(err.message, key=key, file=file)
+
+
+def _upstream(raw: Mapping[str, Any]) -> Upstream:
+    return Upstream(base_url=raw["base_url"], api_key_env=raw.get("api_key_env"))
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> GatewayConfig:
+    """Read the config file (JSON, or TOML when it ends in .toml) and apply `overrides`.
+
+    Overrides are GatewayConfig fields (None values are ignored), plus `upstream_url` to replace
+    the default upstream's base URL. Relative paths are relative to the working directory.
+    """
+    data = _read_file(Path(path)) if path is not None else {}
+    upstream_url = overrides.pop("upstream_url", None)
+    raw_upstream = dict(data.get("upstream") or {})
+    if upstream_url:
+        raw_upstream["base_url"] = upstream_url
+    if "base_url" not in raw_upstream:
+        raise GatewayConfigError("no upstream: pass --upstream URL or set upstream.base_url in the config file", key="upstream")
+    kwargs: dict[str, Any] = {"upstream": _upstream(raw_upstream)}
+    if "models" in data:
+        kwargs["models"] = {name: _upstream(raw) for name, raw in data["models"].items()}
+    if "aliases" in data:
+        kwargs["aliases"] = frozenset(data["aliases"])
+    if "timeouts" in data:
+        kwargs["timeouts"] = Timeouts(**data["timeouts"])
+    if "checks" in data:
+        checks = dict(data["checks"])
+        if "refusal_patterns" in checks:
+            checks["refusal_patterns"] = tuple(checks["refusal_patterns"])
+        kwargs["checks"] = Checks(**checks)
+    for key in ("model_dir", "decision_log", "prices"):
+        if key in data:
+            kwargs[key] = Path(data[key])
+    for key in (
+        "mode", "fallback_to_strong", "log_prompts", "watch_interval", "graph", "threads",
+        "max_body_bytes", "max_connections", "host", "port", "grace_seconds",
+    ):
+        if key in data:
+            kwargs[key] = data[key]
+    config = GatewayConfig(**kwargs)
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    for key in ("model_dir", "decision_log", "prices"):
+        if key in clean:
+            clean[key] = Path(clean[key])
+    return replace(config, **clean) if clean else config

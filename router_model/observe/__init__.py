@@ -1,0 +1,1 @@
+"""Observation mode: the decision log the service writes (`decision_log`) and its report (`report`)."""

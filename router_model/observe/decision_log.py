@@ -1,0 +1,266 @@
+"""Observation-mode decision log: what the router *would* have done, one JSON object per line.
+
+Before the router is trusted to switch models, the service runs it in observation mode and
+appends each decision here; `router_model.observe.report` then answers the questions a rollout
+needs. This module owns the line format: building a record, writing it safely from the request
+path, and reading it back strictly.
+
+Line format (UTC ISO-8601 timestamps; `prompt` only when prompt logging was asked for):
+  {"ts": "2026-11-26T07:30:00.123Z", "request_id": "...", "prompt_sha256": "<hex>",
+   "prompt_tokens": 412, "model": "gpt-4o-mini", "cheap_model": "gpt-4o-mini",
+   "strong_model": "gpt-4o", "p_cheap_ok": 0.91, "confidence": 0.91, "reason": "classifier",
+   "threshold": 0.5, "artifact_version": "...", "prompt": "..."}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from router_model.errors import RouterError
+from router_model.request import Request
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
+    "ts": (str,),
+    "prompt_tokens": (int,),
+    "model": (str,),
+    "cheap_model": (str,),
+    "strong_model": (str,),
+    "reason": (str,),
+}
+
+
+class DecisionLogError(RouterError, ValueError):
+    """A decision log is unreadable or a line is malformed: `path` and `line` (1-based) say where."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        where = f"{path}:{line}" if path and line else (path or (f"line {line}" if line else ""))
+        super().__init__(f"{where}: {message}" if where else message)
+        self.path = path
+        self.line = line
+        self.reason = message
+
+
+def utc_timestamp(when: datetime | None = None) -> str:
+    """`when` (default now) as UTC ISO-8601 with milliseconds and a Z, the log's `ts` format."""
+    when = datetime.now(UTC) if when is None else when.astimezone(UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_timestamp(ts: str) -> datetime:
+    """Parse a log `ts` (Z or offset; naive means UTC) into an aware datetime."""
+    text = ts.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    when = datetime.fromisoformat(text)
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def prompt_sha256(prompt: str) -> str:
+    """Hex SHA-256 of the prompt's UTF-8 bytes: joins log lines to prompts without storing them."""
+    return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def log_text(request: Request) -> str:
+    """The text a record hashes (and, if asked, stores) for a request: the prompt itself, or the
+    messages as compact key-sorted JSON, so every writer hashes the same request alike."""
+    if isinstance(request, str):
+        return request
+    return json.dumps(request, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def decision_record(
+    decision: Any,
+    *,
+    request_id: str,
+    prompt: str,
+    cheap_model: str,
+    strong_model: str,
+    ts: str | None = None,
+) -> dict[str, Any]:
+    """One log record from a RoutingDecision (or its dict) and the request it was made for.
+
+    The record carries the prompt; DecisionLogWriter drops it unless prompt logging is on, so
+    the caller never has to decide twice.
+    """
+    fields = decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
+    return {
+        "ts": ts or utc_timestamp(),
+        "request_id": request_id,
+        "prompt_sha256": prompt_sha256(prompt),
+        "prompt_tokens": fields["prompt_tokens"],
+        "model": fields["model"],
+        "cheap_model": cheap_model,
+        "strong_model": strong_model,
+        "p_cheap_ok": fields["p_cheap_ok"],
+        "confidence": fields["confidence"],
+        "reason": fields["reason"],
+        "threshold": fields["threshold"],
+        "artifact_version": fields["artifact_version"],
+        "prompt": prompt,
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars (a float32 probability, an int64 count)
+        return value.item()
+    return str(value)
+
+
+class DecisionLogWriter:
+    """Thread-safe JSON-lines appender that never raises into the request path.
+
+    Each record is serialised outside the lock and appended with a single unbuffered write
+    under it, so a line reaches the file as soon as `write` returns (what line buffering is
+    for) and concurrent writers never interleave. A failed write (full disk, closed file,
+    unserialisable value) is counted in `errors` and warned about once; the request goes on.
+    A partially written line is fenced off by a newline before the next record, so one bad
+    line never corrupts the next.
+    """
+
+    def __init__(self, path: str | Path, *, include_prompt: bool = False) -> None:
+        self.path = Path(path)
+        self.include_prompt = include_prompt
+        self.errors = 0
+        self.written = 0
+        self._lock = threading.Lock()
+        self._warned = False
+        self._fence = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: Any = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        except OSError as exc:  # at start-up, not in the request path: fail loudly
+            raise DecisionLogError(f"cannot open the decision log for appending: {exc}", path=str(path)) from None
+        # A previous run may have died mid-line; start on a fresh line so ours stay readable.
+        try:
+            if self._file.tell() > 0:
+                with open(self.path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    self._fence = f.read(1) != b"\n"
+        except OSError:
+            self._fence = True
+
+    def write(self, decision: Mapping[str, Any]) -> bool:
+        """Append one record; True when it was written. Adds `ts` and `prompt_sha256` if absent."""
+        try:
+            record = dict(decision)
+            record.setdefault("ts", utc_timestamp())
+            prompt = record.get("prompt")
+            if isinstance(prompt, str):
+                record.setdefault("prompt_sha256", prompt_sha256(prompt))
+            if not self.include_prompt:
+                record.pop("prompt", None)
+            line = (json.dumps(record, default=_json_default, allow_nan=False) + "\n").encode("utf-8")
+        except Exception as exc:  # noqa: BLE001 - a log must not fail a request
+            with self._lock:
+                self._failed(exc)
+            return False
+        with self._lock:
+            try:
+                if self._fence:
+                    line = b"\n" + line
+                    self._fence = False
+                view = memoryview(line)
+                while view:
+                    n = self._file.write(view)
+                    if not n:
+                        raise OSError("no bytes written")
+                    view = view[n:]
+                self.written += 1
+                return True
+            except Exception as exc:  # noqa: BLE001 - full disk, closed file, ...
+                self._fence = True
+                self._failed(exc)
+                return False
+
+    def _failed(self, exc: BaseException) -> None:
+        """Count a failure (caller holds the lock) and warn the first time only."""
+        self.errors += 1
+        if not self._warned:
+            self._warned = True
+            log.warning("decision log %s: write failed (%s); further failures are only counted", self.path, exc)
+
+    def close(self) -> None:
+        """Close the file; later writes are counted as errors. Safe to call twice."""
+        with self._lock:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._failed(exc)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._file.closed)
+
+    def __enter__(self) -> DecisionLogWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def record_problem(record: Any) -> str | None:
+    """Why `record` is not a usable decision record, or None when it is."""
+    if not isinstance(record, Mapping):
+        return f"expected a JSON object, got {type(record).__name__}"
+    for key, types in REQUIRED_FIELDS.items():
+        if key not in record:
+            return f"missing field {key!r}"
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"field {key!r} should be {types[0].__name__}, got {value!r}"
+    if record["prompt_tokens"] < 0:
+        return f"field 'prompt_tokens' is negative: {record['prompt_tokens']}"
+    p = record.get("p_cheap_ok")
+    if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0):
+        return f"field 'p_cheap_ok' should be a probability or null, got {p!r}"
+    try:
+        parse_timestamp(record["ts"])
+    except ValueError:
+        return f"field 'ts' is not an ISO-8601 timestamp: {record['ts']!r}"
+    return None
+
+
+def read_decision_log(
+    path: str | Path,
+    *,
+    skip_malformed: bool = False,
+    skipped: list[DecisionLogError] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Stream the records of a decision log; blank lines are ignored.
+
+    A malformed line raises DecisionLogError naming the file and line number, unless
+    `skip_malformed`, in which case it is skipped (and appended to `skipped` if given) —
+    useful for a log whose writer died mid-line.
+    """
+    label = str(path)
+    try:
+        f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise DecisionLogError(f"cannot read the decision log: {exc}", path=label) from None
+    with f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                problem = record_problem(record)
+            except json.JSONDecodeError as exc:
+                problem = f"not valid JSON ({exc.msg} at column {exc.colno})"
+            if problem is None:
+                yield record
+                continue
+            error = DecisionLogError(problem, path=label, line=lineno)
+            if not skip_malformed:
+                raise error
+            if skipped is not None:
+                skipped.append(error)

@@ -1,0 +1,121 @@
+"""The serving model: one reference, replaced in a single assignment by a verified reload.
+
+Every call reads `ModelHolder.current` once and runs start to finish on that router, so a
+reload never mixes two artifacts in one call. The holder knows nothing of gRPC: the server
+passes `on_serving` to flip health checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from router_model.artifact import METADATA_FILE
+from router_model.errors import ArtifactError, ConfigError
+from router_model.router import Router
+from router_model.service.config import ServerConfig
+from router_model.service.metrics import Metrics
+
+log = logging.getLogger("router_model.service")
+
+# (inode, size, mtime) of a directory's metadata.json; None when it cannot be read.
+Signature = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A serving router, the directory it came from and when it was loaded (epoch seconds)."""
+
+    router: Router
+    model_dir: Path
+    loaded_at: float
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    previous_version: str | None
+    artifact_version: str
+    model_dir: Path
+    load_ms: int
+
+
+def directory_signature(model_dir: Path) -> Signature | None:
+    """What changes when a deploy replaces the artifact: metadata.json is written last."""
+    try:
+        st = (model_dir / METADATA_FILE).stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class ModelHolder:
+    """Owns the current router and swaps it atomically on reload."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics, on_serving: Callable[[], None]) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._on_serving = on_serving
+        self._model_dir = config.model_dir
+        self._current: Loaded | None = None
+        self._lock = threading.Lock()
+        self._seen: Signature | None = None  # metadata.json of the last load attempt
+        self.ready = threading.Event()
+
+    @property
+    def current(self) -> Loaded | None:
+        return self._current
+
+    def reload(self, model_dir: Path | str | None = None) -> ReloadResult:
+        """Load and verify an artifact beside the serving one, then swap; raise if it fails.
+
+        Raises ArtifactError (bad artifact) or ConfigError (no directory given or configured);
+        the serving router is untouched on any failure.
+        """
+        with self._lock:
+            target = Path(model_dir) if model_dir else self._model_dir
+            if target is None:
+                raise ConfigError("no model directory configured; name one in the Reload request")
+            started = time.perf_counter()
+            self._seen = directory_signature(target)
+            try:
+                router = Router.load(target, graph=self._config.graph, threads=self._config.threads)
+            except BaseException:
+                self._metrics.count_reload(False)
+                raise
+            load_ms = round((time.perf_counter() - started) * 1000)
+            previous = self._current
+            self._current = Loaded(router, target, time.time())
+            self._model_dir = target
+            self._metrics.count_reload(True)
+            self._metrics.model_loaded(router.version)
+            self._on_serving()
+            self.ready.set()
+        log.info("serving artifact %s from %s (loaded in %d ms)", router.version, target, load_ms)
+        return ReloadResult(previous.router.version if previous else None, router.version, target, load_ms)
+
+    def reload_if_changed(self) -> None:
+        """Reload when the model directory's metadata.json changed since the last attempt.
+
+        metadata.json is written last (and a retrained directory is swapped in whole), so a new
+        one means a complete new artifact. A failed attempt is not retried until it changes again.
+        """
+        target = self._model_dir
+        if target is None or directory_signature(target) in (None, self._seen):
+            return
+        try:
+            result = self.reload()
+            log.info("model directory changed: %s -> %s", result.previous_version, result.artifact_version)
+        except (ArtifactError, ConfigError) as e:
+            log.error("model directory changed but the new artifact is refused, still serving the previous one: %s", e)
+
+    def watch(self, interval: float, stop: threading.Event) -> None:
+        """Poll the model directory every `interval` seconds until `stop` is set (a thread's body)."""
+        while not stop.wait(interval):
+            try:
+                self.reload_if_changed()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("watching the model directory failed")

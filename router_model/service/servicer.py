@@ -1,0 +1,209 @@
+"""router.v1.Router: proto requests in, Router decisions out, each decision counted and logged.
+
+Kept thin on purpose: validation and routing are the Router's, status codes are
+`status.rpc`'s, loading and swapping the model is the ModelHolder's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from router_model.decision import RoutingDecision
+from router_model.errors import ArtifactError, ConfigError, InvalidRequestError
+from router_model.observe.decision_log import DecisionLogWriter, decision_record, log_text, utc_timestamp
+from router_model.request import TEXT_PART_TYPES, Request
+from router_model.router import Router
+from router_model.service.config import ServerConfig
+from router_model.service.gen.router.v1 import router_pb2, router_pb2_grpc
+from router_model.service.holder import Loaded, ModelHolder
+from router_model.service.metrics import Metrics
+from router_model.service.status import RpcStatusError, check_deadline, rpc
+
+log = logging.getLogger("router_model.service")
+
+
+def _part_dict(part: router_pb2.ContentPart) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": part.type}
+    if part.type in TEXT_PART_TYPES or part.text:
+        out["text"] = part.text
+    if part.HasField("image_url"):
+        out["image_url"] = {"url": part.image_url.url}
+    return out
+
+
+def to_router_request(req: router_pb2.RouteRequest, max_chars: int) -> Request:
+    """Turn the proto request into the router's prompt or chat messages, checking its size."""
+    if req.messages:
+        if req.prompt:
+            raise InvalidRequestError("set either prompt or messages, not both", field="prompt")
+        messages: list[dict[str, Any]] = []
+        chars = 0
+        for i, m in enumerate(req.messages):
+            if m.parts:
+                if m.content:
+                    raise InvalidRequestError("set either content or parts, not both", field=f"messages[{i}].content")
+                content: Any = [_part_dict(p) for p in m.parts]
+                chars += sum(len(p.text) for p in m.parts)
+            else:
+                content = m.content
+                chars += len(content)
+            messages.append({"role": m.role, "content": content})
+        if chars > max_chars:
+            raise InvalidRequestError(
+                f"the messages hold {chars} characters of text, over the limit of {max_chars}", field="messages"
+            )
+        return messages
+    if len(req.prompt) > max_chars:
+        raise InvalidRequestError(
+            f"the prompt has {len(req.prompt)} characters, over the limit of {max_chars}", field="prompt"
+        )
+    return req.prompt
+
+
+def _response(d: RoutingDecision, request_id: str, latency_us: int, observe: bool) -> router_pb2.RouteResponse:
+    resp = router_pb2.RouteResponse(
+        model=d.model,
+        confidence=d.confidence,
+        reason=d.reason,
+        threshold=d.threshold,
+        artifact_version=d.artifact_version,
+        latency_us=latency_us,
+        prompt_tokens=d.prompt_tokens,
+        request_id=request_id,
+        observe_only=observe,
+    )
+    if d.p_cheap_ok is not None:
+        resp.p_cheap_ok = d.p_cheap_ok
+    return resp
+
+
+def _numeric_metrics(value: Any, prefix: str = "") -> dict[str, float]:
+    """Flatten nested metrics into "a.b" keys, keeping numbers only."""
+    out: dict[str, float] = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(_numeric_metrics(v, f"{prefix}{k}."))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and prefix:
+        out[prefix[:-1]] = float(value)
+    return out
+
+
+class RouterServicer(router_pb2_grpc.RouterServicer):
+    """Implements router.v1.Router on top of the holder's current `Router` (method names are the proto's)."""
+
+    def __init__(
+        self, config: ServerConfig, holder: ModelHolder, metrics: Metrics, decision_log: DecisionLogWriter | None
+    ) -> None:
+        self.config = config
+        self.metrics = metrics  # read by status.rpc
+        self._holder = holder
+        self._decision_log = decision_log
+
+    def _loaded(self) -> Loaded:
+        loaded = self._holder.current
+        if loaded is None:
+            raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, "no model is loaded yet")
+        return loaded
+
+    def _log_decisions(self, items: Sequence[tuple[Request, str, RoutingDecision]], router: Router) -> None:
+        self.metrics.count_decisions([(d.model, d.reason) for _, _, d in items])
+        if self._decision_log is None:
+            return
+        ts = utc_timestamp()
+        for request, request_id, d in items:
+            self._decision_log.write(
+                decision_record(
+                    d,
+                    request_id=request_id,
+                    prompt=log_text(request),
+                    cheap_model=router.cheap_model,
+                    strong_model=router.strong_model,
+                    ts=ts,
+                )
+            )
+
+    @rpc("Route")
+    def Route(self, request: router_pb2.RouteRequest, context: grpc.ServicerContext) -> router_pb2.RouteResponse:  # noqa: N802
+        started = time.perf_counter()
+        loaded = self._loaded()
+        routed = to_router_request(request, self.config.max_prompt_chars)
+        tags = list(request.tags) or None
+        request_id = request.request_id or uuid.uuid4().hex
+        check_deadline(context)
+        decision = loaded.router.predict(routed, tags=tags)
+        self._log_decisions([(routed, request_id, decision)], loaded.router)
+        latency_us = round((time.perf_counter() - started) * 1e6)
+        return _response(decision, request_id, latency_us, self.config.observe)
+
+    @rpc("RouteBatch")
+    def RouteBatch(  # noqa: N802
+        self, request: router_pb2.RouteBatchRequest, context: grpc.ServicerContext
+    ) -> router_pb2.RouteBatchResponse:
+        started = time.perf_counter()
+        loaded = self._loaded()
+        routed: list[Request] = []
+        for i, item in enumerate(request.requests):
+            try:
+                routed.append(to_router_request(item, self.config.max_prompt_chars))
+            except InvalidRequestError as e:
+                raise InvalidRequestError(e.reason, field=e.field, index=i) from None
+        tags = [list(item.tags) or None for item in request.requests]
+        ids = [item.request_id or uuid.uuid4().hex for item in request.requests]
+        decisions: list[RoutingDecision] = []
+        step = self.config.batch_chunk
+        for lo in range(0, len(routed), step):
+            check_deadline(context)
+            try:
+                decisions.extend(loaded.router.predict_batch(routed[lo : lo + step], tags=tags[lo : lo + step]))
+            except InvalidRequestError as e:  # re-base the item's index from the chunk onto the batch
+                if e.index is None:
+                    raise
+                raise InvalidRequestError(e.reason, field=e.field, index=lo + e.index) from None
+        self._log_decisions(list(zip(routed, ids, decisions)), loaded.router)
+        latency_us = round((time.perf_counter() - started) * 1e6)
+        observe = self.config.observe
+        return router_pb2.RouteBatchResponse(
+            responses=[_response(d, rid, latency_us, observe) for d, rid in zip(decisions, ids)],
+            latency_us=latency_us,
+        )
+
+    @rpc("GetModelInfo")
+    def GetModelInfo(self, request: router_pb2.GetModelInfoRequest, context: grpc.ServicerContext) -> router_pb2.ModelInfo:  # noqa: N802
+        loaded = self._loaded()
+        router = loaded.router
+        metadata = struct_pb2.Struct()
+        metadata.update(router.metadata)
+        loaded_at = timestamp_pb2.Timestamp()
+        loaded_at.FromNanoseconds(int(loaded.loaded_at * 1e9))
+        return router_pb2.ModelInfo(
+            artifact_version=router.version,
+            cheap_model=router.cheap_model,
+            strong_model=router.strong_model,
+            threshold=router.threshold,
+            metrics=_numeric_metrics(router.metadata.get("metrics", {})),
+            metadata=metadata,
+            model_dir=str(loaded.model_dir),
+            loaded_at=loaded_at,
+            observe_only=self.config.observe,
+        )
+
+    @rpc("Reload")
+    def Reload(self, request: router_pb2.ReloadRequest, context: grpc.ServicerContext) -> router_pb2.ReloadResponse:  # noqa: N802
+        try:
+            result = self._holder.reload(request.model_dir or None)
+        except (ArtifactError, ConfigError) as e:
+            log.warning("reload refused, still serving the previous artifact: %s", e)
+            raise RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, f"reload refused: {e}") from None
+        return router_pb2.ReloadResponse(
+            previous_version=result.previous_version or "",
+            artifact_version=result.artifact_version,
+            model_dir=str(result.model_dir),
+            load_ms=result.load_ms,
+        )

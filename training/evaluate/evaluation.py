@@ -1,0 +1,65 @@
+"""Held-out evaluation: the router beside random, heuristic and oracle routing on the same rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from training.evaluate import metrics as M
+from training.evaluate.baselines import heuristic_scores, oracle_scores, random_scores
+from training.head import cheap_loses_nothing
+
+RANDOM_EXPECTED = {"apgr": 0.5, "cpt50": 0.5, "cpt80": 0.8}
+
+
+def at_share(
+    r: np.ndarray, share: float, w: np.ndarray, s: np.ndarray, cost_cheap: np.ndarray, cost_strong: np.ndarray
+) -> dict[str, float]:
+    """What sending the top `share` by score to the strong model achieves (ties in expectation)."""
+    (q,), (c,) = M.expected_at_shares(r, w, s, cost_cheap, cost_strong, [share])
+    always = float(np.mean(cost_strong))
+    return {
+        "strong_share": float(share),
+        "quality_vs_strong": float(q / np.mean(s)),
+        "pass_rate": float(q),
+        "cost_saved": float((always - c) / always) if always > 0 else 0.0,
+    }
+
+
+def evaluate(
+    p: np.ndarray,
+    threshold: float,
+    w: np.ndarray,
+    s: np.ndarray,
+    cost_cheap: np.ndarray,
+    cost_strong: np.ndarray,
+    texts: Sequence[str],
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Held-out metrics for the router (score 1 - p_cheap_ok, decision p < threshold) and the baselines."""
+    ok = cheap_loses_nothing(w, s)
+    res = M.evaluate_routing(p < threshold, w, s, cost_cheap, cost_strong)
+    router = {
+        **M.routing_scores(1.0 - p, w, s),
+        "auc": M.auc(p, ok),
+        "ece": M.ece(p, ok, n_bins=15),
+        "brier": M.brier(p, ok),
+        "strong_share": res.strong_share,
+        "pass_rate": res.quality,
+        "quality_vs_strong": res.quality_vs_strong,
+        "cost_saved": res.cost_saved_fraction,
+    }
+    baselines = {
+        "random": random_scores(len(p), seed=seed),
+        "heuristic": heuristic_scores(texts),
+        "oracle": oracle_scores(w, s),
+    }
+    out: dict[str, Any] = {"router": router, "n_test": len(p), "q_weak": float(w.mean()), "q_strong": float(s.mean())}
+    for name, score in baselines.items():
+        block = dict(RANDOM_EXPECTED) if name == "random" else M.routing_scores(score, w, s)
+        block.update(at_share(score, res.strong_share, w, s, cost_cheap, cost_strong))
+        out[name] = block
+    return out
