@@ -40,16 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from router_model.artifact import GRAPHS
+from router_model.features import request_features
+from router_model.request import parse_request
+from router_model.router import Router
 
-from router_model.features import request_features  # noqa: E402
-from router_model.request import parse_request  # noqa: E402
-from router_model.router import Router  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_PROMPTS = ROOT.parent / "shared" / "data" / "routellm-evals" / "routellm-mmlu.normalized.jsonl"
 LENGTHS = (16, 64, 256, 1024)
-GRAPHS = ("int8", "fp32")
 THREADS = (1, 2)
 CALLS = {16: 300, 64: 300, 256: 300, 1024: 200}
 QUICK_CALLS = {16: 40, 64: 40, 256: 30, 1024: 20}
@@ -274,7 +273,6 @@ import torch
 torch.set_num_threads(1)
 torch.set_num_interop_threads(1)
 from sentence_transformers import SentenceTransformer
-sys.path.insert(0, sys.argv[1])
 from training.embedding.export import DEFAULT_EMBEDDER, resolve_model_path
 t1 = time.perf_counter()
 st = SentenceTransformer(resolve_model_path(DEFAULT_EMBEDDER), device="cpu")
@@ -441,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             "default_graph": ref.meta.default_graph,
             "window_tokens": ref.meta.encoder.max_length,
             "truncation": ref.meta.encoder.truncation,
-            **{k: ref.meta.raw.get("parity", {}).get(k) for k in ("int8_decision_agreement", "int8_apgr_abs_diff", "int8_max_abs_diff")},
+            **{k: (ref.meta.parity.to_dict() if ref.meta.parity else {}).get(k) for k in ("int8_decision_agreement", "int8_apgr_abs_diff", "int8_max_abs_diff")},
         },
         "prompt_tokens_mean": {str(L): float(np.mean(c)) for L, c in counts.items()},
     }

@@ -33,13 +33,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from latency import build_length_prompts, loadavg, read_prompts, summary  # benchmarks/latency.py, beside this script
+from router_model.artifact import FP32, GRAPH_FILES, INT8, PROBABILITIES_OUTPUT, ArtifactMetadata, read_metadata, write_metadata
+from router_model.router import Router
 
-from latency import build_length_prompts, loadavg, read_prompts, summary  # noqa: E402
-from router_model.artifact import GRAPH_FILES, PROBABILITIES_OUTPUT, read_metadata, write_metadata  # noqa: E402
-from router_model.router import Router  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_PROMPTS = ROOT.parent / "shared" / "data" / "routellm-evals" / "routellm-mmlu.normalized.jsonl"
 ISSUE_AGREEMENT, ISSUE_APGR_DIFF = 0.99, 0.005
@@ -69,7 +67,7 @@ def head_of(model_dir: Path) -> onnx.ModelProto:
     """The calibrated head (head_input -> probabilities) cut out of the router's fp32 graph."""
     from training.artifact.graph import HEAD_INPUT
 
-    src = str(model_dir / GRAPH_FILES["fp32"])
+    src = str(model_dir / GRAPH_FILES[FP32])
     with tempfile.TemporaryDirectory() as tmp:
         onnx.utils.extract_model(src, f"{tmp}/head.onnx", [HEAD_INPUT], [PROBABILITIES_OUTPUT])
         return onnx.load(f"{tmp}/head.onnx")
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.artifact.quantize import QuantizationSettings, calibration_feeds, quantize_embedder
 
     started, load_before = time.time(), loadavg()
-    meta = read_metadata(args.model_dir).raw
+    meta = read_metadata(args.model_dir).to_dict()
     requests, w, s, train_texts = test_split(meta)
     emb = meta["embedder"]
     exported = export_embedder(emb["name"], truncation=emb["encoder"]["truncation"], max_length=emb["encoder"]["max_length"])
@@ -134,17 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     t = float(meta["threshold"])
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        routers = {"fp32": Router.load(args.model_dir, graph="fp32", threads=1)}
-        p32 = Router.load(args.model_dir, graph="fp32", threads=2).p_cheap_ok(requests)
+        routers = {"fp32": Router.load(args.model_dir, graph=FP32, threads=1)}
+        p32 = Router.load(args.model_dir, graph=FP32, threads=2).p_cheap_ok(requests)
         apgr32 = M.apgr(1 - p32, w, s)
         near = float(np.mean(np.abs(p32 - t) < 0.01))
         for name, model in variants.items():
             d = Path(tmp) / name
             shutil.copytree(args.model_dir, d)
             merged = merge_router_graph(model, head, int(meta["embedder"]["dim"]), len(meta["features"]))
-            onnx.save(merged, str(d / GRAPH_FILES["int8"]))
-            write_metadata(d, {k: v for k, v in meta.items() if k not in ("files", "format_version")})
-            p8 = Router.load(d, graph="int8", threads=2).p_cheap_ok(requests)
+            onnx.save(merged, str(d / GRAPH_FILES[INT8]))
+            write_metadata(d, ArtifactMetadata.from_dict(meta))
+            p8 = Router.load(d, graph=INT8, threads=2).p_cheap_ok(requests)
             dp = np.abs(p8 - p32)
             results[name] = {
                 "decision_agreement": float(np.mean((p8 >= t) == (p32 >= t))),
@@ -152,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                 "apgr_abs_diff": abs(M.apgr(1 - p8, w, s) - apgr32),
                 "mean_abs_p_diff": float(dp.mean()),
                 "max_abs_p_diff": float(dp.max()),
-                "graph_mb": (d / GRAPH_FILES["int8"]).stat().st_size / 1e6,
+                "graph_mb": (d / GRAPH_FILES[INT8]).stat().st_size / 1e6,
             }
-            routers[name] = Router.load(d, graph="int8", threads=1)
+            routers[name] = Router.load(d, graph=INT8, threads=1)
             print(f"{name}: agreement {results[name]['decision_agreement']:.4f}", flush=True)
 
         pool = read_prompts(args.prompts)
@@ -197,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| graph | decisions agreeing with fp32 | APGR diff | mean / max abs p diff | p50 / p99 ms (64 tok, 1 thread) | MB |")
     print("|---|---|---|---|---|---|")
     lat = latency["fp32"]
-    print(f"| fp32 | - | - | - | {lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} | {(args.model_dir / GRAPH_FILES['fp32']).stat().st_size / 1e6:.0f} |")
+    print(f"| fp32 | - | - | - | {lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} | {(args.model_dir / GRAPH_FILES[FP32]).stat().st_size / 1e6:.0f} |")
     for name, r in results.items():
         lat = latency[name]
         print(f"| {name} | {r['decision_agreement']:.1%} | {r['apgr_abs_diff']:.4f} | {r['mean_abs_p_diff']:.4f} / "

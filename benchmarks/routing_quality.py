@@ -22,18 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from router_model.features import DEFAULT_FEATURES
+from training.cache import default_cache_dir
+from training.data.log import read_logs
+from training.data.public import shared_data_dir
+from training.data.split import group_kfold, normalize_prompt
+from training.embedding.export import export_embedder
+from training.embedding.features import feature_matrix
+from training.embedding.onnx_embedder import OnnxEmbedder
+from training.evaluate import metrics as M
+from training.evaluate.baselines import heuristic_scores, oracle_scores
+from training.head import candidate_heads, make_target, p_cheap_ok
 
-from router_model.features import DEFAULT_FEATURES, request_features  # noqa: E402
-from training.evaluate import metrics as M  # noqa: E402
-from training.evaluate.baselines import heuristic_scores, oracle_scores  # noqa: E402
-from training.embedding.onnx_embedder import OnnxEmbedder  # noqa: E402
-from training.embedding.export import default_cache_dir, export_embedder  # noqa: E402
-from training.head import candidate_heads, make_target, p_cheap_ok  # noqa: E402
-from training.data.log import read_logs  # noqa: E402
-from training.data.public import shared_data_dir  # noqa: E402
-from training.data.split import group_kfold, normalize_prompt  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
@@ -66,10 +67,6 @@ def cv_scores(X, w, s, folds, target_name: str, head: str) -> np.ndarray:
     return r
 
 
-def block(r, w, s) -> dict[str, float]:
-    return {"apgr": M.apgr(r, w, s), "cpt50": M.cpt(r, w, s, 50), "cpt80": M.cpt(r, w, s, 80)}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log", type=Path, default=None, help="labelled log (default: routellm-mmlu from ../shared/data)")
@@ -94,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     n_tokens = np.array([emb.encoder.count_tokens(r.full_text) for r in recs])
     E = emb.embed(texts, progress=True)
     print(f"{len(recs)} prompts; embedding {emb.last_stats}", flush=True)
-    F = request_features(texts, n_tokens, DEFAULT_FEATURES)
-    XF = np.hstack([E, F]).astype(np.float32)
+    XF = feature_matrix(E, texts, n_tokens, DEFAULT_FEATURES)
 
     groupings = {
         "prompt_text": [normalize_prompt(t) for t in texts],
@@ -130,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'random (expected)':<48}{0.5:>8.3f}{'50.0%':>10}{'80.0%':>10}")
         for name, fn in configs:
             t = time.perf_counter()
-            b = block(fn(folds), w, s)
+            b = M.routing_scores(fn(folds), w, s)
             b["seconds"] = round(time.perf_counter() - t, 1)
             results[gname][name] = b
             print(f"{name:<48}{b['apgr']:>8.3f}{b['cpt50']*100:>9.1f}%{b['cpt80']*100:>9.1f}%", flush=True)

@@ -35,16 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from router_model.features import DEFAULT_FEATURES
+from training.cache import default_cache_dir
+from training.data.log import ReadOptions, read_logs
+from training.data.split import group_kfold, normalize_prompt
+from training.embedding.export import DEFAULT_EMBEDDER, export_embedder
+from training.embedding.features import feature_matrix
+from training.embedding.onnx_embedder import ExportedEmbedder, OnnxEmbedder
+from training.evaluate import metrics as M
+from training.head import candidate_heads, cheap_loses_nothing, make_target, p_cheap_ok
 
-from router_model.features import DEFAULT_FEATURES, request_features  # noqa: E402
-from training.evaluate import metrics as M  # noqa: E402
-from training.embedding.onnx_embedder import OnnxEmbedder  # noqa: E402
-from training.embedding.export import DEFAULT_EMBEDDER, ExportedEmbedder, default_cache_dir, export_embedder  # noqa: E402
-from training.head import candidate_heads, make_target, p_cheap_ok  # noqa: E402
-from training.data.log import ReadOptions, read_logs  # noqa: E402
-from training.data.split import group_kfold, normalize_prompt  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = {
@@ -128,12 +129,12 @@ def oof_scores(X: np.ndarray, y: np.ndarray, folds, target, seed: int) -> np.nda
 
 
 def block(p: np.ndarray, w: np.ndarray, s: np.ndarray) -> dict[str, float]:
-    r = 1.0 - p
-    ok = 1.0 - ((w < 0.5) & (s >= 0.5)).astype(float)
+    ok = cheap_loses_nothing(w, s)
+    scores = M.routing_scores(1.0 - p, w, s)
     return {
         "n": int(len(p)),
-        "apgr": M.apgr(r, w, s),
-        "cpt50": M.cpt(r, w, s, 50),
+        "apgr": scores["apgr"],
+        "cpt50": scores["cpt50"],
         "auc_cheap_ok": M.auc(p, ok) if 0 < ok.sum() < len(ok) else float("nan"),
     }
 
@@ -183,7 +184,7 @@ def run_dataset(name: str, cfg: dict, embedders, args) -> dict:
         say(f"  {note}")
     emb, emb_stats = embed_both(embedders, texts, long, args.seed)
     say(f"  embedded in {emb_stats['seconds']:.0f}s: head_tail {emb_stats['head_tail']}, head (long rows) {emb_stats['head_long_only']}")
-    feats = request_features(texts, n_tok, DEFAULT_FEATURES) if args.features else None
+    features = DEFAULT_FEATURES if args.features else ()
     target = make_target("cheap_ok")
     y = target.labels(w >= 0.5, s >= 0.5)
     folds = group_kfold(groups, k=FOLDS, seed=args.seed)
@@ -209,7 +210,7 @@ def run_dataset(name: str, cfg: dict, embedders, args) -> dict:
             res["long_share_by_source"][src] = {"rows": int(m.sum()), "long_share": float(long[m].mean())}
     oof = {}
     for p in POLICIES:
-        X = np.hstack([emb[p], feats]).astype(np.float32) if feats is not None else emb[p]
+        X = feature_matrix(emb[p], texts, n_tok, features)
         oof[p] = oof_scores(X, y, folds, target, args.seed)
         res["policies"][p] = {"all": block(oof[p], w, s)}
         if long.any() and len(np.unique(s[long] - w[long])) > 1:

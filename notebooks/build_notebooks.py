@@ -88,12 +88,11 @@ NB01 = build(
     {"mmlu": MMLU, "mtbench": MTBENCH, "mmlu_pro": MMLU_PRO},
     [
         ("code", '''
-            import math
-
             import matplotlib.pyplot as plt
             import numpy as np
             import pandas as pd
 
+            from router_model.encoder import estimate_tokens
             from training.data.log import ReadOptions, read_logs
 
             CHEAP, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
@@ -103,7 +102,7 @@ NB01 = build(
                 "subject": [r.category.split("/")[-1] for r in read.records],
                 "cheap": [r.passed[CHEAP] for r in read.records],
                 "strong": [r.passed[STRONG] for r in read.records],
-                "tokens": [math.ceil(len(r.full_text) / 4) for r in read.records],  # the documented estimate
+                "tokens": [estimate_tokens(r.full_text) for r in read.records],  # the documented chars / 4 estimate
             })
             df["outcome"] = np.select(
                 [df.cheap & df.strong, df.cheap & ~df.strong, ~df.cheap & df.strong],
@@ -203,14 +202,16 @@ NB02 = build(
             from sklearn.calibration import CalibratedClassifierCV
             from sklearn.linear_model import LogisticRegression
 
-            from router_model.features import DEFAULT_FEATURES, request_features
-            from training.evaluate import metrics as M
-            from training.evaluate.baselines import heuristic_scores, oracle_scores, random_scores
-            from training.embedding.onnx_embedder import OnnxEmbedder
-            from training.embedding.export import default_cache_dir, export_embedder
-            from training.head import calibration_folds, make_target, p_cheap_ok
+            from router_model.features import DEFAULT_FEATURES
+            from training.cache import default_cache_dir
             from training.data.log import read_logs
             from training.data.split import assign_splits, normalize_prompt
+            from training.embedding.export import export_embedder
+            from training.embedding.features import feature_matrix
+            from training.embedding.onnx_embedder import OnnxEmbedder
+            from training.evaluate import metrics as M
+            from training.evaluate.baselines import heuristic_scores, oracle_scores, random_scores
+            from training.head import calibration_folds, cheap_loses_nothing, make_target, p_cheap_ok
 
             N_TRAIN, SEED = 4000, 0
             read = read_logs([NEEDED["mmlu"]], models=("mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"))
@@ -232,7 +233,7 @@ NB02 = build(
             idx = np.concatenate([train_idx, test_idx])
             emb = embedder.embed([texts[i] for i in idx])
             n_tokens = [embedder.encoder.count_tokens(read.records[i].full_text) for i in idx]
-            X = np.hstack([emb, request_features([texts[i] for i in idx], n_tokens, DEFAULT_FEATURES)]).astype(np.float32)
+            X = feature_matrix(emb, [texts[i] for i in idx], n_tokens, DEFAULT_FEATURES)
             print(f"embedded {len(idx)} texts in {time.perf_counter() - t0:.0f}s "
                   f"({int(embedder.last_stats['from_cache'])} from the cache at {cache})")
             embedder.close()
@@ -240,7 +241,7 @@ NB02 = build(
             target = make_target("joint")
             y_tr = target.labels(w[train_idx] >= 0.5, s[train_idx] >= 0.5)
             w_te, s_te = w[test_idx], s[test_idx]
-            cheap_ok_te = 1.0 - ((w_te < 0.5) & (s_te >= 0.5))  # observed: the cheap model lost nothing
+            cheap_ok_te = cheap_loses_nothing(w_te, s_te)  # observed: the cheap model lost nothing
         '''),
         ("md", "## Before and after calibration"),
         ("code", '''

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from router_model.cli_args import positive_int
+from router_model.settings import ENV_MODEL_DIR, GRAPHS
 from router_model.errors import ArtifactError, ConfigError, InvalidRequestError, RouterError
 
-ENV_MODEL_DIR = "ROUTER_MODEL_DIR"
 PROG = "python -m router_model"
 
 
@@ -32,7 +32,7 @@ def _add_model_dir(p: argparse.ArgumentParser) -> None:
 def _add_graph_threads(p: argparse.ArgumentParser, default_threads: str) -> None:
     p.add_argument(
         "--graph",
-        choices=("int8", "fp32"),
+        choices=GRAPHS,
         default=None,
         help="which ONNX graph to run: int8 (quantised embedder, about 2x faster) or fp32 (exactly the trained "
         "model); default: the artifact's default_graph, chosen at training time",

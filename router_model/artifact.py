@@ -23,15 +23,29 @@ from typing import Any
 
 from router_model.encoder import EncoderSettings
 from router_model.errors import ArtifactError
+from router_model.settings import FP32, GRAPHS, INT8
+
+__all__ = [
+    "FP32",
+    "GRAPHS",
+    "GRAPH_FILES",
+    "INT8",
+    "ArtifactMetadata",
+    "DataRecord",
+    "EmbedderSpec",
+    "GoalRecord",
+    "ParityRecord",
+    "read_metadata",
+    "sha256_file",
+    "verify_file",
+    "write_metadata",
+]
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
-FP32 = "fp32"
-INT8 = "int8"
 GRAPH_FILES: Mapping[str, str] = {FP32: "model.onnx", INT8: "model.int8.onnx"}
-GRAPHS: tuple[str, ...] = (INT8, FP32)  # the names a caller may ask for, in serving preference
 TOKENIZER_FILE = "tokenizer.json"
 PROBABILITIES_OUTPUT = "probabilities"
 FEATURES_INPUT = "features"
@@ -148,7 +162,14 @@ class ParityRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ParityRecord:
-        return cls(**{f.name: (int if f.name == "n" else float)(d[f.name]) for f in dataclasses.fields(cls)})
+        return cls(
+            head_onnx_vs_sklearn_max_abs=float(d["head_onnx_vs_sklearn_max_abs"]),
+            fp32_graph_vs_sklearn_max_abs=float(d["fp32_graph_vs_sklearn_max_abs"]),
+            int8_decision_agreement=float(d["int8_decision_agreement"]),
+            int8_apgr_abs_diff=float(d["int8_apgr_abs_diff"]),
+            int8_max_abs_diff=float(d["int8_max_abs_diff"]),
+            n=int(d["n"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -344,7 +365,7 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
 # ------------------------------------------------------------------------------ reading and writing
 
 
-def read_metadata(model_dir: Path) -> ArtifactMetadata:
+def read_metadata(model_dir: str | Path) -> ArtifactMetadata:
     """Read and validate `model_dir/metadata.json` (files are verified separately, by `verify_file`)."""
     path = Path(model_dir) / METADATA_FILE
     if not Path(model_dir).is_dir():
@@ -362,7 +383,7 @@ def read_metadata(model_dir: Path) -> ArtifactMetadata:
     return meta
 
 
-def verify_file(model_dir: Path, name: str, expected_sha256: str) -> Path:
+def verify_file(model_dir: str | Path, name: str, expected_sha256: str) -> Path:
     """Refuse a missing or modified file; returns its path."""
     path = Path(model_dir) / name
     if not path.is_file():
@@ -377,7 +398,7 @@ def verify_file(model_dir: Path, name: str, expected_sha256: str) -> Path:
     return path
 
 
-def write_metadata(model_dir: Path, metadata: ArtifactMetadata) -> ArtifactMetadata:
+def write_metadata(model_dir: str | Path, metadata: ArtifactMetadata) -> ArtifactMetadata:
     """Record every file's sha256 and write metadata.json last, so a half-written dir never verifies."""
     model_dir = Path(model_dir)
     names = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != METADATA_FILE)

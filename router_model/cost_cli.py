@@ -1,7 +1,11 @@
-"""`router-cost`: what a traffic profile costs a month on each model, and what routing saves.
+"""`router-cost`: the cost tools, one command with three subcommands.
 
-Meant for back-of-the-envelope figures that can be checked: every price comes from the
-versioned price table (shown in the output) and every assumption is an option.
+* `router-cost estimate`: what a traffic profile costs a month on each model, and with routing
+  (back-of-the-envelope figures that can be checked: every price comes from the versioned price
+  table, shown in the output, and every assumption is an option);
+* `router-cost savings`: what a trained router saves on a labelled log (training.evaluate.savings);
+* `router-cost observed`: what routing would have saved on the traffic an observing service or
+  gateway logged (router_model.observe.report).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def _fraction(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed so docs and tests can render the help)."""
     parser = argparse.ArgumentParser(
-        prog="router-cost",
+        prog="router-cost estimate",
         description=(
             "Monthly LLM cost of a traffic profile on the cheap and the strong model, and with routing.\n"
             "Prices are USD per 1M tokens from the packaged, dated price table (router_model/prices.json)\n"
@@ -55,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "example:\n"
-            "  router-cost --requests 1000000 --input-tokens 500 --output-tokens 200 --cheap-share 0.7\n"
+            "  router-cost estimate --requests 1000000 --input-tokens 500 --output-tokens 200 --cheap-share 0.7\n"
             "  -> gpt-4o $3,250.00, gpt-4o-mini $195.00, routed $1,111.50, blended input $0.855/1M (-65.8%)\n"
             "exit status: 0 ok, 2 bad option or price file"
         ),
@@ -170,8 +174,8 @@ def format_table(r: dict[str, Any], table: PriceTable) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `router-cost`; returns the exit status (2 for bad options or price files)."""
+def estimate_main(argv: Sequence[str] | None = None) -> int:
+    """`router-cost estimate`; returns the exit status (2 for bad options or price files)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -184,6 +188,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(format_table(result, table))
     return 0
+
+
+def _savings(argv: Sequence[str]) -> int:
+    from training.evaluate.savings import main as savings_main
+
+    return savings_main(argv)
+
+
+def _observed(argv: Sequence[str]) -> int:
+    from router_model.observe.report import main as report_main
+
+    return report_main(argv)
+
+
+SUBCOMMANDS = {
+    "estimate": (estimate_main, "monthly cost of a traffic profile on each model and with routing"),
+    "savings": (_savings, "what a trained router saves on a labelled log (held-out rows)"),
+    "observed": (_observed, "what routing would have saved on logged traffic (observation mode)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `router-cost`: dispatch to a subcommand (each parses its own options)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        lines = ["usage: router-cost {" + ",".join(SUBCOMMANDS) + "} [options]", "", "subcommands:"]
+        lines += [f"  {name:<9} {text}" for name, (_, text) in SUBCOMMANDS.items()]
+        lines.append("run 'router-cost SUBCOMMAND --help' for its options")
+        print("\n".join(lines), file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    command = SUBCOMMANDS.get(args[0])
+    if command is None:
+        print(f"router-cost: error: unknown subcommand {args[0]!r}; expected one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    return command[0](args[1:])
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from router_model.errors import InvalidRequestError, RouterError
-from router_model.request import parse_request
+from router_model.jsonl import LineError, decode_object, request_from_line, tags_from_line
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -73,47 +73,21 @@ class _LineProblem(Exception):
 def parse_input_line(raw: bytes, line: int, default_id: str) -> _Item | None:
     """One input line -> an item to route; None for a blank line; raises _LineProblem."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _LineProblem("line", f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    if not text.strip():
+        obj = decode_object(raw, first_line=line == 1)
+    except LineError as e:
+        raise _LineProblem("line", e.reason) from None  # the line as a whole
+    if obj is None:
         return None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _LineProblem("line", f"invalid JSON: {e.msg} (column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise _LineProblem("line", f"expected a JSON object, got {type(obj).__name__}")
     rid: Any = obj.get("id", default_id)
     if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
         raise _LineProblem("id", f"expected a non-empty string or an integer, got {rid!r}")
     rid = str(rid)
-    has_prompt, has_messages = "prompt" in obj, "messages" in obj
-    if has_prompt and has_messages:
-        raise _LineProblem("prompt", "give either 'prompt' or 'messages', not both", rid)
-    if not has_prompt and not has_messages:
-        raise _LineProblem(None, "missing request: the line has neither 'prompt' nor 'messages'", rid)
-    if has_prompt:
-        request = obj["prompt"]
-        if not isinstance(request, str):
-            raise _LineProblem("prompt", f"expected a string, got {type(request).__name__}", rid)
-        turns = obj.get("context_turns") or []
-        if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
-            raise _LineProblem("context_turns", f"expected a list of strings, got {turns!r}"[:200], rid)
-        if turns and request.strip():
-            request = [{"role": "user", "content": t} for t in turns] + [{"role": "user", "content": request}]
-    else:
-        request = obj["messages"]
-        if not isinstance(request, list):
-            raise _LineProblem("messages", f"expected a list of chat messages, got {type(request).__name__}", rid)
-    tags = obj.get("tags")
-    if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
-        raise _LineProblem("tags", f"expected a list of strings, got {tags!r}"[:200], rid)
     try:
-        parse_request(request)
-    except InvalidRequestError as e:
+        request, _ = request_from_line(obj)
+        tags = tags_from_line(obj)
+    except LineError as e:
         raise _LineProblem(e.field, e.reason, rid) from None
-    return _Item(line, rid, request, tuple(tags) if tags is not None else None)
+    return _Item(line, rid, request, tags)
 
 
 def _read_chunks(fh: IO[bytes], size: int) -> Iterator[list[tuple[int, bytes]]]:
@@ -145,18 +119,21 @@ def _error_row(line: int, rid: str, message: str) -> dict[str, Any]:
 
 def _route(router, items: list[_Item]) -> list[Any]:
     """Decisions for the items; an item the router refuses gets its InvalidRequestError instead."""
-    if not items:
-        return []
-    try:
-        return router.predict_batch([it.request for it in items], tags=[it.tags for it in items])
-    except InvalidRequestError:
-        pass  # one item is refused by a rule (e.g. image-only with the image rule off): find it
-    out: list[Any] = []
-    for it in items:
+    out: list[Any] = [None] * len(items)
+    todo = list(range(len(items)))
+    while todo:
         try:
-            out.append(router.predict(it.request, tags=it.tags))
+            decisions = router.predict_batch([items[i].request for i in todo], tags=[items[i].tags for i in todo])
         except InvalidRequestError as e:
-            out.append(e)
+            if e.index is None:
+                raise
+            # That item is refused (e.g. image-only with the image rule off): record it, route the rest.
+            bad = todo.pop(e.index)
+            out[bad] = InvalidRequestError(e.reason, field=e.field)
+            continue
+        for i, d in zip(todo, decisions):
+            out[i] = d
+        break
     return out
 
 

@@ -22,7 +22,10 @@ ENV_THREADS = "ROUTER_MODEL_THREADS"
 # Names an earlier router-serve read; refused (not ignored) so a deployment notices the rename.
 RENAMED_ENV = {"ROUTER_GRAPH": ENV_GRAPH, "ROUTER_THREADS": ENV_THREADS}
 
-GRAPHS = ("int8", "fp32")
+# The graphs a model directory holds (router_model.artifact maps them to files), in serving preference.
+FP32 = "fp32"
+INT8 = "int8"
+GRAPHS = (INT8, FP32)
 # Loopback unless told otherwise: Reload can point a server at any readable directory.
 DEFAULT_HOST = "127.0.0.1"
 

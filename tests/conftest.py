@@ -16,6 +16,19 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_LOG = REPO / "data" / "example-log.jsonl"
 
 
+# Fixtures that train a router or embed real text: every test using one (directly or through
+# another fixture) is marked `slow`, so `scripts/test.sh -m "not slow"` is the fast tier.
+SLOW_FIXTURES = frozenset({"trained", "second_model_dir", "exported", "public_router"})
+SLOW_MODULES = frozenset({"test_training", "test_parity", "test_quantize", "test_notebooks", "test_install"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("ROUTER_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -37,7 +37,7 @@ def cents(x: float) -> float:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "router_model.cost_cli", *args],
+        [sys.executable, "-m", "router_model.cost_cli", "estimate", *args],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
 
@@ -226,14 +226,14 @@ def test_cli_json_routed_and_blended() -> None:
 
 
 def test_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--requests", "1000000", "--input-tokens", "500", "--output-tokens", "200", "--cheap-share", "0.7"]) == 0
+    assert main(["estimate", "--requests", "1000000", "--input-tokens", "500", "--output-tokens", "200", "--cheap-share", "0.7"]) == 0
     text = capsys.readouterr().out
     for figure in ("$3,250.00", "$195.00", "$1,111.50", "$2,138.50", "$0.855 per 1M", "-65.8%", "2026-06-01"):
         assert figure in text
 
 
 def test_cli_requests_per_day_is_30_days(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--requests-per-day", "100000", "--input-tokens", "500", "--output-tokens", "200", "--json"]) == 0
+    assert main(["estimate", "--requests-per-day", "100000", "--input-tokens", "500", "--output-tokens", "200", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["requests"] == 3_000_000 and out["monthly_cost"]["gpt-4o"] == 9750.0
 
@@ -275,11 +275,11 @@ def test_cli_bad_price_file_exit_2_in_subprocess(tmp_path: Path) -> None:
     assert f"{path}" in proc.stderr and "models.gpt-4o.input" in proc.stderr
 
 
-def test_cli_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["--help"])
-    assert exc.value.code == 0
-    text = capsys.readouterr().out
-    for option in ("--requests ", "--requests-per-day", "30 days", "--input-tokens", "--output-tokens",
-                   "--cached-share", "--cheap-share", "--cheap ", "--strong", "--prices", "--json"):
-        assert option in text
+def test_cost_tools_are_one_command_family(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2  # a subcommand is required
+    assert main(["estimate-all"]) == 2
+    assert "unknown subcommand 'estimate-all'" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("estimate", "savings", "observed"))
+

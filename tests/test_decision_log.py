@@ -279,13 +279,13 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert out["monthly_cost_routed"] == pytest.approx(2472.0) and out["cheap_share"] == 0.4
     assert out["p_histogram"] == [0, 0, 1, 0, 0, 0, 0, 1, 1, 1] and out["skipped_lines"] == []
 
-    assert main(["report", "--log", str(path), "--output-tokens", "100"]) == 0
+    assert main(["--log", str(path), "--output-tokens", "100"]) == 0
     assert "output tokens per request: 100 (assumed" in capsys.readouterr().out
 
     with path.open("a") as f:
         f.write("garbage\n")
     with pytest.raises(SystemExit) as exc:
-        main(["report", "--log", str(path)])
+        main(["--log", str(path)])
     assert exc.value.code == 2 and ":6: not valid JSON" in capsys.readouterr().err
-    assert main(["report", "--log", str(path), "--skip-malformed"]) == 0
+    assert main(["--log", str(path), "--skip-malformed"]) == 0
     assert "skipped 1 malformed line" in capsys.readouterr().out

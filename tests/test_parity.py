@@ -30,58 +30,48 @@ TEXTS = [
 
 
 def _pipeline_inputs(trained, cache_dir: Path):
-    """Rebuild the training pipeline's view of the example log: config, records, X, target, head."""
+    """Rebuild the training pipeline's view of the example log: records, dataset, X and the fitted head."""
     from router_model.cost import PriceTable
-    from router_model.features import request_features
-    from training.embedding.onnx_embedder import OnnxEmbedder
-    from training.embedding.export import export_embedder
-    from training.head import make_target
+    from training.data.dataset import build_dataset
     from training.data.log import ReadOptions, read_logs
-    from training.pipeline import TrainConfig, _fit_heads, build_dataset
+    from training.embedding.export import export_embedder
+    from training.embedding.features import feature_matrix
+    from training.embedding.onnx_embedder import OnnxEmbedder
+    from training.pipeline import TrainConfig
 
     meta = trained.metadata
     config = TrainConfig(
         logs=(EXAMPLE_LOG,),
         out_dir=trained.model_dir,
         seed=0,  # as conftest's `trained`
-        heads=(meta["head"],),
-        target=meta["target"],
-        features=tuple(meta["features"]),
-        calibration=meta["calibration"],
-        truncation=meta["embedder"]["encoder"]["truncation"],
+        heads=(meta.head,),
+        target=meta.target,
+        features=meta.features,
+        calibration=meta.calibration,
+        truncation=meta.embedder.encoder.truncation,
         cache_dir=cache_dir,
         track=False,
         progress=False,
     )
     read = read_logs(config.logs, options=ReadOptions(pass_threshold=config.pass_threshold))
     exported = export_embedder(config.embedder, cache_dir, truncation=config.truncation)  # cached export
-    assert exported.spec.to_dict() == meta["embedder"]
+    assert exported.spec == meta.embedder
     embedder = OnnxEmbedder(exported, threads=2)  # no embedding cache: computed afresh
-    ds = build_dataset(read, config, embedder.encoder, PriceTable.load(config.prices))
-    emb = embedder.embed_uncached(ds.texts)
-    ds.X = np.hstack([emb, request_features(ds.texts, ds.n_tokens, config.features)]).astype(np.float32)
-    target = make_target(config.target)
-    head = getattr(trained, "head", None)
-    if head is None:
-        # TrainResult does not carry the fitted head: refit it exactly as the pipeline does. The fit is
-        # deterministic (no shuffling in the calibration folds), and a different head could not match
-        # the graph to 1e-4 below, so a silent mismatch cannot make this test pass.
-        _, head, _ = _fit_heads(ds, config, target)
-    return read, ds, target, head
+    ds = build_dataset(read, embedder.encoder, PriceTable.load(config.prices), fractions=config.split, seed=config.seed)
+    X = feature_matrix(embedder.embed_uncached(ds.texts), ds.texts, ds.n_tokens, config.features)
+    return read, ds, X, trained.head
 
 
 def test_fp32_graph_matches_sklearn_pipeline(trained, cache_dir: Path) -> None:
-    from training.head import p_cheap_ok
-
-    read, ds, target, head = _pipeline_inputs(trained, cache_dir)
-    p_sklearn = p_cheap_ok(head, ds.X, target)
+    read, ds, X, head = _pipeline_inputs(trained, cache_dir)
+    p_sklearn = head.p_cheap_ok(X)
     router = Router.load(trained.model_dir, graph="fp32")
     p_graph = router.p_cheap_ok([r.request for r in read.records])
     diff = float(np.abs(p_graph - p_sklearn).max())
     print(f"\nfp32 graph vs sklearn pipeline on {len(p_graph)} example prompts: max abs diff {diff:.2e}")
     assert diff < 1e-4
     assert len(np.unique(np.round(p_sklearn, 6))) > 1
-    assert trained.metadata["parity"]["fp32_graph_vs_sklearn_max_abs"] < 1e-4
+    assert trained.metadata.parity.fp32_graph_vs_sklearn_max_abs < 1e-4
 
 
 def test_exported_embedder_matches_sentence_transformers(cache_dir: Path) -> None:
@@ -124,17 +114,17 @@ def int8_report(public_router) -> dict:
 
     result, subset = public_router
     meta = result.metadata
-    assert (meta["cheap_model"], meta["strong_model"]) == (CHEAP, STRONG)
+    assert (meta.cheap_model, meta.strong_model) == (CHEAP, STRONG)
     read = read_logs([subset], models=(CHEAP, STRONG))
     split = assign_splits([normalize_prompt(r.classifier_text) for r in read.records], fractions=(0.7, 0.15, 0.15), seed=0)
     test = [r for r, s in zip(read.records, split) if s == "test"]
-    assert len(test) == meta["data"]["split_rows"]["test"] > 300
+    assert len(test) == meta.data.split_rows["test"] > 300
     requests = [r.request for r in test]
     w = np.array([float(r.passed[CHEAP]) for r in test])
     s = np.array([float(r.passed[STRONG]) for r in test])
     p32 = Router.load(result.model_dir, graph="fp32", threads=2).p_cheap_ok(requests)
     p8 = Router.load(result.model_dir, graph="int8", threads=2).p_cheap_ok(requests)
-    t = meta["threshold"]
+    t = meta.threshold
     agreement = float(np.mean((p8 >= t) == (p32 >= t)))
     apgr32, apgr8 = M.apgr(1 - p32, w, s), M.apgr(1 - p8, w, s)
     report = {
@@ -145,8 +135,8 @@ def int8_report(public_router) -> dict:
         "apgr_int8": apgr8,
         "apgr_abs_diff": abs(apgr8 - apgr32),
         "max_abs_p_diff": float(np.abs(p8 - p32).max()),
-        "default_graph": meta["default_graph"],
-        "parity": meta["parity"],
+        "default_graph": meta.default_graph,
+        "parity": meta.parity.to_dict(),
     }
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in report.items() if k != "parity"}
     print("\nint8 vs fp32 on the held-out split of a 3,000-row RouteLLM MMLU sample: " + json.dumps(shown))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from router_model.artifact import sha256_file
 from training.cache import default_cache_dir, public_data_cache_dir
 from training.data import public as pd
 from training.data.log import read_logs
@@ -96,7 +97,7 @@ def test_converter_rejects_bad_values_without_output(tmp_path: Path) -> None:
 @needs_shared
 def test_pinned_checksums_match_the_shared_raw_copy() -> None:
     for subject, expected in pd.MMLU_SHA256.items():
-        assert pd._sha256_file(RAW / f"mmlu_{subject}.csv") == expected, subject
+        assert sha256_file(RAW / f"mmlu_{subject}.csv") == expected, subject
 
 
 @needs_shared
@@ -104,7 +105,7 @@ def test_download_and_convert_reproduces_the_shared_normalized_file(tmp_path: Pa
     csvs = pd.download_mmlu_csvs(tmp_path / "csv", base_url=RAW.as_uri())
     assert len(csvs) == 57
     out = pd.convert_mmlu_csvs(csvs, tmp_path / "mmlu.jsonl")
-    assert pd._sha256_file(out) == pd.MMLU_NORMALIZED_SHA256
+    assert sha256_file(out) == pd.MMLU_NORMALIZED_SHA256
     keep = ("id", "prompt", "source", "label_type", "models")
     with out.open(encoding="utf-8") as a, NORMALIZED.open(encoding="utf-8") as b:
         mine = [json.loads(line) for line in a]
@@ -129,10 +130,10 @@ def test_default_public_logs_falls_back_to_verified_download(
     monkeypatch.setenv("ROUTER_SHARED_DATA", str(tmp_path / "no-shared"))
     monkeypatch.setenv("ROUTER_CACHE_DIR", str(tmp_path / "cache"))
     (path,) = pd.default_public_logs(base_url=RAW.as_uri())
-    assert path == tmp_path / "cache" / pd.MMLU_NORMALIZED and path.is_file()
+    assert path == tmp_path / "cache" / "public" / pd.MMLU_NORMALIZED and path.is_file()
     # A second call reuses the verified cache: no download needed.
     assert pd.default_public_logs(base_url="file:///nonexistent") == [path]
     # A tampered cache is rebuilt, not trusted.
     path.write_text("{}\n", encoding="utf-8")
     assert pd.default_public_logs(base_url=RAW.as_uri()) == [path]
-    assert pd._sha256_file(path) == pd.MMLU_NORMALIZED_SHA256
+    assert sha256_file(path) == pd.MMLU_NORMALIZED_SHA256

@@ -166,7 +166,7 @@ def test_int8_recipe_is_much_closer_to_fp32_than_plain_dynamic_int8(exported, tm
 
 
 def test_trained_artifact_records_how_int8_was_made(trained) -> None:
-    q = trained.metadata["quantization"]
+    q = trained.metadata.quantization
     assert q["calibration_prompts"] > 0 and q["max_outliers"] == QuantizationSettings().max_outliers
     assert q["per_token_scaling"] is True and q["weight_rounding"] == "gptq"
     assert q["inputs_split"] >= 1 and q["outlier_channels"] >= q["inputs_split"]

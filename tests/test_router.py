@@ -16,7 +16,7 @@ import pytest
 
 import router_model
 from router_model import api
-from router_model.artifact import METADATA_FILE, write_metadata
+from router_model.artifact import METADATA_FILE, ArtifactMetadata, write_metadata
 from router_model.decision import RoutingRules
 from router_model.errors import ArtifactError, ConfigError, InvalidRequestError
 from router_model.router import Router
@@ -106,10 +106,10 @@ def _check_classifier_decision(d, r: Router) -> None:
 
 def test_load_and_predict(router: Router, trained) -> None:
     meta = trained.metadata
-    assert router.cheap_model == meta["cheap_model"] == "gpt-4o-mini"
-    assert router.strong_model == meta["strong_model"] == "gpt-4o"
-    assert router.version == meta["artifact_version"]
-    assert router.threshold == pytest.approx(meta["threshold"])
+    assert router.cheap_model == meta.cheap_model == "gpt-4o-mini"
+    assert router.strong_model == meta.strong_model == "gpt-4o"
+    assert router.version == meta.artifact_version
+    assert router.threshold == pytest.approx(meta.threshold)
     assert router.graph == "fp32"
     for p in PROMPTS:
         d = router.predict(p)
@@ -358,8 +358,7 @@ def test_refuses_unknown_graph(model_dir: Path) -> None:
 def _rewrite(d: Path, **changes) -> None:
     meta = json.loads((d / METADATA_FILE).read_text())
     meta.update(changes)
-    meta.pop("files")
-    write_metadata(d, meta)  # consistent hashes: the load gets past verification to the graph check
+    write_metadata(d, ArtifactMetadata.from_dict(meta))  # rehashes the files: the load gets past verification to the graph check
 
 
 def test_refuses_features_that_do_not_match_the_graph(model_dir: Path, tmp_path: Path) -> None:

@@ -170,21 +170,6 @@ def test_usage_errors(model_dir: Path, tmp_path: Path) -> None:
     assert res.returncode == 2 and "--batch-size" in res.stderr
 
 
-def test_help_explains_every_option() -> None:
-    top = cli("--help")
-    assert top.returncode == 0 and all(c in top.stdout for c in ("score", "route", "info", "ROUTER_MODEL_DIR"))
-    expected = {
-        "score": ["--model-dir", "--input", "--output", "--graph", "--threads", "--batch-size", "--skip-invalid", "--no-progress"],
-        "route": ["--model-dir", "--tags", "--graph", "--threads", "PROMPT"],
-        "info": ["--model-dir", "--json"],
-    }
-    for cmd, opts in expected.items():
-        res = cli(cmd, "--help")
-        assert res.returncode == 0, res.stderr
-        for opt in opts:
-            assert opt in res.stdout, (cmd, opt)
-
-
 def test_route_command(model_dir: Path) -> None:
     prompts = ["What is 2 + 2?", "Prove that every finite integral domain is a field."]
     res = cli("route", "--model-dir", str(model_dir), *prompts)
@@ -203,11 +188,11 @@ def test_info_command(model_dir: Path, trained, tmp_path: Path) -> None:
     res = cli("info", "--model-dir", str(model_dir))
     assert res.returncode == 0, res.stderr
     meta = trained.metadata
-    for text in ("cheap=gpt-4o-mini", "strong=gpt-4o", f"{meta['threshold']:.4f}", "quality_floor=0.95",
-                 meta["artifact_version"], "router ", "random ", "heuristic ", "oracle ", "AUC", "onnxruntime", "verified"):
+    for text in ("cheap=gpt-4o-mini", "strong=gpt-4o", f"{meta.threshold:.4f}", "quality_floor=0.95",
+                 meta.artifact_version, "router ", "random ", "heuristic ", "oracle ", "AUC", "onnxruntime", "verified"):
         assert text in res.stdout, text
     js = cli("info", "--model-dir", str(model_dir), "--json")
-    assert js.returncode == 0 and json.loads(js.stdout)["artifact_version"] == meta["artifact_version"]
+    assert js.returncode == 0 and json.loads(js.stdout)["artifact_version"] == meta.artifact_version
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in model_dir.iterdir():

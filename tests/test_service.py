@@ -250,7 +250,7 @@ def test_message_over_max_bytes_is_resource_exhausted(model_dir: Path) -> None:
 
 def test_unexpected_error_is_internal_and_generic(model_dir: Path, tmp_path: Path) -> None:
     # A real artifact the server cannot represent: metadata holding an integer beyond a double.
-    odd = clone_artifact(model_dir, tmp_path / "odd", metadata_update={"data": {"rows": 10**400}})
+    odd = clone_artifact(model_dir, tmp_path / "odd", metadata_update={"quantization": {"rows": 10**400}})
     with serve(ServerConfig(model_dir=odd, port=0)) as running, channel(running) as ch:
         stub = router_stub(ch)
         assert stub.Route(pb.RouteRequest(prompt="hi"), timeout=10).model  # serving fine
@@ -609,6 +609,22 @@ def test_router_serve_rejects_bad_env() -> None:
     )
     assert proc.returncode == 2
     assert "ROUTER_PORT" in proc.stderr
+
+
+def test_router_serve_defaults_to_loopback_and_refuses_renamed_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from router_model.errors import ConfigError
+    from router_model.service.cli import build_parser
+
+    for name in ("ROUTER_HOST", "ROUTER_GRAPH", "ROUTER_THREADS", "ROUTER_MODEL_GRAPH", "ROUTER_MODEL_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert build_parser().parse_args([]).host == ServerConfig().host == "127.0.0.1"
+    monkeypatch.setenv("ROUTER_MODEL_GRAPH", "fp32")
+    monkeypatch.setenv("ROUTER_MODEL_THREADS", "2")
+    args = build_parser().parse_args([])
+    assert (args.graph, args.threads) == ("fp32", 2)
+    monkeypatch.setenv("ROUTER_GRAPH", "fp32")
+    with pytest.raises(ConfigError, match="ROUTER_GRAPH was renamed ROUTER_MODEL_GRAPH"):
+        build_parser()
 
 
 def test_generated_code_is_current() -> None:

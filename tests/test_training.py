@@ -143,16 +143,3 @@ def test_bad_log_without_skip_exits_2_with_line_numbers(tmp_path: Path, cache_di
     assert "example-log-bad.jsonl:7: outcomes.gpt-4o-mini: unknown outcome type" in err
     assert "--skip-invalid" in err
     assert not (tmp_path / "m").exists()
-
-
-def test_help_lists_every_option(tmp_path: Path) -> None:
-    from training.cli import build_parser
-
-    res = run_train("--help", cwd=tmp_path, timeout=120)
-    assert res.returncode == 0, res.stderr
-    options = [s for a in build_parser()._actions for s in a.option_strings if s.startswith("--")]
-    assert len(options) > 20
-    missing = [o for o in options if o not in res.stdout]
-    assert missing == []
-    for word in ("--quality-floor", "--max-strong-share", "--max-cost-per-request", "--skip-invalid", "Examples"):
-        assert word in res.stdout

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from router_model.artifact import GRAPHS
 from router_model.cost import DEFAULT_OUTPUT_TOKENS
 from router_model.errors import RouterError
 from router_model.features import DEFAULT_FEATURES, FEATURES
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", choices=("sigmoid", "isotonic"), default="sigmoid", help="probability calibration (default: %(default)s)")
     p.add_argument("--truncation", choices=("head_tail", "head"), default="head_tail",
                    help="how prompts longer than the embedder's window are cut (default: %(default)s)")
-    p.add_argument("--graph", choices=("auto", "int8", "fp32"), default="auto",
+    p.add_argument("--graph", choices=("auto", *GRAPHS), default="auto",
                    help="graph served by default: auto picks int8 when it agrees with fp32 on >=99%% of test decisions "
                    "and its APGR is within 0.005 (default: %(default)s)")
     p.add_argument("--prices", type=Path, metavar="FILE", help="price table JSON overriding/extending the packaged one")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,15 +36,15 @@ from router_model.gateway.checks import failed_check
 from router_model.gateway.config import GatewayConfig, Upstream
 from router_model.gateway.costing import Usage, usage_cost
 from router_model.gateway.errors import (
-    BadRequest,
-    BodyTooLarge,
+    BadRequestError,
+    BodyTooLargeError,
     GatewayError,
-    InvalidJSON,
-    RouterNotReady,
+    InvalidJSONError,
+    RouterNotReadyError,
     UpstreamError,
-    UpstreamFailed,
-    UpstreamInvalid,
-    UpstreamTimeout,
+    UpstreamFailedError,
+    UpstreamInvalidError,
+    UpstreamTimeoutError,
     error_body,
 )
 from router_model.gateway.metrics import GatewayMetrics
@@ -82,8 +84,10 @@ class RouterHolder:
             metrics.reloads.labels("ok").inc()
 
     @property
-    def model_dir(self) -> Any:
-        return self._config.model_dir if self._config.model_dir is not None else getattr(self.current, "path", None)
+    def model_dir(self) -> Path | None:
+        if self._config.model_dir is not None:
+            return self._config.model_dir
+        return self.current.path if self.current is not None else None
 
     def reload(self) -> Router:
         """Load the configured directory; raise ArtifactError/ConfigError, the serving router untouched."""
@@ -127,10 +131,10 @@ class RouterHolder:
         return self.reload_logged()
 
 
-def _signature(model_dir: Any) -> tuple[int, int, int] | None:
+def _signature(model_dir: Path) -> tuple[int, int, int] | None:
     try:
-        st = (model_dir / "metadata.json").stat()
-    except (OSError, TypeError):
+        st = (Path(model_dir) / "metadata.json").stat()
+    except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -164,6 +168,7 @@ class _Call:
     attempts: list[_Attempt] = field(default_factory=list)
     escalated: str | None = None
     fallback: str | None = None
+    final: _Attempt | None = None
     finished: bool = False
 
     def payload(self, model: str) -> bytes:
@@ -188,17 +193,17 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+        raise InvalidJSONError(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise InvalidJSON(f"the request body must be a JSON object, got {type(body).__name__}")
+        raise InvalidJSONError(f"the request body must be a JSON object, got {type(body).__name__}")
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise BadRequest("'model' must be a non-empty string", param="model")
+        raise BadRequestError("'model' must be a non-empty string", param="model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty array", param="messages")
+        raise BadRequestError("'messages' must be a non-empty array", param="messages")
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
-        raise BadRequest("'stream' must be a boolean", param="stream")
+        raise BadRequestError("'stream' must be a boolean", param="stream")
     return body
 
 
@@ -272,7 +277,7 @@ class _UsageScanner:
             if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
-            if self.model is None and b'"model"' in data or b'"usage"' in data:
+            if (self.model is None and b'"model"' in data) or b'"usage"' in data:
                 try:
                     obj = json.loads(data)
                 except ValueError:
@@ -338,6 +343,10 @@ class Gateway:
         )
         self._client: httpx.AsyncClient | None = None
         self._aliases = frozenset(a.lower() for a in config.aliases)
+        # Router.predict is CPU-bound: more threads than cores only adds switching (created lazily:
+        # a limiter belongs to the event loop that first uses it).
+        self._predict_slots = max(1, os.cpu_count() or 1)
+        self._limiter: anyio.CapacityLimiter | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
     @property
@@ -389,7 +398,16 @@ class Gateway:
             out = {k: v for k, v in out.items() if k.lower() != "authorization"}
             out["authorization"] = f"Bearer {key}"
         out["accept-encoding"] = "identity"
+        if not any(k.lower() == "content-type" for k in out):
+            out["content-type"] = "application/json"
         return out
+
+    def label(self, model: str) -> str:
+        """`model` as a metric label: known names only (priced, configured, the router's pair), else "other"."""
+        router = self.holder.current
+        if model in self.prices or model in self.config.models or (router is not None and model in (router.cheap_model, router.strong_model)):
+            return model
+        return "other"
 
     def _price(self, model: str, usage: Usage | None) -> float | None:
         return usage_cost(self.prices, model, usage) if usage is not None else None
@@ -399,15 +417,16 @@ class Gateway:
         if usage is None:
             return
         m = self.metrics
-        m.tokens.labels(attempt.model, "prompt").inc(usage.prompt_tokens)
-        m.tokens.labels(attempt.model, "completion").inc(usage.completion_tokens)
-        m.tokens.labels(attempt.model, "cached").inc(usage.cached_tokens)
+        label = self.label(attempt.model)
+        m.tokens.labels(label, "prompt").inc(usage.prompt_tokens)
+        m.tokens.labels(label, "completion").inc(usage.completion_tokens)
+        m.tokens.labels(label, "cached").inc(usage.cached_tokens)
         attempt.cost = self._price(attempt.model, usage)
         if attempt.cost is not None:
-            m.cost.labels(attempt.model).inc(attempt.cost)
+            m.cost.labels(label).inc(attempt.cost)
 
     def _router_headers(self, call: _Call) -> dict[str, str]:
-        served = call.attempts[-1].model if call.attempts else call.target
+        served = call.final.model if call.final else call.target
         h = {"x-router-model": served, "x-router-reason": call.reason, "x-router-mode": call.mode,
              "x-router-request-id": call.request_id}
         d = call.decision
@@ -440,20 +459,24 @@ class Gateway:
             return
         if router is None:
             detail = f": {self.holder.error}" if self.holder.error else " yet"
-            raise RouterNotReady(f"model {call.requested!r} needs the router, which is not loaded{detail}")
+            raise RouterNotReadyError(f"model {call.requested!r} needs the router, which is not loaded{detail}")
         call.router = router
         strong = router.strong_model
         unrouted = strong if is_alias else call.requested  # what the app gets without routing
         tags = request_tags(call.in_headers, call.body)
         started = time.perf_counter()
         try:
-            decision = await anyio.to_thread.run_sync(lambda: router.predict(call.body["messages"], tags=tags))
+            if self._limiter is None:
+                self._limiter = anyio.CapacityLimiter(self._predict_slots)
+            decision = await anyio.to_thread.run_sync(
+                lambda: router.predict(call.body["messages"], tags=tags), limiter=self._limiter
+            )
         except InvalidRequestError as exc:
             # The router cannot read this request (e.g. a part type it does not know): fail open.
             log.info("request %s not routable (%s); forwarding to %s", call.request_id, exc, unrouted)
             call.reason = REASON_UNROUTABLE
             call.target = unrouted
-            self.metrics.decisions.labels(unrouted, REASON_UNROUTABLE, call.mode).inc()
+            self.metrics.decisions.labels(self.label(unrouted), REASON_UNROUTABLE, call.mode).inc()
             return
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         call.decision = decision
@@ -479,59 +502,59 @@ class Gateway:
             resp = await self.client.send(request, stream=stream)
         except httpx.TimeoutException:
             self.metrics.upstream_errors.labels("timeout").inc()
-            self.metrics.upstream_requests.labels(model, "timeout").inc()
+            self.metrics.upstream_requests.labels(self.label(model), "timeout").inc()
             call.attempts.append(_Attempt(model, 504))
-            raise UpstreamTimeout(f"the upstream did not answer in time for model {model!r}") from None
+            raise UpstreamTimeoutError(f"the upstream did not answer in time for model {model!r}") from None
         except httpx.HTTPError as exc:
             self.metrics.upstream_errors.labels("connect").inc()
-            self.metrics.upstream_requests.labels(model, "unreachable").inc()
+            self.metrics.upstream_requests.labels(self.label(model), "unreachable").inc()
             call.attempts.append(_Attempt(model, 502))
             raise UpstreamError(f"cannot reach the upstream for model {model!r} ({exc.__class__.__name__})") from None
-        self.metrics.upstream_requests.labels(model, str(resp.status_code)).inc()
+        self.metrics.upstream_requests.labels(self.label(model), str(resp.status_code)).inc()
         if resp.status_code >= 500:
             self.metrics.upstream_errors.labels("status_5xx").inc()
         return resp
 
-    async def _send_with_fallback(self, call: _Call, *, stream: bool) -> tuple[httpx.Response, bytes | None]:
+    async def _send_with_fallback(self, call: _Call, *, stream: bool) -> tuple[httpx.Response, bytes | None, str]:
         """Send to the target; on a cheap-model 5xx/timeout/connect failure retry once on the strong model.
 
-        Returns the response and, unless it is a 200 stream, its body (read and closed).
+        Returns the response, its body (None for a 200 stream, which is left open) and the model
+        that answered. A 5xx that is not retried becomes UpstreamFailedError (502).
         """
         model = call.target
-        for last in (False, True):
+        while True:
+            fall_back = self._can_fall_back(call, model)
             try:
                 resp = await self._send(call, model, stream=stream)
-            except (UpstreamError, UpstreamTimeout) as exc:
-                if last or not self._can_fall_back(call, model):
+            except (UpstreamError, UpstreamTimeoutError) as exc:
+                if not fall_back:
                     raise
                 cause = exc.code
             else:
                 content: bytes | None = None
-                if stream and resp.status_code != 200:
+                if not stream:
+                    content = resp.content
+                elif resp.status_code != 200:
                     try:
                         content = await resp.aread()
                     except httpx.HTTPError:
                         content = b""
                     finally:
                         await resp.aclose()
-                elif not stream:
-                    content = resp.content
-                if resp.status_code < 500 or last or not self._can_fall_back(call, model):
-                    if resp.status_code >= 500:
-                        call.attempts.append(_Attempt(model, resp.status_code))
-                        detail = _upstream_message(content or b"")
-                        raise UpstreamFailed(
-                            f"the upstream answered {resp.status_code} for model {model!r}" + (f": {detail}" if detail else "")
-                        )
-                    return resp, content
+                if resp.status_code < 500:
+                    return resp, content, model
                 call.attempts.append(_Attempt(model, resp.status_code))
+                if not fall_back:
+                    detail = _upstream_message(content or b"")
+                    raise UpstreamFailedError(
+                        f"the upstream answered {resp.status_code} for model {model!r}" + (f": {detail}" if detail else "")
+                    )
                 cause = f"status_{resp.status_code}"
             assert call.router is not None
             call.fallback = cause
             self.metrics.fallbacks.labels(cause).inc()
             log.info("request %s: %s failed (%s); falling back to %s", call.request_id, model, cause, call.router.strong_model)
             model = call.router.strong_model
-        raise AssertionError("unreachable")
 
     # --- accounting ----------------------------------------------------------------------
     def _finish(self, call: _Call, status: int, *, completed: bool = True) -> None:
@@ -544,7 +567,7 @@ class Gateway:
         d, router = call.decision, call.router
         if d is None or router is None:
             return
-        final = call.attempts[-1] if call.attempts else None
+        final = call.final
         spent = sum(a.cost or 0.0 for a in call.attempts)
         priced = bool(call.attempts) and all(a.cost is not None or a.usage is None for a in call.attempts)
         usage = final.usage if final is not None else None
@@ -593,13 +616,13 @@ class Gateway:
         limit = self.config.max_body_bytes
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
-            raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+            raise BodyTooLargeError(f"the request body is larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+                raise BodyTooLargeError(f"the request body is larger than {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -615,7 +638,7 @@ class Gateway:
             if forced is not None:
                 forced = forced.strip().lower()
                 if forced not in ("observe", "route"):
-                    raise BadRequest(f"x-router-mode must be 'observe' or 'route', got {forced!r}", param="x-router-mode")
+                    raise BadRequestError(f"x-router-mode must be 'observe' or 'route', got {forced!r}", param="x-router-mode")
                 if forced == "observe":
                     mode = "observe"
             call = _Call(
@@ -628,51 +651,66 @@ class Gateway:
                 return await self._stream(call)
             return await self._complete(call)
         except GatewayError as err:
+            out = _error_response(err)
             if call is not None:
                 self._finish(call, err.status, completed=False)
+                if call.target:
+                    out.headers.update(self._router_headers(call))
             else:
                 self.metrics.requests.labels(CHAT_ENDPOINT, str(err.status)).inc()
-            return _error_response(err)
+            return out
         finally:
             self.metrics.in_flight.dec()
 
     async def _complete(self, call: _Call) -> Response:
-        resp, content = await self._send_with_fallback(call, stream=False)
+        resp, content, model = await self._send_with_fallback(call, stream=False)
         assert content is not None
         if resp.status_code >= 400:
-            call.attempts.append(_Attempt(call.attempts[-1].model if call.fallback else call.target, resp.status_code))
-            self._finish(call, resp.status_code, completed=False)
-            out = _client_error(resp, content)
-            out.headers.update(self._router_headers(call))
-            return out
-        model = call.router.strong_model if call.fallback and call.router else call.target
-        attempt, data = self._accept(call, model, resp, content)
+            return self._client_error(call, model, resp, content)
+        data = self._accept(call, model, resp, content)
         router = call.router
-        if call.routing and router is not None and model == router.cheap_model != router.strong_model and self.config.checks.any:
+        if (
+            call.routing and router is not None and model == router.cheap_model != router.strong_model
+            and self.config.checks.any
+        ):
             check = failed_check(call.body, data, self.config.checks)
             if check is not None:
-                call.escalated = check
-                self.metrics.escalations.labels(check).inc()
-                log.info("request %s: cheap answer failed the %s check; asking %s", call.request_id, check, router.strong_model)
-                try:
-                    strong = await self._send(call, router.strong_model, stream=False)
-                    if strong.status_code == 200:
-                        _, _ = self._accept(call, router.strong_model, strong, strong.content)
-                        resp, content = strong, strong.content
-                    else:
-                        call.attempts.append(_Attempt(router.strong_model, strong.status_code))
-                        raise UpstreamFailed(f"escalation answered {strong.status_code}")
-                except GatewayError as exc:  # the cheap answer is better than none
-                    log.warning("request %s: escalation failed (%s); returning the cheap answer", call.request_id, exc)
-                    call.escalated = f"{check}:failed"
-                    call.attempts.append(attempt)
-        del attempt
+                resp, content = await self._escalate(call, router, check, resp, content)
         headers = _response_headers(resp.headers)
         headers.update(self._router_headers(call))
         self._finish(call, 200)
-        return Response(content, status_code=200, headers=headers, media_type=None)
+        return Response(content, status_code=200, headers=headers)
 
-    def _accept(self, call: _Call, model: str, resp: httpx.Response, content: bytes) -> tuple[_Attempt, dict[str, Any]]:
+    async def _escalate(
+        self, call: _Call, router: Router, check: str, resp: httpx.Response, content: bytes
+    ) -> tuple[httpx.Response, bytes]:
+        """Ask the strong model once; its answer if it is good, else (with a warning) the cheap one."""
+        call.escalated = check
+        self.metrics.escalations.labels(check).inc()
+        strong = router.strong_model
+        log.info("request %s: the cheap answer failed the %s check; asking %s", call.request_id, check, strong)
+        try:
+            answer = await self._send(call, strong, stream=False)
+            if answer.status_code != 200:
+                call.attempts.append(_Attempt(strong, answer.status_code))
+                raise UpstreamFailedError(f"the strong model answered {answer.status_code}")
+            self._accept(call, strong, answer, answer.content)
+            return answer, answer.content
+        except GatewayError as exc:  # the cheap answer is better than none
+            log.warning("request %s: escalation failed (%s); returning the cheap answer", call.request_id, exc)
+            call.escalated = f"{check}:failed"
+            return resp, content
+
+    def _client_error(self, call: _Call, model: str, resp: httpx.Response, content: bytes) -> Response:
+        attempt = _Attempt(model, resp.status_code)
+        call.attempts.append(attempt)
+        call.final = attempt
+        out = _client_error(resp, content)
+        out.headers.update(self._router_headers(call))
+        self._finish(call, resp.status_code, completed=False)
+        return out
+
+    def _accept(self, call: _Call, model: str, resp: httpx.Response, content: bytes) -> dict[str, Any]:
         """Parse a 200 answer, record its usage and cost as an attempt; 502 when it is not a JSON object."""
         try:
             data = json.loads(content)
@@ -681,25 +719,21 @@ class Gateway:
         if not isinstance(data, dict):
             self.metrics.upstream_errors.labels("invalid_response").inc()
             call.attempts.append(_Attempt(model, 502))
-            raise UpstreamInvalid(f"the upstream's answer for model {model!r} is not a JSON object")
+            raise UpstreamInvalidError(f"the upstream's answer for model {model!r} is not a JSON object")
         attempt = _Attempt(model, resp.status_code, Usage.from_response(data.get("usage")))
         attempt.response_model = data.get("model") if isinstance(data.get("model"), str) else None
         self._record_usage(attempt)
         call.attempts.append(attempt)
-        return attempt, data
+        call.final = attempt
+        return data
 
     async def _stream(self, call: _Call) -> Response:
-        resp, content = await self._send_with_fallback(call, stream=True)
-        model = call.router.strong_model if call.fallback and call.router else call.target
+        resp, content, model = await self._send_with_fallback(call, stream=True)
         if resp.status_code != 200:
-            assert content is not None
-            call.attempts.append(_Attempt(model, resp.status_code))
-            self._finish(call, resp.status_code, completed=False)
-            out = _client_error(resp, content)
-            out.headers.update(self._router_headers(call))
-            return out
+            return self._client_error(call, model, resp, content or b"")
         attempt = _Attempt(model, 200)
         call.attempts.append(attempt)
+        call.final = attempt
 
         async def on_close(completed: bool, interrupted: bool, scanner: _UsageScanner) -> None:
             attempt.usage = scanner.usage
@@ -709,7 +743,7 @@ class Gateway:
                 self.metrics.upstream_errors.labels("stream_interrupted").inc()
             elif not completed:
                 self.metrics.disconnects.inc()
-                log.info("request %s: client left the stream; upstream request cancelled", call.request_id)
+                log.info("request %s: the client left the stream; upstream request closed", call.request_id)
             self._finish(call, 200, completed=completed)
 
         headers = _response_headers(resp.headers)
@@ -723,20 +757,20 @@ class Gateway:
             try:
                 resp = await self.client.get(f"{upstream.base_url}/models", headers=self._out_headers(request.headers, upstream))
             except httpx.TimeoutException:
-                raise UpstreamTimeout("the upstream did not answer in time") from None
+                raise UpstreamTimeoutError("the upstream did not answer in time") from None
             except httpx.HTTPError as exc:
                 raise UpstreamError(f"cannot reach the upstream ({exc.__class__.__name__})") from None
             status = resp.status_code
             if status >= 500:
                 status = 502
-                raise UpstreamFailed(f"the upstream answered {resp.status_code}")
+                raise UpstreamFailedError(f"the upstream answered {resp.status_code}")
             if status >= 400:
                 return _client_error(resp, resp.content)
             try:
                 data = resp.json()
             except ValueError:
                 status = 502
-                raise UpstreamInvalid("the upstream's model list is not JSON") from None
+                raise UpstreamInvalidError("the upstream's model list is not JSON") from None
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 have = {m.get("id") for m in data["data"] if isinstance(m, dict)}
                 for alias in sorted(self.config.aliases):
@@ -756,7 +790,7 @@ class Gateway:
         router = self.holder.current
         if router is None:
             detail = f": {self.holder.error}" if self.holder.error else " yet"
-            return _error_response(RouterNotReady(f"no router is loaded{detail}"))
+            return _error_response(RouterNotReadyError(f"no router is loaded{detail}"))
         upstream = self.config.upstream
         try:
             resp = await self.client.get(
@@ -766,7 +800,7 @@ class Gateway:
         except httpx.HTTPError as exc:
             return _error_response(UpstreamError(f"the upstream does not answer ({exc.__class__.__name__})"))
         if resp.status_code >= 500:
-            return _error_response(UpstreamFailed(f"the upstream answers {resp.status_code}"))
+            return _error_response(UpstreamFailedError(f"the upstream answers {resp.status_code}"))
         return JSONResponse(
             {"status": "ready", "artifact_version": router.version, "cheap_model": router.cheap_model,
              "strong_model": router.strong_model, "mode": self.config.mode, "upstream_status": resp.status_code}

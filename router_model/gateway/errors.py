@@ -35,7 +35,7 @@ class GatewayError(RouterError):
         return error_body(self.message, self.type, self.code, self.param)
 
 
-class BadRequest(GatewayError):
+class BadRequestError(GatewayError):
     """The client's body or headers are malformed (400)."""
 
     status = 400
@@ -43,17 +43,17 @@ class BadRequest(GatewayError):
     code = "invalid_request"
 
 
-class InvalidJSON(BadRequest):
+class InvalidJSONError(BadRequestError):
     code = "invalid_json"
 
 
-class BodyTooLarge(GatewayError):
+class BodyTooLargeError(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
 
 
-class RouterNotReady(GatewayError):
+class RouterNotReadyError(GatewayError):
     """No router is loaded yet (or the configured directory is bad) (503)."""
 
     status = 503
@@ -69,19 +69,19 @@ class UpstreamError(GatewayError):
     code = "upstream_unavailable"
 
 
-class UpstreamFailed(UpstreamError):
+class UpstreamFailedError(UpstreamError):
     """The upstream answered 5xx."""
 
     code = "upstream_failed"
 
 
-class UpstreamInvalid(UpstreamError):
+class UpstreamInvalidError(UpstreamError):
     """The upstream answered 200 with a body that is not an OpenAI response."""
 
     code = "upstream_invalid_response"
 
 
-class UpstreamTimeout(GatewayError):
+class UpstreamTimeoutError(GatewayError):
     """The upstream did not answer within the configured timeout (504)."""
 
     status = 504

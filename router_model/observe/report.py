@@ -279,17 +279,12 @@ def format_report(report: ObservationReport) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m router_model.observe.report",
-        description="Read an observation-mode decision log (JSON lines) written by the router service.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser(
-        "report",
-        help="share of calls that would go cheap, p_cheap_ok distribution, rules, projected cost",
+    rep = argparse.ArgumentParser(
+        prog="router-cost observed",
         description=(
-            "Summarise a decision log and project monthly cost with and without routing. Volume "
-            f"defaults to the log's own rate extrapolated to {DAYS_PER_MONTH} days."
+            "Summarise an observation-mode decision log (JSON lines, written by router-serve or router-gateway): "
+            "share of calls that would go cheap, p_cheap_ok distribution, rules, and monthly cost with and "
+            f"without routing. Volume defaults to the log's own rate extrapolated to {DAYS_PER_MONTH} days."
         ),
     )
     rep.add_argument("--log", required=True, metavar="FILE", help="the decision log (JSON lines)")
@@ -308,11 +303,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--prices", default=None, metavar="FILE", help="price file overriding/extending the packaged one")
     rep.add_argument("--skip-malformed", action="store_true", help="skip malformed lines instead of stopping")
     rep.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    return parser
+    return rep
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m router_model.observe.report report ...`; exit 2 on a bad option, price file or log."""
+    """`router-cost observed ...`; exit 2 on a bad option, price file or log."""
     parser = _parser()
     args = parser.parse_args(argv)
     skipped: list[DecisionLogError] = []

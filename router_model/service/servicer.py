@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -87,7 +87,7 @@ def _response(d: RoutingDecision, request_id: str, latency_us: int, observe: boo
 def _numeric_metrics(value: Any, prefix: str = "") -> dict[str, float]:
     """Flatten nested metrics into "a.b" keys, keeping numbers only."""
     out: dict[str, float] = {}
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         for k, v in value.items():
             out.update(_numeric_metrics(v, f"{prefix}{k}."))
     elif isinstance(value, (int, float)) and not isinstance(value, bool) and prefix:
@@ -178,16 +178,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     def GetModelInfo(self, request: router_pb2.GetModelInfoRequest, context: grpc.ServicerContext) -> router_pb2.ModelInfo:  # noqa: N802
         loaded = self._loaded()
         router = loaded.router
+        meta = router.meta
         metadata = struct_pb2.Struct()
-        metadata.update(router.metadata)
+        metadata.update(meta.to_dict())
         loaded_at = timestamp_pb2.Timestamp()
         loaded_at.FromNanoseconds(int(loaded.loaded_at * 1e9))
         return router_pb2.ModelInfo(
-            artifact_version=router.version,
-            cheap_model=router.cheap_model,
-            strong_model=router.strong_model,
-            threshold=router.threshold,
-            metrics=_numeric_metrics(router.metadata.get("metrics", {})),
+            artifact_version=meta.artifact_version,
+            cheap_model=meta.cheap_model,
+            strong_model=meta.strong_model,
+            threshold=meta.threshold,
+            metrics=_numeric_metrics(meta.metrics),
             metadata=metadata,
             model_dir=str(loaded.model_dir),
             loaded_at=loaded_at,

@@ -20,6 +20,7 @@ requests to the better model "to save money" would be pointless).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -32,7 +33,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Union
 
-from router_model.errors import ConfigError, InvalidRequestError, RouterError
+from router_model.errors import ConfigError, RouterError
+from router_model.jsonl import LineError, decode_object, request_from_line, tags_from_line
 from router_model.request import parse_request
 
 __all__ = [
@@ -207,40 +209,29 @@ def _opt_count(obj: Mapping[str, Any], key: str) -> int | None:
     return v
 
 
-def _request_from(prompt: Any, messages: Any, *, has_prompt: bool, has_messages: bool):
-    """Validate the request part; returns (request, classifier_text, full_text)."""
-    if has_prompt and has_messages:
-        raise _RowError("missing_request", "prompt", "give either 'prompt' or 'messages', not both")
-    if not has_prompt and not has_messages:
-        raise _RowError("missing_request", None, "missing request: the row has neither 'prompt' nor 'messages'")
-    if has_prompt:
-        if not isinstance(prompt, str):
-            raise _RowError("bad_field", "prompt", f"expected a string, got {type(prompt).__name__}")
-        if not prompt.strip():
-            raise _RowError("empty_prompt", "prompt", "the prompt is empty")
-        return prompt, prompt, prompt
-    if not isinstance(messages, list):
-        raise _RowError("bad_messages", "messages", f"expected a list of chat messages, got {type(messages).__name__}")
+def _line(fn, obj):
     try:
-        parsed = parse_request(messages)
-    except InvalidRequestError as e:
-        raise _RowError("bad_messages", e.field or "messages", e.reason) from None
-    return tuple(messages), parsed.classifier_text, parsed.full_text
+        return fn(obj)
+    except LineError as e:
+        raise _RowError(e.category, e.field, e.reason) from None
+
+
+def _request_of(obj: Mapping[str, Any]) -> tuple[Union[str, tuple[dict, ...]], str, str]:
+    """(request as stored in the record, classifier text, full text)."""
+    request, parsed = _line(request_from_line, obj)
+    stored = request if isinstance(request, str) else tuple(request)
+    return stored, parsed.classifier_text, parsed.full_text
 
 
 def _parse_format_a(obj: Mapping[str, Any], threshold: float, default_id: str) -> _Row:
     rid = obj.get("id", default_id)
     if not isinstance(rid, str) or not rid:
         raise _RowError("bad_field", "id", f"expected a non-empty string, got {rid!r}")
-    request, ctext, ftext = _request_from(
-        obj.get("prompt"), obj.get("messages"), has_prompt="prompt" in obj, has_messages="messages" in obj
-    )
+    request, ctext, ftext = _request_of(obj)
     ts = obj.get("timestamp")
     if ts is not None and not (isinstance(ts, str) or _is_number(ts)):
         raise _RowError("bad_field", "timestamp", f"expected a string or a number, got {ts!r}")
-    tags = obj.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise _RowError("bad_field", "tags", f"expected a list of strings, got {tags!r}")
+    tags = _line(tags_from_line, obj) or ()
     meta = obj.get("metadata")
     category = None
     if meta is not None:
@@ -280,16 +271,8 @@ def _parse_format_b(obj: Mapping[str, Any], threshold: float, default_id: str) -
     rid = obj.get("id", default_id)
     if not isinstance(rid, str) or not rid:
         raise _RowError("bad_field", "id", f"expected a non-empty string, got {rid!r}")
-    prompt = obj.get("prompt")
-    _request_from(prompt, None, has_prompt="prompt" in obj, has_messages=False)
-    turns = obj.get("context_turns") or []
-    if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
-        raise _RowError("bad_field", "context_turns", f"expected a list of strings, got {turns!r}")
-    if turns:
-        msgs = [{"role": "user", "content": t} for t in turns] + [{"role": "user", "content": prompt}]
-        request, ctext, ftext = _request_from(None, msgs, has_prompt=False, has_messages=True)
-    else:
-        request, ctext, ftext = prompt, prompt, prompt
+    # The public format has a prompt (and earlier context_turns), never chat messages.
+    request, ctext, ftext = _request_of({k: v for k, v in obj.items() if k != "messages"})
     source = obj.get("source")
     if source is not None and not isinstance(source, str):
         raise _RowError("bad_field", "source", f"expected a string, got {source!r}")
@@ -407,16 +390,11 @@ def read_logs(
             rows_read += 1
             n_in_file += 1
             try:
-                try:
-                    text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-                except UnicodeDecodeError as e:
-                    raise _RowError("invalid_json", None, f"line is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-                try:
-                    obj = json.loads(text.strip())
-                except json.JSONDecodeError as e:
-                    raise _RowError("invalid_json", None, f"invalid JSON: {e.msg} (at character {e.pos + 1})") from None
-                if not isinstance(obj, dict):
-                    raise _RowError("not_object", None, f"expected a JSON object per line, got {type(obj).__name__}")
+                obj = _line(functools.partial(decode_object, first_line=line_no == 1), raw)
+                if obj is None:  # whitespace-only after decoding (e.g. a lone BOM)
+                    rows_read -= 1
+                    n_in_file -= 1
+                    continue
                 default_id = f"{path.stem}:{line_no}"
                 if "outcomes" in obj:
                     parsed = _parse_format_a(obj, options.pass_threshold, default_id)
@@ -424,8 +402,7 @@ def read_logs(
                     parsed = _parse_format_b(obj, options.pass_threshold, default_id)
                 else:
                     # Report a missing request first: a row with neither is not a request at all.
-                    _request_from(obj.get("prompt"), obj.get("messages"),
-                                  has_prompt="prompt" in obj, has_messages="messages" in obj)
+                    _request_of(obj)
                     raise _RowError(
                         "missing_outcomes", "outcomes",
                         'missing; it must map each model name to {"passed": bool} or {"score": number in [0,1]}',

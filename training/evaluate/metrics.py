@@ -12,6 +12,7 @@ by the same linear interpolation. Hence a constant score gives exactly the rando
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Union
 
@@ -35,7 +36,7 @@ __all__ = [
     "routing_scores",
 ]
 
-ArrayLike = Union[np.ndarray, "list[float]"]
+ArrayLike = Union[np.ndarray, "Sequence[float]"]
 
 
 def _arrays(*named: tuple[str, ArrayLike]) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""`router-savings`: what a trained router saves on a labelled log, in the user's dollars.
+"""`router-cost savings`: what a trained router saves on a labelled log, in the user's dollars.
 
 For the router's own threshold and across strong-call shares (0%, 10%, ..., 100%), the report
 gives the cheap share, the pass rate, quality relative to always-strong, the monthly cost at the
@@ -211,7 +211,7 @@ def score_log(
     data = router.meta.data
     notes: list[str] = []
     options = ReadOptions(pass_threshold=data.pass_threshold if data else 0.8, skip_invalid=skip_invalid)
-    models = (cheap, strong) if cheap is not None else (router.cheap_model, router.strong_model)
+    models = (cheap, strong) if cheap is not None and strong is not None else (router.cheap_model, router.strong_model)
     try:
         read = read_logs(list(logs), models=models, options=options)
     except LogFormatError as e:
@@ -398,11 +398,11 @@ def _rounded(value: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="router-savings",
+        prog="router-cost savings",
         description="What a trained router saves on a labelled request log: cheap-call share, pass rate, quality "
         "relative to always-strong and dollars a month, at the router's threshold and across strong-call shares, "
         "beside random and oracle routing. Use a log the router was NOT trained on.",
-        epilog="example:\n  python -m training.evaluate.savings --model-dir artifacts/router --log heldout.jsonl "
+        epilog="example:\n  router-cost savings --model-dir artifacts/router --log heldout.jsonl "
         "--requests-per-month 1000000 --plot savings.png\nexit status: 0 ok, 1 unreadable log or model directory, 2 bad option",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `router-savings`; returns the exit status."""
+    """`router-cost savings`; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.cheap is None) != (args.strong is None):

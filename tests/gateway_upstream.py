@@ -1,0 +1,181 @@
+"""A real local OpenAI-compatible upstream for the gateway tests and benchmark (Starlette + uvicorn).
+
+Deterministic answers with `usage`, SSE streaming, and faults chosen per request by headers the
+gateway passes through untouched:
+
+- `x-fake-fault: F` (every model) or `x-fake-fault: gpt-4o-mini=F` (that model only), F one of
+  500, 429, 400, slow, malformed, invalid_json, schema_mismatch, length, refusal, empty,
+  bad_tool_args;
+- `x-fake-delay: S` seconds before answering (default: the server's `delay`);
+- `x-fake-chunks: N`, `x-fake-chunk-delay: S` for streams.
+
+Every chat request is recorded (raw bytes, parsed body, headers); streams record whether they
+ran to the end or the client (the gateway) left early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+PROMPT_TOKENS = 120
+COMPLETION_TOKENS = 30
+CACHED_TOKENS = 20
+SNAPSHOT_SUFFIX = "-2024-fake"
+
+
+@dataclass
+class Received:
+    raw: bytes
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeUpstream:
+    delay: float = 0.0
+    received: list[Received] = field(default_factory=list)
+    streams_completed: list[str] = field(default_factory=list)
+    streams_cut: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- helpers for tests ---------------------------------------------------------------
+    def for_test(self, test_id: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if r.headers.get("x-test-id") == test_id]
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+            ]
+        )
+
+    # --- endpoints -----------------------------------------------------------------------
+    async def models(self, request: Request) -> Response:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in ("gpt-4o", "gpt-4o-mini")]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def chat(self, request: Request) -> Response:
+        raw = await request.body()
+        body = json.loads(raw)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        with self.lock:
+            self.received.append(Received(raw, body, headers))
+        model = body["model"]
+        fault = _fault(headers.get("x-fake-fault"), model)
+        delay = float(headers.get("x-fake-delay", self.delay))
+        if fault == "slow":
+            delay = max(delay, 3.0)
+        if delay:
+            await asyncio.sleep(delay)
+        if fault == "500":
+            return JSONResponse({"error": {"message": "fake upstream failure", "type": "server_error", "code": None}}, status_code=500)
+        if fault == "429":
+            return JSONResponse(
+                {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+                status_code=429, headers={"retry-after": "7", "x-ratelimit-remaining-requests": "0"},
+            )
+        if fault == "400":
+            return JSONResponse(
+                {"error": {"message": "bad parameter", "type": "invalid_request_error", "code": "invalid_value", "param": "temperature"}},
+                status_code=400,
+            )
+        if fault == "malformed":
+            return Response(b'{"id": "chatcmpl-1", "choices": [', media_type="application/json")
+        if body.get("stream"):
+            return StreamingResponse(self._stream(body, headers, fault), media_type="text/event-stream")
+        return JSONResponse(_completion(body, fault), headers={"x-request-id": "upstream-req-1"})
+
+    async def _stream(self, body: dict[str, Any], headers: dict[str, str], fault: str | None) -> AsyncIterator[bytes]:
+        test_id = headers.get("x-test-id", "")
+        n = int(headers.get("x-fake-chunks", "3"))
+        pause = float(headers.get("x-fake-chunk-delay", "0"))
+        model = body["model"] + SNAPSHOT_SUFFIX
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model}
+        finished = False
+        try:
+            yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+            for i in range(n):
+                if pause:
+                    await asyncio.sleep(pause)
+                yield _sse({**base, "choices": [{"index": 0, "delta": {"content": f"part{i} "}, "finish_reason": None}]})
+            reason = "length" if fault == "length" else "stop"
+            yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield _sse({**base, "choices": [], "usage": _usage()})
+            yield b"data: [DONE]\n\n"
+            finished = True
+        finally:
+            with self.lock:
+                (self.streams_completed if finished else self.streams_cut).append(test_id)
+
+
+def _fault(spec: str | None, model: str) -> str | None:
+    if not spec:
+        return None
+    for item in spec.split(","):
+        name, sep, fault = item.strip().partition("=")
+        if not sep:
+            return name
+        if name == model:
+            return fault
+    return None
+
+
+def _usage() -> dict[str, Any]:
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": COMPLETION_TOKENS,
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+        "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS},
+    }
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _completion(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
+    model = body["model"]
+    message: dict[str, Any] = {"role": "assistant", "content": f"answer from {model}", "refusal": None}
+    finish = "stop"
+    fmt = (body.get("response_format") or {}).get("type")
+    if body.get("tools"):
+        name = body["tools"][0]["function"]["name"]
+        args = '{"city": ' if fault == "bad_tool_args" else '{"city": "Paris"}'
+        message["content"] = None
+        message["tool_calls"] = [{"id": "call_1", "type": "function", "function": {"name": name, "arguments": args}}]
+        finish = "tool_calls"
+    elif fmt in ("json_object", "json_schema"):
+        if fault == "invalid_json":
+            message["content"] = "Sure! Here is the JSON: {answer: ok"
+        elif fault == "schema_mismatch":
+            message["content"] = json.dumps({"wrong": 1})
+        else:
+            message["content"] = json.dumps({"answer": f"ok from {model}"})
+    if fault == "refusal":
+        message["content"] = "I'm sorry, but I can't help with that."
+    elif fault == "empty":
+        message["content"] = ""
+    if fault == "length":
+        finish = "length"
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model + SNAPSHOT_SUFFIX,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": _usage(),
+    }
