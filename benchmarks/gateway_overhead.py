@@ -47,8 +47,15 @@ def serve_upstream(port: int, delay: float) -> None:
     """Run the fake upstream (the child process's job)."""
     import uvicorn
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from gateway_upstream import FakeUpstream
+    import importlib.util
+
+    # The tests' local OpenAI-compatible upstream, loaded from its file (it is not part of the package).
+    spec = importlib.util.spec_from_file_location("gateway_upstream", REPO / "tests" / "gateway_upstream.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gateway_upstream"] = module
+    spec.loader.exec_module(module)
+    FakeUpstream = module.FakeUpstream
 
     uvicorn.run(FakeUpstream(delay=delay).app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -120,6 +127,15 @@ async def _run(base: str, body: dict[str, Any], stream: bool, n: int, clients: i
     }
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (Linux /proc), to report the gateway's CPU per request."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("starlette", "uvicorn", "httpx", "onnxruntime", "prometheus_client"):
@@ -172,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         for stream in (False, True):
             name = "stream" if stream else "non_stream"
             direct = asyncio.run(_run(upstream, body, stream, args.requests, args.clients))
+            cpu0 = _cpu_seconds(procs[1].pid)
             through = asyncio.run(_run(f"{gateway}/v1", body, stream, args.requests, args.clients))
+            cpu1 = _cpu_seconds(procs[1].pid)
+            warm = min(2 * args.clients, 32)
+            if cpu0 is not None and cpu1 is not None:
+                through["gateway_cpu_ms_per_request"] = round((cpu1 - cpu0) * 1000 / (args.requests + warm), 2)
             runs[name] = {
                 "direct": direct,
                 "gateway": through,
@@ -184,9 +205,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:>10}: direct p50/p99 {direct['p50_ms']:.1f}/{direct['p99_ms']:.1f} ms {direct['throughput_rps']:.0f} req/s, "
                 f"gateway {through['p50_ms']:.1f}/{through['p99_ms']:.1f} ms {through['throughput_rps']:.0f} req/s; "
                 f"added p50 {runs[name]['added_p50_ms']:+.1f} ms, p99 {runs[name]['added_p99_ms']:+.1f} ms; "
-                f"throughput ratio {runs[name]['throughput_ratio']:.2f}; errors {direct['error_count']} / {through['error_count']}"
+                f"throughput ratio {runs[name]['throughput_ratio']:.2f}; errors {direct['error_count']} / {through['error_count']}; "
+                f"gateway CPU {through.get('gateway_cpu_ms_per_request', float('nan')):.1f} ms/request"
             )
         decision = router.predict(body["messages"])
+        timings = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            router.predict(body["messages"])
+            timings.append((time.perf_counter() - t0) * 1000)
+        predict_ms = [round(float(np.percentile(timings, q)), 2) for q in (50, 99)]
+        print(f"Router.predict in process, 1 thread: p50 {predict_ms[0]:.2f} ms, p99 {predict_ms[1]:.2f} ms")
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -212,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "artifact_version": router.version,
             "prompt_tokens": decision.prompt_tokens,
             "routed_to": decision.model,
+            "router_predict_p50_p99_ms_in_process": predict_ms,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "versions": _versions(),

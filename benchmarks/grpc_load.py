@@ -33,12 +33,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tokenizers import Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from router_model.router import Router
+from router_model.service.gen.router.v1 import router_pb2 as pb
+from router_model.service.gen.router.v1 import router_pb2_grpc
+from router_model.settings import GRAPHS
 
-from router_model.router import Router  # noqa: E402
-from router_model.service.gen.router.v1 import router_pb2 as pb  # noqa: E402
-from router_model.service.gen.router.v1 import router_pb2_grpc  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PROMPT_SOURCES = [
     ROOT.parent / "shared" / "data" / "routellm-evals" / "routellm-mmlu.normalized.jsonl",
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=None, help="open loop at this many requests/s in total instead")
     p.add_argument("--workers", type=int, default=4, help="server gRPC worker threads (default 4, as router-serve)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1, as router-serve)")
-    p.add_argument("--graph", choices=["int8", "fp32"], default=None)
+    p.add_argument("--graph", choices=GRAPHS, default=None)
     p.add_argument("--tokens", type=int, default=64, help="prompt length in tokens")
     p.add_argument("--prompts", type=Path, default=None, help="JSONL file with a 'prompt' field per line")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "grpc_load.json")

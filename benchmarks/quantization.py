@@ -25,15 +25,14 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-
 from latency import build_length_prompts, loadavg, read_prompts, summary  # benchmarks/latency.py, beside this script
+
 from router_model.artifact import FP32, GRAPH_FILES, INT8, PROBABILITIES_OUTPUT, ArtifactMetadata, read_metadata, write_metadata
 from router_model.router import Router
 
@@ -102,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
-    from training.evaluate import metrics as M
-    from training.embedding.export import export_embedder
     from training.artifact.graph import merge_router_graph
     from training.artifact.quantize import QuantizationSettings, calibration_feeds, quantize_embedder
+    from training.embedding.export import export_embedder
+    from training.evaluate import metrics as M
 
     started, load_before = time.time(), loadavg()
     meta = read_metadata(args.model_dir).to_dict()

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
 

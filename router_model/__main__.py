@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from router_model.cli_args import positive_int
-from router_model.settings import ENV_MODEL_DIR, GRAPHS
 from router_model.errors import ArtifactError, ConfigError, InvalidRequestError, RouterError
+from router_model.settings import ENV_MODEL_DIR, GRAPHS
 
 PROG = "python -m router_model"
 

@@ -47,6 +47,9 @@ FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 GRAPH_FILES: Mapping[str, str] = {FP32: "model.onnx", INT8: "model.int8.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
+# No file of a router artifact comes near this (the fp32 graph of MiniLM is 90 MB): a bigger one is
+# refused before it is hashed, so a hostile or mistaken directory cannot stall a load for minutes.
+MAX_FILE_BYTES = 2 * 1024**3
 PROBABILITIES_OUTPUT = "probabilities"
 FEATURES_INPUT = "features"
 
@@ -281,6 +284,11 @@ _REQUIRED = (
 )
 
 
+def _plain_file_name(name: str) -> bool:
+    """A name inside the directory: no separators, no '..', no NUL (the metadata never points elsewhere)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\x00"))
+
+
 def _fail(msg: str) -> ArtifactError:
     return ArtifactError(msg, file=METADATA_FILE)
 
@@ -326,6 +334,9 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
         raise _fail(f"classes must be at least two distinct names, got {list(classes)}")
     if not cheap_ok or any(c not in classes for c in cheap_ok):
         raise _fail(f"cheap_ok_classes {list(cheap_ok)} must be a non-empty subset of classes {list(classes)}")
+    for name in [*graphs.values(), *files]:
+        if not _plain_file_name(name):
+            raise _fail(f"file name {name!r} is not a plain file name inside the model directory")
     if raw["default_graph"] not in graphs:
         raise _fail(f"default_graph {raw['default_graph']!r} is not one of graphs {sorted(graphs)}")
     for name in [*graphs.values(), TOKENIZER_FILE]:
@@ -372,10 +383,14 @@ def read_metadata(model_dir: str | Path) -> ArtifactMetadata:
         raise ArtifactError(f"model directory {model_dir} does not exist", file=str(model_dir))
     if not path.is_file():
         raise _fail(f"not found in {model_dir}; is this a router-model directory?")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise _fail(f"is {path.stat().st_size} bytes, over the {MAX_FILE_BYTES}-byte limit")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _fail(f"not valid JSON ({e}); the file is truncated or corrupt") from e
+    except RecursionError:
+        raise _fail("nested too deeply to be a router artifact's metadata") from None
     if not isinstance(raw, dict):
         raise _fail("must hold a JSON object")
     meta = ArtifactMetadata.from_dict(raw)
@@ -384,10 +399,18 @@ def read_metadata(model_dir: str | Path) -> ArtifactMetadata:
 
 
 def verify_file(model_dir: str | Path, name: str, expected_sha256: str) -> Path:
-    """Refuse a missing or modified file; returns its path."""
+    """Refuse a missing, oversized or modified file; returns its path.
+
+    The sha256 values live in metadata.json beside the files: they catch truncation, corruption
+    and accidental edits, not a deliberate forgery (whoever can rewrite a graph can rewrite the
+    metadata too). Protect the directory like code.
+    """
     path = Path(model_dir) / name
     if not path.is_file():
         raise ArtifactError(f"missing from {model_dir}", file=name)
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ArtifactError(f"is {size} bytes, over the {MAX_FILE_BYTES}-byte limit for an artifact file; not hashed", file=name)
     actual = sha256_file(path)
     if actual != expected_sha256:
         raise ArtifactError(

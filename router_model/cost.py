@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from router_model.errors import ConfigError
 
-Number = Union[float, int, np.ndarray]
+Number = float | int | np.ndarray
 
 TOKENS_PER_UNIT = 1_000_000
 DAYS_PER_MONTH = 30

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from router_model.errors import InvalidRequestError
-from router_model.request import ParsedRequest, Request, parse_request
+from router_model.request import ParsedRequest, Request, has_text, parse_request
 
 __all__ = ["LineError", "decode_object", "request_from_line", "tags_from_line"]
 
@@ -70,7 +70,7 @@ def request_from_line(obj: Mapping[str, Any]) -> tuple[Request, ParsedRequest]:
         prompt = obj["prompt"]
         if not isinstance(prompt, str):
             raise LineError("bad_field", "prompt", f"expected a string, got {type(prompt).__name__}")
-        if not prompt.strip():
+        if not has_text(prompt):
             raise LineError("empty_prompt", "prompt", "the prompt is empty")
         turns = _string_list(obj, "context_turns") or []
         request = [{"role": "user", "content": t} for t in turns] + [{"role": "user", "content": prompt}] if turns else prompt

@@ -11,6 +11,7 @@ long-context rule), because the LLM will read all of it.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -25,6 +26,28 @@ IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
 TEXT_PART_TYPES = frozenset({"text", "input_text"})
 CONTEXT_CHARS = 1000
 CONTEXT_SEPARATOR = "\n\n[context]\n"
+
+
+_NOT_TEXT = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})  # control, format, surrogate, private, unassigned
+
+
+def has_text(text: str) -> bool:
+    """True when `text` has a character a model could read: not only blanks and control characters.
+
+    A prompt of NULs or zero-width characters tokenises to nothing; it is refused as empty.
+    """
+    return any(not ch.isspace() and unicodedata.category(ch) not in _NOT_TEXT for ch in text)
+
+
+def _valid_text(text: str, field: str) -> str:
+    """Refuse a lone surrogate ("\\ud800" is a valid JSON escape but not Unicode text)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidRequestError(
+            f"not valid Unicode text: lone surrogate {text[e.start]!r} at character {e.start}", field=field
+        ) from None
+    return text
 
 
 @dataclass(frozen=True)
@@ -51,7 +74,7 @@ def _message_text(message: Mapping[str, Any], index: int) -> tuple[str, bool]:
     if content is None:
         return "", False
     if isinstance(content, str):
-        return content, False
+        return _valid_text(content, f"{field}.content"), False
     if not isinstance(content, Sequence) or isinstance(content, (bytes, bytearray)):
         raise InvalidRequestError(
             f"expected a string or a list of parts, got {type(content).__name__}", field=f"{field}.content"
@@ -67,7 +90,7 @@ def _message_text(message: Mapping[str, Any], index: int) -> tuple[str, bool]:
             text = part.get("text")
             if not isinstance(text, str):
                 raise InvalidRequestError("a text part needs a string 'text'", field=f"{pfield}.text")
-            texts.append(text)
+            texts.append(_valid_text(text, f"{pfield}.text"))
         elif ptype in IMAGE_PART_TYPES:
             has_image = True
         else:
@@ -80,7 +103,8 @@ def _message_text(message: Mapping[str, Any], index: int) -> tuple[str, bool]:
 def parse_request(request: Request) -> ParsedRequest:
     """Validate a request and extract the classifier text, the full text and the image flag."""
     if isinstance(request, str):
-        if not request.strip():
+        _valid_text(request, "prompt")
+        if not has_text(request):
             raise InvalidRequestError("the prompt is empty", field="prompt")
         return ParsedRequest(request, request, False)
     if isinstance(request, (bytes, bytearray)) or not isinstance(request, Sequence):
@@ -94,9 +118,9 @@ def parse_request(request: Request) -> ParsedRequest:
     parts = [_message_text(m, i) for i, m in enumerate(messages)]
     roles = [m["role"] for m in messages]
     has_image = any(img for _, img in parts)
-    user_idx = [i for i, r in enumerate(roles) if r == "user" and parts[i][0].strip()]
+    user_idx = [i for i, r in enumerate(roles) if r == "user" and has_text(parts[i][0])]
     last = user_idx[-1] if user_idx else max(
-        (i for i, (t, _) in enumerate(parts) if t.strip()), default=None
+        (i for i, (t, _) in enumerate(parts) if has_text(t)), default=None
     )
     if last is None:
         if has_image:
@@ -107,7 +131,7 @@ def parse_request(request: Request) -> ParsedRequest:
     for i in range(last - 1, -1, -1):
         if budget <= 0:
             break
-        if not parts[i][0].strip():
+        if not has_text(parts[i][0]):
             continue
         piece = parts[i][0][-budget:]
         context.append(piece)

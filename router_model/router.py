@@ -29,7 +29,7 @@ from router_model.decision import (
 from router_model.encoder import TextEncoder
 from router_model.errors import ArtifactError, InvalidRequestError
 from router_model.features import request_features
-from router_model.request import ParsedRequest, Request, parse_request
+from router_model.request import ParsedRequest, Request, has_text, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,9 @@ class Router:
         if graph not in meta.graphs:
             raise ArtifactError(f"graph {graph!r} not in this artifact; it has {sorted(meta.graphs)}", file="metadata.json")
         graph_file = meta.graphs[graph]
-        tok_path = verify_file(path, TOKENIZER_FILE, meta.files[TOKENIZER_FILE])
-        graph_path = verify_file(path, graph_file, meta.files[graph_file])
+        # Every file the metadata lists, not only the served graph: a directory is whole or refused.
+        verified = {name: verify_file(path, name, sha) for name, sha in sorted(meta.files.items())}
+        tok_path, graph_path = verified[TOKENIZER_FILE], verified[graph_file]
         try:
             encoder = TextEncoder.from_file(str(tok_path), meta.encoder)
         except Exception as e:
@@ -171,7 +172,7 @@ class Router:
 
     def _tokenize(self, parsed: ParsedRequest):
         """Encode the classifier text once; count the full request (same text for a prompt)."""
-        if not parsed.classifier_text.strip():
+        if not has_text(parsed.classifier_text):
             return None, self._encoder.count_tokens(parsed.full_text)
         enc, n = self._encoder.encode_one(parsed.classifier_text)
         if parsed.full_text is not parsed.classifier_text:
@@ -207,7 +208,7 @@ class Router:
                 return TAG_REASON_PREFIX + tag
         if rules.max_tokens is not None and n_tokens > rules.max_tokens:
             return REASON_LONG_CONTEXT
-        if not parsed.classifier_text.strip():
+        if not has_text(parsed.classifier_text):
             raise InvalidRequestError("the request has no text for the classifier (only images)", field="messages")
         return None
 

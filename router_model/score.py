@@ -62,7 +62,7 @@ class _Item:
     tags: tuple[str, ...] | None
 
 
-class _LineProblem(Exception):
+class _BadLineError(Exception):
     def __init__(self, field: str | None, reason: str, rid: str | None = None) -> None:
         super().__init__(reason)
         self.field = field
@@ -71,22 +71,22 @@ class _LineProblem(Exception):
 
 
 def parse_input_line(raw: bytes, line: int, default_id: str) -> _Item | None:
-    """One input line -> an item to route; None for a blank line; raises _LineProblem."""
+    """One input line -> an item to route; None for a blank line; raises _BadLineError."""
     try:
         obj = decode_object(raw, first_line=line == 1)
     except LineError as e:
-        raise _LineProblem("line", e.reason) from None  # the line as a whole
+        raise _BadLineError("line", e.reason) from None  # the line as a whole
     if obj is None:
         return None
     rid: Any = obj.get("id", default_id)
     if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
-        raise _LineProblem("id", f"expected a non-empty string or an integer, got {rid!r}")
+        raise _BadLineError("id", f"expected a non-empty string or an integer, got {rid!r}")
     rid = str(rid)
     try:
         request, _ = request_from_line(obj)
         tags = tags_from_line(obj)
     except LineError as e:
-        raise _LineProblem(e.field, e.reason, rid) from None
+        raise _BadLineError(e.field, e.reason, rid) from None
     return _Item(line, rid, request, tags)
 
 
@@ -157,7 +157,7 @@ def score_stream(
         for line, raw in chunk:
             try:
                 item = parse_input_line(raw, line, f"{default_id_prefix}:{line}")
-            except _LineProblem as p:
+            except _BadLineError as p:
                 err = InputLineError(name, line, p.field, p.reason)
                 if not skip_invalid:
                     raise err from None
@@ -229,7 +229,7 @@ def score_file(
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc="scoring", unit="B", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
-    fin = sys.stdin.buffer if stdin else open(in_name, "rb")
+    fin = sys.stdin.buffer if stdin else open(in_name, "rb")  # noqa: SIM115 - closed in the finally below
     tmp: Path | None = None
     try:
         if stdout:
@@ -239,7 +239,7 @@ def score_file(
             if out.parent and not out.parent.exists():
                 raise FileNotFoundError(f"output folder does not exist: {out.parent}")
             tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-            fout = open(tmp, "w", encoding="utf-8")
+            fout = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
         try:
             report = score_stream(
                 router,

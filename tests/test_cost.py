@@ -242,7 +242,7 @@ def test_cli_prices_file_and_aliases(tmp_path: Path, capsys: pytest.CaptureFixtu
     path = write(tmp_path, {"models": {"my-small-ft": {"input": 0.30, "output": 1.20}}})
     argv = ["--requests", "1000000", "--input-tokens", "500", "--output-tokens", "200",
             "--cheap", "my-small-ft", "--strong", "gpt-4o-2024-08-06", "--prices", str(path), "--json"]
-    assert main(argv) == 0
+    assert main(["estimate", *argv]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["monthly_cost"] == {"gpt-4o-2024-08-06": 3250.0, "my-small-ft": 390.0}
 
@@ -263,7 +263,7 @@ def test_cli_prices_file_and_aliases(tmp_path: Path, capsys: pytest.CaptureFixtu
 )
 def test_cli_bad_options_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(args)
+        main(["estimate", *args])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 

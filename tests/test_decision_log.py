@@ -270,7 +270,7 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         for r in hand_made_log():
             w.write(r)
     proc = subprocess.run(
-        [sys.executable, "-m", "router_model.observe.report", "report", "--log", str(path),
+        [sys.executable, "-m", "router_model.cost_cli", "observed", "--log", str(path),
          "--requests-per-month", "1000000", "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )

@@ -140,7 +140,7 @@ def route_gw(upstream, router, tmp_path_factory):
         upstream=Upstream(upstream.url),
         models={"gpt-4o-mini": Upstream(upstream.url, api_key_env=CHEAP_KEY_ENV), "down-model": Upstream(down)},
         mode="route",
-        timeouts=Timeouts(read=1.0),
+        timeouts=Timeouts(read=2.0),  # the upstream's `slow` fault takes 3 s
         decision_log=tmp_path_factory.mktemp("gw-route") / "decisions.jsonl",
     )
     gw = _start(config, router)
@@ -554,11 +554,16 @@ def test_watch_reload_keeps_the_last_good_router(upstream, model_dir, tmp_path):
     gw = _start(config, router)
     try:
         meta = (copy / "metadata.json").read_text()
-        (copy / "metadata.json").write_text("{ truncated")
-        assert _wait_for(lambda: _metric(_metrics(gw.url), "router_gateway_reloads_total", result="failed") == 1)
+
+        def replace_metadata(text: str) -> None:  # atomically, as a deploy would
+            (copy / "metadata.tmp").write_text(text)
+            os.replace(copy / "metadata.tmp", copy / "metadata.json")
+
+        replace_metadata("{ truncated")
+        assert _wait_for(lambda: _metric(_metrics(gw.url), "router_gateway_reloads_total", result="failed") >= 1)
         assert gw.gateway.holder.current is router
         assert httpx.get(f"{gw.url}/readyz").status_code == 200
-        (copy / "metadata.json").write_text(meta)
+        replace_metadata(meta)
         assert _wait_for(lambda: _metric(_metrics(gw.url), "router_gateway_reloads_total", result="ok") == 2)
         assert gw.gateway.holder.current is not router and gw.gateway.holder.current.version == router.version
     finally:

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from training.artifact.writer import INT8_MAX_APGR_DIFF, INT8_MIN_AGREEMENT
-
 from conftest import EXAMPLE_LOG, _train, require_shared
+
 from router_model.router import Router
+from training.artifact.writer import INT8_MAX_APGR_DIFF, INT8_MIN_AGREEMENT
 
 MMLU = "routellm-evals/routellm-mmlu.normalized.jsonl"
 CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -77,8 +76,8 @@ def test_fp32_graph_matches_sklearn_pipeline(trained, cache_dir: Path) -> None:
 def test_exported_embedder_matches_sentence_transformers(cache_dir: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from training.embedding.onnx_embedder import OnnxEmbedder
     from training.embedding.export import DEFAULT_EMBEDDER, export_embedder, resolve_model_path
+    from training.embedding.onnx_embedder import OnnxEmbedder
 
     st = SentenceTransformer(resolve_model_path(DEFAULT_EMBEDDER), device="cpu")
     ref = st.encode(TEXTS, convert_to_numpy=True)
@@ -108,9 +107,9 @@ def public_router(tmp_path_factory, cache_dir: Path):
 @pytest.fixture(scope="module")
 def int8_report(public_router) -> dict:
     """int8 vs fp32 on the public router's held-out split, measured here through the serving path."""
-    from training.evaluate import metrics as M
     from training.data.log import read_logs
     from training.data.split import assign_splits, normalize_prompt
+    from training.evaluate import metrics as M
 
     result, subset = public_router
     meta = result.metadata

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from conftest import EXAMPLE_LOG, require_shared
+
 from training.artifact.gptq import GPTQError, gptq_requantize, gptq_round
 from training.artifact.int8_rewrites import (
     normalise_layernorm_inputs,

@@ -9,11 +9,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import EXAMPLE_LOG
 
 from router_model.cost import PriceTable, monthly_cost, routed_monthly_cost
+from training.data.log import read_logs
 from training.evaluate import metrics as M
 from training.evaluate.metrics import expected_at_shares
-from training.data.log import read_logs
 from training.evaluate.savings import (
     DEFAULT_SHARES,
     LabelledScores,
@@ -21,8 +22,6 @@ from training.evaluate.savings import (
     format_report,
     main,
 )
-
-from conftest import EXAMPLE_LOG
 
 VOLUME = 250_000
 

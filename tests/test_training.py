@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLE_LOG, REPO
+
 from router_model.router import Router
 
 BAD_LOG = REPO / "data" / "example-log-bad.jsonl"

@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
-    from training.pipeline import TrainConfig
     from training.data.public import default_public_logs
+    from training.pipeline import TrainConfig
 
     if args.max_strong_share is not None:
         goal = Goal.max_strong_share(args.max_strong_share)

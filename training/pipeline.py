@@ -20,7 +20,15 @@ from router_model.artifact import GRAPH_FILES, ArtifactMetadata
 from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable
 from router_model.features import DEFAULT_FEATURES, check_feature_names
 from router_model.summary import LEGEND, format_evaluation
-from training.artifact.writer import HeldOut, StagedArtifact, TrainingRecord, discard, publish, stage_model_dir
+from training.artifact.writer import (
+    HeldOut,
+    StagedArtifact,
+    TrainingRecord,
+    check_replaceable,
+    discard,
+    publish,
+    stage_model_dir,
+)
 from training.cache import default_cache_dir
 from training.data.dataset import Dataset, build_dataset
 from training.data.log import ReadOptions, read_logs
@@ -108,6 +116,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Run the stages in order; see the module docstring."""
     t_start = time.perf_counter()
     cache_dir = config.cache_dir or default_cache_dir()
+    check_replaceable(config.out_dir)  # before any work: the target must be ours to replace
 
     # 1. labelled log -> dataset (split by prompt text, per-request cost)
     read = read_logs(

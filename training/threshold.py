@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
@@ -48,17 +48,17 @@ class Goal:
             )
 
     @classmethod
-    def quality_floor(cls, value: float = 0.95) -> "Goal":
+    def quality_floor(cls, value: float = 0.95) -> Goal:
         """Keep at least `value` x the always-strong mean quality, with the most cheap calls."""
         return cls("quality_floor", value)
 
     @classmethod
-    def max_strong_share(cls, value: float) -> "Goal":
+    def max_strong_share(cls, value: float) -> Goal:
         """Best quality while sending at most `value` of the requests to the strong model."""
         return cls("max_strong_share", value)
 
     @classmethod
-    def max_cost_per_request(cls, value: float) -> "Goal":
+    def max_cost_per_request(cls, value: float) -> Goal:
         """Best quality while the mean cost per request stays at most `value`."""
         return cls("max_cost_per_request", value)
 
@@ -80,7 +80,7 @@ class ThresholdChoice:
     quality: float
 
 
-def _vec(name: str, a: Union[float, np.ndarray], n: int) -> np.ndarray:
+def _vec(name: str, a: float | np.ndarray, n: int) -> np.ndarray:
     arr = np.asarray(a, dtype=float)
     if arr.ndim == 0:
         arr = np.full(n, float(arr))
@@ -95,8 +95,8 @@ def choose_threshold(
     p_cheap_ok: np.ndarray,
     w: np.ndarray,
     s: np.ndarray,
-    cost_cheap: Union[float, np.ndarray],
-    cost_strong: Union[float, np.ndarray],
+    cost_cheap: float | np.ndarray,
+    cost_strong: float | np.ndarray,
     goal: Goal = DEFAULT_GOAL,
 ) -> ThresholdChoice:
     """Choose the threshold that meets `goal` on this labelled set (met=False if none can).

@@ -106,7 +106,7 @@ def track_run(target: TrackingTarget, run: RunRecord) -> str:
         client = mlflow.MlflowClient()
         try:
             client.get_registered_model(target.registered_model)
-        except Exception:
+        except Exception:  # noqa: BLE001 - MLflow raises its own types for "not found"
             client.create_registered_model(target.registered_model, description="router-model directories (ONNX + metadata.json)")
         mv = client.create_model_version(
             target.registered_model,

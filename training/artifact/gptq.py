@@ -8,7 +8,7 @@ stays close to x @ W. Scales stay onnxruntime's (per output channel); only the i
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx

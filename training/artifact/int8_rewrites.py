@@ -19,7 +19,7 @@ remove both effects before `quantize_dynamic` runs, without changing what the fp
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx

@@ -23,7 +23,7 @@ import re
 import shutil
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +66,8 @@ def _versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
     for pkg in ("router-model", "onnx", "onnxruntime", "tokenizers", "numpy", "scikit-learn", "skl2onnx",
                 "sentence-transformers", "transformers", "torch"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg.replace("-", "_")] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -215,7 +213,7 @@ def stage_model_dir(
     check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    stamp = datetime.now(timezone.utc)
+    stamp = datetime.now(UTC)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{stamp:%Y%m%d%H%M%S%f}-{os.getpid()}"
     tmp.mkdir()
     try:
@@ -257,7 +255,7 @@ def publish(staged: StagedArtifact) -> Path:
     """Move the staged directory into place; the previous artifact (if any) goes only after that."""
     out_dir = staged.target
     check_replaceable(out_dir)  # checked again: the target may have appeared while we trained
-    old = out_dir.parent / f".{out_dir.name}.old-{datetime.now(timezone.utc):%Y%m%d%H%M%S%f}-{os.getpid()}"
+    old = out_dir.parent / f".{out_dir.name}.old-{datetime.now(UTC):%Y%m%d%H%M%S%f}-{os.getpid()}"
     if out_dir.exists():
         out_dir.rename(old)
     staged.path.rename(out_dir)

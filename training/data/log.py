@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import math
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 from router_model.errors import ConfigError, RouterError
 from router_model.jsonl import LineError, decode_object, request_from_line, tags_from_line
@@ -63,7 +62,7 @@ class LabelledRecord:
     """One validated request with per-model outcomes, whatever format it came from."""
 
     id: str
-    request: Union[str, tuple[dict, ...]]
+    request: str | tuple[dict, ...]
     tags: tuple[str, ...]
     passed: Mapping[str, bool]
     scores: Mapping[str, float]
@@ -165,7 +164,7 @@ class _Row:
 
     fmt: str  # "outcomes" (format A) or "models" (format B): the field that holds the outcomes
     id: str
-    request: Union[str, tuple[dict, ...]]
+    request: str | tuple[dict, ...]
     classifier_text: str
     full_text: str
     tags: tuple[str, ...]
@@ -216,7 +215,7 @@ def _line(fn, obj):
         raise _RowError(e.category, e.field, e.reason) from None
 
 
-def _request_of(obj: Mapping[str, Any]) -> tuple[Union[str, tuple[dict, ...]], str, str]:
+def _request_of(obj: Mapping[str, Any]) -> tuple[str | tuple[dict, ...], str, str]:
     """(request as stored in the record, classifier text, full text)."""
     request, parsed = _line(request_from_line, obj)
     stored = request if isinstance(request, str) else tuple(request)
@@ -348,7 +347,7 @@ def _choose_pair(rows: Sequence[_Row]) -> tuple[str, str]:
 
 
 def read_logs(
-    paths: Sequence[Union[str, Path]],
+    paths: Sequence[str | Path],
     *,
     models: tuple[str, str] | None = None,
     options: ReadOptions = ReadOptions(),

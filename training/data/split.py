@@ -27,7 +27,7 @@ def normalize_prompt(text: str) -> str:
 
 def _unit_hash(key: str, seed: int) -> float:
     """A stable uniform number in [0, 1) for a key: the first 8 bytes of sha256(seed + key)."""
-    digest = hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 

@@ -127,7 +127,7 @@ def export_embedder(
     if hasattr(hf_model, "set_attn_implementation"):
         try:
             hf_model.set_attn_implementation("eager")
-        except Exception:  # pragma: no cover - older/newer transformers
+        except Exception:  # noqa: BLE001 - older/newer transformers: export as is
             log.debug("could not switch attention to eager; exporting as is")
     hf_model.eval()
 

@@ -52,7 +52,7 @@ def _arrays(*named: tuple[str, ArrayLike]) -> list[np.ndarray]:
     n = len(out[0])
     if n == 0:
         raise ValueError("empty input: need at least one prompt")
-    for (name, _), arr in zip(named, out):
+    for arr in out:
         if len(arr) != n:
             lens = ", ".join(f"{nm}={len(a)}" for (nm, _), a in zip(named, out))
             raise ValueError(f"length mismatch: {lens}")
@@ -258,8 +258,8 @@ def evaluate_routing(
     route_strong: ArrayLike,
     w: ArrayLike,
     s: ArrayLike,
-    cost_cheap: Union[float, ArrayLike],
-    cost_strong: Union[float, ArrayLike],
+    cost_cheap: float | ArrayLike,
+    cost_strong: float | ArrayLike,
     *,
     pass_threshold: float = 0.8,
 ) -> RoutingResult:

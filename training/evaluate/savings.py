@@ -41,6 +41,7 @@ import numpy as np
 from router_model.cli_args import non_negative_number, whole_number
 from router_model.cost import DEFAULT_OUTPUT_TOKENS
 from router_model.errors import ConfigError, RouterError
+from router_model.request import has_text
 from training.evaluate.metrics import expected_at_shares
 
 __all__ = [
@@ -233,7 +234,7 @@ def score_log(
     decisions = router.predict_batch(requests, tags=tags)
     p = np.array([d.p_cheap_ok if d.p_cheap_ok is not None else np.nan for d in decisions], dtype=float)
     reasons = Counter(d.reason for d in decisions if d.reason != REASON_CLASSIFIER)
-    todo = [i for i, d in enumerate(decisions) if d.p_cheap_ok is None and records[i].classifier_text.strip()]
+    todo = [i for i, d in enumerate(decisions) if d.p_cheap_ok is None and has_text(records[i].classifier_text)]
     if todo:
         p[todo] = router.p_cheap_ok([requests[i] for i in todo])
     no_text = np.isnan(p)
