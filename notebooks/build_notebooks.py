@@ -367,6 +367,7 @@ NB03 = build(
                     print("WARNING: this artifact was not trained on these files with this split; "
                           "the 'held-out' rows may include its training rows, which overstates its quality.")
             else:
+                from training.data.public import PUBLIC_PRICE_AS
                 from training.pipeline import TrainConfig, train
 
                 rng = np.random.default_rng(0)
@@ -375,7 +376,7 @@ NB03 = build(
                 MODEL_DIR = tmp / "router"
                 train(TrainConfig(logs=(write_rows(sample, tmp / "sample.jsonl"),), out_dir=MODEL_DIR,
                                   cheap_model=CHEAP, strong_model=STRONG, heads=("logreg_c0.3",),
-                                  track=False, progress=False))
+                                  price_as=tuple(PUBLIC_PRICE_AS.items()), track=False, progress=False))
                 # The pipeline splits the sample by the same hash: our test rows were never trained on.
         '''),
         ("md", "## Score the held-out rows and draw the cost-quality curve"),
@@ -418,12 +419,15 @@ NB03 = build(
 
             With `router_model.cost` (the dated price table) on this log's mean tokens per request.
             Cheap share = the share of calls the router sends to the cheap model at that operating point.
-            The models here are not in the price table, so they are priced as gpt-4o-mini / gpt-4o.
+            The models here are not in the price table; the router records that they were priced as
+            gpt-4o-mini / gpt-4o (`--price-as`), and the report uses that mapping and says so.
         """),
         ("code", '''
             pd.set_option("display.width", 200)
-            table = PriceTable.load()
-            pair = table.pricing_for_pair(sc.cheap_model, sc.strong_model, fallback=True)
+            from training.data.public import PUBLIC_PRICE_AS
+
+            table = PriceTable.load(price_as=PUBLIC_PRICE_AS)
+            pair = table.pricing_for_pair(sc.cheap_model, sc.strong_model)
             tin, tout = sc.input_tokens.mean(), sc.output_tokens.mean()
             points = {"router threshold": 1 - ch["strong_share"], "95% quality": 1 - x95}
             rows = []

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from router_model.cli_args import positive_int
 from router_model.errors import ArtifactError, ConfigError, InvalidRequestError, RouterError
@@ -77,12 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     rt = sub.add_parser(
         "route",
-        help="route prompts given as arguments; print one JSON decision per prompt",
-        description="Route each PROMPT and print its decision as one JSON object per line "
-        "(model, p_cheap_ok, confidence, threshold, reason, artifact_version, prompt_tokens).",
+        help="route prompts (or one chat request) given on the command line; print each decision",
+        description="Route each PROMPT, or one OpenAI chat request (--messages), and print its decision as one "
+        "JSON object per line (model, p_cheap_ok, confidence, margin, threshold, reason, artifact_version, "
+        "prompt_tokens), or as a table with --table.",
+        epilog="examples:\n  python -m router_model route 'Translate thank you into German.'\n"
+        "  python -m router_model route --messages chat.json\n"
+        "  python -m router_model route --image https://example.com/x.png 'What is in this picture?'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_model_dir(rt)
-    rt.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt text (quote it); several prompts are routed in one batch")
+    rt.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompt text (quote it); several prompts are routed in one batch")
+    rt.add_argument("--messages", metavar="FILE", help="route one request given as OpenAI chat messages: a JSON list "
+                    "(or an object with 'messages') in FILE, '-' for stdin")
+    rt.add_argument("--image", action="append", default=[], metavar="URL",
+                    help="attach an image (URL or data: URI) to each PROMPT as an image_url part (repeatable)")
+    rt.add_argument("--table", action="store_true", help="print a table (prompt, model, confidence, reason) instead of JSON")
     rt.add_argument("--tags", default="", metavar="A,B",
                     help="comma-separated request tags applied to every prompt (e.g. high-accuracy routes to the strong model)")
     _add_graph_threads(rt, "1")
@@ -130,10 +141,49 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _route_requests(args: argparse.Namespace) -> tuple[list, list[str]]:
+    """(requests, a short label per request) from PROMPTs, --image and --messages."""
+    if args.messages is not None:
+        if args.prompts:
+            raise ConfigError("give PROMPTs or --messages, not both")
+        try:
+            text = sys.stdin.read() if args.messages == "-" else Path(args.messages).read_text(encoding="utf-8")
+            obj = json.loads(text)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--messages {args.messages}: {e}") from None
+        messages = obj.get("messages") if isinstance(obj, dict) else obj
+        if not isinstance(messages, list):
+            raise ConfigError(f"--messages {args.messages}: expected a JSON list of chat messages (or {{'messages': [...]}})")
+        return [messages], [f"<{len(messages)} messages>"]
+    if not args.prompts:
+        raise ConfigError("nothing to route: give one or more PROMPTs, or --messages FILE")
+    if not args.image:
+        return list(args.prompts), list(args.prompts)
+    images = [{"type": "image_url", "image_url": {"url": u}} for u in args.image]
+    requests = [[{"role": "user", "content": [{"type": "text", "text": p}, *images]}] for p in args.prompts]
+    return requests, [f"{p} [+{len(images)} image(s)]" for p in args.prompts]
+
+
+def _table(labels: list[str], decisions: list) -> str:
+    width = min(70, max(len("prompt"), *(len(x) for x in labels)))
+    mw = max(len("model"), *(len(d.model) for d in decisions))
+    head = f"{'prompt':<{width}}  {'model':<{mw}} {'confidence':>10} {'margin':>7}  reason"
+    lines = [head, "-" * len(head)]
+    for label, d in zip(labels, decisions):
+        short = label if len(label) <= width else label[: width - 3] + "..."
+        margin = f"{d.margin:+.3f}" if d.margin is not None else "-"
+        lines.append(f"{short:<{width}}  {d.model:<{mw}} {d.confidence:>10.3f} {margin:>7}  {d.reason}")
+    return "\n".join(lines)
+
+
 def cmd_route(args: argparse.Namespace) -> int:
+    requests, labels = _route_requests(args)
     router = _load(args, 1)
     tags = [t.strip() for t in args.tags.split(",") if t.strip()]
-    decisions = router.predict_batch(list(args.prompts), tags=[tags] * len(args.prompts))
+    decisions = router.predict_batch(requests, tags=[tags] * len(requests))
+    if args.table:
+        print(_table(labels, decisions))
+        return 0
     for d in decisions:
         print(json.dumps(d.to_dict(), ensure_ascii=False))
     return 0

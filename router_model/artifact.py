@@ -23,6 +23,7 @@ from typing import Any
 
 from router_model.encoder import EncoderSettings
 from router_model.errors import ArtifactError
+from router_model.prompt_digest import PromptDigest
 from router_model.settings import FP32, GRAPHS, INT8
 
 __all__ = [
@@ -124,9 +125,12 @@ class DataRecord:
     skipped: Mapping[str, int]
     split_rows: Mapping[str, int]
     pass_threshold: float
+    trained_prompts: PromptDigest | None = None  # train + validation prompts (membership only)
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"trained_prompts": self.trained_prompts.to_dict()} if self.trained_prompts is not None else {}
         return {
+            **extra,
             "files": list(self.files),
             "sha256": self.sha256,
             "rows_read": self.rows_read,
@@ -146,6 +150,7 @@ class DataRecord:
             skipped={str(k): int(v) for k, v in dict(d.get("skipped", {})).items()},
             split_rows={str(k): int(v) for k, v in dict(d.get("split_rows", {})).items()},
             pass_threshold=float(d.get("pass_threshold", 0.8)),
+            trained_prompts=PromptDigest.from_dict(d["trained_prompts"]) if d.get("trained_prompts") else None,
         )
 
 
@@ -200,6 +205,7 @@ class ArtifactMetadata:
     data: DataRecord | None = None
     parity: ParityRecord | None = None
     versions: Mapping[str, str] = field(default_factory=dict)
+    price_as: Mapping[str, str] = field(default_factory=dict)  # unpriced model -> the priced model it was costed as
     format_version: int = FORMAT_VERSION
 
     @property
@@ -244,6 +250,7 @@ class ArtifactMetadata:
             "quantization": _plain(self.quantization),
             "metrics": _plain(self.metrics),
             "versions": dict(self.versions),
+            "price_as": dict(self.price_as),
             "files": dict(self.files),
         }
         if self.data is not None:
@@ -326,6 +333,7 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
         data = DataRecord.from_dict(raw["data"]) if raw.get("data") is not None else None
         parity = ParityRecord.from_dict(raw["parity"]) if raw.get("parity") is not None else None
         versions = {str(k): str(v) for k, v in dict(raw.get("versions", {})).items()}
+        price_as = {str(k): str(v) for k, v in dict(raw.get("price_as", {})).items()}
     except (KeyError, TypeError, ValueError) as e:
         raise _fail(f"malformed field: {e}") from e
     if not 0.0 <= threshold <= 1.0 + 1e-6:
@@ -369,6 +377,7 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
         data=data,
         parity=parity,
         versions=versions,
+        price_as=price_as,
         files=files,
     )
 

@@ -30,3 +30,13 @@ def whole_number(text: str, *, minimum: int = 0) -> int:
 
 def positive_int(text: str) -> int:
     return whole_number(text, minimum=1)
+
+
+def price_as_arg(text: str) -> tuple[str, str]:
+    """`NAME=PRICED`: cost a model without a price as a priced one (router_model.cost.parse_price_as)."""
+    from router_model.cost import parse_price_as
+
+    try:
+        return parse_price_as(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -9,6 +9,7 @@ round figures (1M calls x 500 tokens x $2.50) exact.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -52,8 +53,8 @@ class UnknownModelError(ConfigError):
 
     def __init__(self, model: str, known: tuple[str, ...]) -> None:
         super().__init__(
-            f"no price for model {model!r}; known models: {', '.join(known)} "
-            "(add it to a price file passed with --prices, or alias it there)"
+            f"no price for model {model!r}; known models: {', '.join(known)}. Price it in a file passed with "
+            f"--prices, or map it to a priced model with --price-as '{model}=gpt-4o' (or =gpt-4o-mini)"
         )
         self.model = model
         self.known = known
@@ -136,8 +137,22 @@ class PriceTable:
         object.__setattr__(self, "models", MappingProxyType(models))
         object.__setattr__(self, "aliases", MappingProxyType(aliases))
 
+    def with_price_as(self, price_as: Mapping[str, str]) -> PriceTable:
+        """The table with `price_as` {unpriced name: priced model} added as aliases (an explicit mapping
+        the user gave, e.g. a public model priced as its GPT-4o-class stand-in)."""
+        if not price_as:
+            return self
+        aliases = dict(self.aliases)
+        for name, target in price_as.items():
+            if _norm(name) in self.models:
+                raise ConfigError(f"--price-as {name}={target}: {name!r} already has a price of its own")
+            if _norm(target) not in self.models and _norm(target) not in self.aliases:
+                raise UnknownModelError(target, self.known_models())
+            aliases[_norm(name)] = self.resolve(target)
+        return dataclasses.replace(self, aliases=aliases)
+
     @classmethod
-    def load(cls, path: str | Path | None = None) -> PriceTable:
+    def load(cls, path: str | Path | None = None, *, price_as: Mapping[str, str] | None = None) -> PriceTable:
         """The packaged table, overridden/extended field by field by the file at `path` if given.
 
         A user file has the same layout; it may hold only `models` and/or `aliases`. Fields of a
@@ -180,9 +195,10 @@ class PriceTable:
                     f"points to {target!r}, which has no price", file=alias_file[alias], key=f"aliases.{alias}"
                 )
         try:
-            return cls(models=models, aliases=raw_aliases, files=tuple(files), **meta)
+            table = cls(models=models, aliases=raw_aliases, files=tuple(files), **meta)
         except ConfigError as exc:
             raise PriceFileError(str(exc), file=label) from None
+        return table.with_price_as(price_as or {})
 
     def known_models(self) -> tuple[str, ...]:
         """Priced model names, sorted (aliases not included)."""
@@ -220,6 +236,14 @@ class PriceTable:
             prices.append(self.price(default))
             notes.append(f"{role} model {name!r} is not in the price table; priced as {default}")
         return PairPricing(cheap, strong, prices[0], prices[1], tuple(notes))
+
+
+def parse_price_as(text: str) -> tuple[str, str]:
+    """`NAME=PRICED` (the command-line form of a price mapping)."""
+    name, sep, target = text.partition("=")
+    if not sep or not name.strip() or not target.strip():
+        raise ValueError(f"expected NAME=PRICED_MODEL (e.g. my-model=gpt-4o-mini), got {text!r}")
+    return name.strip(), target.strip()
 
 
 def _packaged_text() -> str:

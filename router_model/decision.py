@@ -7,6 +7,8 @@ from typing import Any
 
 # Reasons a decision can carry. `classifier` is the learned decision; the others are rules.
 REASON_CLASSIFIER = "classifier"
+# The joint target's class where only the cheap model passes: the strong model's one way to lose.
+CHEAP_ONLY_CLASS = "cheap_only"
 REASON_VISION = "vision"
 REASON_LONG_CONTEXT = "long-context"
 TAG_REASON_PREFIX = "tag:"
@@ -35,8 +37,11 @@ class RoutingDecision:
     """One routing decision.
 
     `p_cheap_ok` is the calibrated probability that the cheap model loses nothing against the
-    strong one on this request; None only when the request has no text for the classifier.
-    `confidence` is the probability that the chosen model is the right choice (1.0 for a rule).
+    strong one on this request; None when a rule decided.
+    `confidence` is the calibrated probability that the chosen model does at least as well as the
+    other: `p_cheap_ok` for a cheap decision, 1 - P(only the cheap model passes) for a strong one
+    (so a strong decision on a request both models pass is a confident one); 1.0 for a rule.
+    `margin` is `p_cheap_ok - threshold` (>= 0 routes cheap; near 0 is a close call); None for a rule.
     """
 
     model: str
@@ -46,6 +51,7 @@ class RoutingDecision:
     reason: str
     artifact_version: str
     prompt_tokens: int
+    margin: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

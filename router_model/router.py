@@ -19,6 +19,7 @@ from router_model.artifact import (
     verify_file,
 )
 from router_model.decision import (
+    CHEAP_ONLY_CLASS,
     REASON_CLASSIFIER,
     REASON_LONG_CONTEXT,
     REASON_VISION,
@@ -81,6 +82,9 @@ class Router:
         self.graph = graph
         self.path = path
         self._cheap_idx = list(meta.cheap_ok_index)
+        # P(only the cheap model passes): the one outcome where the strong model does worse. The
+        # joint target has it as a class; the binary target does not (see `_decide`).
+        self._cheap_only_idx = meta.classes.index(CHEAP_ONLY_CLASS) if CHEAP_ONLY_CLASS in meta.classes else None
 
     # --- loading -------------------------------------------------------------------------
     @classmethod
@@ -179,16 +183,27 @@ class Router:
             n = self._encoder.count_tokens(parsed.full_text)
         return enc, n
 
-    def _p_cheap_ok(self, parsed: Sequence[ParsedRequest], encs: Sequence, n_tokens: Sequence[int]) -> np.ndarray:
-        """p_cheap_ok per item, in length-sorted batches."""
-        out = np.empty(len(parsed), dtype=np.float64)
+    def _scores(self, parsed: Sequence[ParsedRequest], encs: Sequence, n_tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(p_cheap_ok, p_strong_ok) per item, in length-sorted batches.
+
+        p_strong_ok = P(the strong model does at least as well) = 1 - P(only cheap passes).
+        """
+        p_ok = np.empty(len(parsed), dtype=np.float64)
+        p_strong = np.empty(len(parsed), dtype=np.float64)
         order = sorted(range(len(parsed)), key=lambda i: len(encs[i].ids))
         for k in range(0, len(order), BATCH_SIZE):
             idx = order[k : k + BATCH_SIZE]
             feeds = self._encoder.pad([encs[i] for i in idx])
             probs = self._run(feeds, [parsed[i].classifier_text for i in idx], [n_tokens[i] for i in idx])
-            out[idx] = probs[:, self._cheap_idx].sum(axis=1)
-        return np.clip(out, 0.0, 1.0)
+            p_ok[idx] = probs[:, self._cheap_idx].sum(axis=1)
+            if self._cheap_only_idx is not None:
+                p_strong[idx] = 1.0 - probs[:, self._cheap_only_idx]
+            else:  # binary target: P(strong needed) = 1 - p_cheap_ok, a lower bound of P(strong >= cheap)
+                p_strong[idx] = 1.0 - p_ok[idx]
+        return np.clip(p_ok, 0.0, 1.0), np.clip(p_strong, 0.0, 1.0)
+
+    def _p_cheap_ok(self, parsed: Sequence[ParsedRequest], encs: Sequence, n_tokens: Sequence[int]) -> np.ndarray:
+        return self._scores(parsed, encs, n_tokens)[0]
 
     def p_cheap_ok(self, requests: Sequence[Request]) -> np.ndarray:
         """The classifier's p_cheap_ok for each request, rules not applied (evaluation, parity)."""
@@ -219,32 +234,37 @@ class Router:
         enc, n = self._tokenize(parsed)
         return _Prepared(parsed, checked, enc, n, self._rule(parsed, checked, n))
 
-    def _decide(self, p: float | None, reason: str | None, n_tokens: int) -> RoutingDecision:
+    def _decide(self, p: float | None, reason: str | None, n_tokens: int, p_strong: float | None = None) -> RoutingDecision:
+        """The decision and its confidence: the calibrated probability that the chosen model does at
+        least as well as the other (cheap: p_cheap_ok; strong: 1 - P(only cheap passes))."""
         t = self.meta.threshold
         if reason is not None:
-            return RoutingDecision(self.strong_model, None, 1.0, t, reason, self.version, n_tokens)
+            return RoutingDecision(self.strong_model, None, 1.0, t, reason, self.version, n_tokens, None)
         assert p is not None
         cheap = p >= t
         return RoutingDecision(
             self.cheap_model if cheap else self.strong_model,
             p,
-            p if cheap else 1.0 - p,
+            p if cheap else (p_strong if p_strong is not None else 1.0 - p),
             t,
             REASON_CLASSIFIER,
             self.version,
             n_tokens,
+            p - t,
         )
 
     def _route(self, prepared: Sequence[_Prepared]) -> list[RoutingDecision]:
         """Decisions in order: rules first, the classifier for the rest in length-sorted batches."""
         todo = [i for i, prep in enumerate(prepared) if prep.rule is None]
         p_ok: dict[int, float] = {}
+        p_strong: dict[int, float] = {}
         if todo:
-            vals = self._p_cheap_ok(
+            ok, strong = self._scores(
                 [prepared[i].parsed for i in todo], [prepared[i].enc for i in todo], [prepared[i].n_tokens for i in todo]
             )
-            p_ok = {i: float(v) for i, v in zip(todo, vals)}
-        return [self._decide(p_ok.get(i), prep.rule, prep.n_tokens) for i, prep in enumerate(prepared)]
+            p_ok = {i: float(v) for i, v in zip(todo, ok)}
+            p_strong = {i: float(v) for i, v in zip(todo, strong)}
+        return [self._decide(p_ok.get(i), prep.rule, prep.n_tokens, p_strong.get(i)) for i, prep in enumerate(prepared)]
 
     def predict(self, request: Request, *, tags: Sequence[str] | None = None) -> RoutingDecision:
         """Route one request (a prompt string or OpenAI-style chat messages).

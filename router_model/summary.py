@@ -42,6 +42,11 @@ def format_evaluation(ev: Mapping[str, Any], *, indent: str = "") -> str:
     r = ev.get("router")
     if isinstance(r, Mapping):
         lines.append(f"{indent}router calibration: AUC {_f(r.get('auc'))}  ECE {_f(r.get('ece'))}  Brier {_f(r.get('brier'))}")
+        if "confidence_ece" in r:
+            lines.append(
+                f"{indent}decision confidence (P(chosen model does at least as well)): mean {_f(r.get('confidence_mean'))}, "
+                f"observed {_f(r.get('chosen_at_least_as_good'))}, ECE {_f(r.get('confidence_ece'))}"
+            )
     lines.append(f"{indent}random routing is shown in expectation (APGR 0.5, CPT(p%) = p%) and at the router's strong share.")
     return "\n".join(lines)
 

@@ -4,8 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 . .venv/bin/activate
-router-train --out artifacts/router
-python -m router_model route --model-dir artifacts/router \
+echo "Training on the public RouteLLM outcomes (MMLU + MT-Bench): cheap = Mixtral-8x7B, strong = GPT-4-1106,"
+echo "the one pair graded on the same prompts there; dollars use the gpt-4o-mini / gpt-4o list prices."
+echo "It shows the pipeline, not a router for your traffic: train on your own log with --log."
+router-train --out artifacts/router --no-progress
+python -m router_model route --model-dir artifacts/router --table \
   "Classify the sentiment of this review as positive or negative: 'Arrived late but works great.'" \
   "Extract the invoice number and total from: Invoice #4471, total due EUR 312.50 by 1 May." \
   "Prove that every finite integral domain is a field, then generalise the argument to division rings." \

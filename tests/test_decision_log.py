@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from router_model.observe.decision_log import (
     DecisionLogError,
     DecisionLogWriter,
     decision_record,
+    key_id,
     parse_timestamp,
     read_decision_log,
     utc_timestamp,
@@ -27,6 +30,7 @@ from router_model.observe.decision_log import (
 from router_model.observe.report import build_report, format_report, main
 
 REPO = Path(__file__).resolve().parents[1]
+KEY = b"prompt-hash-key-for-tests-0123"
 T0 = datetime(2026, 11, 26, 7, 30, tzinfo=UTC)
 
 
@@ -93,12 +97,12 @@ def test_prompt_only_when_asked(tmp_path: Path) -> None:
                 "reason": "classifier", "artifact_version": "v1", "prompt_tokens": 7}
     record = decision_record(decision, request_id="a", prompt="What is 2+2?",
                              cheap_model="gpt-4o-mini", strong_model="gpt-4o")
-    sha = hashlib.sha256(b"What is 2+2?").hexdigest()
+    mac = hmac.new(KEY, b"What is 2+2?", hashlib.sha256).hexdigest()
     for include, name in ((False, "off.jsonl"), (True, "on.jsonl")):
-        with DecisionLogWriter(tmp_path / name, include_prompt=include) as w:
+        with DecisionLogWriter(tmp_path / name, include_prompt=include, prompt_hash_key=KEY) as w:
             assert w.write(record)
         (line,) = list(read_decision_log(tmp_path / name))
-        assert line["prompt_sha256"] == sha and line["p_cheap_ok"] == 0.25 and line["ts"].endswith("Z")
+        assert line["prompt_hmac"] == mac and line["p_cheap_ok"] == 0.25 and line["ts"].endswith("Z")
         assert ("prompt" in line) is include
         if include:
             assert line["prompt"] == "What is 2+2?"
@@ -106,12 +110,13 @@ def test_prompt_only_when_asked(tmp_path: Path) -> None:
 
 
 def test_writer_adds_hash_and_ts_when_missing(tmp_path: Path) -> None:
-    with DecisionLogWriter(tmp_path / "d.jsonl") as w:
+    with DecisionLogWriter(tmp_path / "d.jsonl", prompt_hash_key=KEY) as w:
         r = rec()
         del r["ts"], r["prompt_sha256"]
         w.write({**r, "prompt": "hi"})
     (line,) = list(read_decision_log(tmp_path / "d.jsonl"))
-    assert line["prompt_sha256"] == hashlib.sha256(b"hi").hexdigest() and "prompt" not in line
+    assert line["prompt_hmac"] == hmac.new(KEY, b"hi", hashlib.sha256).hexdigest() and "prompt" not in line
+    assert line["prompt_key_id"] == key_id(KEY) and "prompt_sha256" not in line
     assert abs((parse_timestamp(line["ts"]) - datetime.now(UTC)).total_seconds()) < 60
 
 
@@ -124,6 +129,90 @@ def test_writer_never_raises_and_warns_once(tmp_path: Path, caplog: pytest.LogCa
     assert w.write(rec()) is False and w.write(rec()) is False  # closed file
     assert w.errors == 3 and w.written == 0
     assert len([r for r in caplog.records if "write failed" in r.getMessage()]) == 1
+
+
+def test_no_prompt_hash_without_a_key(tmp_path: Path) -> None:
+    """An unsalted sha256 of a short prompt is reversed by hashing guesses: without a key, no hash."""
+    decision = {"model": "gpt-4o", "p_cheap_ok": 0.5, "confidence": 0.5, "threshold": 0.5,
+                "reason": "classifier", "artifact_version": "v1", "prompt_tokens": 3}
+    # called as the gateway calls it (router_model/gateway/app.py): the signature is unchanged
+    record = decision_record(decision, request_id="gw-1", prompt="yes", cheap_model="a", strong_model="b")
+    assert "prompt_sha256" not in record
+    with DecisionLogWriter(tmp_path / "d.jsonl") as w:
+        assert w.write(record)
+    (line,) = list(read_decision_log(tmp_path / "d.jsonl"))
+    assert not {"prompt_sha256", "prompt_hmac", "prompt_key_id", "prompt"} & set(line)
+    assert line["request_id"] == "gw-1"  # request ids are logged as given (docs/service.md)
+
+
+def test_keyed_hashes_join_within_a_key_only(tmp_path: Path) -> None:
+    other = b"another-key-for-the-next-quarter"
+    lines = {}
+    for name, key in (("a", KEY), ("b", KEY), ("c", other)):
+        with DecisionLogWriter(tmp_path / f"{name}.jsonl", prompt_hash_key=key) as w:
+            w.write({**rec(), "prompt": "What is 2+2?"})
+        (lines[name],) = list(read_decision_log(tmp_path / f"{name}.jsonl"))
+    assert lines["a"]["prompt_hmac"] == lines["b"]["prompt_hmac"] != lines["c"]["prompt_hmac"]
+    assert lines["a"]["prompt_key_id"] == key_id(KEY) != lines["c"]["prompt_key_id"] == key_id(other)
+    assert KEY.hex() not in json.dumps(lines["a"]) and lines["a"]["prompt_hmac"] != hashlib.sha256(b"What is 2+2?").hexdigest()
+
+
+def test_reader_and_report_accept_records_without_a_hash(tmp_path: Path, prices: PriceTable) -> None:
+    path = tmp_path / "d.jsonl"
+    with DecisionLogWriter(path) as w:
+        for i, r in enumerate(hand_made_log()):
+            r = dict(r)
+            r.pop("prompt_sha256", None)
+            if i % 2:
+                r["prompt_hmac"] = "ab" * 32
+            w.write(r)
+    records = list(read_decision_log(path))
+    assert len(records) == len(hand_made_log())
+    assert build_report(records, prices=prices, requests_per_month=1_000_000).n_records == len(records)
+
+
+def test_repeated_failures_warn_at_most_once_per_interval(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="router_model.observe.decision_log")
+    w = DecisionLogWriter(tmp_path / "d.jsonl", warn_interval=0.3)
+    w.close()
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "write failed" in r.getMessage()]
+
+    for _ in range(5):
+        assert w.write(rec()) is False
+    assert len(warnings()) == 1
+    time.sleep(0.35)
+    assert w.write(rec()) is False
+    assert len(warnings()) == 2 and "5 record(s) lost since the last warning" in warnings()[1]
+    assert w.errors == 6
+
+
+def test_writer_follows_a_rename_as_logrotate_does(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    with DecisionLogWriter(path) as w:
+        assert w.write(rec(1))
+        os.rename(path, tmp_path / "d.jsonl.1")  # logrotate's default: rename, then `create`
+        path.touch()
+        assert w.write(rec(2))
+        os.rename(path, tmp_path / "d.jsonl.2")  # renamed, nothing created: the writer creates it
+        assert w.write(rec(3))
+        os.unlink(path)  # removed
+        assert w.write(rec(4))
+        assert w.errors == 0 and w.reopened == 3
+    assert [r["request_id"] for r in read_decision_log(tmp_path / "d.jsonl.1")] == ["r1"]
+    assert [r["request_id"] for r in read_decision_log(tmp_path / "d.jsonl.2")] == ["r2"]
+    assert [r["request_id"] for r in read_decision_log(path)] == ["r4"]
+
+
+def test_reopen_on_request(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    w = DecisionLogWriter(path)
+    os.rename(path, tmp_path / "old.jsonl")
+    assert w.reopen() and path.exists() and w.reopened == 1
+    w.close()
+    assert w.reopen() is False  # a closed writer stays closed
+    assert w.write(rec()) is False and not (tmp_path / "old.jsonl").read_bytes()
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")

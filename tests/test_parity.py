@@ -99,8 +99,10 @@ def public_router(tmp_path_factory, cache_dir: Path):
     base = tmp_path_factory.mktemp("public")
     subset = base / "mmlu-3000.jsonl"
     subset.write_text("".join(lines[i] for i in keep), encoding="utf-8")
+    from training.data.public import PUBLIC_PRICE_AS
+
     result = _train(base / "router", cache_dir, seed=0, logs=(subset,), cheap_model=CHEAP, strong_model=STRONG,
-                    heads=("logreg_c1",))
+                    heads=("logreg_c1",), price_as=tuple(PUBLIC_PRICE_AS.items()))
     return result, subset
 
 

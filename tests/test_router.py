@@ -97,10 +97,12 @@ def _check_classifier_decision(d, r: Router) -> None:
     assert d.threshold == pytest.approx(r.threshold)
     assert d.artifact_version == r.version
     assert d.prompt_tokens > 0
+    assert d.margin == pytest.approx(d.p_cheap_ok - d.threshold)
     if d.p_cheap_ok >= d.threshold:
         assert d.model == r.cheap_model and d.confidence == pytest.approx(d.p_cheap_ok)
     else:
-        assert d.model == r.strong_model and d.confidence == pytest.approx(1.0 - d.p_cheap_ok)
+        # P(strong >= cheap) = 1 - P(only cheap passes) >= P(only strong passes) = 1 - p_cheap_ok
+        assert d.model == r.strong_model and d.confidence >= 1.0 - d.p_cheap_ok - 1e-9
     assert 0.0 <= d.confidence <= 1.0
 
 
@@ -114,18 +116,32 @@ def test_load_and_predict(router: Router, trained) -> None:
     for p in PROMPTS:
         d = router.predict(p)
         _check_classifier_decision(d, router)
-        assert set(d.to_dict()) == {"model", "p_cheap_ok", "confidence", "threshold", "reason", "artifact_version", "prompt_tokens"}
+        assert set(d.to_dict()) == {"model", "p_cheap_ok", "confidence", "threshold", "reason", "artifact_version",
+                                    "prompt_tokens", "margin"}
 
 
 def test_both_sides_of_the_threshold_route_to_their_model(router: Router) -> None:
     """Confidence semantics on a cheap and on a strong decision, whatever this small model predicts."""
     t = router.threshold
     d_cheap = router._decide(min(1.0, t + 0.05), None, 10)
-    d_strong = router._decide(max(0.0, t - 0.05), None, 10)
+    d_strong = router._decide(max(0.0, t - 0.05), None, 10, p_strong=0.9)
     assert d_cheap.model == router.cheap_model and d_cheap.confidence == pytest.approx(d_cheap.p_cheap_ok)
-    assert d_strong.model == router.strong_model and d_strong.confidence == pytest.approx(1 - d_strong.p_cheap_ok)
+    assert d_cheap.margin == pytest.approx(0.05) and d_strong.margin == pytest.approx(-0.05)
+    assert d_strong.model == router.strong_model and d_strong.confidence == pytest.approx(0.9)
     rule = router._decide(None, "vision", 10)
     assert rule.model == router.strong_model and rule.p_cheap_ok is None and rule.confidence == 1.0
+    assert rule.margin is None
+
+
+def test_strong_confidence_is_one_minus_p_only_cheap_passes(router: Router) -> None:
+    """The joint head's classes give P(strong does at least as well) directly; check it on the graph."""
+    assert "cheap_only" in router.meta.classes
+    k = router.meta.classes.index("cheap_only")
+    for p in PROMPTS:
+        d = router.predict(p)
+        probs = router._probabilities([router._prepare(p, None).parsed.classifier_text], [d.prompt_tokens])[0]
+        expected = d.p_cheap_ok if d.model == router.cheap_model else 1.0 - probs[k]
+        assert d.confidence == pytest.approx(expected, abs=1e-6)
 
 
 def test_batch_preserves_order_and_equals_single(router: Router) -> None:

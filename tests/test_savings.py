@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,7 +185,8 @@ def test_constant_score_router_is_random_routing() -> None:
             "prices": {"source": "test", "as_of": "today", "cheap_per_1m": {"input": 0.15, "output": 0.6},
                        "strong_per_1m": {"input": 2.5, "output": 10.0}}}
     text = format_report({**rep, **info})
-    assert sum(ln.startswith("*") and "%|" in ln for ln in text.splitlines()) == 1 and "held-out" in text
+    assert sum(ln.startswith("*") and "%|" in ln for ln in text.splitlines()) == 1
+    assert "held-out" not in text  # a log the router never saw gets no "trained on" warning
 
 
 def test_volume_scales_dollars_only() -> None:
@@ -194,3 +196,19 @@ def test_volume_scales_dollars_only() -> None:
     for ga, gb in zip(a["grid"], b["grid"]):
         assert gb["router"]["saved_vs_strong"] == pytest.approx(10 * ga["router"]["saved_vs_strong"])
         assert gb["router"]["pass_rate"] == ga["router"]["pass_rate"]
+
+
+def test_held_out_rows_written_by_training_get_no_warning_and_copied_rows_do(model_dir: Path, tmp_path: Path) -> None:
+    """The report checks the router's prompt digest instead of always warning."""
+    from training.evaluate.savings import score_log
+
+    test_log = model_dir.parent / (model_dir.name + "-report") / "test.jsonl"
+    assert test_log.is_file(), "router-train writes its held-out rows next to the report"
+    held = compute_report(score_log(model_dir, [test_log]))
+    assert held["trained_on_this_log"] is False and held["rows_seen_in_training"] == 0
+    assert not any(n.startswith("WARNING") for n in held["notes"])
+    copied = tmp_path / "copied.jsonl"  # a different file with rows from the training log
+    copied.write_text("".join(EXAMPLE_LOG.read_text(encoding="utf-8").splitlines(keepends=True)[:12]), encoding="utf-8")
+    rep = compute_report(score_log(model_dir, [copied]))
+    assert rep["trained_on_this_log"] is True and 0 < rep["rows_seen_in_training"] <= 12
+    assert rep["notes"][0].startswith(f"WARNING: {rep['rows_seen_in_training']} of 12 rows")

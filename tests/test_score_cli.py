@@ -176,12 +176,35 @@ def test_route_command(model_dir: Path) -> None:
     assert res.returncode == 0, res.stderr
     out = [json.loads(ln) for ln in res.stdout.splitlines()]
     assert len(out) == 2 and all(d["reason"] == "classifier" and d["model"] in ("gpt-4o-mini", "gpt-4o") for d in out)
-    assert set(out[0]) == {"model", "p_cheap_ok", "confidence", "threshold", "reason", "artifact_version", "prompt_tokens"}
+    assert set(out[0]) == {"model", "p_cheap_ok", "confidence", "threshold", "reason", "artifact_version", "prompt_tokens",
+                           "margin"}
     tagged = cli("route", "--tags", "high-accuracy,other", "Hi", env={"ROUTER_MODEL_DIR": str(model_dir)})
     assert tagged.returncode == 0, tagged.stderr
     assert json.loads(tagged.stdout)["reason"] == "tag:high-accuracy"
     bad = cli("route", "--model-dir", str(model_dir), "   ")
     assert bad.returncode == 2 and "prompt" in bad.stderr
+
+
+def test_route_chat_messages_images_and_table(model_dir: Path, tmp_path: Path) -> None:
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a prime."}]))
+    res = cli("route", "--model-dir", str(model_dir), "--messages", str(chat))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["reason"] == "classifier"
+    piped = subprocess.run([sys.executable, "-m", "router_model", "route", "--model-dir", str(model_dir), "--messages", "-"],
+                           input=json.dumps({"messages": [{"role": "user", "content": "Name a prime."}]}),
+                           capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert piped.returncode == 0 and json.loads(piped.stdout)["reason"] == "classifier", piped.stderr
+    img = cli("route", "--model-dir", str(model_dir), "--image", "https://example.com/cat.png", "What is in this picture?")
+    assert img.returncode == 0 and json.loads(img.stdout)["reason"] == "vision", img.stderr
+    table = cli("route", "--model-dir", str(model_dir), "--table", "Classify the sentiment: 'great phone'", "Hi")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["prompt", "model", "confidence"] and len(lines) == 4
+    assert "Classify the sentiment" in lines[2] and ("gpt-4o" in lines[2])
+    for bad_args in (["--messages", str(tmp_path / "missing.json")], ["--messages", str(chat), "also a prompt"], []):
+        bad = cli("route", "--model-dir", str(model_dir), *bad_args)
+        assert bad.returncode == 2 and "error" in bad.stderr.lower(), bad_args
 
 
 def test_info_command(model_dir: Path, trained, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ from router_model.service.status import FIELD_METADATA_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PROMPT_CHARS = 20_000
+PROMPT_HASH_KEY = b"test-prompt-hash-key-0123456789"
 PROMPTS = [
     "What is 2 + 2?",
     "Prove that there are infinitely many primes, then generalise the argument to primes of the form 4k+3.",
@@ -79,7 +81,7 @@ def decision_log_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir: Path, decision_log_path: Path):
+def server(model_dir: Path, decision_log_path: Path, tmp_path_factory: pytest.TempPathFactory):
     """One observe-mode server with metrics for the read-only tests of this module."""
     config = ServerConfig(
         model_dir=model_dir,
@@ -90,6 +92,9 @@ def server(model_dir: Path, decision_log_path: Path):
         observe=True,
         decision_log=decision_log_path,
         metrics_port=0,
+        prompt_hash_key=PROMPT_HASH_KEY,
+        allow_reload=True,  # Reload is opt-in; every test directory is under the base temp dir
+        model_root=tmp_path_factory.getbasetemp(),
     )
     with serve(config) as running:
         assert running.wait_until_ready(30)
@@ -272,7 +277,8 @@ def test_health_and_reflection(ch) -> None:
 
 
 def test_not_serving_until_a_model_is_loaded(model_dir: Path, tmp_path: Path) -> None:
-    with serve(ServerConfig(port=0, metrics_port=0)) as running, channel(running) as ch:
+    config = ServerConfig(port=0, metrics_port=0, allow_reload=True, model_root=model_dir.parent)
+    with serve(config) as running, channel(running) as ch:
         stub = router_stub(ch)
         assert health_status(ch, "") == NOT_SERVING
         assert health_status(ch, SERVICE_NAME) == NOT_SERVING
@@ -370,7 +376,8 @@ def test_batch_stops_between_chunks_when_the_deadline_passes(model_dir: Path) ->
 def test_hot_reload_under_concurrent_calls(model_dir: Path, second_model_dir: Path) -> None:
     first, second = Router.load(model_dir).version, Router.load(second_model_dir).version
     assert first != second
-    with serve(ServerConfig(model_dir=model_dir, port=0, workers=4)) as running, channel(running) as ch:
+    config = ServerConfig(model_dir=model_dir, port=0, workers=4, allow_reload=True, model_root=second_model_dir.parent.parent)
+    with serve(config) as running, channel(running) as ch:
         stub = router_stub(ch)
         stop = threading.Event()
         seen: list[list[str]] = [[] for _ in range(4)]
@@ -518,11 +525,12 @@ def test_observe_mode_writes_one_line_per_decision(stub, decision_log_path: Path
         assert r["artifact_version"] == router.version
     for i, (p, resp) in enumerate(zip(prompts, singles)):
         rec = by_id[f"obs-{i}"]
-        assert rec["prompt_sha256"] == hashlib.sha256(p.encode()).hexdigest()
+        assert "prompt_sha256" not in rec  # keyed hash only: an unsalted one can be reversed by guessing
+        assert rec["prompt_hmac"] == hmac.new(PROMPT_HASH_KEY, p.encode(), hashlib.sha256).hexdigest()
         assert (rec["model"], rec["reason"]) == (resp.model, resp.reason)
         assert rec["p_cheap_ok"] == pytest.approx(resp.p_cheap_ok)
     chat_json = json.dumps([{"content": messages[0].content, "role": "user"}], separators=(",", ":"))
-    assert by_id["obs-chat"]["prompt_sha256"] == hashlib.sha256(chat_json.encode()).hexdigest()
+    assert by_id["obs-chat"]["prompt_hmac"] == hmac.new(PROMPT_HASH_KEY, chat_json.encode(), hashlib.sha256).hexdigest()
 
 
 def test_log_prompts_stores_the_prompt_text(model_dir: Path, tmp_path: Path) -> None:
@@ -535,7 +543,7 @@ def test_log_prompts_stores_the_prompt_text(model_dir: Path, tmp_path: Path) -> 
         assert resp.observe_only is False  # logging decisions does not by itself mean observation mode
     (record,) = list(read_decision_log(log_path))
     assert json.loads(record["prompt"]) == [{"role": "user", "content": "Name three rivers."}]
-    assert record["prompt_sha256"] == hashlib.sha256(record["prompt"].encode()).hexdigest()
+    assert "prompt_sha256" not in record and "prompt_hmac" not in record  # no key: no prompt hash
     assert record["request_id"] == resp.request_id
 
 
@@ -568,8 +576,9 @@ def test_metrics_endpoint_counts(server, stub) -> None:
 
 
 def test_router_serve_command_env_sighup_and_sigterm(model_dir: Path, tmp_path: Path) -> None:
+    decisions = tmp_path / "decisions.jsonl"
     env = {**os.environ, "ROUTER_MODEL_DIR": str(model_dir), "ROUTER_PORT": "0", "ROUTER_HOST": "127.0.0.1",
-           "ROUTER_WORKERS": "2", "ROUTER_LOG_LEVEL": "INFO"}
+           "ROUTER_WORKERS": "2", "ROUTER_LOG_LEVEL": "INFO", "ROUTER_DECISION_LOG": str(decisions)}
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from router_model.service.cli import main; sys.exit(main())"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -584,13 +593,17 @@ def test_router_serve_command_env_sighup_and_sigterm(model_dir: Path, tmp_path: 
             stub = router_stub(ch)
             assert stub.Route(pb.RouteRequest(prompt="hi"), timeout=10).model
             loaded_at = loaded_at_ns(stub)
-            proc.send_signal(signal.SIGHUP)
+            os.rename(decisions, tmp_path / "decisions.jsonl.1")  # logrotate, then its postrotate SIGHUP
+            proc.send_signal(signal.SIGHUP)  # no admin token needed: signals are the operator's
             assert wait_for(lambda: loaded_at_ns(stub) != loaded_at, timeout=60)
-            assert stub.Route(pb.RouteRequest(prompt="after reload"), timeout=10).model
+            assert decisions.exists()  # reopened by the SIGHUP, before any new decision
+            assert stub.Route(pb.RouteRequest(prompt="after reload", request_id="r2"), timeout=10).model
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         err = proc.stderr.read()
         assert "SIGHUP reload" in err and "shutting down" in err
+        assert [r["request_id"] for r in read_decision_log(decisions)] == ["r2"]
+        assert len(list(read_decision_log(tmp_path / "decisions.jsonl.1"))) == 1
     finally:
         if proc.poll() is None:
             proc.kill()

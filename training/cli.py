@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from router_model.artifact import GRAPHS
+from router_model.cli_args import price_as_arg
 from router_model.cost import DEFAULT_OUTPUT_TOKENS
 from router_model.errors import RouterError
 from router_model.features import DEFAULT_FEATURES, FEATURES
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="graph served by default: auto picks int8 when it agrees with fp32 on >=99%% of test decisions "
                    "and its APGR is within 0.005 (default: %(default)s)")
     p.add_argument("--prices", type=Path, metavar="FILE", help="price table JSON overriding/extending the packaged one")
+    p.add_argument("--price-as", action="append", type=price_as_arg, default=[], metavar="NAME=PRICED",
+                   help="cost a model that has no price as a priced one, e.g. my-ft=gpt-4o-mini (repeatable). "
+                   "Without --log the public pair is priced as gpt-4o-mini / gpt-4o this way.")
     p.add_argument("--output-tokens", type=int, default=DEFAULT_OUTPUT_TOKENS, metavar="N",
                    help="output tokens per request assumed for cost when the log has none (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the classifiers (default: %(default)s)")
@@ -84,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
-    from training.data.public import default_public_logs
+    from training.data.public import PUBLIC_PRICE_AS, default_public_logs
     from training.pipeline import TrainConfig
 
     if args.max_strong_share is not None:
@@ -94,6 +98,11 @@ def config_from_args(args: argparse.Namespace):
     else:
         goal = Goal.quality_floor(args.quality_floor if args.quality_floor is not None else 0.95)
     logs = tuple(args.log) or tuple(default_public_logs())
+    price_as = tuple(args.price_as)
+    if not args.log and not price_as:
+        # The public outcomes are Mixtral-8x7B vs GPT-4-1106, the only pair graded on the same prompts
+        # there; their dollar figures use the GPT-4o-class list prices, and training says so.
+        price_as = tuple(PUBLIC_PRICE_AS.items())
     features = () if args.features.strip().lower() == "none" else tuple(f.strip() for f in args.features.split(",") if f.strip())
     return TrainConfig(
         logs=logs,
@@ -112,6 +121,7 @@ def config_from_args(args: argparse.Namespace):
         truncation=args.truncation,
         default_graph=args.graph,
         prices=args.prices,
+        price_as=price_as,
         output_tokens=args.output_tokens,
         cache_dir=args.cache_dir,
         tracking_uri=args.tracking_uri,

@@ -111,6 +111,23 @@ def candidate_heads(seed: int = 0, calibration: str = "sigmoid", cv: int = 5) ->
     }
 
 
+def p_strong_ok(model, X: np.ndarray, target: Target) -> np.ndarray:
+    """1 - P(only the cheap model passes); for the binary target (no such class) 1 - p_cheap_ok, a lower bound."""
+    if "cheap_only" not in target.classes:
+        return 1.0 - p_cheap_ok(model, X, target)
+    k = target.classes.index("cheap_only")
+    proba = model.predict_proba(X)
+    classes = list(model.classes_)
+    col = proba[:, classes.index(k)] if k in classes else np.zeros(len(X))
+    return np.clip(1.0 - col, 0.0, 1.0)
+
+
+def strong_loses_nothing(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """1.0 where the strong model does at least as well as the cheap one (not: cheap passes, strong fails)."""
+    w_, s_ = np.asarray(w, dtype=float), np.asarray(s, dtype=float)
+    return 1.0 - ((w_ >= 0.5) & (s_ < 0.5)).astype(float)
+
+
 def p_cheap_ok(model, X: np.ndarray, target: Target) -> np.ndarray:
     """The calibrated probability that the cheap model loses nothing, from any fitted head."""
     proba = model.predict_proba(X)
@@ -129,6 +146,10 @@ class FittedHead:
 
     def p_cheap_ok(self, X: np.ndarray) -> np.ndarray:
         return p_cheap_ok(self.model, X, self.target)
+
+    def p_strong_ok(self, X: np.ndarray) -> np.ndarray:
+        """P(the strong model does at least as well) = 1 - P(only cheap passes), as the router computes it."""
+        return p_strong_ok(self.model, X, self.target)
 
 
 def select_head(

@@ -19,6 +19,7 @@ import numpy as np
 from router_model.artifact import GRAPH_FILES, ArtifactMetadata
 from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable
 from router_model.features import DEFAULT_FEATURES, check_feature_names
+from router_model.prompt_digest import PromptDigest
 from router_model.summary import LEGEND, format_evaluation
 from training.artifact.writer import (
     HeldOut,
@@ -31,7 +32,7 @@ from training.artifact.writer import (
 )
 from training.cache import default_cache_dir
 from training.data.dataset import Dataset, build_dataset
-from training.data.log import ReadOptions, read_logs
+from training.data.log import ReadOptions, read_logs, write_log
 from training.embedding.export import DEFAULT_EMBEDDER, export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
@@ -63,6 +64,7 @@ class TrainConfig:
     truncation: str = "head_tail"
     default_graph: str = "auto"
     prices: Path | None = None
+    price_as: tuple[tuple[str, str], ...] = ()  # (name in the log, priced model) for models without a price
     output_tokens: int = DEFAULT_OUTPUT_TOKENS
     cache_dir: Path | None = None
     tracking_uri: str | None = None
@@ -129,7 +131,10 @@ def train(config: TrainConfig) -> TrainResult:
     _say(f"pair: cheap={read.cheap_model}  strong={read.strong_model}")
     exported = export_embedder(config.embedder, cache_dir, truncation=config.truncation)
     embedder = OnnxEmbedder(exported, cache_dir=cache_dir)
-    ds = build_dataset(read, embedder.encoder, PriceTable.load(config.prices), fractions=config.split, seed=config.seed,
+    prices = PriceTable.load(config.prices, price_as=dict(config.price_as))
+    for name, priced in config.price_as:
+        _say(f"pricing {name} as {priced} (--price-as)")
+    ds = build_dataset(read, embedder.encoder, prices, fractions=config.split, seed=config.seed,
                        output_tokens=config.output_tokens)
     counts = ds.split_counts()
     _say(f"split by prompt text: {counts}")
@@ -163,7 +168,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 5. evaluation on the held-out test split, beside the baselines
     p_test = head.p_cheap_ok(X[te])
-    evaluation = evaluate(p_test, choice.threshold, *_slice(ds, te), [ds.texts[i] for i in te], seed=config.seed)
+    evaluation = evaluate(p_test, choice.threshold, *_slice(ds, te), [ds.texts[i] for i in te],
+                          p_strong_ok=head.p_strong_ok(X[te]), seed=config.seed)
     _say(format_evaluation(evaluation))
     for line in LEGEND:
         _say(line)
@@ -171,7 +177,9 @@ def train(config: TrainConfig) -> TrainResult:
     # 6. artifact: graphs, metadata, parity, staged beside the target
     record = TrainingRecord(read=read, head=head, choice=choice, goal=config.goal, evaluation=evaluation,
                             split_rows=counts, logs=config.logs, features=config.features,
-                            calibration=config.calibration, pass_threshold=config.pass_threshold)
+                            calibration=config.calibration, pass_threshold=config.pass_threshold,
+                            price_as=dict(config.price_as),
+                            trained_prompts=PromptDigest.build(ds.texts[i] for i in np.concatenate([tr, va])))
     held_out = HeldOut([read.records[i].request for i in te], X[te], ds.w[te], ds.s[te])
     staged = stage_model_dir(config.out_dir, record, exported, ds, X, held_out, seed=config.seed,
                              default_graph=config.default_graph)
@@ -189,6 +197,8 @@ def train(config: TrainConfig) -> TrainResult:
         plot_dir = report_dir(config.out_dir)
         plots = save_plots(plot_dir, [ds.texts[i] for i in te], ds.w[te], ds.s[te], p_test, evaluation)
         (plot_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+        # The held-out rows as a log of their own: what `router-cost savings` should be run on.
+        write_log([read.records[i] for i in te], (read.cheap_model, read.strong_model), plot_dir / TEST_LOG)
         run_id = _track(config, staged, read, choice, plots, head, st, time.perf_counter() - t_start)
     except BaseException:
         discard(staged)
@@ -196,8 +206,25 @@ def train(config: TrainConfig) -> TrainResult:
     # 8. publish, last
     publish(staged)
     _say(f"model directory: {config.out_dir}  (default graph {meta.default_graph}, {time.perf_counter() - t_start:.0f}s in all)")
-    _say(f"report (plots, evaluation.json): {plot_dir}")
+    _say(f"report (plots, evaluation.json, the held-out rows as {TEST_LOG}): {plot_dir}")
+    _say(next_steps(config.out_dir))
     return TrainResult(config.out_dir, meta, evaluation, run_id, plots, head)
+
+
+TEST_LOG = "test.jsonl"
+
+
+def next_steps(out_dir: Path) -> str:
+    """What to run next with this model directory."""
+    d = str(out_dir)
+    return "\n".join([
+        "next:",
+        f"  python -m router_model route --model-dir {d} --table \"Summarise this email in one sentence: ...\"",
+        f"  router-cost savings --model-dir {d} --log {report_dir(out_dir) / TEST_LOG}   # dollars, on held-out rows",
+        f"  router-serve --model-dir {d} --observe --decision-log decisions.jsonl            # gRPC, observation mode",
+        f"  router-gateway --model-dir {d} --upstream https://api.openai.com/v1 --decision-log decisions.jsonl",
+        "  router-cost observed --log decisions.jsonl                                       # after some traffic",
+    ])
 
 
 def report_dir(out_dir: Path) -> Path:

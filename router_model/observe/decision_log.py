@@ -5,20 +5,29 @@ appends each decision here; `router_model.observe.report` then answers the quest
 needs. This module owns the line format: building a record, writing it safely from the request
 path, and reading it back strictly.
 
-Line format (UTC ISO-8601 timestamps; `prompt` only when prompt logging was asked for):
-  {"ts": "2026-11-26T07:30:00.123Z", "request_id": "...", "prompt_sha256": "<hex>",
-   "prompt_tokens": 412, "model": "gpt-4o-mini", "cheap_model": "gpt-4o-mini",
-   "strong_model": "gpt-4o", "p_cheap_ok": 0.91, "confidence": 0.91, "reason": "classifier",
-   "threshold": 0.5, "artifact_version": "...", "prompt": "..."}
+Line format (UTC ISO-8601 timestamps; `prompt_hmac` and `prompt_key_id` only when the writer
+has a prompt-hash key; `prompt` only when prompt logging was asked for):
+  {"ts": "2026-11-26T07:30:00.123Z", "request_id": "...", "prompt_tokens": 412,
+   "model": "gpt-4o-mini", "cheap_model": "gpt-4o-mini", "strong_model": "gpt-4o",
+   "p_cheap_ok": 0.91, "confidence": 0.91, "reason": "classifier", "threshold": 0.5,
+   "artifact_version": "...", "prompt_hmac": "<hex>", "prompt_key_id": "<hex>", "prompt": "..."}
+
+No unsalted hash of the prompt is ever written: a plain sha256 of a short or guessable prompt
+can be reversed by hashing candidates. HMAC-SHA256 with a per-deployment secret still joins
+records of the same prompt (within one key) without that risk. Logs written before this change
+may carry `prompt_sha256`; readers accept records with or without either hash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +37,9 @@ from router_model.errors import RouterError
 from router_model.request import Request
 
 log = logging.getLogger(__name__)
+
+# While writes keep failing, say so at most this often (seconds), with the count lost meanwhile.
+WARN_INTERVAL_SECONDS = 60.0
 
 REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "ts": (str,),
@@ -66,8 +78,20 @@ def parse_timestamp(ts: str) -> datetime:
 
 
 def prompt_sha256(prompt: str) -> str:
-    """Hex SHA-256 of the prompt's UTF-8 bytes: joins log lines to prompts without storing them."""
+    """Hex SHA-256 of the prompt's UTF-8 bytes (kept for callers; the log itself writes `prompt_hmac`)."""
     return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def prompt_hmac(prompt: str, key: bytes) -> str:
+    """Hex HMAC-SHA256 of the prompt's UTF-8 under `key`: joins records of one prompt, and
+    unlike a plain hash cannot be matched against guessed prompts without the key."""
+    return hmac.new(key, prompt.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def key_id(key: bytes) -> str:
+    """A short public name for a prompt-hash key, so a reader can tell which records are comparable
+    after a key rotation (derived through HMAC, so it says nothing about the key)."""
+    return hmac.new(key, b"router-model prompt-hash key id", hashlib.sha256).hexdigest()[:12]
 
 
 def log_text(request: Request) -> str:
@@ -89,14 +113,13 @@ def decision_record(
 ) -> dict[str, Any]:
     """One log record from a RoutingDecision (or its dict) and the request it was made for.
 
-    The record carries the prompt; DecisionLogWriter drops it unless prompt logging is on, so
-    the caller never has to decide twice.
+    The record carries the prompt; DecisionLogWriter replaces it by its keyed hash (when it has
+    a key) and drops it unless prompt logging is on, so the caller never has to decide twice.
     """
     fields = decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
     return {
         "ts": ts or utc_timestamp(),
         "request_id": request_id,
-        "prompt_sha256": prompt_sha256(prompt),
         "prompt_tokens": fields["prompt_tokens"],
         "model": fields["model"],
         "cheap_model": cheap_model,
@@ -122,41 +145,99 @@ class DecisionLogWriter:
     Each record is serialised outside the lock and appended with a single unbuffered write
     under it, so a line reaches the file as soon as `write` returns (what line buffering is
     for) and concurrent writers never interleave. A failed write (full disk, closed file,
-    unserialisable value) is counted in `errors` and warned about once; the request goes on.
-    A partially written line is fenced off by a newline before the next record, so one bad
-    line never corrupts the next.
+    unserialisable value) is counted in `errors` and logged at most once per `warn_interval`
+    seconds while failures go on; the request goes on. A partially written line is fenced off
+    by a newline before the next record, so one bad line never corrupts the next.
+
+    Rotation: before each write the path is compared with the open file (device and inode); when
+    logrotate (or anyone) renamed or removed it, the writer reopens the path, creating it if
+    needed. `reopen()` does the same on demand (router-serve calls it on SIGHUP).
+
+    `prompt_hash_key`: with a key, records get `prompt_hmac` (HMAC-SHA256 of the prompt) and
+    `prompt_key_id`; without one no prompt hash is written at all.
     """
 
-    def __init__(self, path: str | Path, *, include_prompt: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        include_prompt: bool = False,
+        prompt_hash_key: bytes | None = None,
+        warn_interval: float = WARN_INTERVAL_SECONDS,
+    ) -> None:
         self.path = Path(path)
         self.include_prompt = include_prompt
         self.errors = 0
         self.written = 0
+        self.reopened = 0
+        self._key = prompt_hash_key or None
+        self._key_id = key_id(prompt_hash_key) if prompt_hash_key else None
+        self._warn_interval = warn_interval
         self._lock = threading.Lock()
-        self._warned = False
+        self._last_warned: float | None = None
+        self._lost_since_warning = 0
         self._fence = False
+        self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file: Any = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+            self._file: Any = self._open()
         except OSError as exc:  # at start-up, not in the request path: fail loudly
             raise DecisionLogError(f"cannot open the decision log for appending: {exc}", path=str(path)) from None
+
+    def _open(self) -> Any:
+        """Open the path for appending and note whether its last line is unfinished."""
+        f = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        self._identity = self._id(os.fstat(f.fileno()))
         # A previous run may have died mid-line; start on a fresh line so ours stay readable.
         try:
-            if self._file.tell() > 0:
-                with open(self.path, "rb") as f:
-                    f.seek(-1, os.SEEK_END)
-                    self._fence = f.read(1) != b"\n"
+            if f.tell() > 0:
+                with open(self.path, "rb") as g:
+                    g.seek(-1, os.SEEK_END)
+                    self._fence = g.read(1) != b"\n"
         except OSError:
             self._fence = True
+        return f
+
+    @staticmethod
+    def _id(st: os.stat_result) -> tuple[int, int]:
+        return (st.st_dev, st.st_ino)
+
+    def _rotated(self) -> bool:
+        """True when the path no longer names the open file (renamed, removed or replaced)."""
+        try:
+            return self._id(os.stat(self.path)) != self._identity
+        except OSError:
+            return True
+
+    def _reopen_locked(self) -> None:
+        new = self._open()  # raises OSError: the caller counts it
+        old, self._file = self._file, new
+        self.reopened += 1
+        with contextlib.suppress(OSError):
+            old.close()
+
+    def reopen(self) -> bool:
+        """Close and reopen the path (after a rotation); False (counted, logged) when it fails."""
+        with self._lock:
+            if self._closed:
+                return False
+            try:
+                self._reopen_locked()
+                return True
+            except OSError as exc:
+                self._failed(exc)
+                return False
 
     def write(self, decision: Mapping[str, Any]) -> bool:
-        """Append one record; True when it was written. Adds `ts` and `prompt_sha256` if absent."""
+        """Append one record; True when it was written. Adds `ts` if absent, and the keyed
+        prompt hash when the record carries a prompt and the writer has a key."""
         try:
             record = dict(decision)
             record.setdefault("ts", utc_timestamp())
             prompt = record.get("prompt")
-            if isinstance(prompt, str):
-                record.setdefault("prompt_sha256", prompt_sha256(prompt))
+            if isinstance(prompt, str) and self._key is not None:
+                record.setdefault("prompt_hmac", prompt_hmac(prompt, self._key))
+                record.setdefault("prompt_key_id", self._key_id)
             if not self.include_prompt:
                 record.pop("prompt", None)
             line = (json.dumps(record, default=_json_default, allow_nan=False) + "\n").encode("utf-8")
@@ -166,6 +247,8 @@ class DecisionLogWriter:
             return False
         with self._lock:
             try:
+                if not self._closed and self._rotated():
+                    self._reopen_locked()
                 if self._fence:
                     line = b"\n" + line
                     self._fence = False
@@ -176,6 +259,7 @@ class DecisionLogWriter:
                         raise OSError("no bytes written")
                     view = view[n:]
                 self.written += 1
+                self._recovered()
                 return True
             except Exception as exc:  # noqa: BLE001 - full disk, closed file, ...
                 self._fence = True
@@ -183,15 +267,29 @@ class DecisionLogWriter:
                 return False
 
     def _failed(self, exc: BaseException) -> None:
-        """Count a failure (caller holds the lock) and warn the first time only."""
+        """Count a failure (caller holds the lock); log it at most once per warn interval."""
         self.errors += 1
-        if not self._warned:
-            self._warned = True
-            log.warning("decision log %s: write failed (%s); further failures are only counted", self.path, exc)
+        self._lost_since_warning += 1
+        now = time.monotonic()
+        if self._last_warned is None or now - self._last_warned >= self._warn_interval:
+            log.warning(
+                "decision log %s: write failed (%s); %d record(s) lost since the last warning; "
+                "repeated at most every %.0f s while failing",
+                self.path, exc, self._lost_since_warning, self._warn_interval,
+            )
+            self._last_warned = now
+            self._lost_since_warning = 0
+
+    def _recovered(self) -> None:
+        if self._last_warned is not None:
+            log.warning("decision log %s: writing again (%d failed write(s) in all)", self.path, self.errors)
+            self._last_warned = None
+            self._lost_since_warning = 0
 
     def close(self) -> None:
         """Close the file; later writes are counted as errors. Safe to call twice."""
         with self._lock:
+            self._closed = True
             try:
                 self._file.close()
             except OSError as exc:

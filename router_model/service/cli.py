@@ -3,14 +3,17 @@
 Every option can also come from an environment variable (listed in --help), which is how a
 container is usually configured; a flag on the command line wins over the variable.
 Signals: SIGTERM/SIGINT stop gracefully (refuse new calls, drain in-flight ones for
---grace-seconds, exit 0); SIGHUP reloads the model directory (a bad artifact is refused and
-logged, the old one keeps serving).
+--grace-seconds, exit 0); SIGHUP reopens the decision log (for logrotate) and reloads the model
+directory (a bad artifact is refused and logged, the old one keeps serving).
+Secrets (admin token, prompt-hash key) come from a file or an environment variable, never from
+a flag's value, so they do not show in `ps`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from router_model.errors import ArtifactError, ConfigError
-from router_model.service.config import ServerConfig
+from router_model.service.config import MIN_SECRET_BYTES, ServerConfig
 from router_model.settings import (
     DEFAULT_HOST,
     ENV_GRAPH,
@@ -35,6 +38,9 @@ from router_model.settings import (
 log = logging.getLogger("router_model.service")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Secrets given directly in the environment (the *_FILE variables and flags name a file instead).
+ENV_ADMIN_TOKEN = "ROUTER_ADMIN_TOKEN"
+ENV_PROMPT_HASH_KEY = "ROUTER_PROMPT_HASH_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
                                                         help="JSON-lines decision log (required with --observe)")),
         (["--log-prompts"], "ROUTER_LOG_PROMPTS", dict(action=argparse.BooleanOptionalAction,
                                                       default=env("ROUTER_LOG_PROMPTS", parse_bool, False),
-                                                      help="also store prompt text in the decision log (default: only its sha256)")),
+                                                      help="also store prompt text in the decision log (default: not stored)")),
+        (["--prompt-hash-key-file"], "ROUTER_PROMPT_HASH_KEY_FILE",
+         dict(type=Path, metavar="FILE", default=env("ROUTER_PROMPT_HASH_KEY_FILE", Path, None),
+              help=f"secret (>= {MIN_SECRET_BYTES} bytes) keying the decision log's HMAC-SHA256 of each prompt; "
+                   f"without one (or {ENV_PROMPT_HASH_KEY}) no prompt hash is logged")),
+        (["--max-batch"], "ROUTER_MAX_BATCH", dict(type=int, metavar="N", default=env("ROUTER_MAX_BATCH", int, 1000),
+                                                  help="most requests in one RouteBatch (default 1000; more -> INVALID_ARGUMENT)")),
+        (["--max-concurrent-rpcs"], "ROUTER_MAX_CONCURRENT_RPCS",
+         dict(type=int, metavar="N", default=env("ROUTER_MAX_CONCURRENT_RPCS", int, 32),
+              help="router.v1 calls admitted at once (default 32; more -> RESOURCE_EXHAUSTED)")),
+        (["--admin-token-file"], "ROUTER_ADMIN_TOKEN_FILE",
+         dict(type=Path, metavar="FILE", default=env("ROUTER_ADMIN_TOKEN_FILE", Path, None),
+              help=f"token (>= {MIN_SECRET_BYTES} bytes) a Reload RPC must send as x-router-admin-token metadata "
+                   f"(or set {ENV_ADMIN_TOKEN}); without a token Reload is refused unless --allow-reload")),
+        (["--allow-reload"], "ROUTER_ALLOW_RELOAD", dict(action=argparse.BooleanOptionalAction,
+                                                        default=env("ROUTER_ALLOW_RELOAD", parse_bool, False),
+                                                        help="allow Reload without a token (only on a trusted network)")),
+        (["--model-root"], "ROUTER_MODEL_ROOT", dict(type=Path, metavar="DIR", default=env("ROUTER_MODEL_ROOT", Path, None),
+                                                    help="Reload may only name directories under DIR (default: the parent of --model-dir)")),
         (["--metrics-port"], "ROUTER_METRICS_PORT", dict(type=int, metavar="PORT", default=env("ROUTER_METRICS_PORT", int, None),
                                                         help="serve Prometheus metrics on http://HOST:PORT/metrics")),
         (["--graph"], ENV_GRAPH, dict(choices=GRAPHS, default=env(ENV_GRAPH, parse_choice(*GRAPHS), None),
@@ -87,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs["help"] = f"{kwargs['help']} [env {var}]"
         p.add_argument(*flags, **kwargs)
     return p
+
+
+def secret(path: Path | None, variable: str, what: str) -> bytes | None:
+    """A secret from `path`, else from the environment variable `variable`, else None."""
+    from router_model.service.admin import read_secret
+
+    if path is not None:
+        return read_secret(path, what)
+    value = os.environ.get(variable, "").strip()
+    return value.encode() if value else None
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -106,6 +140,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         graph=args.graph,
         grace_seconds=args.grace_seconds,
         watch_interval=args.watch_interval,
+        max_batch=args.max_batch,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        admin_token=secret(args.admin_token_file, ENV_ADMIN_TOKEN, "admin token"),
+        allow_reload=args.allow_reload,
+        model_root=args.model_root,
+        prompt_hash_key=secret(args.prompt_hash_key_file, ENV_PROMPT_HASH_KEY, "prompt hash key"),
     )
 
 
@@ -129,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
 
     def reload_in_background() -> None:
+        running.reopen_logs()  # logrotate's postrotate sends SIGHUP too
         try:
             result = running.reload()
             log.info("SIGHUP reload: %s -> %s", result.previous_version, result.artifact_version)

@@ -5,11 +5,14 @@ Free of gRPC imports so that `router-serve --help` and config errors need no ser
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from router_model.errors import ConfigError
 from router_model.settings import DEFAULT_HOST, GRAPHS
+
+# A shorter admin token or prompt-hash key is too easy to guess.
+MIN_SECRET_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,13 @@ class ServerConfig:
     `model_dir` may be None: the server then starts NOT_SERVING until a Reload names one.
     `watch_interval` (seconds) polls the model directory's metadata.json and reloads on change.
     `host` is also where the metrics HTTP server binds.
+
+    Limits (docs/service.md, "Operating limits"): `max_batch` items per RouteBatch;
+    `max_concurrent_rpcs` router.v1 calls admitted at once (the rest get RESOURCE_EXHAUSTED);
+    of those, `workers` compute at a time, a batch taking turns chunk by chunk.
+    Admin: Reload needs `admin_token` (sent as the `x-router-admin-token` metadata) or
+    `allow_reload`; a Reload path must lie under `reload_root`. `prompt_hash_key` keys the
+    decision log's prompt hash (none is written without it). Secrets are kept out of repr.
     """
 
     model_dir: Path | None = None
@@ -38,17 +48,22 @@ class ServerConfig:
     grace_seconds: float = 10.0
     batch_chunk: int = 32
     watch_interval: float | None = None
+    max_batch: int = 1000
+    max_concurrent_rpcs: int = 32
+    admin_token: bytes | None = field(default=None, repr=False)
+    allow_reload: bool = False
+    model_root: Path | None = None
+    prompt_hash_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.model_dir is not None:
-            object.__setattr__(self, "model_dir", Path(self.model_dir))
-        if self.decision_log is not None:
-            object.__setattr__(self, "decision_log", Path(self.decision_log))
+        for name in ("model_dir", "decision_log", "model_root"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
         for name in ("port", "metrics_port"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
                 raise ConfigError(f"{name} must be in 0..65535, got {value}")
-        for name in ("workers", "max_message_bytes", "max_prompt_chars", "batch_chunk"):
+        for name in ("workers", "max_message_bytes", "max_prompt_chars", "batch_chunk", "max_batch", "max_concurrent_rpcs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
@@ -63,3 +78,15 @@ class ServerConfig:
             raise ConfigError("observation mode needs a decision log path (--decision-log)")
         if self.log_prompts and self.decision_log is None:
             raise ConfigError("--log-prompts needs a decision log path (--decision-log)")
+        for name in ("admin_token", "prompt_hash_key"):
+            value = getattr(self, name)
+            if value is not None and len(value) < MIN_SECRET_BYTES:
+                raise ConfigError(f"{name} must be at least {MIN_SECRET_BYTES} bytes, got {len(value)}")
+
+    @property
+    def reload_root(self) -> Path | None:
+        """The directory a Reload RPC may name models under: `model_root`, else the parent of
+        `model_dir` (where a deploy puts its versions beside a `current` link)."""
+        if self.model_root is not None:
+            return self.model_root
+        return self.model_dir.parent if self.model_dir is not None else None

@@ -3,6 +3,11 @@
 Every call reads `ModelHolder.current` once and runs start to finish on that router, so a
 reload never mixes two artifacts in one call. The holder knows nothing of gRPC: the server
 passes `on_serving` to flip health checks.
+
+Every load (start-up, Reload RPC, SIGHUP, watcher) runs on the holder's one loader thread, in
+order: hashing and warming up a model never occupies a request worker, two loads never race,
+and the watcher decides whether the directory changed only when its turn comes, after any
+Reload before it has recorded what it loaded (so a Reload is not followed by a second load).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,27 +68,46 @@ class ModelHolder:
         self._model_dir = config.model_dir
         self._current: Loaded | None = None
         self._lock = threading.Lock()
-        self._seen: Signature | None = None  # metadata.json of the last load attempt
+        # metadata.json of the configured directory at the last load attempt of it
+        self._seen: Signature | None = None
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-load")
+        self.loads = 0  # load attempts, for tests and logs
         self.ready = threading.Event()
 
     @property
     def current(self) -> Loaded | None:
         return self._current
 
+    @property
+    def model_dir(self) -> Path | None:
+        return self._model_dir
+
     def reload(self, model_dir: Path | str | None = None) -> ReloadResult:
         """Load and verify an artifact beside the serving one, then swap; raise if it fails.
 
-        Raises ArtifactError (bad artifact) or ConfigError (no directory given or configured);
-        the serving router is untouched on any failure.
+        Runs on the loader thread and waits for it. Raises ArtifactError (bad or unreadable
+        artifact) or ConfigError (no directory given or configured); the serving router is
+        untouched on any failure.
         """
+        return self._loader.submit(self._load, Path(model_dir) if model_dir else None).result()
+
+    def _load(self, model_dir: Path | None) -> ReloadResult:
         with self._lock:
-            target = Path(model_dir) if model_dir else self._model_dir
+            target = model_dir or self._model_dir
             if target is None:
                 raise ConfigError("no model directory configured; name one in the Reload request")
             started = time.perf_counter()
-            self._seen = directory_signature(target)
+            signature = directory_signature(target)
+            if target == self._model_dir:
+                self._seen = signature
+            self.loads += 1
             try:
                 router = Router.load(target, graph=self._config.graph, threads=self._config.threads)
+            except (OSError, ValueError) as e:  # an unreadable path (too long, NUL, no permission)
+                self._metrics.count_reload(False)
+                if isinstance(e, ConfigError):
+                    raise
+                raise ArtifactError(f"cannot read the model directory: {e}", file=str(target)) from None
             except BaseException:
                 self._metrics.count_reload(False)
                 raise
@@ -90,6 +115,7 @@ class ModelHolder:
             previous = self._current
             self._current = Loaded(router, target, time.time())
             self._model_dir = target
+            self._seen = signature
             self._metrics.count_reload(True)
             self._metrics.model_loaded(router.version)
             self._on_serving()
@@ -102,12 +128,20 @@ class ModelHolder:
 
         metadata.json is written last (and a retrained directory is swapped in whole), so a new
         one means a complete new artifact. A failed attempt is not retried until it changes again.
+        The check itself runs on the loader thread, after any reload already queued.
         """
-        target = self._model_dir
-        if target is None or directory_signature(target) in (None, self._seen):
+        self._loader.submit(self._reload_if_changed).result()
+
+    def _changed(self) -> bool:
+        with self._lock:
+            target = self._model_dir
+            return target is not None and directory_signature(target) not in (None, self._seen)
+
+    def _reload_if_changed(self) -> None:
+        if not self._changed():
             return
         try:
-            result = self.reload()
+            result = self._load(None)
             log.info("model directory changed: %s -> %s", result.previous_version, result.artifact_version)
         except (ArtifactError, ConfigError) as e:
             log.error("model directory changed but the new artifact is refused, still serving the previous one: %s", e)
@@ -115,7 +149,13 @@ class ModelHolder:
     def watch(self, interval: float, stop: threading.Event) -> None:
         """Poll the model directory every `interval` seconds until `stop` is set (a thread's body)."""
         while not stop.wait(interval):
+            if not self._changed():  # cheap check first: no queueing behind a load for nothing
+                continue
             try:
                 self.reload_if_changed()
             except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
                 log.exception("watching the model directory failed")
+
+    def close(self) -> None:
+        """Stop the loader thread (a load in progress finishes first)."""
+        self._loader.shutdown(wait=False, cancel_futures=True)

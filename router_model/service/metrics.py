@@ -7,11 +7,11 @@ several servers in one process (the tests start many) never collide or share cou
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # Round-trip latency buckets in seconds: sub-millisecond to a slow batch.
@@ -38,6 +38,19 @@ class _ModelCollector(Collector):
         if version is not None:
             info.add_metric([version], 1)
         yield info
+
+
+class _DecisionLogCollector(Collector):
+    """router_decision_log_errors_total, read from the writer's own count (it never raises, so
+    this is the only sign that records are being lost)."""
+
+    def __init__(self, errors: Callable[[], int]) -> None:
+        self._errors = errors
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "router_decision_log_errors", "Decision-log records lost to a failed write.", value=self._errors()
+        )
 
 
 class Metrics:
@@ -84,6 +97,10 @@ class Metrics:
 
     def count_reload(self, ok: bool) -> None:
         self._reloads.labels(result="ok" if ok else "failed").inc()
+
+    def watch_decision_log(self, errors: Callable[[], int]) -> None:
+        """Export the decision log's failed-write count (`errors` returns it)."""
+        self.registry.register(_DecisionLogCollector(errors))
 
     def render(self) -> str:
         """The Prometheus text exposition of every series."""

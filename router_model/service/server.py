@@ -3,6 +3,11 @@
 `create_server(ServerConfig(...))` starts listening at once and loads the artifact on a
 background thread; health reports NOT_SERVING (and Route answers UNAVAILABLE) until a model is
 loaded and warmed up. What a call does is the servicer's; how the model is swapped, the holder's.
+
+Threads: gRPC's pool has `max_concurrent_rpcs + SPARE_THREADS` threads. At most
+`max_concurrent_rpcs` router.v1 calls are admitted (status.rpc refuses the rest at once), so
+SPARE_THREADS are always free for health checks, reflection and those refusals: a probe never
+queues behind routing work. The CPU-bound part is bounded separately by `workers` slots.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import threading
 from concurrent import futures
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,7 +27,7 @@ from router_model.errors import ArtifactError, ConfigError
 from router_model.observe.decision_log import DecisionLogWriter
 from router_model.router import Router
 from router_model.service.config import ServerConfig
-from router_model.service.gen.router.v1 import router_pb2, router_pb2_grpc
+from router_model.service.gen.router.v1 import router_pb2
 from router_model.service.holder import ModelHolder, ReloadResult
 from router_model.service.metrics import Metrics, serve_metrics
 from router_model.service.servicer import RouterServicer
@@ -29,6 +35,30 @@ from router_model.service.servicer import RouterServicer
 log = logging.getLogger("router_model.service")
 
 SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+# Threads beyond the admitted router calls: health checks and refusals always find one free.
+SPARE_THREADS = 4
+# gRPC itself refuses a message over this many times --max-message-bytes (uncounted: the handler
+# never sees it); between 1x and this, the handler refuses it, counted as RESOURCE_EXHAUSTED.
+RECEIVE_CEILING_FACTOR = 2
+# gRPC's own bound on calls (queued + running), a last resort far above what is admitted.
+GRPC_CONCURRENCY_FACTOR = 4
+
+
+def router_handler(servicer: RouterServicer) -> grpc.GenericRpcHandler:
+    """router.v1.Router with request bytes passed through undecoded: status.rpc decodes them,
+    so a bad message is the caller's INVALID_ARGUMENT rather than gRPC's uncounted INTERNAL."""
+    service = router_pb2.DESCRIPTOR.services_by_name["Router"]
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, m.name), request_deserializer=None, response_serializer=_serialize
+        )
+        for m in service.methods
+    }
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _serialize(message: Any) -> bytes:
+    return bytes(message.SerializeToString())
 
 
 class RunningServer:
@@ -83,6 +113,11 @@ class RunningServer:
         """Same as the Reload RPC: raises ArtifactError/ConfigError and keeps the old model then."""
         return self._holder.reload(model_dir)
 
+    def reopen_logs(self) -> None:
+        """Reopen the decision log (after logrotate; router-serve calls this on SIGHUP)."""
+        if self._decision_log is not None:
+            self._decision_log.reopen()
+
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish within `grace` seconds, then clean up."""
         with self._stop_lock:
@@ -91,6 +126,7 @@ class RunningServer:
             self._closing.set()
             self._health.enter_graceful_shutdown()
             self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
+            self._holder.close()
             if self._metrics_httpd is not None:
                 self._metrics_httpd.shutdown()
                 self._metrics_httpd.server_close()
@@ -126,14 +162,16 @@ def create_server(config: ServerConfig, *, load_in_background: bool = True) -> R
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     holder = ModelHolder(config, metrics, on_serving=serving)
+    threads = config.max_concurrent_rpcs + SPARE_THREADS
     options = [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", RECEIVE_CEILING_FACTOR * config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second server on a taken port fails instead of sharing it
     ]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="router-rpc"),
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="router-rpc"),
         options=options,
+        maximum_concurrent_rpcs=GRPC_CONCURRENCY_FACTOR * threads,
     )
     host = f"[{config.host}]" if ":" in config.host else config.host
     try:
@@ -141,11 +179,14 @@ def create_server(config: ServerConfig, *, load_in_background: bool = True) -> R
     except RuntimeError as e:
         raise ConfigError(f"cannot listen on {host}:{config.port}: {e}") from None
     decision_log = (
-        DecisionLogWriter(config.decision_log, include_prompt=config.log_prompts)
+        DecisionLogWriter(config.decision_log, include_prompt=config.log_prompts, prompt_hash_key=config.prompt_hash_key)
         if config.decision_log is not None
         else None
     )
-    router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(config, holder, metrics, decision_log), server)
+    if decision_log is not None:
+        writer = decision_log
+        metrics.watch_decision_log(lambda: writer.errors)
+    server.add_generic_rpc_handlers((router_handler(RouterServicer(config, holder, metrics, decision_log)),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     metrics_httpd = serve_metrics(metrics, config.host, config.metrics_port) if config.metrics_port is not None else None

@@ -1,7 +1,10 @@
 """router.v1.Router: proto requests in, Router decisions out, each decision counted and logged.
 
 Kept thin on purpose: validation and routing are the Router's, status codes are
-`status.rpc`'s, loading and swapping the model is the ModelHolder's.
+`status.rpc`'s, loading and swapping the model is the ModelHolder's, who may Reload is
+`admin`'s. The servicer owns the order of a call: refuse what is too big or malformed before
+any work (a batch is validated whole first), wait for a compute slot, route, and log and count
+a decision only when the caller is still there to receive it.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from router_model.decision import RoutingDecision
 from router_model.errors import ArtifactError, ConfigError, InvalidRequestError
 from router_model.observe.decision_log import DecisionLogWriter, decision_record, log_text, utc_timestamp
-from router_model.request import TEXT_PART_TYPES, Request
+from router_model.request import TEXT_PART_TYPES, Request, parse_request
 from router_model.router import Router
+from router_model.service.admin import check_admin, reload_target
 from router_model.service.config import ServerConfig
 from router_model.service.gen.router.v1 import router_pb2, router_pb2_grpc
 from router_model.service.holder import Loaded, ModelHolder
+from router_model.service.limits import CallLimits, FairSlots
 from router_model.service.metrics import Metrics
 from router_model.service.status import RpcStatusError, check_deadline, rpc
 
@@ -103,8 +108,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> None:
         self.config = config
         self.metrics = metrics  # read by status.rpc
+        self.limits = CallLimits(config.max_concurrent_rpcs, config.max_message_bytes)  # read by status.rpc
+        self._slots = FairSlots(config.workers)
+        # Batch chunks may hold all but one slot: a single Route never waits for a batch chunk.
+        self._batch_slots = FairSlots(max(1, config.workers - 1))
         self._holder = holder
         self._decision_log = decision_log
+
+    def _slot(self, context: grpc.ServicerContext) -> FairSlots:
+        """Wait (within the deadline) until a compute slot is free; the caller then holds it."""
+        if not self._slots.acquire(context.time_remaining()):
+            raise RpcStatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed while waiting for a free worker")
+        return self._slots
 
     def _loaded(self) -> Loaded:
         loaded = self._holder.current
@@ -129,7 +144,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 )
             )
 
-    @rpc("Route")
+    @rpc("Route", router_pb2.RouteRequest)
     def Route(self, request: router_pb2.RouteRequest, context: grpc.ServicerContext) -> router_pb2.RouteResponse:  # noqa: N802
         started = time.perf_counter()
         loaded = self._loaded()
@@ -137,35 +152,57 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         tags = list(request.tags) or None
         request_id = request.request_id or uuid.uuid4().hex
         check_deadline(context)
-        decision = loaded.router.predict(routed, tags=tags)
+        slots = self._slot(context)
+        try:
+            decision = loaded.router.predict(routed, tags=tags)
+        finally:
+            slots.release()
+        check_deadline(context, "while the request was routed")  # nobody would receive it
         self._log_decisions([(routed, request_id, decision)], loaded.router)
         latency_us = round((time.perf_counter() - started) * 1e6)
         return _response(decision, request_id, latency_us, self.config.observe)
 
-    @rpc("RouteBatch")
+    @rpc("RouteBatch", router_pb2.RouteBatchRequest)
     def RouteBatch(  # noqa: N802
         self, request: router_pb2.RouteBatchRequest, context: grpc.ServicerContext
     ) -> router_pb2.RouteBatchResponse:
         started = time.perf_counter()
         loaded = self._loaded()
+        if len(request.requests) > self.config.max_batch:
+            raise InvalidRequestError(
+                f"{len(request.requests)} requests, over the limit of {self.config.max_batch}; split the batch",
+                field="requests",
+            )
         routed: list[Request] = []
-        for i, item in enumerate(request.requests):
+        for i, item in enumerate(request.requests):  # every item, before routing any
             try:
-                routed.append(to_router_request(item, self.config.max_prompt_chars))
+                converted = to_router_request(item, self.config.max_prompt_chars)
+                parse_request(converted)
             except InvalidRequestError as e:
                 raise InvalidRequestError(e.reason, field=e.field, index=i) from None
+            routed.append(converted)
         tags = [list(item.tags) or None for item in request.requests]
         ids = [item.request_id or uuid.uuid4().hex for item in request.requests]
         decisions: list[RoutingDecision] = []
         step = self.config.batch_chunk
         for lo in range(0, len(routed), step):
             check_deadline(context)
+            # One chunk per turn, and never in the last slot: single calls are not starved.
+            if not self._batch_slots.acquire(context.time_remaining()):
+                raise RpcStatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed while waiting for a free worker")
             try:
-                decisions.extend(loaded.router.predict_batch(routed[lo : lo + step], tags=tags[lo : lo + step]))
-            except InvalidRequestError as e:  # re-base the item's index from the chunk onto the batch
-                if e.index is None:
-                    raise
-                raise InvalidRequestError(e.reason, field=e.field, index=lo + e.index) from None
+                slots = self._slot(context)
+                try:
+                    decisions.extend(loaded.router.predict_batch(routed[lo : lo + step], tags=tags[lo : lo + step]))
+                except InvalidRequestError as e:  # re-base the item's index from the chunk onto the batch
+                    if e.index is None:
+                        raise
+                    raise InvalidRequestError(e.reason, field=e.field, index=lo + e.index) from None
+                finally:
+                    slots.release()
+            finally:
+                self._batch_slots.release()
+        check_deadline(context, "while the batch was routed")
         self._log_decisions(list(zip(routed, ids, decisions)), loaded.router)
         latency_us = round((time.perf_counter() - started) * 1e6)
         observe = self.config.observe
@@ -174,7 +211,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             latency_us=latency_us,
         )
 
-    @rpc("GetModelInfo")
+    @rpc("GetModelInfo", router_pb2.GetModelInfoRequest)
     def GetModelInfo(self, request: router_pb2.GetModelInfoRequest, context: grpc.ServicerContext) -> router_pb2.ModelInfo:  # noqa: N802
         loaded = self._loaded()
         router = loaded.router
@@ -195,10 +232,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             observe_only=self.config.observe,
         )
 
-    @rpc("Reload")
+    @rpc("Reload", router_pb2.ReloadRequest)
     def Reload(self, request: router_pb2.ReloadRequest, context: grpc.ServicerContext) -> router_pb2.ReloadResponse:  # noqa: N802
+        check_admin(self.config, context)
+        target = reload_target(request.model_dir, self.config.reload_root) if request.model_dir else None
         try:
-            result = self._holder.reload(request.model_dir or None)
+            result = self._holder.reload(target)  # on the holder's loader thread, not this worker
         except (ArtifactError, ConfigError) as e:
             log.warning("reload refused, still serving the previous artifact: %s", e)
             raise RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, f"reload refused: {e}") from None

@@ -42,6 +42,7 @@ from router_model.artifact import (
     write_metadata,
 )
 from router_model.errors import ArtifactError
+from router_model.prompt_digest import PromptDigest
 from router_model.request import Request
 from training.artifact.graph import head_parity, head_to_onnx, merge_router_graph
 from training.artifact.quantize import QuantizedEmbedder, calibration_feeds, quantize_embedder
@@ -113,6 +114,8 @@ class TrainingRecord:
     features: tuple[str, ...]
     calibration: str
     pass_threshold: float
+    price_as: dict[str, str]
+    trained_prompts: PromptDigest
 
 
 def build_metadata(record: TrainingRecord, exported: ExportedEmbedder, graphs: RouterGraphs, stamp: datetime) -> ArtifactMetadata:
@@ -145,8 +148,10 @@ def build_metadata(record: TrainingRecord, exported: ExportedEmbedder, graphs: R
             skipped=dict(read.skipped),
             split_rows=record.split_rows,
             pass_threshold=record.pass_threshold,
+            trained_prompts=record.trained_prompts,
         ),
         versions=_versions(),
+        price_as=record.price_as,
     )
 
 

@@ -24,7 +24,7 @@ class RequestCosts:
 
 def request_costs(read: LogReadResult, prices: PriceTable, output_tokens: int = DEFAULT_OUTPUT_TOKENS) -> RequestCosts:
     """Token counts from the log, else documented estimates (input ceil(chars / 4), output as given)."""
-    pair = prices.pricing_for_pair(read.cheap_model, read.strong_model, fallback=True)
+    pair = prices.pricing_for_pair(read.cheap_model, read.strong_model)  # unpriced: refused, naming the fix
     inp = np.array(
         [r.input_tokens if r.input_tokens is not None else estimate_tokens(r.full_text) for r in read.records], dtype=float
     )

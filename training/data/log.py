@@ -23,7 +23,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ __all__ = [
     "LogReadResult",
     "ReadOptions",
     "read_logs",
+    "write_log",
 ]
 
 # Float scores such as 8/10 must not fail a ">= 0.8" rubric because of rounding.
@@ -86,6 +89,34 @@ class LabelledRecord:
     def full_text(self) -> str:
         """All text of the request: what token estimates are based on."""
         return self._parsed.full_text
+
+    def to_row(self, models: Sequence[str]) -> dict[str, Any]:
+        """The record as a team-format (A) log row with the outcomes of `models`; reads back as itself."""
+        row: dict[str, Any] = {"id": self.id}
+        if isinstance(self.request, str):
+            row["prompt"] = self.request
+        else:
+            row["messages"] = list(self.request)
+        if self.tags:
+            row["tags"] = list(self.tags)
+        if self.category is not None:
+            row["metadata"] = {"category": self.category}
+        for key in ("input_tokens", "output_tokens"):
+            if getattr(self, key) is not None:
+                row[key] = getattr(self, key)
+        row["outcomes"] = {m: {"score": self.scores[m]} for m in models}
+        return row
+
+
+def write_log(records: Sequence[LabelledRecord], models: Sequence[str], path: Path) -> Path:
+    """Write records as a team-format log (atomically: a temporary file renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r.to_row(models), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
 
 
 @dataclass(frozen=True)

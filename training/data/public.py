@@ -43,6 +43,8 @@ ROUTELLM_BASE_URL = (
 )
 WEAK_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG_MODEL = "gpt-4-1106-preview"
+# The public pair has no list price of its own here: its dollar figures are GPT-4o-class stand-ins.
+PUBLIC_PRICE_AS = {WEAK_MODEL: "gpt-4o-mini", STRONG_MODEL: "gpt-4o"}
 MMLU_NORMALIZED = "routellm-mmlu.normalized.jsonl"
 MTBENCH_NORMALIZED = "routellm-mtbench.normalized.jsonl"
 

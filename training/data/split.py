@@ -8,21 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
-import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
 
+from router_model.prompt_digest import normalize_prompt
+
 __all__ = ["SPLIT_NAMES", "assign_splits", "group_kfold", "normalize_prompt"]
 
 SPLIT_NAMES = ("train", "val", "test")
-_WS = re.compile(r"\s+")
-
-
-def normalize_prompt(text: str) -> str:
-    """Group key: NFKC, lowercase, whitespace collapsed, stripped (so trivial variants group together)."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
 
 
 def _unit_hash(key: str, seed: int) -> float:

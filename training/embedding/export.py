@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,17 @@ OPSET = 17
 
 class EmbedderError(RouterError, RuntimeError):
     """The embedder cannot be resolved, exported or verified."""
+
+
+def _quiet_transformers() -> None:
+    """No weight-loading progress bar in the training output (the export is verified, not watched)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
+        pass
 
 
 def resolve_model_path(name: str) -> str:
@@ -89,6 +101,7 @@ def export_embedder(
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = resolve_model_path(name)
+    _quiet_transformers()
     try:
         st = SentenceTransformer(path, device="cpu")
     except Exception as e:
@@ -152,7 +165,12 @@ def export_embedder(
 
     dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in model_inputs)
     tmp_onnx = onnx_path.with_suffix(".tmp")
-    with torch.no_grad():
+    # The tracer's known warnings (Python booleans in the mask code, opset-17 index lowering) are
+    # about graphs we then verify numerically below; they are noise in the training output.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             _Pooled(),
             dummy,

@@ -9,7 +9,7 @@ import numpy as np
 
 from training.evaluate import metrics as M
 from training.evaluate.baselines import heuristic_scores, oracle_scores, random_scores
-from training.head import cheap_loses_nothing
+from training.head import cheap_loses_nothing, strong_loses_nothing
 
 RANDOM_EXPECTED = {"apgr": 0.5, "cpt50": 0.5, "cpt80": 0.8}
 
@@ -37,11 +37,23 @@ def evaluate(
     cost_strong: np.ndarray,
     texts: Sequence[str],
     *,
+    p_strong_ok: np.ndarray | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Held-out metrics for the router (score 1 - p_cheap_ok, decision p < threshold) and the baselines."""
+    """Held-out metrics for the router (score 1 - p_cheap_ok, decision p < threshold) and the baselines.
+
+    With `p_strong_ok` (1 - P(only cheap passes)) the decision's confidence is scored too: for each
+    row, the probability that the chosen model does at least as well, against whether it did.
+    """
     ok = cheap_loses_nothing(w, s)
-    res = M.evaluate_routing(p < threshold, w, s, cost_cheap, cost_strong)
+    strong = p < threshold
+    res = M.evaluate_routing(strong, w, s, cost_cheap, cost_strong)
+    calibration: dict[str, float] = {}
+    if p_strong_ok is not None:
+        confidence = np.where(strong, p_strong_ok, p)
+        right = np.where(strong, strong_loses_nothing(w, s), ok)
+        calibration = {"confidence_ece": M.ece(confidence, right, n_bins=15), "confidence_brier": M.brier(confidence, right),
+                       "confidence_mean": float(confidence.mean()), "chosen_at_least_as_good": float(right.mean())}
     router = {
         **M.routing_scores(1.0 - p, w, s),
         "auc": M.auc(p, ok),
@@ -51,6 +63,7 @@ def evaluate(
         "pass_rate": res.quality,
         "quality_vs_strong": res.quality_vs_strong,
         "cost_saved": res.cost_saved_fraction,
+        **calibration,
     }
     baselines = {
         "random": random_scores(len(p), seed=seed),

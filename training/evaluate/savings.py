@@ -31,14 +31,14 @@ import math
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from router_model.cli_args import non_negative_number, whole_number
+from router_model.cli_args import non_negative_number, price_as_arg, whole_number
 from router_model.cost import DEFAULT_OUTPUT_TOKENS
 from router_model.errors import ConfigError, RouterError
 from router_model.request import has_text
@@ -60,7 +60,7 @@ DEFAULT_REQUESTS_PER_MONTH = 1_000_000
 DEFAULT_SHARES = tuple(round(i / 10, 1) for i in range(11))
 HELD_OUT_NOTE = (
     "Quality measured on rows the router was trained on overstates it: use held-out rows "
-    "(e.g. the test split, or requests logged after training)."
+    "(router-train writes its test split to DIR-report/test.jsonl), or requests logged after training."
 )
 _DIGITS = 10  # significant digits in --json output (drops float noise only)
 
@@ -155,7 +155,9 @@ def compute_report(
     rules_total = int(sum(sc.rule_reasons.values()))
     extra = list(sc.info.get("notes", []))
     warnings = [n for n in extra if n.startswith("WARNING")]
-    notes = [*warnings, HELD_OUT_NOTE, *(n for n in extra if n not in warnings)]
+    # Said only when this log overlaps the router's training data (checked, not assumed).
+    held_out = [HELD_OUT_NOTE] if sc.info.get("trained_on_this_log") else []
+    notes = [*warnings, *held_out, *(n for n in extra if n not in warnings)]
     return {
         **{k: v for k, v in sc.info.items() if k != "notes"},
         "n": int(n),
@@ -195,6 +197,7 @@ def score_log(
     cheap: str | None = None,
     strong: str | None = None,
     prices: str | Path | None = None,
+    price_as: Mapping[str, str] | None = None,
     output_tokens: int | None = None,
     skip_invalid: bool = False,
     threads: int | None = None,
@@ -242,7 +245,14 @@ def score_log(
         p[no_text] = 0.0  # nothing for the classifier to read (image only): counted as a strong call
         notes.append(f"{int(no_text.sum())} row(s) have no text for the classifier (images only); scored p_cheap_ok = 0")
 
-    table = PriceTable.load(prices)
+    # Unpriced models are refused unless mapped: by the user here, or by the mapping the router
+    # was trained with (recorded in its metadata); either way the report says so.
+    mapping = {**router.meta.price_as, **(price_as or {})}
+    table = PriceTable.load(prices, price_as=mapping)
+    for name, priced in mapping.items():
+        if name in (read.cheap_model, read.strong_model):
+            source = "--price-as" if price_as and name in price_as else "the mapping the router was trained with"
+            notes.append(f"{name} has no list price here; priced as {priced} ({source})")
     out_tok = DEFAULT_OUTPUT_TOKENS if output_tokens is None else int(output_tokens)
     costs = request_costs(read, table, out_tok)
     cc, cs, pair = costs.cheap, costs.strong, costs.pricing
@@ -259,9 +269,14 @@ def score_log(
     trained_files = list(data.files) if data else []
     trained_on = bool(data and data.sha256) and data is not None and data.sha256 == read.data_sha256
     overlap = sorted({f for f in read.files for t in trained_files if _same_file(f, t)})
+    digest = data.trained_prompts if data else None
+    seen = sum(digest.seen(r.classifier_text) for r in records) if digest is not None else 0
     if trained_on or overlap:
         notes.insert(0, "WARNING: this log is (part of) the data the router was trained on "
                      f"({', '.join(overlap) or 'same sha256'}); its figures are optimistic.")
+    elif seen and digest is not None:
+        notes.insert(0, f"WARNING: {seen} of {len(records)} rows have prompts the router was trained or validated on "
+                     f"(its prompt digest; false-positive rate about {digest.fp_rate:.0e}); its figures are optimistic.")
 
     info = {
         "model_dir": str(model_dir),
@@ -271,7 +286,8 @@ def score_log(
         "rows_read": read.rows_read,
         "rows_used": read.rows_used,
         "skipped": dict(read.skipped),
-        "trained_on_this_log": bool(trained_on or overlap),
+        "trained_on_this_log": bool(trained_on or overlap or seen),
+        "rows_seen_in_training": int(seen),
         "prices": {
             "as_of": table.as_of,
             "source": table.source,
@@ -415,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cheap", metavar="NAME", help="the cheap model's name in the log (default: the router's)")
     p.add_argument("--strong", metavar="NAME", help="the strong model's name in the log (default: the router's)")
     p.add_argument("--prices", type=Path, metavar="FILE", help="price table JSON overriding/extending the packaged one")
+    p.add_argument("--price-as", action="append", type=price_as_arg, default=[], metavar="NAME=PRICED",
+                   help="cost an unpriced model as a priced one, e.g. my-ft=gpt-4o-mini (repeatable; default: the "
+                   "mapping the router was trained with)")
     p.add_argument("--output-tokens", type=whole_number, default=None, metavar="N",
                    help="output tokens per request assumed where the log has none (default: " + str(DEFAULT_OUTPUT_TOKENS) + ")")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="write the cost-quality plot here")
@@ -431,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("name both --cheap and --strong, or neither (the router's pair is used)")
     try:
         sc = score_log(args.model_dir, args.log, cheap=args.cheap, strong=args.strong, prices=args.prices,
+                       price_as=dict(args.price_as),
                        output_tokens=args.output_tokens, skip_invalid=args.skip_invalid)
         rep = compute_report(sc, requests_per_month=args.requests_per_month)
         if args.plot is not None:
