@@ -8,11 +8,12 @@ with the same requests:
 
 - closed loop: 16 concurrent clients back to back (each sends its next request as soon as the
   last one is answered), which saturates the machine and measures throughput;
-- open loop: requests sent at a fixed rate (default half the gateway's closed-loop throughput
-  of the same scenario, the same rate direct and through the gateway) by up to 16 concurrent
-  client slots, so below saturation the added latency is the gateway's own cost, not queueing.
-  Latency is counted from the request's scheduled send time, so a request held back by a busy
-  client slot counts its wait.
+- open loop: requests sent for 10 s at a fixed rate (default half the gateway's closed-loop
+  throughput of the same scenario, the same rate direct and through the gateway) by up to 16
+  concurrent client slots, so below saturation the added latency is the gateway's own cost, not
+  queueing. Latency is counted from the request's scheduled send time, so a request held back by
+  a busy client slot counts its wait. The non-streamed open loop runs a third time with a model
+  the router does not own (passed through undecided): the proxying's share of the added latency.
 
 The streamed latency is until `data: [DONE]` has been read. The router's decision time is
 `Router.predict` of the same prompt in this process (one thread), timed before and after the
@@ -48,6 +49,7 @@ PROMPT = (
     "charger stopped working after a week.'"
 )
 STREAM_CHUNKS = 10
+PASSTHROUGH_MODEL = "gpt-3.5-turbo"  # not the router's strong model nor an alias: forwarded without a decision
 # The upstream is the fixed reference of every run: plain asyncio + h11 whatever is installed, so a
 # faster HTTP stack in the environment changes only the gateway's side of the comparison.
 UPSTREAM_UVICORN = {"loop": "asyncio", "http": "h11"}
@@ -267,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     default_dir = REPO / "artifacts" / "router"
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=default_dir if default_dir.exists() else None)
-    p.add_argument("--requests", type=int, default=800, help="requests per closed-loop run (after warm-up)")
-    p.add_argument("--open-requests", type=int, default=600, help="requests per open-loop run (after warm-up)")
+    p.add_argument("--requests", type=int, default=600, help="requests per closed-loop run (after warm-up)")
+    p.add_argument("--open-seconds", type=float, default=10.0, help="length of an open-loop run (rate x seconds requests)")
+    p.add_argument("--open-requests", type=int, default=600, help="at most this many requests per open-loop run")
     p.add_argument("--open-fraction", type=float, default=0.5,
                    help="open-loop rate as a fraction of the gateway's closed-loop throughput of the same scenario")
     p.add_argument("--open-rate", type=float, help="open-loop rate in requests/s (overrides --open-fraction)")
@@ -315,9 +318,14 @@ def main(argv: list[str] | None = None) -> int:
             through = _through_gateway(gateway, procs[1].pid, body, stream, args.requests, args.clients, None)
             runs[f"closed_{name}"] = _compare(direct, through)
             rate = args.open_rate or args.open_fraction * through["throughput_rps"]
-            direct = asyncio.run(_run(upstream, body, stream, args.open_requests, args.clients, rate))
-            through = _through_gateway(gateway, procs[1].pid, body, stream, args.open_requests, args.clients, rate)
+            n_open = max(50, min(args.open_requests, round(rate * args.open_seconds)))
+            direct = asyncio.run(_run(upstream, body, stream, n_open, args.clients, rate))
+            through = _through_gateway(gateway, procs[1].pid, body, stream, n_open, args.clients, rate)
             runs[f"open_{name}"] = _compare(direct, through)
+            if not stream:  # the proxying alone: a model the router does not own passes through undecided
+                unrouted = {**body, "model": PASSTHROUGH_MODEL}
+                through = _through_gateway(gateway, procs[1].pid, unrouted, stream, n_open, args.clients, rate)
+                runs[f"open_{name}_passthrough"] = _compare(direct, through)
             print(f"{name}: done ({time.monotonic() - started:.0f} s)", flush=True)
     finally:
         for proc in reversed(procs):
@@ -358,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             "processes": "upstream, gateway (uvicorn, 1 worker) and the clients on the same machine, loopback HTTP/1.1",
             "clients": args.clients,
             "requests_per_closed_run": args.requests,
-            "requests_per_open_run": args.open_requests,
+            "requests_per_open_run": {k: r["gateway"]["requests"] for k, r in runs.items() if k.startswith("open_")},
+            "open_loop_seconds": args.open_seconds,
             "open_loop_rate": f"{args.open_rate} req/s" if args.open_rate else f"{args.open_fraction} x the gateway's closed-loop throughput",
             "warmup_requests": _warmup_count(args.clients),
             "upstream_delay_ms": args.delay * 1000,

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Input line: a JSON object with 'prompt' (string) or 'messages' (OpenAI chat messages), optional 'id' "
         "(default FILE-STEM:LINE), optional 'tags' (list of strings) and 'context_turns'; other fields are ignored, "
         "so a labelled log can be scored as it is. Blank lines are skipped. Output line, in input order: "
-        "line, id, model, p_cheap_ok, confidence, reason.",
+        "line, id, model, p_cheap_ok, confidence, margin, reason.",
         epilog="Exit status: 0 done; 2 a bad input line (reported as IN:LINE: field: reason, no output written) "
         "unless --skip-invalid, a bad option, or an unusable model directory.",
     )

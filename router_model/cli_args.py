@@ -40,3 +40,12 @@ def price_as_arg(text: str) -> tuple[str, str]:
         return parse_price_as(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_price_options(parser: argparse.ArgumentParser, *, price_as_default: str = "") -> None:
+    """--prices FILE and --price-as NAME=PRICED, spelled the same in every tool that turns tokens into dollars."""
+    parser.add_argument("--prices", default=None, metavar="FILE",
+                        help="price table JSON overriding/extending the packaged one (same layout, merged by model name)")
+    parser.add_argument("--price-as", action="append", type=price_as_arg, default=[], metavar="NAME=PRICED",
+                        help="cost a model that has no price as a priced one, e.g. my-ft=gpt-4o-mini (repeatable)"
+                        + (f"; {price_as_default}" if price_as_default else ""))

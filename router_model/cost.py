@@ -97,7 +97,7 @@ class ModelPrice:
 
 @dataclass(frozen=True)
 class PairPricing:
-    """Prices for a cheap/strong pair; `notes` says when a fallback price stands in."""
+    """Prices for a cheap/strong pair (`notes`: anything a report should repeat about them)."""
 
     cheap_model: str
     strong_model: str
@@ -220,22 +220,11 @@ class PriceTable:
         """The price of `model`, resolving aliases; UnknownModelError (a ConfigError) if unpriced."""
         return self.models[self.resolve(model)]
 
-    def pricing_for_pair(self, cheap: str, strong: str, *, fallback: bool = False) -> PairPricing:
-        """Prices for a cheap/strong pair.
-
-        With `fallback=True` an unpriced cheap model is priced as gpt-4o-mini and an unpriced
-        strong one as gpt-4o, and `notes` says so; without it an unpriced name is an error, so a
-        cost figure is never silently built on someone else's price.
-        """
-        notes: list[str] = []
-        prices: list[ModelPrice] = []
-        for role, name, default in (("cheap", cheap, DEFAULT_CHEAP), ("strong", strong, DEFAULT_STRONG)):
-            if name in self or not fallback:
-                prices.append(self.price(name))
-                continue
-            prices.append(self.price(default))
-            notes.append(f"{role} model {name!r} is not in the price table; priced as {default}")
-        return PairPricing(cheap, strong, prices[0], prices[1], tuple(notes))
+    def pricing_for_pair(self, cheap: str, strong: str) -> PairPricing:
+        """Prices for a cheap/strong pair; an unpriced name is an UnknownModelError naming the fix
+        (a --prices file, or an explicit --price-as mapping), so a cost figure is never silently
+        built on someone else's price."""
+        return PairPricing(cheap, strong, self.price(cheap), self.price(strong))
 
 
 def parse_price_as(text: str) -> tuple[str, str]:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from router_model.cli_args import non_negative_number
+from router_model.cli_args import add_price_options, non_negative_number
 from router_model.cost import (
     DAYS_PER_MONTH,
     DEFAULT_CHEAP,
@@ -91,10 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cheap", default=DEFAULT_CHEAP, metavar="MODEL", help=f"cheap model (default {DEFAULT_CHEAP})")
     parser.add_argument("--strong", default=DEFAULT_STRONG, metavar="MODEL", help=f"strong model (default {DEFAULT_STRONG})")
-    parser.add_argument(
-        "--prices", default=None, metavar="FILE",
-        help="JSON price file that overrides/extends the packaged table (same layout; merged by model name)",
-    )
+    add_price_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
@@ -179,7 +176,7 @@ def estimate_main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        table = PriceTable.load(args.prices)
+        table = PriceTable.load(args.prices, price_as=dict(args.price_as))
         result = compute(args, table)
     except ConfigError as exc:
         parser.error(str(exc))  # exits 2 with the usage line and the message

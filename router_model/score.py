@@ -7,7 +7,7 @@ other field is ignored, so a labelled training log can be scored as it is. Blank
 skipped.
 
 Each output line, in input order: `line` (input line number), `id`, `model`, `p_cheap_ok`,
-`confidence`, `reason`; with `skip_invalid`, a bad input line gives an output line whose
+`confidence`, `margin` (p_cheap_ok - threshold), `reason`; with `skip_invalid`, a bad input line gives an output line whose
 decision fields are null and whose `error` says `field: reason`.
 
 The file is never held in memory: a chunk of `batch_size` lines is read, routed with
@@ -108,13 +108,14 @@ def _decision_row(item: _Item, decision) -> dict[str, Any]:
         "model": decision.model,
         "p_cheap_ok": decision.p_cheap_ok,
         "confidence": decision.confidence,
+        "margin": decision.margin,
         "reason": decision.reason,
     }
 
 
 def _error_row(line: int, rid: str, message: str) -> dict[str, Any]:
-    return {"line": line, "id": rid, "model": None, "p_cheap_ok": None, "confidence": None, "reason": None,
-            "error": message}
+    return {"line": line, "id": rid, "model": None, "p_cheap_ok": None, "confidence": None, "margin": None,
+            "reason": None, "error": message}
 
 
 def _route(router, items: list[_Item]) -> list[Any]:

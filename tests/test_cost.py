@@ -121,14 +121,20 @@ def test_unknown_model_lists_known_ones(table: PriceTable) -> None:
     assert isinstance(err.value, ConfigError) and err.value.model == "claude-3-haiku"
 
 
-def test_pricing_for_pair_falls_back_only_when_asked(table: PriceTable) -> None:
+def test_unpriced_models_are_refused_unless_mapped_explicitly(table: PriceTable) -> None:
     exact = table.pricing_for_pair("gpt-4o-mini", "gpt-4o-2024-08-06")
-    assert exact.notes == () and exact.strong == table.price("gpt-4o")
-    with pytest.raises(UnknownModelError):
+    assert exact.strong == table.price("gpt-4o")
+    with pytest.raises(UnknownModelError) as e:
         table.pricing_for_pair("my-small-ft", "gpt-4o")
-    fb = table.pricing_for_pair("my-small-ft", "my-big", fallback=True)
-    assert fb.cheap == table.price("gpt-4o-mini") and fb.strong == table.price("gpt-4o")
-    assert len(fb.notes) == 2 and "my-small-ft" in fb.notes[0] and "gpt-4o-mini" in fb.notes[0]
+    assert "my-small-ft" in str(e.value) and "--price-as 'my-small-ft=gpt-4o'" in str(e.value) and "--prices" in str(e.value)
+    mapped = table.with_price_as({"my-small-ft": "gpt-4o-mini", "my-big": "gpt-4o-2024-08-06"})
+    pair = mapped.pricing_for_pair("my-small-ft", "my-big")
+    assert pair.cheap == table.price("gpt-4o-mini") and pair.strong == table.price("gpt-4o")
+    assert PriceTable.load(price_as={"my-small-ft": "gpt-4o-mini"}).price("my-small-ft") == table.price("gpt-4o-mini")
+    with pytest.raises(ConfigError, match="already has a price"):
+        table.with_price_as({"gpt-4o": "gpt-4o-mini"})
+    with pytest.raises(UnknownModelError):
+        table.with_price_as({"my-small-ft": "no-such-model"})
 
 
 def write(tmp_path: Path, data: object, name: str = "prices.json") -> Path:

@@ -165,3 +165,15 @@ def test_int8_close_to_fp32_on_public_test_split(int8_report: dict) -> None:
     assert r["int8_decision_agreement"] >= 0.99, r
     assert r["apgr_abs_diff"] <= INT8_MAX_APGR_DIFF, r
     assert r["max_abs_p_diff"] <= 0.015, r
+
+
+def test_decision_confidence_is_calibrated_on_the_public_test_split(public_router) -> None:
+    """`confidence` (P(the chosen model does at least as well)) has its own calibration, beside p_cheap_ok's."""
+    result, _ = public_router
+    r = result.evaluation["router"]
+    print(f"\npublic router test split: p_cheap_ok ECE {r['ece']:.3f}; confidence ECE {r['confidence_ece']:.3f} "
+          f"(mean {r['confidence_mean']:.3f}, observed {r['chosen_at_least_as_good']:.3f})")
+    assert r["ece"] < 0.08 and r["confidence_ece"] < 0.08
+    assert abs(r["confidence_mean"] - r["chosen_at_least_as_good"]) < 0.05
+    # A strong decision is confident when the cheap model rarely wins alone: mean confidence is high.
+    assert r["confidence_mean"] > 0.8

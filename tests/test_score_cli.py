@@ -33,7 +33,7 @@ ROWS = [
     {"id": "ctx", "prompt": "And in Spanish?", "context_turns": ["Translate 'thank you' into French."],
      "source": "x", "label_type": "correctness", "models": {"a": 1.0}},
 ]
-FIELDS = {"line", "id", "model", "p_cheap_ok", "confidence", "reason"}
+FIELDS = {"line", "id", "model", "p_cheap_ok", "confidence", "margin", "reason"}
 
 
 @pytest.fixture(scope="module")

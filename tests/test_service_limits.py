@@ -147,6 +147,34 @@ def test_reload_refuses_an_oversize_file_before_hashing(admin_stub, model_dir: P
     assert admin_stub.Route(pb.RouteRequest(prompt="still serving?"), timeout=10).artifact_version == router_version
 
 
+def test_reload_of_absurdly_nested_metadata_is_failed_precondition(admin_stub, model_dir: Path) -> None:
+    deep = model_dir.parent / "deep"
+    deep.mkdir()
+    (deep / "metadata.json").write_text("[" * 200_000 + "]" * 200_000)
+    err = reload_error(admin_stub, str(deep))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+
+
+def test_router_serve_limit_and_admin_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from router_model.errors import ConfigError
+    from router_model.service.cli import build_parser, config_from_args
+
+    (tmp_path / "token").write_text(TOKEN.decode() + "\n")
+    for name, value in {"ROUTER_MAX_BATCH": "64", "ROUTER_MAX_CONCURRENT_RPCS": "8", "ROUTER_MODEL_ROOT": "/models",
+                        "ROUTER_ADMIN_TOKEN_FILE": str(tmp_path / "token"), "ROUTER_PROMPT_HASH_KEY": "k" * 20}.items():
+        monkeypatch.setenv(name, value)
+    config = config_from_args(build_parser().parse_args([]))
+    assert (config.max_batch, config.max_concurrent_rpcs, config.model_root) == (64, 8, Path("/models"))
+    assert (config.admin_token, config.prompt_hash_key, config.allow_reload) == (TOKEN, b"k" * 20, False)
+    config = config_from_args(build_parser().parse_args(["--max-batch", "9", "--allow-reload"]))
+    assert (config.max_batch, config.allow_reload) == (9, True)
+    monkeypatch.setenv("ROUTER_PROMPT_HASH_KEY", "short")
+    with pytest.raises(ConfigError, match="prompt_hash_key must be at least 16 bytes"):
+        config_from_args(build_parser().parse_args([]))
+    with pytest.raises(ConfigError, match="max_batch must be at least 1"):
+        ServerConfig(max_batch=0)
+
+
 @pytest.fixture(scope="module")
 def router_version(model_dir: Path) -> str:
     from router_model.router import Router

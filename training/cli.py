@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from router_model.artifact import GRAPHS
-from router_model.cli_args import price_as_arg
+from router_model.cli_args import add_price_options
 from router_model.cost import DEFAULT_OUTPUT_TOKENS
 from router_model.errors import RouterError
 from router_model.features import DEFAULT_FEATURES, FEATURES
@@ -71,10 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", choices=("auto", *GRAPHS), default="auto",
                    help="graph served by default: auto picks int8 when it agrees with fp32 on >=99%% of test decisions "
                    "and its APGR is within 0.005 (default: %(default)s)")
-    p.add_argument("--prices", type=Path, metavar="FILE", help="price table JSON overriding/extending the packaged one")
-    p.add_argument("--price-as", action="append", type=price_as_arg, default=[], metavar="NAME=PRICED",
-                   help="cost a model that has no price as a priced one, e.g. my-ft=gpt-4o-mini (repeatable). "
-                   "Without --log the public pair is priced as gpt-4o-mini / gpt-4o this way.")
+    add_price_options(p, price_as_default="without --log the public pair is priced as gpt-4o-mini / gpt-4o this way")
     p.add_argument("--output-tokens", type=int, default=DEFAULT_OUTPUT_TOKENS, metavar="N",
                    help="output tokens per request assumed for cost when the log has none (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the classifiers (default: %(default)s)")
@@ -120,7 +117,7 @@ def config_from_args(args: argparse.Namespace):
         seed=args.seed,
         truncation=args.truncation,
         default_graph=args.graph,
-        prices=args.prices,
+        prices=Path(args.prices) if args.prices else None,
         price_as=price_as,
         output_tokens=args.output_tokens,
         cache_dir=args.cache_dir,

@@ -347,6 +347,7 @@ class Gateway:
         # a limiter belongs to the event loop that first uses it).
         self._predict_slots = max(1, os.cpu_count() or 1)
         self._limiter: anyio.CapacityLimiter | None = None
+        self._chat_urls: dict[str, httpx.URL] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
     @property
@@ -389,18 +390,28 @@ class Gateway:
 
     # --- helpers -------------------------------------------------------------------------
     def _out_headers(self, headers: Mapping[str, str], upstream: Upstream) -> dict[str, str]:
-        out = {
-            k: v for k, v in headers.items()
-            if k.lower() not in _DROP_REQUEST_HEADERS and not k.lower().startswith("x-router-")
-        }
         key = upstream.api_key()
+        out: dict[str, str] = {}
+        has_type = False
+        for k, v in headers.items():
+            low = k.lower()
+            if low in _DROP_REQUEST_HEADERS or low.startswith("x-router-") or (key and low == "authorization"):
+                continue
+            has_type = has_type or low == "content-type"
+            out[k] = v
         if key:
-            out = {k: v for k, v in out.items() if k.lower() != "authorization"}
             out["authorization"] = f"Bearer {key}"
         out["accept-encoding"] = "identity"
-        if not any(k.lower() == "content-type" for k in out):
+        if not has_type:
             out["content-type"] = "application/json"
         return out
+
+    def _chat_url(self, upstream: Upstream) -> httpx.URL:
+        """`{base_url}/chat/completions`, parsed once per upstream (not for every request)."""
+        url = self._chat_urls.get(upstream.base_url)
+        if url is None:
+            url = self._chat_urls[upstream.base_url] = httpx.URL(f"{upstream.base_url}/chat/completions")
+        return url
 
     def label(self, model: str) -> str:
         """`model` as a metric label: known names only (priced, configured, the router's pair), else "other"."""
@@ -495,7 +506,7 @@ class Gateway:
         """Send the call to `model`'s upstream; the response is unread when `stream`."""
         upstream = self.config.upstream_for(model)
         request = self.client.build_request(
-            "POST", f"{upstream.base_url}/chat/completions", content=call.payload(model),
+            "POST", self._chat_url(upstream), content=call.payload(model),
             headers=self._out_headers(call.in_headers, upstream),
         )
         try:

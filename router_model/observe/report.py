@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from router_model.cli_args import non_negative_number
+from router_model.cli_args import add_price_options, non_negative_number
 from router_model.cost import DAYS_PER_MONTH, DEFAULT_OUTPUT_TOKENS, PriceTable, monthly_cost
 from router_model.errors import ConfigError
 from router_model.observe.decision_log import DecisionLogError, parse_timestamp, read_decision_log, record_problem
@@ -137,8 +137,11 @@ def build_report(
         assumptions.append(
             f"the log holds {len(pairs)} cheap/strong pairs; costs use the most common, {cheap_model}/{strong_model}"
         )
-    pair = prices.pricing_for_pair(cheap_model, strong_model, fallback=True)
-    assumptions.extend(pair.notes)
+    # An unpriced model is refused by name (UnknownModelError says how to map it with --price-as).
+    pair = prices.pricing_for_pair(cheap_model, strong_model)
+    for name in (cheap_model, strong_model):
+        if name not in prices.models and name.strip().lower() in prices.aliases:
+            assumptions.append(f"{name} priced as {prices.aliases[name.strip().lower()]}")
 
     span = (last[0] - first[0]).total_seconds()
     if requests_per_month is not None:
@@ -300,7 +303,7 @@ def _parser() -> argparse.ArgumentParser:
         "--input-tokens", type=non_negative_number, default=None, metavar="I",
         help="input tokens per request (default: the log's mean prompt_tokens, per side)",
     )
-    rep.add_argument("--prices", default=None, metavar="FILE", help="price file overriding/extending the packaged one")
+    add_price_options(rep)
     rep.add_argument("--skip-malformed", action="store_true", help="skip malformed lines instead of stopping")
     rep.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return rep
@@ -312,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     skipped: list[DecisionLogError] = []
     try:
-        prices = PriceTable.load(args.prices)
+        prices = PriceTable.load(args.prices, price_as=dict(args.price_as))
         report = build_report(
             read_decision_log(args.log, skip_malformed=args.skip_malformed, skipped=skipped),
             prices=prices,

@@ -103,7 +103,7 @@ class ModelHolder:
             self.loads += 1
             try:
                 router = Router.load(target, graph=self._config.graph, threads=self._config.threads)
-            except (OSError, ValueError) as e:  # an unreadable path (too long, NUL, no permission)
+            except (OSError, ValueError, RecursionError) as e:  # unreadable path or absurd metadata
                 self._metrics.count_reload(False)
                 if isinstance(e, ConfigError):
                     raise

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from router_model.cli_args import non_negative_number, price_as_arg, whole_number
+from router_model.cli_args import add_price_options, non_negative_number, whole_number
 from router_model.cost import DEFAULT_OUTPUT_TOKENS
 from router_model.errors import ConfigError, RouterError
 from router_model.request import has_text
@@ -430,10 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your volume (default: %(default)s)")
     p.add_argument("--cheap", metavar="NAME", help="the cheap model's name in the log (default: the router's)")
     p.add_argument("--strong", metavar="NAME", help="the strong model's name in the log (default: the router's)")
-    p.add_argument("--prices", type=Path, metavar="FILE", help="price table JSON overriding/extending the packaged one")
-    p.add_argument("--price-as", action="append", type=price_as_arg, default=[], metavar="NAME=PRICED",
-                   help="cost an unpriced model as a priced one, e.g. my-ft=gpt-4o-mini (repeatable; default: the "
-                   "mapping the router was trained with)")
+    add_price_options(p, price_as_default="default: the mapping the router was trained with")
     p.add_argument("--output-tokens", type=whole_number, default=None, metavar="N",
                    help="output tokens per request assumed where the log has none (default: " + str(DEFAULT_OUTPUT_TOKENS) + ")")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="write the cost-quality plot here")
