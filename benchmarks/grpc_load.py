@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--open-load", type=float, default=0.5,
                    help="then run open loop at this share of the measured closed-loop throughput (default 0.5; 0 = skip)")
     p.add_argument("--rate", type=float, default=None, help="open loop at this many requests/s in total instead")
-    p.add_argument("--workers", type=int, default=4, help="server gRPC worker threads (default 4, as router-serve)")
+    p.add_argument("--workers", type=int, default=4, help="router-serve --workers: routing computations at once (default 4, as router-serve)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1, as router-serve)")
     p.add_argument("--graph", choices=GRAPHS, default=None)
     p.add_argument("--tokens", type=int, default=64, help="prompt length in tokens")

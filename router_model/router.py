@@ -83,7 +83,9 @@ class Router:
         self.path = path
         self._cheap_idx = list(meta.cheap_ok_index)
         # P(only the cheap model passes): the one outcome where the strong model does worse. The
-        # joint target has it as a class; the binary target does not (see `_decide`).
+        # joint target models it (probability 0 if the log never had such a row); the binary target
+        # does not, and an old artifact does not say (see `_scores`).
+        self._joint = meta.target == "joint"
         self._cheap_only_idx = meta.classes.index(CHEAP_ONLY_CLASS) if CHEAP_ONLY_CLASS in meta.classes else None
 
     # --- loading -------------------------------------------------------------------------
@@ -198,6 +200,8 @@ class Router:
             p_ok[idx] = probs[:, self._cheap_idx].sum(axis=1)
             if self._cheap_only_idx is not None:
                 p_strong[idx] = 1.0 - probs[:, self._cheap_only_idx]
+            elif self._joint:  # the joint head never saw "only cheap passes": it gives it probability 0
+                p_strong[idx] = 1.0
             else:  # binary target: P(strong needed) = 1 - p_cheap_ok, a lower bound of P(strong >= cheap)
                 p_strong[idx] = 1.0 - p_ok[idx]
         return np.clip(p_ok, 0.0, 1.0), np.clip(p_strong, 0.0, 1.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from router_model.errors import ConfigError
@@ -70,3 +71,25 @@ def parse_choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+ENV_PROMPT_HASH_KEY = "ROUTER_PROMPT_HASH_KEY"
+
+
+def read_secret(path: Path, what: str) -> bytes:
+    """A secret from a file (surrounding whitespace stripped); ConfigError when unusable."""
+    try:
+        data = Path(path).read_bytes().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the {what} file {path}: {e.strerror or e}") from None
+    if not data:
+        raise ConfigError(f"the {what} file {path} is empty")
+    return data
+
+
+def secret(path: Path | None, variable: str, what: str) -> bytes | None:
+    """A secret from `path`, else from the environment variable `variable`, else None."""
+    if path is not None:
+        return read_secret(path, what)
+    value = os.environ.get(variable, "").strip()
+    return value.encode() if value else None

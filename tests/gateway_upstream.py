@@ -92,6 +92,8 @@ class FakeUpstream:
                 {"error": {"message": "bad parameter", "type": "invalid_request_error", "code": "invalid_value", "param": "temperature"}},
                 status_code=400,
             )
+        if fault == "cookie":  # an upstream (or a proxy in front of it) that sets a session cookie
+            return JSONResponse(_completion(body, None), headers={"set-cookie": "session=caller-a-secret; Path=/"})
         if fault == "malformed":
             return Response(b'{"id": "chatcmpl-1", "choices": [', media_type="application/json")
         if body.get("stream"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router_model.cost import PriceTable
+from router_model.cost import PriceTable, UnknownModelError
 from router_model.observe.decision_log import (
     DecisionLogError,
     DecisionLogWriter,
@@ -328,13 +328,15 @@ def test_report_given_tokens_and_output(prices: PriceTable) -> None:
     assert round(r.monthly_cost_routed, 2) == round(0.4 * 195 + 0.6 * 3250, 2)
 
 
-def test_report_unpriced_models_fall_back_and_say_so(prices: PriceTable) -> None:
+def test_report_unpriced_models_are_refused_unless_priced_as(prices: PriceTable) -> None:
     log = [{**r, "cheap_model": "my-ft", "model": "my-ft" if r["model"] == "gpt-4o-mini" else "gpt-4o"}
            for r in hand_made_log()]
-    r = build_report(log, prices=prices, requests_per_month=1_000_000)
+    with pytest.raises(UnknownModelError, match="no price for model 'my-ft'"):
+        build_report(log, prices=prices, requests_per_month=1_000_000)
+    r = build_report(log, prices=PriceTable.load(price_as={"my-ft": "gpt-4o-mini"}), requests_per_month=1_000_000)
     assert r.cheap_model == "my-ft" and r.cheap_share == 0.4
     assert round(r.monthly_cost_routed, 2) == 2472.00
-    assert any("'my-ft' is not in the price table; priced as gpt-4o-mini" in a for a in r.assumptions)
+    assert any("my-ft priced as gpt-4o-mini" in a for a in r.assumptions)
     assert "priced as gpt-4o-mini" in format_report(r)
 
 

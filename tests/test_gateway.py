@@ -209,6 +209,15 @@ def test_unrouted_model_passes_through_byte_for_byte(route_gw, upstream):
     assert "x-router-decision" not in resp.headers
 
 
+def test_an_upstream_cookie_is_never_replayed_on_another_callers_request(route_gw, upstream):
+    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}]}
+    first, second = _tid(), _tid()
+    assert _post(route_gw, body, first, x_fake_fault="cookie").status_code == 200
+    assert _post(route_gw, body, second).status_code == 200
+    (got,) = upstream.for_test(second)
+    assert "cookie" not in got.headers
+
+
 def test_route_mode_classification_and_image_go_where_the_router_says(route_gw, upstream, router, cheap_prompt):
     client = route_gw.sdk()
     messages = [{"role": "user", "content": cheap_prompt}]
@@ -261,7 +270,8 @@ def test_observe_mode_forwards_the_requested_model_and_logs(observe_gw, route_gw
     (rec,) = observe_gw.records(tid)
     assert rec["model"] == router.cheap_model and rec["served_model"] == router.strong_model
     assert rec["mode"] == "observe" and rec["saved_is_estimate"] is True
-    assert rec["prompt_sha256"] and "prompt" not in rec
+    # no prompt hash key configured: neither the prompt nor a guessable hash of it is logged
+    assert "prompt" not in rec and "prompt_sha256" not in rec and "prompt_hmac" not in rec
     prices = PriceTable.load()
     usage = Usage(PROMPT_TOKENS, COMPLETION_TOKENS, CACHED_TOKENS)
     assert rec["saved_usd"] == pytest.approx(usage_cost(prices, "gpt-4o", usage) - usage_cost(prices, "gpt-4o-mini", usage))

@@ -7,7 +7,9 @@ Starlette app whose lifespan opens the client and loads the router in the backgr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import http.cookiejar
 import json
 import logging
 import os
@@ -170,6 +172,7 @@ class _Call:
     fallback: str | None = None
     final: _Attempt | None = None
     finished: bool = False
+    pending: asyncio.Task[None] | None = None  # observe mode: the decision, computed while the upstream answers
 
     def payload(self, model: str) -> bytes:
         """The body for `model`: the client's bytes when unchanged, else the same JSON with `model` replaced."""
@@ -339,7 +342,9 @@ class Gateway:
         self.holder = RouterHolder(config, self.metrics, router)
         self.prices = prices or PriceTable.load(config.prices)
         self.decision_log = (
-            DecisionLogWriter(config.decision_log, include_prompt=config.log_prompts) if config.decision_log else None
+            DecisionLogWriter(config.decision_log, include_prompt=config.log_prompts, prompt_hash_key=config.prompt_hash_key)
+            if config.decision_log
+            else None
         )
         self._client: httpx.AsyncClient | None = None
         self._aliases = frozenset(a.lower() for a in config.aliases)
@@ -361,7 +366,10 @@ class Gateway:
         t = self.config.timeouts
         limits = httpx.Limits(max_connections=self.config.max_connections, max_keepalive_connections=self.config.max_connections)
         timeout = httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False) as client:
+        # One client is shared by every caller: it must never store an upstream's Set-Cookie and
+        # replay it on someone else's request.
+        no_cookies = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, cookies=no_cookies) as client:
             self._client = client
             async with anyio.create_task_group() as tg:
                 if self.holder.current is None:
@@ -459,21 +467,35 @@ class Gateway:
             return True
         return router is not None and name == router.strong_model.lower()
 
-    async def _decide(self, call: _Call) -> None:
-        """Set the call's decision and target model; pass through models the router does not own."""
+    def _resolve(self, call: _Call) -> Router | None:
+        """Set the model the call goes to without a decision; the router when one is needed.
+
+        Models the router does not own pass through; an alias or the router's strong model needs
+        a decision (in observe mode only for the log: the app's model is forwarded either way).
+        """
         router = self.holder.current
         name = call.requested.strip().lower()
         is_alias = name in self._aliases
         if not is_alias and (router is None or name != router.strong_model.lower()):
             call.target = call.requested
             call.reason = REASON_PASSTHROUGH if router is not None else REASON_NO_ROUTER
-            return
+            return None
         if router is None:
             detail = f": {self.holder.error}" if self.holder.error else " yet"
             raise RouterNotReadyError(f"model {call.requested!r} needs the router, which is not loaded{detail}")
         call.router = router
-        strong = router.strong_model
-        unrouted = strong if is_alias else call.requested  # what the app gets without routing
+        call.target = router.strong_model if is_alias else call.requested  # what the app gets without routing
+        return router
+
+    async def _decided(self, call: _Call) -> None:
+        """Wait for an observe-mode decision started beside the upstream call (no-op otherwise)."""
+        task, call.pending = call.pending, None
+        if task is not None:
+            await task
+
+    async def _decide(self, call: _Call, router: Router) -> None:
+        """Set the call's decision, and in route mode its target."""
+        unrouted = call.target
         tags = request_tags(call.in_headers, call.body)
         started = time.perf_counter()
         try:
@@ -657,13 +679,20 @@ class Gateway:
                 body=body, raw=raw, requested=body["model"], stream=bool(body.get("stream")), mode=mode,
                 in_headers=request.headers, started=started,
             )
-            await self._decide(call)
+            router = self._resolve(call)
+            if router is not None:
+                if call.mode == "observe":
+                    # The forwarded model does not depend on the decision: decide while the upstream answers.
+                    call.pending = asyncio.ensure_future(self._decide(call, router))
+                else:
+                    await self._decide(call, router)
             if call.stream:
                 return await self._stream(call)
             return await self._complete(call)
         except GatewayError as err:
             out = _error_response(err)
             if call is not None:
+                await self._decided(call)
                 self._finish(call, err.status, completed=False)
                 if call.target:
                     out.headers.update(self._router_headers(call))
@@ -676,6 +705,7 @@ class Gateway:
     async def _complete(self, call: _Call) -> Response:
         resp, content, model = await self._send_with_fallback(call, stream=False)
         assert content is not None
+        await self._decided(call)
         if resp.status_code >= 400:
             return self._client_error(call, model, resp, content)
         data = self._accept(call, model, resp, content)
@@ -740,6 +770,7 @@ class Gateway:
 
     async def _stream(self, call: _Call) -> Response:
         resp, content, model = await self._send_with_fallback(call, stream=True)
+        await self._decided(call)
         if resp.status_code != 200:
             return self._client_error(call, model, resp, content or b"")
         attempt = _Attempt(model, 200)

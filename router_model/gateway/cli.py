@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from router_model.errors import ConfigError, RouterError
 from router_model.gateway.config import MODES, load_config
+from router_model.settings import ENV_PROMPT_HASH_KEY, secret
 
 log = logging.getLogger("router_model.gateway")
 
@@ -29,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default 8080)")
     p.add_argument("--decision-log", metavar="FILE", help="append every decision (JSON lines)")
     p.add_argument("--log-prompts", action="store_true", default=None, help="also store the messages in the decision log")
+    p.add_argument("--prompt-hash-key-file", metavar="FILE",
+                   help=f"key of the decision log's prompt HMAC (or ${ENV_PROMPT_HASH_KEY}); without one no prompt hash is logged")
     p.add_argument("--watch-interval", type=float, metavar="S", help="reload when metadata.json changes, polled every S seconds")
     p.add_argument("--prices", metavar="FILE", help="price file overriding/extending the packaged prices")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -45,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port, decision_log=args.decision_log, log_prompts=args.log_prompts,
             watch_interval=args.watch_interval, prices=args.prices,
         )
+        key = secret(Path(args.prompt_hash_key_file) if args.prompt_hash_key_file else None, ENV_PROMPT_HASH_KEY,
+                     "prompt hash key")
+        if key is not None:
+            config = dataclasses.replace(config, prompt_hash_key=key)
         if config.model_dir is None:
             raise ConfigError("no router: pass --model-dir DIR or set model_dir in the config file")
         import uvicorn

@@ -152,6 +152,7 @@ class GatewayConfig:
     checks: Checks = field(default_factory=Checks)
     decision_log: Path | None = None
     log_prompts: bool = False
+    prompt_hash_key: bytes | None = field(default=None, repr=False)  # keys the decision log's prompt HMAC
     watch_interval: float | None = None
     prices: Path | None = None
     graph: str | None = None

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 
-from router_model.errors import ConfigError
 from router_model.service.config import ServerConfig
 from router_model.service.status import RpcStatusError
 
@@ -23,17 +22,6 @@ ADMIN_TOKEN_HEADER = "x-router-admin-token"
 # Longer than any real path (PATH_MAX is 4096 on Linux): refused before touching the disk.
 MAX_PATH_CHARS = 4096
 REFUSED = "refused"
-
-
-def read_secret(path: Path, what: str) -> bytes:
-    """A secret from a file (surrounding whitespace stripped); ConfigError when unusable."""
-    try:
-        data = Path(path).read_bytes().strip()
-    except OSError as e:
-        raise ConfigError(f"cannot read the {what} file {path}: {e.strerror or e}") from None
-    if not data:
-        raise ConfigError(f"the {what} file {path} is empty")
-    return data
 
 
 def check_admin(config: ServerConfig, context: grpc.ServicerContext) -> None:

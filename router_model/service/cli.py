@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -27,12 +26,14 @@ from router_model.settings import (
     DEFAULT_HOST,
     ENV_GRAPH,
     ENV_MODEL_DIR,
+    ENV_PROMPT_HASH_KEY,
     ENV_THREADS,
     GRAPHS,
     check_renamed,
     env,
     parse_bool,
     parse_choice,
+    secret,
 )
 
 log = logging.getLogger("router_model.service")
@@ -40,7 +41,6 @@ log = logging.getLogger("router_model.service")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Secrets given directly in the environment (the *_FILE variables and flags name a file instead).
 ENV_ADMIN_TOKEN = "ROUTER_ADMIN_TOKEN"
-ENV_PROMPT_HASH_KEY = "ROUTER_PROMPT_HASH_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,16 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs["help"] = f"{kwargs['help']} [env {var}]"
         p.add_argument(*flags, **kwargs)
     return p
-
-
-def secret(path: Path | None, variable: str, what: str) -> bytes | None:
-    """A secret from `path`, else from the environment variable `variable`, else None."""
-    from router_model.service.admin import read_secret
-
-    if path is not None:
-        return read_secret(path, what)
-    value = os.environ.get(variable, "").strip()
-    return value.encode() if value else None
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
