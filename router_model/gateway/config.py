@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from router_model.gateway.errors import GatewayConfigError
+from router_model.settings import GRAPHS
 
 MODES = ("observe", "route")
 DEFAULT_REFUSAL_PATTERNS: tuple[str, ...] = (
@@ -52,7 +53,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "log_prompts": {"type": "boolean"},
         "watch_interval": {"type": "number", "exclusiveMinimum": 0},
         "prices": {"type": "string", "minLength": 1},
-        "graph": {"enum": ["int8", "fp32"]},
+        "graph": {"enum": list(GRAPHS)},
         "threads": {"type": "integer", "minimum": 1},
         "max_body_bytes": {"type": "integer", "minimum": 1024},
         "max_connections": {"type": "integer", "minimum": 1},
