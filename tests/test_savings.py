@@ -212,3 +212,23 @@ def test_held_out_rows_written_by_training_get_no_warning_and_copied_rows_do(mod
     rep = compute_report(score_log(model_dir, [copied]))
     assert rep["trained_on_this_log"] is True and 0 < rep["rows_seen_in_training"] <= 12
     assert rep["notes"][0].startswith(f"WARNING: {rep['rows_seen_in_training']} of 12 rows")
+
+
+def test_unpriced_models_are_refused_by_name_unless_mapped(model_dir: Path, tmp_path: Path, capsys) -> None:
+    rows = [json.loads(line) for line in EXAMPLE_LOG.read_text(encoding="utf-8").splitlines() if line.strip()]
+    renamed = tmp_path / "renamed.jsonl"
+    with renamed.open("w", encoding="utf-8") as f:
+        for r in rows:
+            oc = r["outcomes"]
+            r["outcomes"] = {"my-ft": oc["gpt-4o-mini"], "my-big": oc["gpt-4o"]}
+            f.write(json.dumps(r) + "\n")
+    base = ["--model-dir", str(model_dir), "--log", str(renamed), "--cheap", "my-ft", "--strong", "my-big", "--json"]
+    with pytest.raises(SystemExit) as e:
+        main(base)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no price for model 'my-ft'" in err and "--price-as" in err
+    assert main([*base, "--price-as", "my-ft=gpt-4o-mini", "--price-as", "my-big=gpt-4o"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["prices"]["cheap_per_1m"]["input"] == 0.15 and rep["prices"]["strong_per_1m"]["input"] == 2.5
+    assert any("my-ft has no list price here; priced as gpt-4o-mini (--price-as)" in n for n in rep["notes"])
