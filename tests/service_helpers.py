@@ -103,3 +103,13 @@ def clone_artifact(
 def default_graph_file(model_dir: Path) -> str:
     meta = json.loads((Path(model_dir) / "metadata.json").read_text())
     return meta["graphs"][meta["default_graph"]]
+
+
+def long_prompts(n: int) -> list[str]:
+    """n distinct prompts of roughly 64 tokens."""
+    base = (
+        "Question {i}: a train leaves the station at {h} o'clock travelling at {v} km/h while a second "
+        "train leaves an hour later at {w} km/h on a parallel track. Explain step by step when and where "
+        "the second train catches up, state every assumption you make, and check the answer."
+    )
+    return [base.format(i=i, h=i % 12 + 1, v=40 + i % 50, w=90 + i % 30) for i in range(n)]

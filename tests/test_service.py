@@ -26,6 +26,7 @@ from service_helpers import (
     clone_artifact,
     default_graph_file,
     health_status,
+    long_prompts,
     metric,
     router_stub,
     scrape,
@@ -49,16 +50,6 @@ PROMPTS = [
     "Translate 'good morning' into French.",
     "Write a Python function that merges overlapping intervals and analyse its complexity.",
 ]
-
-
-def long_prompts(n: int) -> list[str]:
-    """n distinct prompts of roughly 64 tokens."""
-    base = (
-        "Question {i}: a train leaves the station at {h} o'clock travelling at {v} km/h while a second "
-        "train leaves an hour later at {w} km/h on a parallel track. Explain step by step when and where "
-        "the second train catches up, state every assumption you make, and check the answer."
-    )
-    return [base.format(i=i, h=i % 12 + 1, v=40 + i % 50, w=90 + i % 30) for i in range(n)]
 
 
 def batch_lasting(stub, seconds: float) -> list[pb.RouteRequest]:
