@@ -279,7 +279,7 @@ def test_calls_over_the_concurrency_bound_are_refused_at_once(model_dir: Path) -
             stub.Route(pb.RouteRequest(prompt="one too many"), timeout=10)
         assert time.perf_counter() - started < 0.5
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert health_latency(ch) < 0.1
+        assert health_latency(ch) < 0.25  # health is not behind the bound (the 100 ms check is the test above)
         for f in futures:
             assert len(f.result().responses) == 256
         assert errors(running, "Route", "RESOURCE_EXHAUSTED") == 1
