@@ -97,13 +97,12 @@ class ModelPrice:
 
 @dataclass(frozen=True)
 class PairPricing:
-    """Prices for a cheap/strong pair (`notes`: anything a report should repeat about them)."""
+    """Prices for a cheap/strong pair."""
 
     cheap_model: str
     strong_model: str
     cheap: ModelPrice
     strong: ModelPrice
-    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

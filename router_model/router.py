@@ -206,16 +206,13 @@ class Router:
                 p_strong[idx] = 1.0 - p_ok[idx]
         return np.clip(p_ok, 0.0, 1.0), np.clip(p_strong, 0.0, 1.0)
 
-    def _p_cheap_ok(self, parsed: Sequence[ParsedRequest], encs: Sequence, n_tokens: Sequence[int]) -> np.ndarray:
-        return self._scores(parsed, encs, n_tokens)[0]
-
     def p_cheap_ok(self, requests: Sequence[Request]) -> np.ndarray:
         """The classifier's p_cheap_ok for each request, rules not applied (evaluation, parity)."""
         parsed = [parse_request(r) for r in requests]
         toks = [self._tokenize(p) for p in parsed]
         if any(e is None for e, _ in toks):
             raise InvalidRequestError("a request has no text for the classifier", field="messages")
-        return self._p_cheap_ok(parsed, [e for e, _ in toks], [n for _, n in toks])
+        return self._scores(parsed, [e for e, _ in toks], [n for _, n in toks])[0]
 
     # --- decisions -----------------------------------------------------------------------
     def _rule(self, parsed: ParsedRequest, tags: tuple[str, ...], n_tokens: int) -> str | None:

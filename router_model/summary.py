@@ -29,9 +29,9 @@ def _f(v: Any, fmt: str = ".3f") -> str:
 
 
 def format_evaluation(ev: Mapping[str, Any], *, indent: str = "") -> str:
-    """The held-out table: the router and the baselines at the router's strong share."""
+    """The held-out table: the router and the baselines at the router's strong share (rows indented by `indent`)."""
     lines = [
-        f"{indent}Held-out test set: {ev.get('n_test')} prompts (cheap pass rate {_f(ev.get('q_weak'))}, "
+        f"Held-out test set: {ev.get('n_test')} prompts (cheap pass rate {_f(ev.get('q_weak'))}, "
         f"strong {_f(ev.get('q_strong'))})",
         f"{indent}{'router':<11}" + "".join(f"{c:>18}" for c in COLUMNS),
     ]
@@ -70,7 +70,7 @@ def metadata_summary(meta: ArtifactMetadata, path: str | Path) -> str:
         lines.append(f"data: {d.rows_used} rows used of {d.rows_read} read, split {dict(d.split_rows)}, sha256 {d.sha256[:16]}...")
     test = meta.test_metrics
     if isinstance(test.get("router"), Mapping):
-        lines.append(format_evaluation(test, indent="  ").replace("  Held-out", "held-out", 1))
+        lines.append(format_evaluation(test, indent="  "))
     if meta.parity is not None:
         p = meta.parity
         lines.append(

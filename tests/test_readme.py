@@ -93,9 +93,13 @@ def test_readme_command_runs_as_written(line: str, workdir_template: Path, tmp_p
     work = tmp_path / "w"
     shutil.copytree(workdir_template, work, symlinks=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    def files() -> set[tuple[str, int, int]]:
+        return {(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in work.iterdir() if p.is_file()}
+
+    before = files()
     res = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"{line}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
-    assert res.stdout.strip() or any(work.iterdir()), "the command printed or wrote something"
+    assert res.stdout.strip() or files() != before, "the command printed nothing on stdout and wrote no file"
 
 
 def _parser_of(prog: str):

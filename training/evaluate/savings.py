@@ -256,7 +256,6 @@ def score_log(
     out_tok = DEFAULT_OUTPUT_TOKENS if output_tokens is None else int(output_tokens)
     costs = request_costs(read, table, out_tok)
     cc, cs, pair = costs.cheap, costs.strong, costs.pricing
-    notes += list(pair.notes)
     estimated_in = sum(1 for r in records if r.input_tokens is None)
     estimated_out = sum(1 for r in records if r.output_tokens is None)
     if estimated_in or estimated_out:
