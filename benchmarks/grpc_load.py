@@ -11,7 +11,13 @@ which measures capacity; by Little's law its latency is clients / throughput. Th
 the clients send, at Poisson times, half the capacity just measured (--open-load) or --rate
 requests/s in total, which shows the latency a caller sees below saturation.
 
-    python benchmarks/grpc_load.py --model-dir runs/model [--clients 16] [--duration 20]
+Both server modes run side by side in one run: a second `router-serve --batching` child
+(router_model/batching.py) takes its turn in every round, and the in-process side is measured
+both from `--workers` threads and from as many threads as there are clients (the batching
+target's baseline). A single-client phase per mode shows the latency at low load, where the
+batcher must not add its window.
+
+    python benchmarks/grpc_load.py --model-dir artifacts/router [--clients 16] [--duration 20]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -45,6 +52,9 @@ PROMPT_SOURCES = [
     ROOT / "data" / "example-log.jsonl",
 ]
 TARGETS = {"p50_ms": 8.0, "p99_ms": 20.0, "errors": 0, "throughput_ratio": 0.8}
+# Issue 17: batched gRPC at 16 clients >= 1.2x 16 in-process threads without batching; p99 at half
+# the batched capacity (open loop) <= 15 ms; no errors.
+BATCHING_TARGETS = {"throughput_ratio_vs_inprocess_16": 1.2, "open_loop_p99_ms": 15.0, "errors": 0}
 
 
 def load_prompts(model_dir: Path, tokens: int, n: int, source: Path | None) -> tuple[list[str], str]:
@@ -98,13 +108,16 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+def start_server(args: argparse.Namespace, batching: bool = False) -> tuple[subprocess.Popen, str]:
     cmd = [
         sys.executable, "-m", "router_model.service.cli", "--model-dir", str(args.model_dir), "--host", "127.0.0.1",
         "--port", "0", "--workers", str(args.workers), "--threads", str(args.threads), "--log-level", "WARNING",
     ]
     if args.graph:
         cmd += ["--graph", args.graph]
+    if batching:
+        cmd += ["--batching", "--batch-max-delay-ms", str(args.batch_max_delay_ms), "--batch-max-size",
+                str(args.batch_max_size), "--batch-runners", str(args.batch_runners)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("router-serve listening on "):
@@ -162,9 +175,11 @@ class Clients:
         self.stubs = [router_pb2_grpc.RouterStub(ch) for ch in self.channels]
         self.next = list(range(args.clients))
 
-    async def run(self, seconds: float, phase: Phase, rate: float | None = None) -> None:
-        """Load for `seconds`: closed loop, or open loop at `rate` requests/s in total."""
+    async def run(self, seconds: float, phase: Phase, rate: float | None = None, clients: int | None = None) -> None:
+        """Load for `seconds`: closed loop, or open loop at `rate` requests/s in total; `clients`
+        of the channels (default all)."""
         args = self.args
+        n_clients = clients or args.clients
         stop_at = time.perf_counter() + seconds
 
         async def one(k: int) -> None:
@@ -188,7 +203,7 @@ class Clients:
             pending: set[asyncio.Task] = set()
             next_at = time.perf_counter()
             while True:
-                next_at += rng.expovariate(rate / args.clients)
+                next_at += rng.expovariate((rate or 0.0) / n_clients)
                 if next_at >= stop_at:
                     break
                 await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
@@ -200,23 +215,26 @@ class Clients:
 
         started = time.perf_counter()
         cpu0, server_cpu0 = time.process_time(), proc_cpu_seconds(self.server_pid)
-        await asyncio.gather(*((open_loop if rate else closed)(k) for k in range(args.clients)))
+        await asyncio.gather(*((open_loop if rate else closed)(k) for k in range(n_clients)))
         phase.seconds += time.perf_counter() - started
         phase.cpu["client"] += time.process_time() - cpu0
         phase.cpu["server"] += proc_cpu_seconds(self.server_pid) - server_cpu0
 
 
-def in_process(router: Router, prompts: list[str], threads: int, seconds: float, phase: Phase) -> None:
+def in_process(
+    router: Router, prompts: list[str], threads: int, seconds: float, phase: Phase, predict: Callable[[str], object] | None = None
+) -> None:
     """The router called directly from `threads` threads, as the server's handlers call it."""
     stop_at = time.perf_counter() + seconds
     lock = threading.Lock()
+    call = predict or router.predict
 
     def worker(k: int) -> None:
         mine: list[float] = []
         i = k
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
-            router.predict(prompts[i % len(prompts)])
+            call(prompts[i % len(prompts)])
             mine.append(time.perf_counter() - t0)
             i += threads
         with lock:
@@ -232,47 +250,93 @@ def in_process(router: Router, prompts: list[str], threads: int, seconds: float,
     phase.cpu["process"] += time.process_time() - cpu0
 
 
+def in_process_batched(router: Router, prompts: list[str], threads: int, seconds: float, phase: Phase, args: argparse.Namespace) -> None:
+    """The router called from `threads` threads through one in-process Batcher (no gRPC)."""
+    from router_model.batching import Batcher, BatchingConfig
+
+    batcher = Batcher(BatchingConfig(max_delay_ms=args.batch_max_delay_ms, max_size=args.batch_max_size, runners=args.batch_runners))
+    try:
+        in_process(router, prompts, threads, seconds, phase, predict=lambda p: batcher.predict(router, p))
+    finally:
+        batcher.close()
+
+
+def graph_cost(router: Router, prompts: list[str], sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)) -> dict[str, float]:
+    """CPU milliseconds per request of one graph run over N prepared requests (one thread; best of
+    3 repeats): what batching can save in the model itself, apart from the service."""
+    prepared = [router.prepare(p) for p in prompts[:64]]
+    out = {}
+    for n in sizes:
+        best = float("inf")
+        for _ in range(3):
+            reps = max(1, 32 // n)
+            t0 = time.process_time()
+            for r in range(reps):
+                router.decide(prepared[r % 2 * 32 : r % 2 * 32 + n])
+            best = min(best, (time.process_time() - t0) / (reps * n))
+        out[str(n)] = 1000 * best
+    return out
+
+
 async def measure(
-    address: str, server_pid: int, router: Router, prompts: list[str], args: argparse.Namespace
-) -> tuple[dict, dict, dict | None]:
-    """Closed loop: alternate gRPC and in-process rounds, so drifting background load hits both
-    alike. Then open loop at a share of the capacity just measured (or at --rate)."""
-    clients = Clients(address, prompts, args, server_pid)
-    for ch in clients.channels:
-        await ch.channel_ready()
-    await clients.run(2.0, Phase())  # warm-up: connections, caches
+    servers: dict[str, tuple[str, int]], router: Router, prompts: list[str], args: argparse.Namespace
+) -> dict[str, dict]:
+    """Closed loop: alternate both gRPC modes and the in-process sides, so drifting background
+    load hits all alike. Then, per mode, open loop at a share of its own capacity (or at
+    --rate) and a single-client phase (latency at low load)."""
+    clients = {mode: Clients(address, prompts, args, pid) for mode, (address, pid) in servers.items()}
+    for c in clients.values():
+        for ch in c.channels:
+            await ch.channel_ready()
+        await c.run(2.0, Phase())  # warm-up: connections, caches
     in_process(router, prompts, args.workers, 1.0, Phase())
-    grpc_phase, local_phase = Phase(), Phase()
+    phases = {f"grpc_{mode}": Phase() for mode in clients}
+    phases.update(in_process=Phase(), in_process_clients=Phase(), in_process_batched=Phase())
     per_round = args.duration / args.rounds
     for _ in range(args.rounds):
-        await clients.run(per_round, grpc_phase)
-        await asyncio.to_thread(in_process, router, prompts, args.workers, per_round, local_phase)
-    closed = grpc_phase.summary()
-    open_figures = None
-    rate = args.rate or args.open_load * closed["throughput_rps"]
-    if rate:
-        open_phase = Phase()
-        await clients.run(args.duration, open_phase, rate=rate)
-        open_figures = {"rate_rps": rate, **open_phase.summary()}
-    for ch in clients.channels:
-        await ch.close()
-    return closed, local_phase.summary(), open_figures
+        for mode, c in clients.items():
+            await c.run(per_round, phases[f"grpc_{mode}"])
+        await asyncio.to_thread(in_process, router, prompts, args.workers, per_round, phases["in_process"])
+        await asyncio.to_thread(in_process, router, prompts, args.clients, per_round, phases["in_process_clients"])
+        if args.inprocess_batched:
+            await asyncio.to_thread(in_process_batched, router, prompts, args.clients, per_round, phases["in_process_batched"], args)
+    out = {name: ph.summary() for name, ph in phases.items() if ph.seconds}
+    for mode, c in clients.items():
+        rate = args.rate or args.open_load * out[f"grpc_{mode}"]["throughput_rps"]
+        if rate:
+            open_phase = Phase()
+            await c.run(args.duration, open_phase, rate=rate)
+            out[f"open_{mode}"] = {"rate_rps": rate, **open_phase.summary()}
+        if args.low_load_seconds:
+            low = Phase()
+            await c.run(args.low_load_seconds, low, clients=1)
+            out[f"low_{mode}"] = low.summary()
+    for c in clients.values():
+        for ch in c.channels:
+            await ch.close()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=os.environ.get("ROUTER_MODEL_DIR"), required="ROUTER_MODEL_DIR" not in os.environ)
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of gRPC load (after a 2 s warm-up), and as long in process")
-    p.add_argument("--rounds", type=int, default=4, help="alternate gRPC and in-process this many times (default 4)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of gRPC load per mode (after a 2 s warm-up), and as long per in-process side")
+    p.add_argument("--rounds", type=int, default=4, help="alternate the gRPC modes and in-process sides this many times (default 4)")
     p.add_argument("--open-load", type=float, default=0.5,
-                   help="then run open loop at this share of the measured closed-loop throughput (default 0.5; 0 = skip)")
+                   help="then run open loop at this share of each mode's measured closed-loop throughput (default 0.5; 0 = skip)")
     p.add_argument("--rate", type=float, default=None, help="open loop at this many requests/s in total instead")
+    p.add_argument("--low-load-seconds", type=float, default=5.0, help="single-client closed loop per mode (default 5 s; 0 = skip)")
     p.add_argument("--workers", type=int, default=4, help="router-serve --workers: routing computations at once (default 4, as router-serve)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1, as router-serve)")
     p.add_argument("--graph", choices=GRAPHS, default=None)
     p.add_argument("--tokens", type=int, default=64, help="prompt length in tokens")
     p.add_argument("--prompts", type=Path, default=None, help="JSONL file with a 'prompt' field per line")
+    p.add_argument("--batch-max-delay-ms", type=float, default=2.0, help="the batched server's --batch-max-delay-ms (default 2)")
+    p.add_argument("--batch-max-size", type=int, default=32, help="the batched server's --batch-max-size (default 32)")
+    p.add_argument("--batch-runners", type=int, default=2, help="the batched server's --batch-runners (default 2)")
+    p.add_argument("--no-batching", dest="batching", action="store_false", help="measure only the unbatched server")
+    p.add_argument("--inprocess-batched", action="store_true", help="also time the batcher in process (no gRPC) from --clients threads")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "grpc_load.json")
     args = p.parse_args(argv)
     args.model_dir = Path(args.model_dir)
@@ -280,12 +344,20 @@ def main(argv: list[str] | None = None) -> int:
     prompts, source = load_prompts(args.model_dir, args.tokens, 512, args.prompts)
     router = Router.load(args.model_dir, graph=args.graph, threads=args.threads)
     load_before = os.getloadavg()[0]
-    proc, address = start_server(args)
+    graph_ms = graph_cost(router, prompts)
+    procs: dict[str, subprocess.Popen] = {}
+    servers: dict[str, tuple[str, int]] = {}
     try:
-        grpc_figures, inproc, open_figures = asyncio.run(measure(address, proc.pid, router, prompts, args))
+        for mode in ("unbatched", "batched") if args.batching else ("unbatched",):
+            proc, address = start_server(args, batching=mode == "batched")
+            procs[mode], servers[mode] = proc, (address, proc.pid)
+        figures = asyncio.run(measure(servers, router, prompts, args))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            proc.wait(timeout=60)
+    grpc_figures, inproc, open_figures = figures["grpc_unbatched"], figures["in_process"], figures.get("open_unbatched")
     ratio = grpc_figures["throughput_rps"] / inproc["throughput_rps"]
     result = {
         "benchmark": "grpc_load",
@@ -307,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "in_process": inproc,
         "throughput_ratio": ratio,
         "open_loop": open_figures,
+        "low_load": figures.get("low_unbatched"),
         "targets": TARGETS,
         "meets": {
             "p50_ms": grpc_figures["p50_ms"] <= TARGETS["p50_ms"],
@@ -319,21 +392,62 @@ def main(argv: list[str] | None = None) -> int:
             "p99_ms": open_figures["p99_ms"] <= TARGETS["p99_ms"],
             "errors": open_figures["errors"] == TARGETS["errors"],
         },
+        "in_process_clients_threads": figures["in_process_clients"],
+        "graph_cpu_ms_per_request_by_batch_size": graph_ms,
     }
+    if "in_process_batched" in figures:
+        result["in_process_batched"] = figures["in_process_batched"]
+    if args.batching:
+        b, base = figures["grpc_batched"], figures["in_process_clients"]
+        b_open, b_low = figures.get("open_batched"), figures.get("low_batched")
+        b_ratio = b["throughput_rps"] / base["throughput_rps"]
+        result["batching"] = {
+            "config": {"max_delay_ms": args.batch_max_delay_ms, "max_size": args.batch_max_size, "runners": args.batch_runners},
+            "grpc": b,
+            "open_loop": b_open,
+            "low_load": b_low,
+            "throughput_ratio_vs_inprocess_16": b_ratio,
+            "throughput_ratio_vs_unbatched_grpc": b["throughput_rps"] / grpc_figures["throughput_rps"],
+            "targets": BATCHING_TARGETS,
+            "meets": {
+                "throughput_ratio_vs_inprocess_16": b_ratio >= BATCHING_TARGETS["throughput_ratio_vs_inprocess_16"],
+                "open_loop_p99_ms": None if b_open is None else b_open["p99_ms"] <= BATCHING_TARGETS["open_loop_p99_ms"],
+                "errors": b["errors"] + (b_open["errors"] if b_open else 0) == BATCHING_TARGETS["errors"],
+                "low_load_p50_not_higher": None if not (b_low and figures.get("low_unbatched"))
+                else b_low["p50_ms"] <= figures["low_unbatched"]["p50_ms"] * 1.1,
+            },
+        }
+
+    def line(label: str, f: dict) -> str:
+        return (f"{label:<34}{f['throughput_rps']:8.1f} req/s  p50 {f['p50_ms']:6.2f} ms  p99 {f['p99_ms']:6.2f} ms  "
+                f"max {f['max_ms']:6.2f} ms  errors {f['errors']}")
+
     g = grpc_figures
-    print(f"closed loop, {args.clients} clients, {args.duration:g} s, workers={args.workers}, ort threads={args.threads}, "
-          f"load average {result['machine']['loadavg_1m'][0]:.1f}")
-    print(f"gRPC:       {g['throughput_rps']:8.1f} req/s  p50 {g['p50_ms']:.2f} ms  p99 {g['p99_ms']:.2f} ms  "
-          f"max {g['max_ms']:.2f} ms  errors {g['errors']}")
-    print(f"            server-side p50 {g['server_p50_ms']:.2f} ms; CPU per request: server {g['server_cpu_ms_per_request']:.2f} ms, "
+    print(f"closed loop, {args.clients} clients, {args.duration:g} s per side, workers={args.workers}, ort threads={args.threads}, "
+          f"load average {result['machine']['loadavg_1m'][0]:.1f} -> {result['machine']['loadavg_1m'][1]:.1f}")
+    print(line("gRPC (unbatched):", g))
+    print(f"{'':<34}server-side p50 {g['server_p50_ms']:.2f} ms; CPU per request: server {g['server_cpu_ms_per_request']:.2f} ms, "
           f"clients {g['client_cpu_ms_per_request']:.2f} ms")
-    print(f"in-process: {inproc['throughput_rps']:8.1f} req/s  p50 {inproc['p50_ms']:.2f} ms  p99 {inproc['p99_ms']:.2f} ms "
-          f"({args.workers} threads; CPU per request {inproc['process_cpu_ms_per_request']:.2f} ms)")
-    print(f"ratio {ratio:.2f}; meets targets: {result['meets']}")
-    if open_figures:
-        o = open_figures
-        print(f"open loop at {o['rate_rps']:.0f} req/s: p50 {o['p50_ms']:.2f} ms  p99 {o['p99_ms']:.2f} ms  "
-              f"max {o['max_ms']:.2f} ms  errors {o['errors']}; meets: {result['meets_open_loop']}")
+    if args.batching:
+        b = figures["grpc_batched"]
+        print(line("gRPC (batched):", b))
+        print(f"{'':<34}server-side p50 {b['server_p50_ms']:.2f} ms; CPU per request: server {b['server_cpu_ms_per_request']:.2f} ms")
+    print(line(f"in process, {args.workers} threads:", inproc))
+    print(line(f"in process, {args.clients} threads:", figures["in_process_clients"]))
+    if "in_process_batched" in figures:
+        print(line(f"in process, {args.clients} threads, batcher:", figures["in_process_batched"]))
+    print(f"ratio gRPC/in-process ({args.workers} threads) {ratio:.2f}; meets targets: {result['meets']}")
+    print("graph CPU ms per request by batch size: " + ", ".join(f"{n}: {ms:.2f}" for n, ms in graph_ms.items()))
+    for mode in ("unbatched", "batched"):
+        if f"open_{mode}" in figures:
+            o = figures[f"open_{mode}"]
+            print(line(f"open loop {mode} at {o['rate_rps']:.0f} req/s:", o))
+        if f"low_{mode}" in figures:
+            print(line(f"1 client, {mode}:", figures[f"low_{mode}"]))
+    if args.batching:
+        bt = result["batching"]
+        print(f"batched gRPC / in-process {args.clients} threads: {bt['throughput_ratio_vs_inprocess_16']:.2f} "
+              f"(/ unbatched gRPC: {bt['throughput_ratio_vs_unbatched_grpc']:.2f}); meets: {bt['meets']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")

@@ -6,7 +6,7 @@ random (in expectation), the keyword/length heuristic, prompt length alone, Mini
 regression on the three possible targets, the default router configuration (joint 4-class
 target + request features), with/without the request features, and the oracle.
 
-    python benchmarks/routing_quality.py [--log FILE] [--folds 5] [--quick]
+    python benchmarks/routing_quality.py [--log FILE] [--folds 5] [--quick] [--embedder model2vec]
 
 Prints a table and writes benchmarks/results/routing_quality.json. Needs ../shared/data (or
 --log); embeddings are cached, so reruns take a few minutes on two cores.
@@ -27,7 +27,7 @@ from training.cache import default_cache_dir
 from training.data.log import read_logs
 from training.data.public import shared_data_dir
 from training.data.split import group_kfold, normalize_prompt
-from training.embedding.export import export_embedder
+from training.embedding.export import DEFAULT_EMBEDDER, export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
 from training.evaluate import metrics as M
@@ -73,8 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--head", default="logreg_c0.1", help="head of the default router configuration")
     p.add_argument("--quick", action="store_true", help="only the default configuration and the baselines")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "routing_quality.json")
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER,
+                   help="embedder, as router-train --embedder (e.g. model2vec, the static one); default: %(default)s")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default: benchmarks/results/routing_quality.json (routing_quality_model2vec.json for model2vec)")
     args = p.parse_args(argv)
+    if args.out is None:
+        suffix = "" if args.embedder == DEFAULT_EMBEDDER else "_" + args.embedder.replace(":", "_").replace("/", "_")
+        args.out = ROOT / "benchmarks" / "results" / f"routing_quality{suffix}.json"
 
     log_path = args.log or shared_data_dir() / "routellm-evals" / "routellm-mmlu.normalized.jsonl"
     if not log_path.exists():
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = [r.classifier_text for r in recs]
     w = np.array([float(r.passed[CHEAP]) for r in recs])
     s = np.array([float(r.passed[STRONG]) for r in recs])
-    exported = export_embedder(cache_dir=default_cache_dir())
+    exported = export_embedder(args.embedder, cache_dir=default_cache_dir())
     emb = OnnxEmbedder(exported, cache_dir=default_cache_dir())
     n_tokens = np.array([emb.encoder.count_tokens(r.full_text) for r in recs])
     E = emb.embed(texts, progress=True)
@@ -137,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "strong": STRONG,
         "folds": args.folds,
         "features": list(DEFAULT_FEATURES),
+        "embedder": args.embedder,
         "head": args.head,
         "results": results,
         "reference": {"routellm_paper_best_mmlu": {"apgr": 0.603, "cpt50": 0.354, "cpt80": 0.703}},

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="for a bad input line, write an output line with an 'error' field and go on (a count is "
                     "printed at the end) instead of stopping with exit status 2")
     sc.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    sc.add_argument("--ray", metavar="ADDRESS", default=None,
+                    help="score on Ray Data: 'auto' (the cluster this node belongs to), 'ray://HOST:10001', or "
+                    "'local' (start one here); needs the ray extra; the same output as without it (docs/scale.md)")
+    sc.add_argument("--ray-actors", type=positive_int, default=None, metavar="N",
+                    help="with --ray: scoring actors, each with one Router of --threads threads (default: the "
+                    "cluster's CPUs / threads)")
 
     rt = sub.add_parser(
         "route",
@@ -122,17 +128,23 @@ def _load(args: argparse.Namespace, default_threads: int):
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from router_model.score import score_file, summarize
+    from router_model.score import ScoreReport, score_file, shard_pairs, summarize
 
-    router = _load(args, os.cpu_count() or 1)
-    report = score_file(
-        router,
-        args.input,
-        args.output,
-        batch_size=args.batch_size,
-        skip_invalid=args.skip_invalid,
-        show_progress=not args.no_progress,
-    )
+    if args.ray:
+        from router_model.score_ray import score_with_ray
+
+        report = score_with_ray(_model_dir(args), args.input, args.output, address=args.ray, graph=args.graph,
+                                threads=args.threads or 1, batch_size=args.batch_size, skip_invalid=args.skip_invalid,
+                                actors=args.ray_actors, show_progress=not args.no_progress)
+    else:
+        router = _load(args, os.cpu_count() or 1)
+        # A directory of shards: each *.jsonl scored, in name order, into the same name in --output.
+        pairs = shard_pairs(args.input, args.output) if Path(args.input).is_dir() else [(args.input, args.output)]
+        report = ScoreReport()
+        for src, dst in pairs:
+            part = score_file(router, src, dst, batch_size=args.batch_size, skip_invalid=args.skip_invalid,
+                              show_progress=not args.no_progress)
+            report.merge(part)
     print(summarize(report), file=sys.stderr)
     if report.invalid:
         print(f"{report.invalid} invalid line(s) written with an 'error' field; first ones:", file=sys.stderr)

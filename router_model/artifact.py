@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from router_model.decision import RoutingRules
 from router_model.encoder import EncoderSettings
 from router_model.errors import ArtifactError
+from router_model.multi import PASS_OUTPUT, POLICY_KINDS, CostModel
 from router_model.prompt_digest import PromptDigest
 from router_model.settings import FP32, GRAPHS, INT8
 
@@ -35,7 +37,9 @@ __all__ = [
     "DataRecord",
     "EmbedderSpec",
     "GoalRecord",
+    "MultiModelRecord",
     "ParityRecord",
+    "PolicyRecord",
     "read_metadata",
     "sha256_file",
     "verify_file",
@@ -44,7 +48,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 1: a cheap/strong pair (what the two-model path still writes); 2: N models (a `multi` section,
+# training/multi). This code reads both; a version-1 directory of any age keeps loading.
+FORMAT_VERSION = 2
+PAIR_FORMAT_VERSION = 1
+MULTI_FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
 GRAPH_FILES: Mapping[str, str] = {FP32: "model.onnx", INT8: "model.int8.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
@@ -52,6 +60,8 @@ TOKENIZER_FILE = "tokenizer.json"
 # refused before it is hashed, so a hostile or mistaken directory cannot stall a load for minutes.
 MAX_FILE_BYTES = 2 * 1024**3
 PROBABILITIES_OUTPUT = "probabilities"
+# The embedder's pooled output; merged graphs also expose it, for the drift distance (observe/drift.py).
+EMBEDDING_OUTPUT = "sentence_embedding"
 FEATURES_INPUT = "features"
 
 
@@ -99,19 +109,66 @@ class EmbedderSpec:
 
 @dataclass(frozen=True)
 class GoalRecord:
-    """The goal the threshold was chosen for, and whether validation data met it."""
+    """The goal the threshold was chosen for, its risk and method, and what was certified (docs/guarantee.md).
+
+    Everything after `met_on_validation` is optional: directories written before risk control
+    load with the empirical method, no risk and no certified floor.
+    """
 
     kind: str
     value: float
     met_on_validation: bool | None = None
+    risk: float | None = None  # allowed chance the goal fails on new traffic; None: no guarantee
+    method: str = "empirical"
+    certified: bool | None = None  # whether any routing beyond the safe end was certified
+    certified_floor: float | None = None  # quality floor (fraction of always-strong) the threshold is certified at
+    bound: float | None = None  # floor: lower bound on quality / strong; budget: upper bound on the spend
+    n_labelled: int | None = None  # rows the threshold was chosen on
+    n_needed: int | None = None  # not certified: rows that would certify the best gap observed
+    threshold_rows: str = "validation"  # "validation" or "oof" (cross-fitted train + validation)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GoalRecord:
-        met = d.get("met_on_validation")
-        return cls(str(d["kind"]), float(d["value"]), None if met is None else bool(met))
+        def opt(name: str, cast: Any) -> Any:
+            v = d.get(name)
+            if v is None:
+                return None
+            try:
+                return cast(v)
+            except (TypeError, ValueError):
+                raise ArtifactError(f"metadata.json: goal.{name} must be a {cast.__name__}, got {v!r}") from None
+
+        return cls(
+            str(d["kind"]),
+            float(d["value"]),
+            opt("met_on_validation", bool),
+            risk=opt("risk", float),
+            method=str(d.get("method") or "empirical"),
+            certified=opt("certified", bool),
+            certified_floor=opt("certified_floor", float),
+            bound=opt("bound", float),
+            n_labelled=opt("n_labelled", int),
+            n_needed=opt("n_needed", int),
+            threshold_rows=str(d.get("threshold_rows") or "validation"),
+        )
+
+    def describe(self) -> str:
+        """One line for summaries: goal, risk, method and what was certified."""
+        head = f"{self.kind}={self.value:g}"
+        if self.risk is None:
+            return f"{head}, no risk control (method {self.method}; met on validation: {self.met_on_validation})"
+        rows = f" on {self.n_labelled} {self.threshold_rows} rows" if self.n_labelled else ""
+        if self.kind != "quality_floor":
+            state = f"certified (upper bound {self.bound:.4g})" if self.certified else "not certified: all cheap"
+        elif self.certified:
+            state = f"certified floor {self.certified_floor:.3f} of always-strong"
+        else:
+            need = f"; about {self.n_needed:,} labelled rows would certify the best gap seen" if self.n_needed else ""
+            state = f"nothing cheap certified: all strong (floor 1.000){need}"
+        return f"{head} at risk {self.risk:g} (method {self.method}{rows}): {state}"
 
 
 @dataclass(frozen=True)
@@ -180,6 +237,107 @@ class ParityRecord:
         )
 
 
+POLICY_TIERS = ("cheap", "strong")
+_POLICY_RULE_KEYS = ("image_to_strong", "strong_tags", "max_tokens")
+
+
+@dataclass(frozen=True)
+class PolicyRecord:
+    """A day-0 policy artifact (training/policy): its classes are the policy's routes, scored by
+    similarity to written example requests; no outcome labels were used. Absent for trained routers."""
+
+    name: str
+    routes: Mapping[str, str]  # route name -> "cheap" | "strong" (the classes, whose order is `classes`')
+    examples: Mapping[str, int]  # route name -> number of example requests
+    rules: Mapping[str, Any]  # the RoutingRules the policy asks for (image_to_strong, strong_tags, max_tokens)
+    scoring: Mapping[str, float] = field(default_factory=dict)  # how similarities become probabilities
+    source: str = ""  # the policy file, copied into the directory
+    source_sha256: str = ""
+
+    def routing_rules(self) -> RoutingRules:
+        """The rules to apply when the caller names none."""
+        r = dict(self.rules)
+        tags = r.get("strong_tags")
+        return RoutingRules(**{**r, **({"strong_tags": frozenset(tags)} if tags is not None else {})})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "routes": dict(self.routes),
+            "examples": dict(self.examples),
+            "rules": _plain(self.rules),
+            "scoring": dict(self.scoring),
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PolicyRecord:
+        rules = dict(d.get("rules", {}))
+        unknown = sorted(set(rules) - set(_POLICY_RULE_KEYS))
+        if unknown:
+            raise ValueError(f"policy.rules has unknown key(s) {unknown}")
+        return cls(
+            name=str(d["name"]),
+            routes={str(k): str(v) for k, v in dict(d["routes"]).items()},
+            examples={str(k): int(v) for k, v in dict(d.get("examples", {})).items()},
+            rules=rules,
+            scoring={str(k): float(v) for k, v in dict(d.get("scoring", {})).items()},
+            source=str(d.get("source", "")),
+            source_sha256=str(d.get("source_sha256", "")),
+        )
+
+
+@dataclass(frozen=True)
+class MultiModelRecord:
+    """An N-model router (format 2): the graph's pass/ok columns, the serving rule and per-model dollars.
+
+    `models` are the graph's column order, cheapest first; output `output` holds P(pass) for each,
+    then P(ok) (loses nothing against every pricier model) for each: shape (batch, 2N).
+    """
+
+    models: tuple[str, ...]
+    policy: str
+    value: float
+    cost_models: tuple[CostModel, ...]
+    best_single: str
+    output: str = PASS_OUTPUT
+    cost_source: Mapping[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": list(self.models),
+            "policy": self.policy,
+            "value": "inf" if self.value == float("inf") else self.value,
+            "cost_models": [c.to_dict() for c in self.cost_models],
+            "best_single": self.best_single,
+            "output": self.output,
+            "cost_source": dict(self.cost_source),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MultiModelRecord:
+        models = tuple(str(m) for m in d["models"])
+        rec = cls(
+            models=models,
+            policy=str(d["policy"]),
+            value=float(d["value"]),
+            cost_models=tuple(CostModel.from_dict(c) for c in d["cost_models"]),
+            best_single=str(d["best_single"]),
+            output=str(d.get("output", PASS_OUTPUT)),
+            cost_source={str(k): str(v) for k, v in dict(d.get("cost_source", {})).items()},
+        )
+        if len(models) < 2 or len(set(models)) != len(models):
+            raise ValueError(f"multi.models must be at least two distinct names, got {list(models)}")
+        if rec.policy not in POLICY_KINDS:
+            raise ValueError(f"multi.policy {rec.policy!r} is not one of {list(POLICY_KINDS)}")
+        if tuple(c.model for c in rec.cost_models) != models:
+            raise ValueError("multi.cost_models must name multi.models, in order")
+        if rec.best_single not in models:
+            raise ValueError(f"multi.best_single {rec.best_single!r} is not one of multi.models")
+        return rec
+
+
 @dataclass(frozen=True)
 class ArtifactMetadata:
     """metadata.json, validated. Optional parts default so older directories still load."""
@@ -206,7 +364,9 @@ class ArtifactMetadata:
     parity: ParityRecord | None = None
     versions: Mapping[str, str] = field(default_factory=dict)
     price_as: Mapping[str, str] = field(default_factory=dict)  # unpriced model -> the priced model it was costed as
-    format_version: int = FORMAT_VERSION
+    policy: PolicyRecord | None = None  # set for a day-0 policy artifact (training/policy), None for a trained router
+    multi: MultiModelRecord | None = None  # set for an N-model router (format 2, training/multi)
+    format_version: int = PAIR_FORMAT_VERSION
 
     @property
     def cheap_ok_index(self) -> tuple[int, ...]:
@@ -257,6 +417,10 @@ class ArtifactMetadata:
             d["data"] = self.data.to_dict()
         if self.parity is not None:
             d["parity"] = self.parity.to_dict()
+        if self.policy is not None:
+            d["policy"] = self.policy.to_dict()
+        if self.multi is not None:
+            d["multi"] = self.multi.to_dict()
         return d
 
     @classmethod
@@ -334,6 +498,8 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
         parity = ParityRecord.from_dict(raw["parity"]) if raw.get("parity") is not None else None
         versions = {str(k): str(v) for k, v in dict(raw.get("versions", {})).items()}
         price_as = {str(k): str(v) for k, v in dict(raw.get("price_as", {})).items()}
+        policy = PolicyRecord.from_dict(raw["policy"]) if raw.get("policy") is not None else None
+        multi = MultiModelRecord.from_dict(raw["multi"]) if raw.get("multi") is not None else None
     except (KeyError, TypeError, ValueError) as e:
         raise _fail(f"malformed field: {e}") from e
     if not 0.0 <= threshold <= 1.0 + 1e-6:
@@ -350,6 +516,10 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
     for name in [*graphs.values(), TOKENIZER_FILE]:
         if name not in files:
             raise _fail(f"no sha256 recorded for {name}")
+    if policy is not None:
+        _check_policy(policy, classes, cheap_ok)
+    if (version >= MULTI_FORMAT_VERSION) != (multi is not None):
+        raise _fail(f"format_version {version} {'needs' if multi is None else 'cannot have'} a multi section")
     from router_model.features import FEATURES
 
     unknown = [f for f in features if f not in FEATURES]
@@ -378,8 +548,22 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
         parity=parity,
         versions=versions,
         price_as=price_as,
+        policy=policy,
+        multi=multi,
         files=files,
     )
+
+
+def _check_policy(policy: PolicyRecord, classes: tuple[str, ...], cheap_ok: tuple[str, ...]) -> None:
+    """A policy's routes are the classes; its cheap routes are the cheap-ok classes."""
+    if set(policy.routes) != set(classes):
+        raise _fail(f"policy.routes {sorted(policy.routes)} must be the classes {sorted(classes)}")
+    bad = {r: t for r, t in policy.routes.items() if t not in POLICY_TIERS}
+    if bad:
+        raise _fail(f"policy.routes tiers must be one of {list(POLICY_TIERS)}, got {bad}")
+    cheap = {r for r, t in policy.routes.items() if t == "cheap"}
+    if cheap != set(cheap_ok):
+        raise _fail(f"policy cheap routes {sorted(cheap)} must be the cheap_ok_classes {sorted(cheap_ok)}")
 
 
 # ------------------------------------------------------------------------------ reading and writing
@@ -434,7 +618,8 @@ def write_metadata(model_dir: str | Path, metadata: ArtifactMetadata) -> Artifac
     """Record every file's sha256 and write metadata.json last, so a half-written dir never verifies."""
     model_dir = Path(model_dir)
     names = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != METADATA_FILE)
-    full = metadata.replace(format_version=FORMAT_VERSION, files={n: sha256_file(model_dir / n) for n in names})
+    version = MULTI_FORMAT_VERSION if metadata.multi is not None else PAIR_FORMAT_VERSION  # a pair stays readable by old code
+    full = metadata.replace(format_version=version, files={n: sha256_file(model_dir / n) for n in names})
     text = json.dumps(full.to_dict(), indent=2, sort_keys=True)
     checked = ArtifactMetadata.from_dict(json.loads(text))  # what a reader will get back
     tmp = model_dir / (METADATA_FILE + ".tmp")

@@ -34,7 +34,8 @@ PACKAGED_FILE = "router_model/prices.json"
 _CURRENCY = "USD"
 _UNIT = "per 1M tokens"
 _TOP_KEYS = frozenset({"version", "as_of", "source", "currency", "unit", "notes", "models", "aliases"})
-_MODEL_KEYS = frozenset({"input", "output", "cached_input", "context_window"})
+_PROVENANCE_KEYS = frozenset({"as_of", "source"})  # per-model date and source of a price (strings, not used in arithmetic)
+_MODEL_KEYS = frozenset({"input", "output", "cached_input", "context_window"}) | _PROVENANCE_KEYS
 _SUPPORTED_VERSION = 1
 
 
@@ -290,6 +291,10 @@ def _parse(text: str, label: str) -> tuple[dict[str, Any], dict[str, dict[str, A
         if bad:
             raise PriceFileError(f"unknown field(s) {bad}; expected some of {sorted(_MODEL_KEYS)}", file=label, key=key)
         for field_name, value in fields.items():
+            if field_name in _PROVENANCE_KEYS:
+                if not isinstance(value, str):
+                    raise PriceFileError(f"expected a string, got {value!r}", file=label, key=f"{key}.{field_name}")
+                continue
             problem = _context_problem(value) if field_name == "context_window" else _amount_problem(value)
             if problem:
                 raise PriceFileError(problem, file=label, key=f"{key}.{field_name}")

@@ -12,6 +12,8 @@ CHEAP_ONLY_CLASS = "cheap_only"
 REASON_VISION = "vision"
 REASON_LONG_CONTEXT = "long-context"
 TAG_REASON_PREFIX = "tag:"
+# A day-0 policy artifact (training/policy) names the route that decided: "policy:<route>".
+POLICY_REASON_PREFIX = "policy:"
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ class RoutingDecision:
     other: `p_cheap_ok` for a cheap decision, 1 - P(only the cheap model passes) for a strong one
     (so a strong decision on a request both models pass is a confident one); 1.0 for a rule.
     `margin` is `p_cheap_ok - threshold` (>= 0 routes cheap; near 0 is a close call); None for a rule.
+    `centroid_distance` is the prompt's embedding distance to the nearest training centroid (drift,
+    router_model/observe/drift.py); None for a rule or an artifact without a drift reference.
+    `p_pass` / `expected_cost_usd` (N-model routers only): each model's P(pass), the chosen one's dollars.
     """
 
     model: str
@@ -52,6 +57,11 @@ class RoutingDecision:
     artifact_version: str
     prompt_tokens: int
     margin: float | None = None
+    centroid_distance: float | None = None
+    # N-model routers (artifact format 2, router_model/multi_router.py): every candidate's calibrated
+    # P(pass) and the chosen model's expected dollars for this call; None for a cheap/strong pair.
+    p_pass: dict[str, float] | None = None
+    expected_cost_usd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

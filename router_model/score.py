@@ -7,7 +7,8 @@ other field is ignored, so a labelled training log can be scored as it is. Blank
 skipped.
 
 Each output line, in input order: `line` (input line number), `id`, `model`, `p_cheap_ok`,
-`confidence`, `margin` (p_cheap_ok - threshold), `reason`; with `skip_invalid`, a bad input line gives an output line whose
+`confidence`, `margin` (p_cheap_ok - threshold), `reason` (an N-model router adds `p_pass`
+{model: P(pass)} and `expected_cost_usd`); with `skip_invalid`, a bad input line gives an output line whose
 decision fields are null and whose `error` says `field: reason`.
 
 The file is never held in memory: a chunk of `batch_size` lines is read, routed with
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from router_model.errors import InvalidRequestError, RouterError
+from router_model.errors import ConfigError, InvalidRequestError, RouterError
 from router_model.jsonl import LineError, decode_object, request_from_line, tags_from_line
 
 DEFAULT_BATCH_SIZE = 256
@@ -52,6 +53,17 @@ class ScoreReport:
     by_model: dict[str, int] = field(default_factory=dict)
     by_reason: dict[str, int] = field(default_factory=dict)
     first_errors: list[str] = field(default_factory=list)
+
+    def merge(self, other: ScoreReport) -> None:
+        """Add another part's counts (a shard, a Ray chunk), keeping the first ten errors."""
+        self.written += other.written
+        self.invalid += other.invalid
+        self.blank += other.blank
+        for k, v in other.by_model.items():
+            self.by_model[k] = self.by_model.get(k, 0) + v
+        for k, v in other.by_reason.items():
+            self.by_reason[k] = self.by_reason.get(k, 0) + v
+        self.first_errors.extend(other.first_errors[: max(0, 10 - len(self.first_errors))])
 
 
 @dataclass(frozen=True)
@@ -102,7 +114,7 @@ def _read_chunks(fh: IO[bytes], size: int) -> Iterator[list[tuple[int, bytes]]]:
 
 
 def _decision_row(item: _Item, decision) -> dict[str, Any]:
-    return {
+    row = {
         "line": item.line,
         "id": item.id,
         "model": decision.model,
@@ -111,6 +123,11 @@ def _decision_row(item: _Item, decision) -> dict[str, Any]:
         "margin": decision.margin,
         "reason": decision.reason,
     }
+    if getattr(decision, "p_pass", None) is not None:  # an N-model router: every model's P(pass)
+        row["p_pass"] = decision.p_pass
+    if getattr(decision, "expected_cost_usd", None) is not None:
+        row["expected_cost_usd"] = decision.expected_cost_usd
+    return row
 
 
 def _error_row(line: int, rid: str, message: str) -> dict[str, Any]:
@@ -138,6 +155,55 @@ def _route(router, items: list[_Item]) -> list[Any]:
     return out
 
 
+def score_chunk(router, chunk: list[tuple[int, bytes]], report: ScoreReport, *, name: str, default_id_prefix: str,
+                skip_invalid: bool = False) -> list[str]:
+    """The output lines of one chunk of (line number, raw line); counts into `report`.
+
+    One owner of what a line becomes, shared by `score_stream` and the Ray path
+    (router_model/score_ray.py), so both write the same bytes.
+    """
+    rows: list[dict[str, Any] | _Item] = []
+    for line, raw in chunk:
+        try:
+            item = parse_input_line(raw, line, f"{default_id_prefix}:{line}")
+        except _BadLineError as p:
+            err = InputLineError(name, line, p.field, p.reason)
+            if not skip_invalid:
+                raise err from None
+            report.invalid += 1
+            if len(report.first_errors) < 10:
+                report.first_errors.append(str(err))
+            msg = f"{p.field}: {p.reason}" if p.field else p.reason
+            rows.append(_error_row(line, p.rid or f"{default_id_prefix}:{line}", msg))
+            continue
+        if item is None:
+            report.blank += 1
+            continue
+        rows.append(item)
+    items = [r for r in rows if isinstance(r, _Item)]
+    decisions = dict(zip((it.line for it in items), _route(router, items)))
+    out_lines: list[str] = []
+    for r in rows:
+        if isinstance(r, _Item):
+            d = decisions[r.line]
+            if isinstance(d, InvalidRequestError):
+                err = InputLineError(name, r.line, d.field, d.reason)
+                if not skip_invalid:
+                    raise err from None
+                report.invalid += 1
+                if len(report.first_errors) < 10:
+                    report.first_errors.append(str(err))
+                row = _error_row(r.line, r.id, f"{d.field}: {d.reason}" if d.field else d.reason)
+            else:
+                row = _decision_row(r, d)
+                report.by_model[d.model] = report.by_model.get(d.model, 0) + 1
+                report.by_reason[d.reason] = report.by_reason.get(d.reason, 0) + 1
+        else:
+            row = r
+        out_lines.append(json.dumps(row, ensure_ascii=False))
+    return out_lines
+
+
 def score_stream(
     router,
     fin: IO[bytes],
@@ -154,45 +220,8 @@ def score_stream(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     report = ScoreReport()
     for chunk in _read_chunks(fin, batch_size):
-        rows: list[dict[str, Any] | _Item] = []
-        for line, raw in chunk:
-            try:
-                item = parse_input_line(raw, line, f"{default_id_prefix}:{line}")
-            except _BadLineError as p:
-                err = InputLineError(name, line, p.field, p.reason)
-                if not skip_invalid:
-                    raise err from None
-                report.invalid += 1
-                if len(report.first_errors) < 10:
-                    report.first_errors.append(str(err))
-                msg = f"{p.field}: {p.reason}" if p.field else p.reason
-                rows.append(_error_row(line, p.rid or f"{default_id_prefix}:{line}", msg))
-                continue
-            if item is None:
-                report.blank += 1
-                continue
-            rows.append(item)
-        items = [r for r in rows if isinstance(r, _Item)]
-        decisions = dict(zip((it.line for it in items), _route(router, items)))
-        out_lines: list[str] = []
-        for r in rows:
-            if isinstance(r, _Item):
-                d = decisions[r.line]
-                if isinstance(d, InvalidRequestError):
-                    err = InputLineError(name, r.line, d.field, d.reason)
-                    if not skip_invalid:
-                        raise err from None
-                    report.invalid += 1
-                    if len(report.first_errors) < 10:
-                        report.first_errors.append(str(err))
-                    row = _error_row(r.line, r.id, f"{d.field}: {d.reason}" if d.field else d.reason)
-                else:
-                    row = _decision_row(r, d)
-                    report.by_model[d.model] = report.by_model.get(d.model, 0) + 1
-                    report.by_reason[d.reason] = report.by_reason.get(d.reason, 0) + 1
-            else:
-                row = r
-            out_lines.append(json.dumps(row, ensure_ascii=False))
+        out_lines = score_chunk(router, chunk, report, name=name, default_id_prefix=default_id_prefix,
+                                skip_invalid=skip_invalid)
         if out_lines:
             fout.write("\n".join(out_lines) + "\n")
         report.written += len(out_lines)
@@ -268,6 +297,28 @@ def score_file(
             fin.close()
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+def shard_pairs(input_path: str | Path, output_path: str | Path) -> list[tuple[Path, Path]]:
+    """(input, output) per file: a file to a file, or each `*.jsonl` of a directory (by name) to the same name in a directory."""
+    src, dst = Path(input_path), Path(output_path)
+    if not src.is_dir():
+        if not src.is_file():
+            raise FileNotFoundError(f"input file not found: {src}")
+        if dst.is_dir():
+            raise ConfigError(f"--output {dst} is a directory; a file input is scored into a file")
+        if not dst.parent.exists():
+            raise FileNotFoundError(f"output folder does not exist: {dst.parent}")
+        return [(src, dst)]
+    shards = sorted(p for p in src.glob("*.jsonl") if p.is_file())
+    if not shards:
+        raise FileNotFoundError(f"no *.jsonl shards in the input directory {src}")
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError(f"--output {dst} is a file; a directory of shards is scored into a directory")
+    if dst.resolve() == src.resolve():
+        raise ConfigError(f"--output {dst} is the input directory; the decisions would replace the requests")
+    dst.mkdir(parents=True, exist_ok=True)
+    return [(p, dst / p.name) for p in shards]
 
 
 def summarize(report: ScoreReport) -> str:

@@ -59,7 +59,7 @@ def metadata_summary(meta: ArtifactMetadata, path: str | Path) -> str:
         f"artifact_version: {meta.artifact_version}  (format {meta.format_version}, created {meta.created_at or '?'})",
         f"pair: cheap={meta.cheap_model}  strong={meta.strong_model}",
         f"threshold: {meta.threshold:.4f}  (route to cheap when p_cheap_ok >= threshold)",
-        f"goal: {meta.goal.kind}={meta.goal.value}  (met on validation: {meta.goal.met_on_validation})",
+        f"goal: {meta.goal.describe()}",
         f"head: {meta.head}  target: {meta.target}  calibration: {meta.calibration}",
         f"embedder: {meta.embedder.name}  dim {meta.embedder.dim}  max_length {enc.max_length}  truncation {enc.truncation}",
         f"features: {', '.join(meta.features) or 'none'}",
@@ -68,6 +68,10 @@ def metadata_summary(meta: ArtifactMetadata, path: str | Path) -> str:
     if meta.data is not None:
         d = meta.data
         lines.append(f"data: {d.rows_used} rows used of {d.rows_read} read, split {dict(d.split_rows)}, sha256 {d.sha256[:16]}...")
+    if meta.multi is not None:  # an N-model router (format 2): `pair` above is cheapest / best single model
+        m = meta.multi
+        lines.append(f"models ({len(m.models)}, cheapest first): {', '.join(m.models)}; rule {m.policy}={m.value:.6g}, "
+                     f"rules send to {m.best_single}")
     test = meta.test_metrics
     if isinstance(test.get("router"), Mapping):
         lines.append(format_evaluation(test, indent="  "))

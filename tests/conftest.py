@@ -18,7 +18,7 @@ EXAMPLE_LOG = REPO / "data" / "example-log.jsonl"
 
 # Fixtures that train a router or embed real text: every test using one (directly or through
 # another fixture) is marked `slow`, so `scripts/test.sh -m "not slow"` is the fast tier.
-SLOW_FIXTURES = frozenset({"trained", "second_model_dir", "exported", "public_router"})
+SLOW_FIXTURES = frozenset({"trained", "second_trained", "second_model_dir", "exported", "public_router", "static_trained", "mmlu_router", "policy_dir", "promotion_store"})
 SLOW_MODULES = frozenset({"test_training", "test_parity", "test_quantize", "test_notebooks", "test_install"})
 
 
@@ -64,8 +64,15 @@ def _train(out: Path, cache: Path, seed: int, logs: tuple[Path, ...] = (EXAMPLE_
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, cache_dir):
-    """A TrainResult for a router trained on data/example-log.jsonl."""
-    return _train(tmp_path_factory.mktemp("model-a") / "router", cache_dir, seed=0)
+    """A TrainResult for a router trained on data/example-log.jsonl.
+
+    40 rows certify no cheap routing at the default risk (that router sends everything strong:
+    `second_trained` is one), so this one keeps the empirical threshold (`risk=None`) and the
+    tests that need both decisions see both.
+    """
+    from training.threshold import Goal
+
+    return _train(tmp_path_factory.mktemp("model-a") / "router", cache_dir, seed=0, goal=Goal.quality_floor(0.95, None))
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +81,12 @@ def model_dir(trained) -> Path:
 
 
 @pytest.fixture(scope="session")
-def second_model_dir(tmp_path_factory, cache_dir) -> Path:
-    """Another valid artifact with a different artifact_version (for hot-reload tests)."""
-    return _train(tmp_path_factory.mktemp("model-b") / "router", cache_dir, seed=1).model_dir
+def second_trained(tmp_path_factory, cache_dir):
+    """Another valid artifact (a different artifact_version, for hot-reload tests), trained with the
+    default risk-controlled goal: on 40 rows nothing cheap is certified."""
+    return _train(tmp_path_factory.mktemp("model-b") / "router", cache_dir, seed=1)
+
+
+@pytest.fixture(scope="session")
+def second_model_dir(second_trained) -> Path:
+    return second_trained.model_dir

@@ -9,6 +9,18 @@ gateway passes through untouched:
 - `x-fake-delay: S` seconds before answering (default: the server's `delay`);
 - `x-fake-chunks: N`, `x-fake-chunk-delay: S` for streams.
 
+It also plays the two models being graded and the LLM judge, deterministically, driven by the
+text of the request (so it works for `router-label`, which sends no custom headers):
+
+- a weak model (name containing "mini" or "mixtral") answers a hard prompt (one containing a
+  word of HARD_WORDS: proofs, derivations, algorithms, debugging, analysis, ...) with "... (unsure)";
+- a judge prompt (the rubric's answer markers) gets `{"score": S, "reason": ...}`, S = 3 for an
+  answer with "(unsure)", the N of a "fake-score:N" in the answer, else 9; a question holding
+  "fake-verdict:garbage|out-of-range|string|extra-key|fenced" (or the fault `verdict_<kind>`)
+  gets that kind of unusable verdict;
+- a prompt containing "fake-flaky:N" is answered 429 (`retry-after: 1`) the first N times
+  (per model and body).
+
 Every chat request is recorded (raw bytes, parsed body, headers); streams record whether they
 ran to the end or the client (the gateway) left early.
 """
@@ -17,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -48,6 +61,8 @@ class FakeUpstream:
     streams_completed: list[str] = field(default_factory=list)
     streams_cut: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    flaky: dict[str, int] = field(default_factory=dict)
+    retry_after: str = "1"
 
     # --- helpers for tests ---------------------------------------------------------------
     def for_test(self, test_id: str) -> list[Received]:
@@ -96,6 +111,15 @@ class FakeUpstream:
             return JSONResponse(_completion(body, None), headers={"set-cookie": "session=caller-a-secret; Path=/"})
         if fault == "malformed":
             return Response(b'{"id": "chatcmpl-1", "choices": [', media_type="application/json")
+        flaky = re.search(r"fake-flaky:(\d+)", _last_user_text(body))
+        if flaky:
+            with self.lock:
+                seen = self.flaky[raw.decode()] = self.flaky.get(raw.decode(), 0) + 1
+            if seen <= int(flaky.group(1)):
+                return JSONResponse(
+                    {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+                    status_code=429, headers={"retry-after": self.retry_after},
+                )
         if body.get("stream"):
             return StreamingResponse(self._stream(body, headers, fault), media_type="text/event-stream")
         return JSONResponse(_completion(body, fault), headers={"x-request-id": "upstream-req-1"})
@@ -149,12 +173,57 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
+WEAK_MODELS = ("mini", "mixtral")
+HARD_WORDS = ("prove", "derive", "derivation", "implement", "debug", "optimize", "optimise", "algorithm", "analyse",
+              "analyze", "design a", "calculate", "solve")
+JUDGE_ANSWER = re.compile(r"\[The Start of the Assistant's Answer\]\n(.*?)\n\[The End of the Assistant's Answer\]", re.DOTALL)
+BAD_VERDICTS = {
+    "garbage": "I would give this answer a solid 8 out of 10.",
+    "out-of-range": json.dumps({"score": 11, "reason": "beyond perfect"}),
+    "string": json.dumps({"score": "8", "reason": "a string score"}),
+    "extra-key": json.dumps({"score": 8, "reason": "fine", "confidence": 0.9}),
+    "fenced": "```json\n" + json.dumps({"score": 8, "reason": "fenced"}) + "\n```",
+}
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for m in reversed(body.get("messages") or []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return content if isinstance(content, str) else ""
+    return ""
+
+
+def judge_verdict(prompt: str, fault: str | None) -> str | None:
+    """The fake judge's verdict text for a rubric prompt (None: not a judge prompt)."""
+    found = JUDGE_ANSWER.search(prompt)
+    if found is None:
+        return None
+    kind = re.search(r"fake-verdict:([a-z-]+)", prompt)
+    bad = kind.group(1) if kind else (fault[len("verdict_"):].replace("_", "-") if fault and fault.startswith("verdict_") else None)
+    if bad in BAD_VERDICTS:
+        return BAD_VERDICTS[bad]
+    answer = found.group(1)
+    forced = re.search(r"fake-score:(\d+)", answer)
+    score = int(forced.group(1)) if forced else 3 if "(unsure)" in answer else 9
+    return json.dumps({"score": score, "reason": f"fake judge: {'unsure answer' if score < 5 else 'fine answer'}"})
+
+
 def _completion(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
     model = body["model"]
-    message: dict[str, Any] = {"role": "assistant", "content": f"answer from {model}", "refusal": None}
+    text = _last_user_text(body)
+    content = f"answer from {model}"
+    if any(w in model.lower() for w in WEAK_MODELS) and any(w in text.lower() for w in HARD_WORDS):
+        content += " (unsure)"
+    verdict = judge_verdict(text, fault)
+    message: dict[str, Any] = {"role": "assistant", "content": verdict if verdict is not None else content, "refusal": None}
     finish = "stop"
     fmt = (body.get("response_format") or {}).get("type")
-    if body.get("tools"):
+    if verdict is not None:
+        pass
+    elif body.get("tools"):
         name = body["tools"][0]["function"]["name"]
         args = '{"city": ' if fault == "bad_tool_args" else '{"city": "Paris"}'
         message["content"] = None

@@ -9,6 +9,7 @@ that cannot run here say why. A README command of an unknown kind fails the test
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shlex
@@ -22,6 +23,16 @@ import pytest
 from conftest import EXAMPLE_LOG, REPO
 
 README = REPO / "README.md"
+# Servers, training and the commands that call an LLM API: checked by their own argument parsers.
+PARSERS = {
+    "router-train": "training.cli:build_parser",
+    "router-serve": "router_model.service.cli:build_parser",
+    "router-gateway": "router_model.gateway.cli:_parser",
+    "router-policy": "training.policy.cli:build_parser",
+    "router-label": "router_model.labelling.cli:_parser",
+    "router-promote": "training.promote_cli:build_parser",
+    "router-drift": "router_model.observe.drift_cli:_parser",
+}
 NOT_RUN_HERE = {
     "bash": "the two setup/test scripts: CI runs scripts/test.sh itself; quickstart.sh trains on the public data (minutes)",
     "grpcurl": "grpcurl is not in the package registries; README shows the same call from Python beside it",
@@ -50,7 +61,7 @@ def _kind(argv: list[str]) -> str:
         return "your_app.py"
     if argv[:3] == ["python", "-m", "router_model"] or argv[0] == "router-cost":
         return "run"
-    if argv[0] in ("router-train", "router-serve", "router-gateway"):
+    if argv[0] in PARSERS:
         return "parse"
     return "unknown"
 
@@ -103,13 +114,8 @@ def test_readme_command_runs_as_written(line: str, workdir_template: Path, tmp_p
 
 
 def _parser_of(prog: str):
-    if prog == "router-train":
-        from training.cli import build_parser
-    elif prog == "router-serve":
-        from router_model.service.cli import build_parser
-    else:
-        from router_model.gateway.cli import _parser as build_parser
-    return build_parser()
+    module, name = PARSERS[prog].split(":")
+    return getattr(importlib.import_module(module), name)()
 
 
 @pytest.mark.parametrize("line", [c for c in readme_commands() if _kind(_argv(c)) == "parse"])
@@ -124,3 +130,16 @@ def test_readme_server_and_training_commands_parse(line: str, capsys: pytest.Cap
 def test_lines_not_run_here_are_accounted_for() -> None:
     kinds = {_kind(_argv(c)) for c in readme_commands()} - {"run", "parse"}
     assert kinds <= set(NOT_RUN_HERE), kinds
+
+
+def test_readme_gateway_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway.toml README shows is accepted as written by the gateway's config loader."""
+    from router_model.gateway.config import load_config
+
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    assert blocks, "README shows no gateway.toml"
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        (tmp_path / "gateway.toml").write_text(block, encoding="utf-8")
+        config = load_config(tmp_path / "gateway.toml")
+        assert config.mode == "observe" and config.shadow is not None and config.shadow.sample_rate < 1

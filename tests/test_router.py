@@ -117,7 +117,7 @@ def test_load_and_predict(router: Router, trained) -> None:
         d = router.predict(p)
         _check_classifier_decision(d, router)
         assert set(d.to_dict()) == {"model", "p_cheap_ok", "confidence", "threshold", "reason", "artifact_version",
-                                    "prompt_tokens", "margin"}
+                                    "prompt_tokens", "margin", "centroid_distance"}
 
 
 def test_both_sides_of_the_threshold_route_to_their_model(router: Router) -> None:

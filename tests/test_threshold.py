@@ -1,8 +1,12 @@
-"""training.threshold: each goal on hand cases, infeasible goals, and speed on 100k rows."""
+"""training.threshold: each goal on hand cases (the empirical rule, risk=None), infeasible goals, speed.
+
+The risk-controlled rule (the default) is tested in tests/test_guarantee.py.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,11 +29,13 @@ CC, CS = 1.0, 10.0
 
 
 def choose(goal: Goal):
-    return choose_threshold(P, W, S, CC, CS, goal)
+    """The empirical rule on the four hand rows (no risk: 4 rows can certify nothing)."""
+    return choose_threshold(P, W, S, CC, CS, replace(goal, risk=None))
 
 
-def test_default_goal() -> None:
-    assert DEFAULT_GOAL == Goal.quality_floor(0.95) == Goal("quality_floor", 0.95)
+def test_default_goal_is_risk_controlled() -> None:
+    assert DEFAULT_GOAL == Goal.quality_floor(0.95) == Goal("quality_floor", 0.95) == Goal("quality_floor", 0.95, 0.05)
+    assert DEFAULT_GOAL.risk == 0.05
 
 
 def test_quality_floor() -> None:
@@ -73,7 +79,8 @@ def test_serving_rule_matches_choice_and_per_row_costs() -> None:
     w = (rng.random(n) < p).astype(float)
     s = (rng.random(n) < 0.9).astype(float)
     cc, cs = rng.uniform(0.1, 1, n), rng.uniform(5, 10, n)
-    for goal in (Goal.quality_floor(0.97), Goal.max_strong_share(0.4), Goal.max_cost_per_request(4.0)):
+    goals = [Goal.quality_floor(0.97), Goal.max_strong_share(0.4), Goal.max_cost_per_request(4.0)]
+    for goal in goals + [replace(g, risk=None) for g in goals]:
         c = choose_threshold(p, w, s, cc, cs, goal)
         res = evaluate_routing(~(p >= c.threshold), w, s, cc, cs)
         assert res.strong_share == pytest.approx(c.strong_share)
@@ -83,9 +90,9 @@ def test_serving_rule_matches_choice_and_per_row_costs() -> None:
 
 
 def test_tied_probabilities_only_all_or_nothing() -> None:
-    c = choose_threshold(np.full(4, 0.5), W, S, CC, CS, Goal.quality_floor(0.6))
+    c = choose_threshold(np.full(4, 0.5), W, S, CC, CS, Goal.quality_floor(0.6, risk=None))
     assert c.threshold == ALL_STRONG and c.met and c.strong_share == 1.0
-    c = choose_threshold(np.full(4, 0.5), W, S, CC, CS, Goal.quality_floor(0.5))
+    c = choose_threshold(np.full(4, 0.5), W, S, CC, CS, Goal.quality_floor(0.5, risk=None))
     assert c.threshold == 0.0 and c.met
 
 
@@ -96,8 +103,10 @@ def test_fast_on_100k_rows() -> None:
     w = (rng.random(n) < p).astype(float)
     s = np.ones(n)
     t0 = time.perf_counter()
+    choose_threshold(p, w, s, 0.1, 1.0, Goal.quality_floor(0.95, risk=None))
     choose_threshold(p, w, s, 0.1, 1.0, Goal.quality_floor(0.95))
-    assert time.perf_counter() - t0 < 1.0
+    choose_threshold(p, w, s, 0.1, np.linspace(0.5, 1.5, n), Goal.max_cost_per_request(0.9))
+    assert time.perf_counter() - t0 < 2.0
 
 
 @pytest.mark.parametrize(
@@ -108,6 +117,12 @@ def test_fast_on_100k_rows() -> None:
 def test_goal_validation(kind: str, value: float) -> None:
     with pytest.raises(ConfigError):
         Goal(kind, value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("risk", [0.0, 1.0, -0.1, float("nan"), True])
+def test_risk_validation(risk: float) -> None:
+    with pytest.raises(ConfigError, match="risk must be a probability"):
+        Goal.quality_floor(0.95, risk)
 
 
 def test_input_validation() -> None:

@@ -21,6 +21,7 @@ from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable
 from router_model.features import DEFAULT_FEATURES, check_feature_names
 from router_model.prompt_digest import PromptDigest
 from router_model.summary import LEGEND, format_evaluation
+from training.artifact.reference import build_reference
 from training.artifact.writer import (
     HeldOut,
     StagedArtifact,
@@ -37,8 +38,8 @@ from training.embedding.export import DEFAULT_EMBEDDER, export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
 from training.evaluate.evaluation import evaluate
-from training.head import FittedHead, make_target, select_head
-from training.threshold import DEFAULT_GOAL, Goal, choose_threshold
+from training.head import DEFAULT_SELECT_BY, FittedHead, make_target, select_head
+from training.threshold import DEFAULT_GOAL, Goal, describe_choice, threshold_stage
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,15 @@ class TrainConfig:
     out_dir: Path
     cheap_model: str | None = None
     strong_model: str | None = None
+    models: str | None = None  # --models a,b,c | all: an N-model router (training/multi), not a pair
     embedder: str = DEFAULT_EMBEDDER
     target: str = "joint"
     features: tuple[str, ...] = DEFAULT_FEATURES
     heads: tuple[str, ...] = ()
     calibration: str = "sigmoid"
     goal: Goal = DEFAULT_GOAL
+    threshold_rows: str = "oof"  # the threshold's rows: cross-fitted train+validation ("oof") or "validation"
+    select_by: str = DEFAULT_SELECT_BY  # how the head is chosen on validation: log_loss or apgr
     pass_threshold: float = 0.8
     skip_invalid: bool = False
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -72,6 +76,7 @@ class TrainConfig:
     registered_model: str = "router-model"
     track: bool = True
     progress: bool = True
+    ray: str | None = None  # Ray address ('auto', 'ray://host:10001', 'local'): embed on Ray Data
 
     def __post_init__(self) -> None:
         if not self.logs:
@@ -80,6 +85,8 @@ class TrainConfig:
         make_target(self.target)
         if (self.cheap_model is None) != (self.strong_model is None):
             raise ValueError("name both --cheap and --strong, or neither (the log's most represented pair is used)")
+        if self.models is not None and self.cheap_model is not None:
+            raise ValueError("name either --models (N models) or --cheap/--strong (a pair), not both")
         if self.cheap_model is not None and self.cheap_model == self.strong_model:
             raise ValueError("the cheap and the strong model must differ")
         if self.default_graph not in ("auto", *GRAPH_FILES):
@@ -88,10 +95,15 @@ class TrainConfig:
             raise ValueError(f"split fractions must be positive and sum to 1, got {self.split}")
         if self.calibration not in ("sigmoid", "isotonic"):
             raise ValueError("calibration must be sigmoid or isotonic")
+        if self.threshold_rows not in ("oof", "validation"):
+            raise ValueError(f"threshold_rows must be oof or validation, got {self.threshold_rows!r}")
+        if self.select_by not in ("log_loss", "apgr"):
+            raise ValueError(f"select_by must be log_loss or apgr, got {self.select_by!r}")
 
     def params(self) -> dict[str, Any]:
         d = asdict(self)
         d["goal"] = f"{self.goal.kind}={self.goal.value}"
+        d["risk"] = "none" if self.goal.risk is None else self.goal.risk
         d["logs"] = ",".join(str(p) for p in self.logs)
         return {k: (",".join(map(str, v)) if isinstance(v, (tuple, list)) else v) for k, v in d.items()}
 
@@ -130,7 +142,12 @@ def train(config: TrainConfig) -> TrainResult:
     _say(f"log: {read.rows_read} rows read, {read.rows_used} used, {sum(read.skipped.values())} skipped ({skipped})")
     _say(f"pair: cheap={read.cheap_model}  strong={read.strong_model}")
     exported = export_embedder(config.embedder, cache_dir, truncation=config.truncation)
-    embedder = OnnxEmbedder(exported, cache_dir=cache_dir)
+    if config.ray:
+        from training.embedding.ray_embed import RayOnnxEmbedder
+
+        embedder: OnnxEmbedder = RayOnnxEmbedder(exported, address=config.ray, cache_dir=cache_dir)
+    else:
+        embedder = OnnxEmbedder(exported, cache_dir=cache_dir)
     prices = PriceTable.load(config.prices, price_as=dict(config.price_as))
     for name, priced in config.price_as:
         _say(f"pricing {name} as {priced} (--price-as)")
@@ -149,22 +166,22 @@ def train(config: TrainConfig) -> TrainResult:
     embedder.close()
     X = feature_matrix(emb, ds.texts, ds.n_tokens, config.features)
 
-    # 3. head, chosen on validation APGR
+    # 3. head, chosen on validation (log-loss or APGR)
     target = make_target(config.target)
     tr, va, te = ds.rows("train"), ds.rows("val"), ds.rows("test")
     _say(f"fitting heads (target {target.name}, {config.calibration} calibration):")
     head = select_head(X, ds.w, ds.s, tr, va, target=target, names=config.heads, calibration=config.calibration,
-                       seed=config.seed, say=_say)
-    _say(f"chosen head: {head.name} (best validation APGR)")
+                       seed=config.seed, say=_say, select_by=config.select_by)
+    _say(f"chosen head: {head.name} (best validation {'APGR' if config.select_by == 'apgr' else 'log-loss'})")
 
-    # 4. threshold for the goal, on validation
-    choice = choose_threshold(head.p_cheap_ok(X[va]), *_slice(ds, va), config.goal)
+    # 4. threshold for the goal: certified at the goal's risk (training/risk.py), refit head when cross-fitted
+    stage = threshold_stage(head, X, ds.texts, ds.w, ds.s, ds.cost_cheap, ds.cost_strong, tr, va, config.goal,
+                            rows=config.threshold_rows, calibration=config.calibration, seed=config.seed)
+    head, choice = stage.head, stage.choice
     if not choice.met:
-        log.warning("the goal %s cannot be met on validation data; using the closest safe threshold", config.goal)
-    _say(
-        f"threshold {choice.threshold:.4f} for {config.goal.kind}={config.goal.value} (val: strong share "
-        f"{choice.strong_share:.3f}, quality vs strong {choice.quality_vs_strong:.3f}, met={choice.met})"
-    )
+        log.warning("the goal %s cannot be met (or certified) on the labelled rows; using the safe end", config.goal)
+    for line in describe_choice(choice):
+        _say(line)
 
     # 5. evaluation on the held-out test split, beside the baselines
     p_test = head.p_cheap_ok(X[te])
@@ -175,11 +192,16 @@ def train(config: TrainConfig) -> TrainResult:
         _say(line)
 
     # 6. artifact: graphs, metadata, parity, staged beside the target
+    held = np.concatenate([va, te])  # the drift reference's rows: unseen by the fit (training/artifact/reference.py)
     record = TrainingRecord(read=read, head=head, choice=choice, goal=config.goal, evaluation=evaluation,
                             split_rows=counts, logs=config.logs, features=config.features,
                             calibration=config.calibration, pass_threshold=config.pass_threshold,
                             price_as=dict(config.price_as),
-                            trained_prompts=PromptDigest.build(ds.texts[i] for i in np.concatenate([tr, va])))
+                            trained_prompts=PromptDigest.build(ds.texts[i] for i in np.concatenate([tr, va])),
+                            drift_reference=build_reference([read.records[i].request for i in held],
+                                                            [read.records[i].tags for i in held], ds.n_tokens[held],
+                                                            head.p_cheap_ok(X[held]), emb[held], choice.threshold,
+                                                            fit_embeddings=emb[tr], seed=config.seed))
     held_out = HeldOut([read.records[i].request for i in te], X[te], ds.w[te], ds.s[te])
     staged = stage_model_dir(config.out_dir, record, exported, ds, X, held_out, seed=config.seed,
                              default_graph=config.default_graph)

@@ -1,35 +1,61 @@
 """Pick the serving threshold for a goal the user can state in their own terms.
 
-Serving rule: route to the cheap model iff p_cheap_ok >= threshold. Candidates are 0.0 (all
-cheap), the midpoints between sorted unique probabilities, and the float just above 1.0 (all
-strong); each is evaluated with one sort and cumulative sums, so 100k rows take milliseconds.
+Serving rule: route to the cheap model iff p_cheap_ok >= threshold. By default the goal carries a
+risk (`Goal.risk`, 0.05): the threshold is certified by Learn-then-Test (training/risk.py,
+docs/guarantee.md) so the goal holds on new traffic with probability >= 1 - risk. With
+`risk=None` the old empirical rule applies: the threshold where the labelled set just meets the
+goal. Its candidates are 0.0 (all cheap), the midpoints between sorted unique probabilities, and
+the float just above 1.0 (all strong); each is evaluated with one sort and cumulative sums.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 
 from router_model.errors import ConfigError
 from training.evaluate.metrics import cumulative_by_score
 
-__all__ = ["ALL_STRONG", "DEFAULT_GOAL", "Goal", "ThresholdChoice", "choose_threshold"]
+__all__ = [
+    "ALL_STRONG",
+    "DEFAULT_GOAL",
+    "DEFAULT_RISK",
+    "EMPIRICAL",
+    "THRESHOLD_ROWS",
+    "Goal",
+    "ThresholdChoice",
+    "ThresholdStage",
+    "choose_threshold",
+    "describe_choice",
+    "goal_record_fields",
+    "threshold_stage",
+]
 
 GoalKind = Literal["quality_floor", "max_strong_share", "max_cost_per_request"]
 ALL_STRONG = math.nextafter(1.0, 2.0)  # no probability reaches it: every request goes strong
+DEFAULT_RISK = 0.05
+EMPIRICAL = "empirical"  # the method name of the old rule (risk=None)
 
 
 @dataclass(frozen=True)
 class Goal:
-    """What to optimise for: keep a quality floor, cap the strong-call share, or cap the cost."""
+    """What to optimise for: keep a quality floor, cap the strong-call share, or cap the cost.
+
+    `risk`: the allowed chance that the goal fails on new traffic (certified by Learn-then-Test);
+    None chooses the threshold where the labelled set just meets the goal, with no guarantee.
+    """
 
     kind: GoalKind
     value: float
+    risk: float | None = DEFAULT_RISK
 
     def __post_init__(self) -> None:
+        r = self.risk
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r < 1.0):
+            raise ConfigError(f"risk must be a probability in (0, 1) or None (no guarantee), got {r!r}")
         v = self.value
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ConfigError(f"goal value must be a finite number, got {v!r}")
@@ -48,22 +74,27 @@ class Goal:
             )
 
     @classmethod
-    def quality_floor(cls, value: float = 0.95) -> Goal:
+    def quality_floor(cls, value: float = 0.95, risk: float | None = DEFAULT_RISK) -> Goal:
         """Keep at least `value` x the always-strong mean quality, with the most cheap calls."""
-        return cls("quality_floor", value)
+        return cls("quality_floor", value, risk)
 
     @classmethod
-    def max_strong_share(cls, value: float) -> Goal:
+    def max_strong_share(cls, value: float, risk: float | None = DEFAULT_RISK) -> Goal:
         """Best quality while sending at most `value` of the requests to the strong model."""
-        return cls("max_strong_share", value)
+        return cls("max_strong_share", value, risk)
 
     @classmethod
-    def max_cost_per_request(cls, value: float) -> Goal:
+    def max_cost_per_request(cls, value: float, risk: float | None = DEFAULT_RISK) -> Goal:
         """Best quality while the mean cost per request stays at most `value`."""
-        return cls("max_cost_per_request", value)
+        return cls("max_cost_per_request", value, risk)
+
+    def describe(self) -> str:
+        """`quality_floor=0.95 at risk 0.05`, as the summaries print it."""
+        risk = "no guarantee (empirical)" if self.risk is None else f"risk {self.risk:g}"
+        return f"{self.kind}={self.value:g} at {risk}"
 
 
-DEFAULT_GOAL = Goal.quality_floor(0.95)
+DEFAULT_GOAL = Goal.quality_floor(0.95, DEFAULT_RISK)
 
 
 @dataclass(frozen=True)
@@ -78,6 +109,23 @@ class ThresholdChoice:
     cost_per_request: float
     cost_saved_fraction: float
     quality: float
+    method: str = EMPIRICAL
+    certified: bool | None = None  # risk-controlled: whether any routing beyond the safe end was certified
+    bound: float | None = None  # floor: lower bound on quality / strong; budget: upper bound on the spend
+    n_needed: int | None = None  # not certified: sample size at which the observed best gap would certify
+    n_labelled: int = 0  # rows the threshold was chosen on
+    rows: str = "validation"  # which rows: "validation" or "oof" (cross-fitted train + validation)
+
+    @property
+    def certified_floor(self) -> float | None:
+        """The quality floor (fraction of always-strong) the served threshold is certified to keep.
+
+        The goal's floor when certified; 1.0 when nothing cheap could be certified (all strong);
+        None for the empirical rule and for budget goals.
+        """
+        if self.goal.risk is None or self.goal.kind != "quality_floor":
+            return None
+        return float(self.goal.value) if self.certified else 1.0
 
 
 def _vec(name: str, a: float | np.ndarray, n: int) -> np.ndarray:
@@ -99,8 +147,11 @@ def choose_threshold(
     cost_strong: float | np.ndarray,
     goal: Goal = DEFAULT_GOAL,
 ) -> ThresholdChoice:
-    """Choose the threshold that meets `goal` on this labelled set (met=False if none can).
+    """Choose the threshold for `goal`: certified at `goal.risk`, or (risk None) met on this labelled set.
 
+    Risk-controlled (training/risk.py): quality_floor -> the cheapest certified threshold, all strong
+    when none is (met=False); budgets -> the best quality among the certified, all cheap if none.
+    Empirical rule (met=False if none can):
     quality_floor: the lowest threshold whose quality_vs_strong >= value; if none, all strong.
     max_strong_share: the best quality with strong_share <= value (always feasible: all cheap).
     max_cost_per_request: the best quality with mean cost <= value; if none, the cheapest.
@@ -117,6 +168,8 @@ def choose_threshold(
     q_strong = float(s_.mean())
     if q_strong <= 0:
         raise ValueError("quality_vs_strong is undefined: the strong model's mean quality is 0")
+    if goal.risk is not None:
+        return _risk_controlled(p, w_, s_, cc, cs, goal)
 
     # Most confident first: the top j rows by p go cheap. Candidates only at tie-block boundaries.
     blocks = cumulative_by_score(p, w_ - s_, cc - cs)
@@ -159,4 +212,121 @@ def choose_threshold(
         cost_per_request=float(cost[i]),
         cost_saved_fraction=float((always - cost[i]) / always) if always > 0 else 0.0,
         quality=float(quality[i]),
+        n_labelled=n,
     )
+
+
+def _at(p: np.ndarray, w: np.ndarray, s: np.ndarray, cc: np.ndarray, cs: np.ndarray, threshold: float,
+        goal: Goal, **extra) -> ThresholdChoice:
+    """What routing at `threshold` (cheap iff p >= threshold) achieves on these rows."""
+    cheap = p >= threshold
+    quality = float(np.where(cheap, w, s).mean())
+    cost = float(np.where(cheap, cc, cs).mean())
+    always = float(cs.mean())
+    return ThresholdChoice(
+        threshold=float(threshold),
+        goal=goal,
+        strong_share=float(1.0 - cheap.mean()),
+        quality_vs_strong=quality / float(s.mean()),
+        cost_per_request=cost,
+        cost_saved_fraction=(always - cost) / always if always > 0 else 0.0,
+        quality=quality,
+        n_labelled=len(p),
+        **extra,
+    )
+
+
+def _risk_controlled(p: np.ndarray, w: np.ndarray, s: np.ndarray, cc: np.ndarray, cs: np.ndarray,
+                     goal: Goal) -> ThresholdChoice:
+    from training.risk import certify_budget, certify_quality_floor
+
+    assert goal.risk is not None
+    if goal.kind == "quality_floor":
+        rc = certify_quality_floor(p, w, s, goal.value, goal.risk)
+    elif goal.kind == "max_strong_share":
+        rc = certify_budget(p, w, s, np.zeros(len(p)), np.ones(len(p)), goal.value, goal.risk)
+    else:
+        rc = certify_budget(p, w, s, cc, cs, goal.value, goal.risk)
+    return _at(p, w, s, cc, cs, rc.threshold, goal, met=rc.certified, method=rc.method, certified=rc.certified,
+               bound=rc.bound, n_needed=rc.n_needed)
+
+
+THRESHOLD_ROWS = ("oof", "validation")
+
+
+@dataclass(frozen=True)
+class ThresholdStage:
+    """The threshold stage's result: the head to export (refit when chosen on out-of-fold scores) and the choice."""
+
+    head: Any  # training.head.FittedHead
+    choice: ThresholdChoice
+    rows: str  # "oof" (cross-fitted over train + validation) or "validation"
+
+
+def threshold_stage(head: Any, X: np.ndarray, texts: list[str], w: np.ndarray, s: np.ndarray, cc: np.ndarray,
+                    cs: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, goal: Goal, *, rows: str = "oof",
+                    calibration: str = "sigmoid", seed: int = 0, folds: int = 5) -> ThresholdStage:
+    """Choose the threshold on validation scores, or on cross-fitted scores over train + validation.
+
+    "oof" gives the bound about 5x the rows on a 70/15/15 split; the head is then refit on all of
+    train + validation with the same calibration (benchmarks/floor_guarantee.py measures whether
+    the guarantee survives the refit). The empirical rule (risk None) always uses validation.
+    """
+    from training.data.split import group_kfold, normalize_prompt
+    from training.head import can_cross_fit, out_of_fold_p, refit_head
+
+    if rows not in THRESHOLD_ROWS:
+        raise ValueError(f"threshold rows must be one of {THRESHOLD_ROWS}, got {rows!r}")
+    va = val_rows
+    lab = np.concatenate([train_rows, val_rows])
+    keys = [normalize_prompt(texts[i]) for i in lab]
+    k = min(folds, len(set(keys)))
+    splits = group_kfold(keys, k=k, seed=seed) if k >= 2 else []
+    # A log too small to cross-fit (a class with a single row in some fold) uses validation, and says so.
+    if rows == "validation" or goal.risk is None or not splits or not can_cross_fit(head.target, w[lab], s[lab], splits):
+        return ThresholdStage(head, choose_threshold(head.p_cheap_ok(X[va]), w[va], s[va], cc[va], cs[va], goal),
+                              "validation")
+    oof = out_of_fold_p(head, X[lab], w[lab], s[lab], splits, calibration=calibration, seed=seed)
+    choice = replace(choose_threshold(oof, w[lab], s[lab], cc[lab], cs[lab], goal), rows="oof")
+    refit = refit_head(head, X[lab], w[lab], s[lab], calibration=calibration, seed=seed)
+    return ThresholdStage(refit, choice, "oof")
+
+
+def goal_record_fields(choice: ThresholdChoice) -> dict[str, Any]:
+    """The GoalRecord (metadata.json) fields of a choice: goal, risk, method, certified floor."""
+    g = choice.goal
+    return {"kind": g.kind, "value": float(g.value), "met_on_validation": bool(choice.met), "risk": g.risk,
+            "method": choice.method, "certified": choice.certified, "certified_floor": choice.certified_floor,
+            "bound": choice.bound, "n_labelled": choice.n_labelled, "n_needed": choice.n_needed,
+            "threshold_rows": choice.rows}
+
+
+def describe_choice(choice: ThresholdChoice) -> list[str]:
+    """What router-train prints about the threshold: the goal, the risk, the method, the certified floor."""
+    g = choice.goal
+    on = f"{choice.n_labelled} {'cross-fitted train+validation' if choice.rows == 'oof' else 'validation'} rows"
+    lines = [
+        f"threshold {choice.threshold:.4f} for {g.describe()} (method {choice.method}, chosen on {on}: strong share "
+        f"{choice.strong_share:.3f}, quality vs strong {choice.quality_vs_strong:.3f}, met={choice.met})"
+    ]
+    if g.risk is None:
+        lines.append("  no guarantee: the threshold just meets the goal on the labelled rows (--risk none)")
+        return lines
+    conf = f"{1 - g.risk:.0%}"
+    if choice.certified:
+        if g.kind == "quality_floor":
+            lines.append(f"  certified: with probability >= {conf}, quality on new traffic like this log is >= "
+                         f"{g.value:.1%} of always-strong (lower bound at this threshold {choice.bound:.3f})")
+        else:
+            lines.append(f"  certified: with probability >= {conf}, the mean {g.kind.removeprefix('max_')} on new "
+                         f"traffic like this log is <= {g.value:g} (upper bound {choice.bound:.4g})")
+        return lines
+    if g.kind == "quality_floor":
+        need = (f"about {choice.n_needed:,} labelled rows would certify the best gap observed here"
+                if choice.n_needed else "no cheap routing observed here keeps the floor at any sample size")
+        lines.append(f"  cannot certify any cheap routing at {g.describe()} from {choice.n_labelled} rows: every "
+                     f"request goes to the strong model (rules still apply); {need}")
+    else:
+        lines.append(f"  cannot certify the budget {g.value:g} at risk {g.risk:g} even with every request cheap: "
+                     "routing everything to the cheap model (the lowest spend)")
+    return lines

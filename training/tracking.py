@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from router_model.artifact import ArtifactMetadata
+from router_model.registry import DEFAULT_TRACKING_URI
 from training.data.log import LogReadResult
 from training.head import FittedHead
 from training.threshold import ThresholdChoice
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 def _flatten(prefix: str, d: dict[str, Any], out: dict[str, float]) -> None:
@@ -77,6 +78,12 @@ def track_run(target: TrackingTarget, run: RunRecord) -> str:
                 "head": meta.head,
                 "artifact_version": meta.artifact_version,
                 "default_graph_chosen": meta.default_graph,
+                # the goal and its guarantee (docs/guarantee.md)
+                "goal_kind": meta.goal.kind,
+                "goal_value": meta.goal.value,
+                "goal_risk": "none" if meta.goal.risk is None else meta.goal.risk,
+                "goal_method": meta.goal.method,
+                "goal_threshold_rows": meta.goal.threshold_rows,  # what was used (oof falls back on tiny logs)
             }
         )
         metrics: dict[str, float] = {
@@ -86,6 +93,11 @@ def track_run(target: TrackingTarget, run: RunRecord) -> str:
             "threshold": choice.threshold,
             "val_strong_share": choice.strong_share,
             "val_quality_vs_strong": choice.quality_vs_strong,
+            **{f"goal.{k}": float(v) for k, v in (("certified", meta.goal.certified),
+                                                 ("certified_floor", meta.goal.certified_floor),
+                                                 ("bound", meta.goal.bound), ("n_labelled", meta.goal.n_labelled),
+                                                 ("n_needed", meta.goal.n_needed), ("risk", meta.goal.risk))
+               if v is not None},
             "train_seconds": run.elapsed,
             "embed_texts_per_second": run.embed_stats.get("texts_per_second", 0.0),
         }
@@ -102,21 +114,51 @@ def track_run(target: TrackingTarget, run: RunRecord) -> str:
             mlflow.log_artifact(str(path), artifact_path="analysis")
         run_id = active.info.run_id
         source = f"{active.info.artifact_uri}/model"
+    _register(target, uri, str(run_id), source, {"artifact_version": meta.artifact_version, "default_graph": meta.default_graph},
+              f"cheap={read.cheap_model} strong={read.strong_model} threshold={choice.threshold:.4f}")
+    return str(run_id)
+
+
+def _register(target: TrackingTarget, uri: str, run_id: str, source: str, tags: dict[str, str], description: str) -> None:
+    """Register the run's model directory as a new version (a convenience: the run itself is tracked)."""
+    import mlflow
+
     try:
         client = mlflow.MlflowClient()
         try:
             client.get_registered_model(target.registered_model)
         except Exception:  # noqa: BLE001 - MLflow raises its own types for "not found"
             client.create_registered_model(target.registered_model, description="router-model directories (ONNX + metadata.json)")
-        mv = client.create_model_version(
-            target.registered_model,
-            source=source,
-            run_id=run_id,
-            tags={"artifact_version": meta.artifact_version, "default_graph": meta.default_graph},
-            description=f"cheap={read.cheap_model} strong={read.strong_model} threshold={choice.threshold:.4f}",
-        )
+        mv = client.create_model_version(target.registered_model, source=source, run_id=run_id, tags=tags, description=description)
         print(f"mlflow: run {run_id} in {uri}; registered {target.registered_model} v{mv.version}", flush=True)
     except Exception as e:  # noqa: BLE001 - registration is a convenience; the run itself is tracked
         log.warning("could not register the model in MLflow: %s", e)
         print(f"mlflow: run {run_id} in {uri} (not registered: {e})", flush=True)
-    return str(run_id)
+
+
+def track_multi_run(target: TrackingTarget, params: dict[str, Any], metrics: dict[str, float], evaluation: dict[str, Any],
+                    model_dir: Path, meta: ArtifactMetadata, plots: Sequence[Path]) -> str:
+    """An N-model run (training/multi): params, held-out frontier figures, plots, the model dir, a version."""
+    import mlflow
+
+    mlflow.set_tracking_uri(target.uri)
+    mlflow.set_experiment(target.experiment)
+    with mlflow.start_run() as active:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        flat: dict[str, float] = dict(metrics)
+        _flatten("test", {k: v for k, v in evaluation.items() if k not in ("singles", "models")}, flat)
+        for s in evaluation.get("singles", []):
+            flat[f"test.single.{s['name']}.quality"] = float(s["quality"])
+            flat[f"test.single.{s['name']}.cost"] = float(s["cost"])
+        _flatten("parity", meta.parity.to_dict() if meta.parity else {}, flat)
+        mlflow.log_metrics({re.sub(r"[^\w\-. /]", "_", k): v for k, v in flat.items()})
+        for p in plots:
+            mlflow.log_artifact(str(p), artifact_path="plots")
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        run_id = str(active.info.run_id)
+        source = f"{active.info.artifact_uri}/model"
+    assert meta.multi is not None
+    _register(target, target.uri, run_id, source,
+              {"artifact_version": meta.artifact_version, "default_graph": meta.default_graph, "models": str(len(meta.multi.models))},
+              f"N-model router: {', '.join(meta.multi.models)}; policy {meta.multi.policy}={meta.multi.value:g}")
+    return run_id

@@ -25,12 +25,14 @@ import anyio
 import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from router_model.batching import Batcher
 from router_model.cost import PriceTable
 from router_model.decision import RoutingDecision
 from router_model.errors import ArtifactError, ConfigError, InvalidRequestError
@@ -348,11 +350,14 @@ class Gateway:
         )
         self._client: httpx.AsyncClient | None = None
         self._aliases = frozenset(a.lower() for a in config.aliases)
+        self._routes = {k.lower(): v for k, v in config.routes.items()}  # routable name -> candidates (N-model)
         # Router.predict is CPU-bound: more threads than cores only adds switching (created lazily:
         # a limiter belongs to the event loop that first uses it).
         self._predict_slots = max(1, os.cpu_count() or 1)
         self._limiter: anyio.CapacityLimiter | None = None
         self._chat_urls: dict[str, httpx.URL] = {}
+        self._batcher: Batcher | None = None  # with config.batching: started and closed by the lifespan
+        self.shadow = self._make_shadow() if config.shadow is not None else None
 
     # --- lifecycle -----------------------------------------------------------------------
     @property
@@ -371,16 +376,23 @@ class Gateway:
         no_cookies = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, cookies=no_cookies) as client:
             self._client = client
+            if self.config.batching is not None:
+                self._batcher = Batcher(self.config.batching)
             async with anyio.create_task_group() as tg:
                 if self.holder.current is None:
                     tg.start_soon(self._initial_load)
                 if self.config.watch_interval is not None:
                     tg.start_soon(self._watch, self.config.watch_interval)
+                if self.shadow is not None:
+                    tg.start_soon(self.shadow.run)
                 try:
                     yield
                 finally:
                     tg.cancel_scope.cancel()
         self._client = None
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
         if self.decision_log is not None:
             self.decision_log.close()
 
@@ -395,6 +407,38 @@ class Gateway:
     def request_reload(self) -> None:
         """Reload in a background thread (safe from a signal handler)."""
         threading.Thread(target=self.holder.reload_logged, name="gateway-reload", daemon=True).start()
+
+    # --- shadow grading (router_model/labelling, docs/labelling.md) ------------------------
+    def _make_shadow(self) -> Any:
+        from router_model.labelling.shadow import ShadowGrader
+        from router_model.labelling.upstream import ChatCaller, RetryPolicy
+
+        assert self.config.shadow is not None
+        retry = RetryPolicy(retries=self.config.shadow.retries)
+
+        def make_caller(in_headers: Mapping[str, str]) -> ChatCaller:
+            return ChatCaller(
+                lambda: self.client, url_for=lambda m: str(self._chat_url(self.config.upstream_for(m))),
+                headers_for=lambda m: self._out_headers(in_headers, self.config.upstream_for(m)),
+                prices=self.prices, retry=retry,
+            )
+
+        return ShadowGrader(self.config.shadow, make_caller=make_caller, metrics=self.metrics)
+
+    def _offer_shadow(self, call: _Call, content: bytes | None) -> None:
+        """After a routed answer is complete: hand it to shadow grading (never waits; see ShadowGrader.offer)."""
+        router, final = call.router, call.final
+        if self.shadow is None or router is None or call.decision is None or final is None:
+            return
+        if final.model not in (router.cheap_model, router.strong_model) or router.cheap_model == router.strong_model:
+            return
+        from router_model.labelling.shadow import ShadowJob
+
+        self.shadow.offer(ShadowJob(
+            body=call.body, tags=tuple(request_tags(call.in_headers, call.body) or ()), headers=dict(call.in_headers),
+            served_model=final.model, served_content=content, cheap_model=router.cheap_model,
+            strong_model=router.strong_model, artifact_version=router.version, mode=call.mode, request_id=call.request_id,
+        ))
 
     # --- helpers -------------------------------------------------------------------------
     def _out_headers(self, headers: Mapping[str, str], upstream: Upstream) -> dict[str, str]:
@@ -424,7 +468,8 @@ class Gateway:
     def label(self, model: str) -> str:
         """`model` as a metric label: known names only (priced, configured, the router's pair), else "other"."""
         router = self.holder.current
-        if model in self.prices or model in self.config.models or (router is not None and model in (router.cheap_model, router.strong_model)):
+        if model in self.prices or model in self.config.models or (router is not None and model in (router.cheap_model, router.strong_model)) \
+                or (router is not None and model in getattr(router, "models", ())):
             return model
         return "other"
 
@@ -463,7 +508,7 @@ class Gateway:
     # --- deciding ------------------------------------------------------------------------
     def _routed_model(self, requested: str, router: Router | None) -> bool:
         name = requested.strip().lower()
-        if name in self._aliases:
+        if name in self._aliases or name in self._routes:
             return True
         return router is not None and name == router.strong_model.lower()
 
@@ -475,7 +520,7 @@ class Gateway:
         """
         router = self.holder.current
         name = call.requested.strip().lower()
-        is_alias = name in self._aliases
+        is_alias = name in self._aliases or name in self._routes
         if not is_alias and (router is None or name != router.strong_model.lower()):
             call.target = call.requested
             call.reason = REASON_PASSTHROUGH if router is not None else REASON_NO_ROUTER
@@ -485,6 +530,10 @@ class Gateway:
             raise RouterNotReadyError(f"model {call.requested!r} needs the router, which is not loaded{detail}")
         call.router = router
         call.target = router.strong_model if is_alias else call.requested  # what the app gets without routing
+        cands = self._routes.get(name)
+        if cands and call.target not in cands:  # a route's own candidates only: the priciest-ranked one
+            models = getattr(router, "models", ())
+            call.target = max(cands, key=lambda m: models.index(m) if m in models else -1)
         return router
 
     async def _decided(self, call: _Call) -> None:
@@ -501,9 +550,22 @@ class Gateway:
         try:
             if self._limiter is None:
                 self._limiter = anyio.CapacityLimiter(self._predict_slots)
-            decision = await anyio.to_thread.run_sync(
-                lambda: router.predict(call.body["messages"], tags=tags), limiter=self._limiter
-            )
+            batcher = self._batcher
+            cands = self._routes.get(call.requested.strip().lower()) if hasattr(router, "allowed") else None
+            if cands is not None:  # an N-model router choosing among this route's candidates
+                decision = await anyio.to_thread.run_sync(
+                    lambda: router.predict(call.body["messages"], tags=tags, candidates=cands),  # type: ignore[call-arg]
+                    limiter=self._limiter
+                )
+            elif batcher is not None:  # tokenise in a thread, then share a graph run with concurrent calls
+                future = await anyio.to_thread.run_sync(
+                    lambda: batcher.submit(router, call.body["messages"], tags=tags), limiter=self._limiter
+                )
+                decision = await asyncio.wrap_future(future)
+            else:
+                decision = await anyio.to_thread.run_sync(
+                    lambda: router.predict(call.body["messages"], tags=tags), limiter=self._limiter
+                )
         except InvalidRequestError as exc:
             # The router cannot read this request (e.g. a part type it does not know): fail open.
             log.info("request %s not routable (%s); forwarding to %s", call.request_id, exc, unrouted)
@@ -515,6 +577,7 @@ class Gateway:
         call.decision = decision
         call.reason = decision.reason
         self.metrics.decisions.labels(decision.model, decision.reason, call.mode).inc()
+        self.metrics.observe_drift(router, decision)
         call.target = decision.model if call.mode == "route" else unrouted
 
     def _can_fall_back(self, call: _Call, model: str) -> bool:
@@ -720,7 +783,9 @@ class Gateway:
         headers = _response_headers(resp.headers)
         headers.update(self._router_headers(call))
         self._finish(call, 200)
-        return Response(content, status_code=200, headers=headers)
+        # Shadow grading is offered only once the answer has been sent (a background task).
+        after = BackgroundTask(self._offer_shadow, call, content) if self.shadow is not None else None
+        return Response(content, status_code=200, headers=headers, background=after)
 
     async def _escalate(
         self, call: _Call, router: Router, check: str, resp: httpx.Response, content: bytes
@@ -787,6 +852,8 @@ class Gateway:
                 self.metrics.disconnects.inc()
                 log.info("request %s: the client left the stream; upstream request closed", call.request_id)
             self._finish(call, 200, completed=completed)
+            if completed and not interrupted:
+                self._offer_shadow(call, None)
 
         headers = _response_headers(resp.headers)
         headers.update(self._router_headers(call))

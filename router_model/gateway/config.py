@@ -18,7 +18,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from router_model.batching import BatchingConfig
 from router_model.gateway.errors import GatewayConfigError
+from router_model.labelling.config import SHADOW_SCHEMA, ShadowConfig, shadow_config
 from router_model.settings import GRAPHS
 
 MODES = ("observe", "route")
@@ -44,10 +46,19 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "model_dir": {"type": "string", "minLength": 1},
+        "model_uri": {"type": "string", "pattern": "^models:/"},
+        "follow": {"type": "number", "exclusiveMinimum": 0},
         "mode": {"enum": list(MODES)},
         "upstream": _UPSTREAM_SCHEMA,
         "models": {"type": "object", "additionalProperties": _UPSTREAM_SCHEMA},
         "aliases": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
+        # N-model routers: a routable model name -> the candidate models the router chooses among.
+        "routes": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True,
+            },
+        },
         "fallback_to_strong": {"type": "boolean"},
         "decision_log": {"type": "string", "minLength": 1},
         "log_prompts": {"type": "boolean"},
@@ -65,6 +76,16 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {
                 k: {"type": "number", "exclusiveMinimum": 0} for k in ("connect", "read", "write", "pool", "readiness")
+            },
+        },
+        "shadow": SHADOW_SCHEMA,
+        "batching": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "max_delay_ms": {"type": "number", "minimum": 0, "maximum": 1000},
+                "max_size": {"type": "integer", "minimum": 1},
+                "runners": {"type": "integer", "minimum": 1},
             },
         },
         "checks": {
@@ -147,6 +168,7 @@ class GatewayConfig:
     model_dir: Path | None = None
     models: Mapping[str, Upstream] = field(default_factory=dict)
     aliases: frozenset[str] = frozenset({"auto"})
+    routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # routable name -> candidate models (N-model)
     mode: str = "observe"
     fallback_to_strong: bool = True
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -163,16 +185,26 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     grace_seconds: float = 30.0
+    batching: BatchingConfig | None = None  # dynamic batching of concurrent decisions (router_model/batching.py)
+    model_uri: str | None = None  # serve a registered version (models:/NAME@ALIAS) instead of model_dir
+    follow: float | None = None  # with model_uri: poll the alias every `follow` seconds (docs/operations.md)
+    shadow: ShadowConfig | None = None  # shadow grading: off unless configured (docs/labelling.md)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise GatewayConfigError(f"expected one of {list(MODES)}, got {self.mode!r}", key="mode")
+        if self.follow is not None and (self.model_uri is None or not self.follow > 0):
+            raise GatewayConfigError(f"needs model_uri and a positive number of seconds, got {self.follow!r}", key="follow")
         if self.watch_interval is not None and not self.watch_interval > 0:
             raise GatewayConfigError(f"must be positive, got {self.watch_interval!r}", key="watch_interval")
         if self.threads < 1:
             raise GatewayConfigError(f"must be >= 1, got {self.threads!r}", key="threads")
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
         object.__setattr__(self, "aliases", frozenset(a.strip() for a in self.aliases))
+        object.__setattr__(self, "routes", MappingProxyType({k.strip(): tuple(v) for k, v in self.routes.items()}))
+        for name, cands in self.routes.items():
+            if not cands:
+                raise GatewayConfigError("needs at least one candidate model", key=f"routes.{name}")
         for key, up in (("upstream", self.upstream), *((f"models.{m}", u) for m, u in self.models.items())):
             if up.api_key_env and up.api_key_env not in os.environ:
                 raise GatewayConfigError(
@@ -237,18 +269,24 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> GatewayConf
         kwargs["models"] = {name: _upstream(raw) for name, raw in data["models"].items()}
     if "aliases" in data:
         kwargs["aliases"] = frozenset(data["aliases"])
+    if "routes" in data:
+        kwargs["routes"] = {name: tuple(models) for name, models in data["routes"].items()}
     if "timeouts" in data:
         kwargs["timeouts"] = Timeouts(**data["timeouts"])
+    if "batching" in data:
+        kwargs["batching"] = BatchingConfig(**data["batching"])
     if "checks" in data:
         checks = dict(data["checks"])
         if "refusal_patterns" in checks:
             checks["refusal_patterns"] = tuple(checks["refusal_patterns"])
         kwargs["checks"] = Checks(**checks)
+    if "shadow" in data:
+        kwargs["shadow"] = shadow_config(data["shadow"])
     for key in ("model_dir", "decision_log", "prices"):
         if key in data:
             kwargs[key] = Path(data[key])
     for key in (
-        "mode", "fallback_to_strong", "log_prompts", "watch_interval", "graph", "threads",
+        "mode", "fallback_to_strong", "log_prompts", "watch_interval", "graph", "threads", "model_uri", "follow",
         "max_body_bytes", "max_connections", "host", "port", "grace_seconds",
     ):
         if key in data:

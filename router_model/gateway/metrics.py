@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from router_model.observe.drift import RollingDrift, gauge_values
 
 PREFIX = "router_gateway"
+
+
+class _DriftCollector(Collector):
+    """router_gateway_drift_*, computed from the rolling window at scrape time."""
+
+    def __init__(self, window: RollingDrift) -> None:
+        self._window = window
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, text, value in gauge_values(self._window.snapshot()):
+            yield GaugeMetricFamily(f"{PREFIX}_drift_{name}", text, value=value)
 
 
 class GatewayMetrics:
@@ -53,6 +70,17 @@ class GatewayMetrics:
         self.router_loaded = Gauge(f"{PREFIX}_router_loaded", "1 while a router is loaded", registry=r)
         self.router_info = Gauge(f"{PREFIX}_router_info", "Artifact version of the loaded router", ["artifact_version"], registry=r)
         self.reloads = Counter(f"{PREFIX}_reloads", "Router loads (start-up included)", ["result"], registry=r)
+        # Shadow grading (router_model.labelling.shadow; docs/labelling.md)
+        self.shadow_sampled = Counter(f"{PREFIX}_shadow_sampled", "Routed requests queued for shadow grading", registry=r)
+        self.shadow_dropped = Counter(
+            f"{PREFIX}_shadow_dropped", "Requests not shadow-graded: queue_full, or tag (a configured drop tag)", ["reason"], registry=r
+        )
+        self.shadow_rows = Counter(f"{PREFIX}_shadow_rows", "Shadow-graded requests: labelled, ungraded, failed", ["result"], registry=r)
+        self.shadow_cost = Counter(f"{PREFIX}_shadow_cost_usd", "Dollars shadow grading spent (the other answer, the judge calls)", registry=r)
+        self.shadow_queue = Gauge(f"{PREFIX}_shadow_queue_depth", "Jobs waiting for a shadow-grading worker", registry=r)
+        # Drift: the rolling window of decisions against its training data (observe/drift.py)
+        self.drift = RollingDrift()
+        r.register(_DriftCollector(self.drift))
         self._saved = {"route": 0.0, "observe": 0.0}
         self._lock = threading.Lock()
         for mode in self._saved:
@@ -62,6 +90,10 @@ class GatewayMetrics:
         with self._lock:
             self._saved[mode] += amount
             self.saved.labels(mode).set(self._saved[mode])
+
+    def observe_drift(self, router: Any, decision: Any) -> None:
+        """Add one decision of `router` (a Router) to the rolling drift window."""
+        self.drift.observe(getattr(router, "drift_reference", None), getattr(router, "strong_model", ""), [decision])
 
     def model_loaded(self, version: str) -> None:
         self.router_info.clear()

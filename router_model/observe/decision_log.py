@@ -10,7 +10,10 @@ has a prompt-hash key; `prompt` only when prompt logging was asked for):
   {"ts": "2026-11-26T07:30:00.123Z", "request_id": "...", "prompt_tokens": 412,
    "model": "gpt-4o-mini", "cheap_model": "gpt-4o-mini", "strong_model": "gpt-4o",
    "p_cheap_ok": 0.91, "confidence": 0.91, "reason": "classifier", "threshold": 0.5,
-   "artifact_version": "...", "prompt_hmac": "<hex>", "prompt_key_id": "<hex>", "prompt": "..."}
+   "artifact_version": "...", "prompt_hmac": "<hex>", "prompt_key_id": "<hex>", "prompt": "...",
+   "centroid_distance": 0.61}
+`centroid_distance` (optional, for `router-drift`): the prompt's embedding distance to the nearest
+training centroid, when the artifact has a drift reference and the classifier decided.
 
 No unsalted hash of the prompt is ever written: a plain sha256 of a short or guessable prompt
 can be reversed by hashing candidates. HMAC-SHA256 with a per-deployment secret still joins
@@ -117,6 +120,8 @@ def decision_record(
     a key) and drops it unless prompt logging is on, so the caller never has to decide twice.
     """
     fields = decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
+    # Optional: the embedding distance to the nearest training centroid (drift); absent for rules and old artifacts.
+    extra = {"centroid_distance": fields["centroid_distance"]} if fields.get("centroid_distance") is not None else {}
     return {
         "ts": ts or utc_timestamp(),
         "request_id": request_id,
@@ -130,6 +135,7 @@ def decision_record(
         "threshold": fields["threshold"],
         "artifact_version": fields["artifact_version"],
         "prompt": prompt,
+        **extra,
     }
 
 
@@ -321,6 +327,9 @@ def record_problem(record: Any) -> str | None:
     p = record.get("p_cheap_ok")
     if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0):
         return f"field 'p_cheap_ok' should be a probability or null, got {p!r}"
+    dist = record.get("centroid_distance")
+    if dist is not None and (isinstance(dist, bool) or not isinstance(dist, (int, float)) or not 0.0 <= dist < 1e6):
+        return f"field 'centroid_distance' should be a non-negative number or null, got {dist!r}"
     try:
         parse_timestamp(record["ts"])
     except ValueError:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from router_model.batching import BatchingConfig
 from router_model.errors import ArtifactError, ConfigError
 from router_model.service.config import MIN_SECRET_BYTES, ServerConfig
 from router_model.settings import (
@@ -58,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     opt: list[tuple[Sequence[str], str, dict[str, Any]]] = [
         (["--model-dir"], ENV_MODEL_DIR, dict(type=Path, metavar="DIR", default=env(ENV_MODEL_DIR, Path, None),
                                                   help="trained model directory (started NOT_SERVING without one)")),
+        (["--model-uri"], "ROUTER_MODEL_URI", dict(metavar="URI", default=env("ROUTER_MODEL_URI", str, None),
+                                                   help="serve a registered version instead: models:/NAME@ALIAS or models:/NAME/VERSION "
+                                                        "(downloaded to $ROUTER_CACHE_DIR/registry; docs/operations.md)")),
+        (["--follow"], "ROUTER_FOLLOW", dict(type=float, metavar="S", default=env("ROUTER_FOLLOW", float, None),
+                                             help="with --model-uri: poll the alias every S seconds and hot-reload when it moves")),
+        (["--tracking-uri"], "MLFLOW_TRACKING_URI", dict(metavar="URI", default=env("MLFLOW_TRACKING_URI", str, None),
+                                                         help="MLflow tracking URI for --model-uri (default sqlite:///mlflow.db; "
+                                                              "an http(s) server is read over REST without MLflow installed)")),
         (["--host"], "ROUTER_HOST", dict(metavar="HOST", default=env("ROUTER_HOST", str, DEFAULT_HOST),
                                         help=f"address to bind, for gRPC and metrics (default {DEFAULT_HOST}; 0.0.0.0 = every interface)")),
         (["--port"], "ROUTER_PORT", dict(type=int, metavar="PORT", default=env("ROUTER_PORT", int, 50051), help="gRPC port (default 50051)")),
@@ -104,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                           help="how long shutdown waits for in-flight calls (default 10)")),
         (["--watch-interval"], "ROUTER_WATCH_INTERVAL", dict(type=float, metavar="S", default=env("ROUTER_WATCH_INTERVAL", float, None),
                                                             help="reload when the model dir's metadata.json changes, polled every S seconds")),
+        (["--batching"], "ROUTER_BATCHING", dict(action=argparse.BooleanOptionalAction, default=env("ROUTER_BATCHING", parse_bool, False),
+                                                help="dynamic batching: concurrent Route calls share one graph run (default off)")),
+        (["--batch-max-delay-ms"], "ROUTER_BATCH_MAX_DELAY_MS",
+         dict(type=float, metavar="MS", default=env("ROUTER_BATCH_MAX_DELAY_MS", float, BatchingConfig.max_delay_ms),
+              help=f"with --batching: longest wait for companions while another batch runs (default {BatchingConfig.max_delay_ms:g})")),
+        (["--batch-max-size"], "ROUTER_BATCH_MAX_SIZE", dict(type=int, metavar="N", default=env("ROUTER_BATCH_MAX_SIZE", int, BatchingConfig.max_size),
+                                                            help=f"with --batching: most requests per graph run (default {BatchingConfig.max_size})")),
+        (["--batch-runners"], "ROUTER_BATCH_RUNNERS", dict(type=int, metavar="N", default=env("ROUTER_BATCH_RUNNERS", int, BatchingConfig.runners),
+                                                          help=f"with --batching: batches computed at once (default {BatchingConfig.runners})")),
         (["--log-level"], "ROUTER_LOG_LEVEL", dict(type=str.upper, choices=LOG_LEVELS, default=env("ROUTER_LOG_LEVEL", parse_choice(*LOG_LEVELS, upper=True), "INFO"),
                                                   help="logging level (default INFO)")),
     ]
@@ -117,6 +135,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """A ServerConfig from parsed arguments (raises ConfigError on an inconsistent set)."""
     return ServerConfig(
         model_dir=args.model_dir,
+        model_uri=args.model_uri,
+        follow=args.follow,
+        tracking_uri=args.tracking_uri,
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -136,6 +157,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         allow_reload=args.allow_reload,
         model_root=args.model_root,
         prompt_hash_key=secret(args.prompt_hash_key_file, ENV_PROMPT_HASH_KEY, "prompt hash key"),
+        batching=BatchingConfig(
+            max_delay_ms=args.batch_max_delay_ms, max_size=args.batch_max_size, runners=args.batch_runners
+        ) if args.batching else None,
     )
 
 

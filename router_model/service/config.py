@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from router_model.batching import BatchingConfig
 from router_model.errors import ConfigError
 from router_model.settings import DEFAULT_HOST, GRAPHS
 
@@ -54,6 +55,12 @@ class ServerConfig:
     allow_reload: bool = False
     model_root: Path | None = None
     prompt_hash_key: bytes | None = field(default=None, repr=False)
+    # Serve by registry alias instead of model_dir (router_model.registry): `follow` seconds polls the alias.
+    model_uri: str | None = None
+    follow: float | None = None
+    tracking_uri: str | None = None
+    # Dynamic batching of concurrent Route calls (router_model/batching.py); None = one run per call.
+    batching: BatchingConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("model_dir", "decision_log", "model_root"):
@@ -68,6 +75,14 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1 or None, got {self.threads}")
+        if self.model_uri is not None:
+            from router_model.registry import ModelUri
+
+            ModelUri.parse(self.model_uri)
+            if self.model_dir is not None:
+                raise ConfigError("name either a model directory or a model URI (--model-uri), not both")
+        if self.follow is not None and (self.model_uri is None or self.follow <= 0):
+            raise ConfigError(f"follow needs a model URI and a positive number of seconds, got {self.follow}")
         if self.watch_interval is not None and self.watch_interval <= 0:
             raise ConfigError(f"watch_interval must be positive or None, got {self.watch_interval}")
         if self.grace_seconds < 0:

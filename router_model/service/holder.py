@@ -19,12 +19,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from router_model.artifact import METADATA_FILE
 from router_model.errors import ArtifactError, ConfigError
 from router_model.router import Router
 from router_model.service.config import ServerConfig
 from router_model.service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from router_model.registry import RegistryVersion
 
 log = logging.getLogger("router_model.service")
 
@@ -39,6 +43,7 @@ class Loaded:
     router: Router
     model_dir: Path
     loaded_at: float
+    registry: RegistryVersion | None = None  # the registered version, when served by --model-uri
 
 
 @dataclass(frozen=True)
@@ -82,16 +87,16 @@ class ModelHolder:
     def model_dir(self) -> Path | None:
         return self._model_dir
 
-    def reload(self, model_dir: Path | str | None = None) -> ReloadResult:
+    def reload(self, model_dir: Path | str | None = None, registry: RegistryVersion | None = None) -> ReloadResult:
         """Load and verify an artifact beside the serving one, then swap; raise if it fails.
 
         Runs on the loader thread and waits for it. Raises ArtifactError (bad or unreadable
         artifact) or ConfigError (no directory given or configured); the serving router is
         untouched on any failure.
         """
-        return self._loader.submit(self._load, Path(model_dir) if model_dir else None).result()
+        return self._loader.submit(self._load, Path(model_dir) if model_dir else None, registry).result()
 
-    def _load(self, model_dir: Path | None) -> ReloadResult:
+    def _load(self, model_dir: Path | None, registry: RegistryVersion | None = None) -> ReloadResult:
         with self._lock:
             target = model_dir or self._model_dir
             if target is None:
@@ -113,7 +118,9 @@ class ModelHolder:
                 raise
             load_ms = round((time.perf_counter() - started) * 1000)
             previous = self._current
-            self._current = Loaded(router, target, time.time())
+            if registry is None and previous is not None and previous.model_dir == target:
+                registry = previous.registry  # re-reading the same version's directory
+            self._current = Loaded(router, target, time.time(), registry)
             self._model_dir = target
             self._seen = signature
             self._metrics.count_reload(True)

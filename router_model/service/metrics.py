@@ -9,10 +9,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from router_model.observe.drift import RollingDrift, gauge_values
 
 # Round-trip latency buckets in seconds: sub-millisecond to a slow batch.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -53,6 +56,18 @@ class _DecisionLogCollector(Collector):
         )
 
 
+class _DriftCollector(Collector):
+    """router_drift_*: the rolling window of the serving router's decisions against its training
+    split (router_model/observe/drift.py), computed at scrape time."""
+
+    def __init__(self, window: RollingDrift) -> None:
+        self._window = window
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, text, value in gauge_values(self._window.snapshot()):
+            yield GaugeMetricFamily(f"router_drift_{name}", text, value=value)
+
+
 class Metrics:
     """The service's series in a registry of their own; every method is thread-safe."""
 
@@ -75,6 +90,8 @@ class Metrics:
         self._in_flight = Gauge("router_in_flight_requests", "RPCs being handled now.", registry=r)
         self._model = _ModelCollector()
         r.register(self._model)
+        self.drift = RollingDrift()
+        r.register(_DriftCollector(self.drift))
 
     def start_rpc(self) -> None:
         self._in_flight.inc()
@@ -91,6 +108,10 @@ class Metrics:
         """Count decisions given as (model, reason) pairs."""
         for model, reason in pairs:
             self._decisions.labels(model=model, reason=reason).inc()
+
+    def observe_drift(self, router: Any, decisions: Iterable[Any]) -> None:
+        """Add decisions of `router` (a Router) to the rolling drift window."""
+        self.drift.observe(getattr(router, "drift_reference", None), getattr(router, "strong_model", ""), decisions)
 
     def model_loaded(self, artifact_version: str) -> None:
         self._model.artifact_version = artifact_version

@@ -74,8 +74,10 @@ class RunningServer:
         metrics: Metrics,
         metrics_httpd: ThreadingHTTPServer | None,
         decision_log: DecisionLogWriter | None,
+        servicer: RouterServicer | None = None,
     ) -> None:
         self.config = config
+        self.servicer = servicer  # closed after the drain (its batcher's runners)
         self.port = port
         self.metrics = metrics
         self._server = server
@@ -126,6 +128,8 @@ class RunningServer:
             self._closing.set()
             self._health.enter_graceful_shutdown()
             self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
+            if self.servicer is not None:
+                self.servicer.close()
             self._holder.close()
             if self._metrics_httpd is not None:
                 self._metrics_httpd.shutdown()
@@ -186,23 +190,51 @@ def create_server(config: ServerConfig, *, load_in_background: bool = True) -> R
     if decision_log is not None:
         writer = decision_log
         metrics.watch_decision_log(lambda: writer.errors)
-    server.add_generic_rpc_handlers((router_handler(RouterServicer(config, holder, metrics, decision_log)),))
+    servicer = RouterServicer(config, holder, metrics, decision_log)
+    server.add_generic_rpc_handlers((router_handler(servicer),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     metrics_httpd = serve_metrics(metrics, config.host, config.metrics_port) if config.metrics_port is not None else None
     server.start()
-    running = RunningServer(config, server, port, holder, health_servicer, metrics, metrics_httpd, decision_log)
+    running = RunningServer(
+        config, server, port, holder, health_servicer, metrics, metrics_httpd, decision_log, servicer=servicer
+    )
     log.info("router.v1 listening on %s (observe=%s)", running.address, config.observe)
+
+    follower = None
+    if config.model_uri is not None:  # serve by registry alias (router_model.registry; MLflow only if needed)
+        from router_model.registry import AliasFollower, open_registry
+
+        follower = AliasFollower(config.model_uri, open_registry(config.tracking_uri))
 
     def initial_load() -> None:
         try:
-            holder.reload()
+            if follower is not None:
+                version, path = follower.fetch()
+                holder.reload(path, registry=version)
+                follower.delivered = version.version
+            else:
+                holder.reload()
         except (ArtifactError, ConfigError) as e:
             log.error("no model loaded, serving NOT_SERVING until a reload succeeds: %s", e)
         except Exception:
             log.exception("no model loaded, serving NOT_SERVING until a reload succeeds")
 
-    if config.model_dir is not None:
+    if follower is not None and config.follow is not None:
+        active = follower
+
+        def deliver(version, path: Path) -> None:
+            holder.reload(path, registry=version)
+
+        def load_then_follow() -> None:  # the first poll is the initial load; a refused version is not retried
+            try:
+                active.poll(deliver)
+            except Exception as e:  # noqa: BLE001 - registry down at start: NOT_SERVING, retried at each poll
+                log.error("no model loaded from %s yet, serving NOT_SERVING: %s", config.model_uri, e)
+            active.follow(config.follow or 1.0, running._closing, deliver)
+
+        threading.Thread(target=load_then_follow, name="router-follow", daemon=True).start()
+    elif config.model_dir is not None or follower is not None:
         if load_in_background:
             threading.Thread(target=initial_load, name="router-initial-load", daemon=True).start()
         else:

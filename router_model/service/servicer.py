@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from router_model.batching import Batcher, BatcherClosedError, DeadlineExpiredError
 from router_model.decision import RoutingDecision
 from router_model.errors import ArtifactError, ConfigError, InvalidRequestError
 from router_model.observe.decision_log import DecisionLogWriter, decision_record, log_text, utc_timestamp
@@ -86,7 +87,31 @@ def _response(d: RoutingDecision, request_id: str, latency_us: int, observe: boo
     )
     if d.p_cheap_ok is not None:
         resp.p_cheap_ok = d.p_cheap_ok
+    if d.p_pass is not None:  # an N-model router
+        resp.p_pass.update(d.p_pass)
+    if d.expected_cost_usd is not None:
+        resp.expected_cost_usd = d.expected_cost_usd
     return resp
+
+
+def _goal_info(meta: Any) -> dict[str, Any]:
+    """ModelInfo's goal fields: the goal, its risk, the method and the certified floor (docs/guarantee.md)."""
+    g = meta.goal
+    out: dict[str, Any] = {"goal": g.kind, "goal_value": g.value, "method": g.method,
+                           "certified": bool(g.certified), "n_labelled": int(g.n_labelled or 0)}
+    if g.risk is not None:
+        out["risk"] = g.risk
+    if g.certified_floor is not None:
+        out["certified_floor"] = g.certified_floor
+    return out
+
+
+def _multi_info(meta: Any) -> dict[str, Any]:
+    """ModelInfo's N-model fields (none for a cheap/strong pair)."""
+    m = meta.multi
+    if m is None:
+        return {}
+    return {"models": list(m.models), "policy": m.policy, "policy_value": m.value, "best_single_model": m.best_single}
 
 
 def _numeric_metrics(value: Any, prefix: str = "") -> dict[str, float]:
@@ -114,6 +139,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._batch_slots = FairSlots(max(1, config.workers - 1))
         self._holder = holder
         self._decision_log = decision_log
+        # Concurrent Route calls share graph runs; its runners, not the worker slots, bound their compute.
+        self._batcher = Batcher(config.batching) if config.batching is not None else None
+
+    def close(self) -> None:
+        """Stop the batcher's runners (after the server has drained)."""
+        if self._batcher is not None:
+            self._batcher.close()
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return self._batcher
 
     def _slot(self, context: grpc.ServicerContext) -> FairSlots:
         """Wait (within the deadline) until a compute slot is free; the caller then holds it."""
@@ -129,6 +165,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     def _log_decisions(self, items: Sequence[tuple[Request, str, RoutingDecision]], router: Router) -> None:
         self.metrics.count_decisions([(d.model, d.reason) for _, _, d in items])
+        self.metrics.observe_drift(router, [d for _, _, d in items])
         if self._decision_log is None:
             return
         ts = utc_timestamp()
@@ -152,11 +189,21 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         tags = list(request.tags) or None
         request_id = request.request_id or uuid.uuid4().hex
         check_deadline(context)
-        slots = self._slot(context)
-        try:
-            decision = loaded.router.predict(routed, tags=tags)
-        finally:
-            slots.release()
+        if self._batcher is not None:
+            try:
+                decision = self._batcher.predict(
+                    loaded.router, routed, tags=tags, timeout=context.time_remaining(), alive=context.is_active
+                )
+            except DeadlineExpiredError as e:
+                raise RpcStatusError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from None
+            except BatcherClosedError as e:
+                raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
+        else:
+            slots = self._slot(context)
+            try:
+                decision = loaded.router.predict(routed, tags=tags)
+            finally:
+                slots.release()
         check_deadline(context, "while the request was routed")  # nobody would receive it
         self._log_decisions([(routed, request_id, decision)], loaded.router)
         latency_us = round((time.perf_counter() - started) * 1e6)
@@ -230,6 +277,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             model_dir=str(loaded.model_dir),
             loaded_at=loaded_at,
             observe_only=self.config.observe,
+            **_goal_info(meta),
+            **_multi_info(meta),
+            model_uri=self.config.model_uri or "",
+            registry_version=loaded.registry.version if loaded.registry else "",
+            registry_alias=(loaded.registry.alias or "") if loaded.registry else "",
         )
 
     @rpc("Reload", router_pb2.ReloadRequest)

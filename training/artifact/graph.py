@@ -55,8 +55,10 @@ def _identity_model(dim: int, ir_version: int) -> onnx.ModelProto:
     return m
 
 
-def merge_router_graph(embedder: onnx.ModelProto, head: onnx.ModelProto, dim: int, n_features: int) -> onnx.ModelProto:
-    """One graph from the embedder's inputs (+ features) to `probabilities`."""
+def merge_router_graph(embedder: onnx.ModelProto, head: onnx.ModelProto, dim: int, n_features: int,
+                       output: str = PROBABILITIES_OUTPUT) -> onnx.ModelProto:
+    """One graph from the embedder's inputs (+ features) to the head's `output` (default `probabilities`;
+    an N-model head's is `pass_probabilities`) and the embedding."""
     from onnx import compose
 
     ir = max(embedder.ir_version, head.ir_version)
@@ -72,7 +74,9 @@ def merge_router_graph(embedder: onnx.ModelProto, head: onnx.ModelProto, dim: in
     head.ir_version = ir
     joiner = _concat_model(dim, n_features, ir) if n_features else _identity_model(dim, ir)
     first = compose.merge_models(embedder, joiner, io_map=[(EMBEDDING_OUTPUT, EMBEDDING_OUTPUT)])
-    merged = compose.merge_models(first, head, io_map=[(HEAD_INPUT, HEAD_INPUT)], outputs=[PROBABILITIES_OUTPUT])
+    merged = compose.merge_models(first, head, io_map=[(HEAD_INPUT, HEAD_INPUT)], outputs=[output])
+    # The embedding as a second output: the router's drift distance reads it from the same run.
+    merged.graph.output.append(helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["batch", dim]))
     onnx.checker.check_model(merged)
     return merged
 

@@ -42,6 +42,7 @@ from router_model.artifact import (
     write_metadata,
 )
 from router_model.errors import ArtifactError
+from router_model.observe.drift import DriftReference, write_reference
 from router_model.prompt_digest import PromptDigest
 from router_model.request import Request
 from training.artifact.graph import head_parity, head_to_onnx, merge_router_graph
@@ -49,9 +50,10 @@ from training.artifact.quantize import QuantizedEmbedder, calibration_feeds, qua
 from training.data.dataset import Dataset
 from training.data.log import LogReadResult
 from training.embedding.onnx_embedder import ExportedEmbedder
+from training.embedding.static import is_static
 from training.evaluate import metrics as M
 from training.head import FittedHead
-from training.threshold import Goal, ThresholdChoice
+from training.threshold import Goal, ThresholdChoice, goal_record_fields
 
 # int8 is served by default when, on the held-out split, at least 99% of its decisions agree with
 # fp32 and its APGR is within 0.005. The int8 graph (training/artifact/quantize.py) agrees on ~99.3%
@@ -94,7 +96,8 @@ def build_graphs(
         raise ArtifactError(f"the ONNX head differs from sklearn by {diff:.2e} (> {FP32_MAX_DIFF})")
     dim = exported.spec.dim
     fp32 = merge_router_graph(onnx.load(str(exported.onnx_path)), head_onnx, dim, n_features)
-    feeds = calibration_feeds(exported.text_encoder(), train_texts, seed=seed)
+    # A static embedder has no MatMul to calibrate: its int8 graph is the row-scaled int8 table alone.
+    feeds = [] if is_static(exported.spec.name) else calibration_feeds(exported.text_encoder(), train_texts, seed=seed)
     quantized = quantize_embedder(exported.onnx_path, feeds)
     int8 = merge_router_graph(quantized.model, head_onnx, dim, n_features)
     return RouterGraphs(head_onnx, diff, fp32, int8, quantized)
@@ -116,6 +119,7 @@ class TrainingRecord:
     pass_threshold: float
     price_as: dict[str, str]
     trained_prompts: PromptDigest
+    drift_reference: DriftReference | None = None  # written as drift_reference.json (router_model/observe/drift.py)
 
 
 def build_metadata(record: TrainingRecord, exported: ExportedEmbedder, graphs: RouterGraphs, stamp: datetime) -> ArtifactMetadata:
@@ -128,7 +132,7 @@ def build_metadata(record: TrainingRecord, exported: ExportedEmbedder, graphs: R
         cheap_model=read.cheap_model,
         strong_model=read.strong_model,
         threshold=float(record.choice.threshold),
-        goal=GoalRecord(record.goal.kind, float(record.goal.value), bool(record.choice.met)),
+        goal=GoalRecord(**goal_record_fields(record.choice)),
         target=target.name,
         classes=classes,
         cheap_ok_classes=tuple(c for c in classes if c in target.cheap_ok_classes),
@@ -215,18 +219,16 @@ def stage_model_dir(
 ) -> StagedArtifact:
     """Build and verify the directory in a temporary beside `out_dir` (removed again on any failure)."""
     out_dir = Path(out_dir)
-    check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
     stamp = datetime.now(UTC)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{stamp:%Y%m%d%H%M%S%f}-{os.getpid()}"
-    tmp.mkdir()
+    tmp = new_staging_dir(out_dir, stamp)
     try:
         train_texts = [ds.texts[i] for i in ds.rows("train")]
         graphs = build_graphs(record.head, exported, len(record.features), X[ds.rows("val")], train_texts, seed=seed)
         onnx.save(graphs.fp32, str(tmp / GRAPH_FILES[FP32]))
         onnx.save(graphs.int8, str(tmp / GRAPH_FILES[INT8]))
         shutil.copyfile(exported.tokenizer_path, tmp / TOKENIZER_FILE)
+        if record.drift_reference is not None:
+            write_reference(tmp, record.drift_reference)
         meta = write_metadata(tmp, build_metadata(record, exported, graphs, stamp))
         parity, chosen = check_parity(tmp, meta, record.head, held_out, graphs.head_vs_sklearn, default_graph)
         meta = write_metadata(tmp, meta.replace(parity=parity, default_graph=chosen))
@@ -234,6 +236,16 @@ def stage_model_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def new_staging_dir(out_dir: Path, stamp: datetime) -> Path:
+    """A fresh `.NAME.tmp-*` beside a replaceable `out_dir` (stale ones of dead runs removed first)."""
+    check_replaceable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{stamp:%Y%m%d%H%M%S%f}-{os.getpid()}"
+    tmp.mkdir()
+    return tmp
 
 
 def is_model_dir(path: Path) -> bool:

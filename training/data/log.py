@@ -126,6 +126,8 @@ class ReadOptions:
     pass_threshold: float = 0.8
     skip_invalid: bool = False
     max_listed: int = 10
+    # False keeps rows that lack the pair's outcomes (N-model training masks what a row lacks).
+    require_pair: bool = True
 
     def __post_init__(self) -> None:
         if not (0.0 < self.pass_threshold <= 1.0):
@@ -462,7 +464,7 @@ def read_logs(
     records: list[LabelledRecord] = []
     for row in rows:
         lacking = [m for m in (cheap, strong) if m not in row.passed]
-        if lacking:
+        if lacking and options.require_pair:
             problems2.add((row.fidx, row.line_no), LogProblem(
                 row.file, row.line_no, f"{row.fmt}.{lacking[0]}",
                 f"no outcome for {' and '.join(repr(m) for m in lacking)} (row has: {sorted(row.passed)})",

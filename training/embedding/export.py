@@ -22,6 +22,7 @@ from router_model.encoder import EncoderSettings
 from router_model.errors import RouterError
 from training.cache import default_cache_dir
 from training.embedding.onnx_embedder import ExportedEmbedder, OnnxEmbedder
+from training.embedding.static import export_static_embedder, is_static
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,12 @@ def export_embedder(
     truncation: str = "head_tail",
     max_length: int | None = None,
 ) -> ExportedEmbedder:
-    """Export (or reuse a cached export of) a sentence-transformers model as an ONNX graph."""
+    """Export (or reuse a cached export of) a sentence-transformers model as an ONNX graph.
+
+    `model2vec` / `model2vec:BASE` is the static embedder distilled from BASE (training/embedding/static.py).
+    """
+    if is_static(name):
+        return export_static_embedder(name, cache_dir or default_cache_dir(), truncation=truncation, max_length=max_length)
     import torch
     from sentence_transformers import SentenceTransformer
 

@@ -281,6 +281,8 @@ def score_log(
         "model_dir": str(model_dir),
         "artifact_version": router.version,
         "router_pair": [router.cheap_model, router.strong_model],
+        "goal": router.meta.goal.to_dict(),
+        "goal_summary": router.meta.goal.describe(),
         "logs": list(read.files),
         "rows_read": read.rows_read,
         "rows_used": read.rows_used,
@@ -321,6 +323,7 @@ def format_report(rep: dict[str, Any]) -> str:
     pr = rep["prices"]
     lines = [
         f"Savings report: router {rep['model_dir']} ({rep['artifact_version']}), threshold {ch['threshold']:.4f}",
+        *([f"goal: {rep['goal_summary']}"] if rep.get("goal_summary") else []),
         f"log: {', '.join(rep['logs'])}: {rep['n']} rows (read {rep['rows_read']}, skipped {sum(rep['skipped'].values())}); "
         f"cheap = {rep['cheap_model']}, strong = {rep['strong_model']}",
         f"volume: {V:,.0f} requests/month; mean tokens per request {rep['mean_input_tokens']:,.0f} in + "
@@ -445,6 +448,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.cheap is None) != (args.strong is None):
         parser.error("name both --cheap and --strong, or neither (the router's pair is used)")
     try:
+        from router_model.artifact import read_metadata
+
+        if read_metadata(args.model_dir).multi is not None:  # an N-model router: training/multi/savings.py
+            from training.multi.savings import format_multi_report, multi_report
+
+            mrep = multi_report(args.model_dir, list(args.log), requests_per_month=args.requests_per_month,
+                                prices=args.prices, price_as=dict(args.price_as), output_tokens=args.output_tokens,
+                                skip_invalid=args.skip_invalid)
+            print(json.dumps(_rounded(mrep)) if args.json else format_multi_report(mrep))
+            return 0
         sc = score_log(args.model_dir, args.log, cheap=args.cheap, strong=args.strong, prices=args.prices,
                        price_as=dict(args.price_as),
                        output_tokens=args.output_tokens, skip_invalid=args.skip_invalid)

@@ -51,7 +51,14 @@ class RouteRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., tags: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("model", "p_cheap_ok", "confidence", "reason", "threshold", "artifact_version", "latency_us", "prompt_tokens", "request_id", "observe_only")
+    __slots__ = ("model", "p_cheap_ok", "confidence", "reason", "threshold", "artifact_version", "latency_us", "prompt_tokens", "request_id", "observe_only", "p_pass", "expected_cost_usd")
+    class PPassEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     P_CHEAP_OK_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +69,8 @@ class RouteResponse(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OBSERVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    P_PASS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_COST_USD_FIELD_NUMBER: _ClassVar[int]
     model: str
     p_cheap_ok: float
     confidence: float
@@ -72,7 +81,9 @@ class RouteResponse(_message.Message):
     prompt_tokens: int
     request_id: str
     observe_only: bool
-    def __init__(self, model: _Optional[str] = ..., p_cheap_ok: _Optional[float] = ..., confidence: _Optional[float] = ..., reason: _Optional[str] = ..., threshold: _Optional[float] = ..., artifact_version: _Optional[str] = ..., latency_us: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., request_id: _Optional[str] = ..., observe_only: _Optional[bool] = ...) -> None: ...
+    p_pass: _containers.ScalarMap[str, float]
+    expected_cost_usd: float
+    def __init__(self, model: _Optional[str] = ..., p_cheap_ok: _Optional[float] = ..., confidence: _Optional[float] = ..., reason: _Optional[str] = ..., threshold: _Optional[float] = ..., artifact_version: _Optional[str] = ..., latency_us: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., request_id: _Optional[str] = ..., observe_only: _Optional[bool] = ..., p_pass: _Optional[_Mapping[str, float]] = ..., expected_cost_usd: _Optional[float] = ...) -> None: ...
 
 class RouteBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -93,7 +104,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("artifact_version", "cheap_model", "strong_model", "threshold", "metrics", "metadata", "model_dir", "loaded_at", "observe_only")
+    __slots__ = ("artifact_version", "cheap_model", "strong_model", "threshold", "metrics", "metadata", "model_dir", "loaded_at", "observe_only", "goal", "goal_value", "risk", "method", "certified_floor", "certified", "n_labelled", "models", "policy", "policy_value", "best_single_model", "model_uri", "registry_version", "registry_alias")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +121,20 @@ class ModelInfo(_message.Message):
     MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     OBSERVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    GOAL_FIELD_NUMBER: _ClassVar[int]
+    GOAL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    RISK_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CERTIFIED_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    CERTIFIED_FIELD_NUMBER: _ClassVar[int]
+    N_LABELLED_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BEST_SINGLE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_URI_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_ALIAS_FIELD_NUMBER: _ClassVar[int]
     artifact_version: str
     cheap_model: str
     strong_model: str
@@ -119,7 +144,21 @@ class ModelInfo(_message.Message):
     model_dir: str
     loaded_at: _timestamp_pb2.Timestamp
     observe_only: bool
-    def __init__(self, artifact_version: _Optional[str] = ..., cheap_model: _Optional[str] = ..., strong_model: _Optional[str] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., model_dir: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observe_only: _Optional[bool] = ...) -> None: ...
+    goal: str
+    goal_value: float
+    risk: float
+    method: str
+    certified_floor: float
+    certified: bool
+    n_labelled: int
+    models: _containers.RepeatedScalarFieldContainer[str]
+    policy: str
+    policy_value: float
+    best_single_model: str
+    model_uri: str
+    registry_version: str
+    registry_alias: str
+    def __init__(self, artifact_version: _Optional[str] = ..., cheap_model: _Optional[str] = ..., strong_model: _Optional[str] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., model_dir: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observe_only: _Optional[bool] = ..., goal: _Optional[str] = ..., goal_value: _Optional[float] = ..., risk: _Optional[float] = ..., method: _Optional[str] = ..., certified_floor: _Optional[float] = ..., certified: _Optional[bool] = ..., n_labelled: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., policy: _Optional[str] = ..., policy_value: _Optional[float] = ..., best_single_model: _Optional[str] = ..., model_uri: _Optional[str] = ..., registry_version: _Optional[str] = ..., registry_alias: _Optional[str] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ("model_dir",)

@@ -1,0 +1,199 @@
+"""N-model routing (issue 16) on routerbench-subset (11 models) and mmlu-pro (6 models).
+
+Held-out half by prompt hash (train 35% / validation 15% / test 50%, `assign_splits`, seed 0).
+On mmlu-pro, a question derived from MMLU takes the split key of the routellm-mmlu question with
+the same stem (text before the options), so it lands on the same side as that question would
+with these fractions. Every router is scored on the same test rows, RouterBench-style (the
+non-decreasing convex hull of its sweep; `training/multi/evaluation.py`):
+
+* `issue_baseline`: the issue's reference: one uncalibrated LR (C=1) per model,
+  argmax P(pass) - lambda * mean cost;
+* the shipped heads (calibrated pass and ok heads per model, C chosen on validation) with each
+  rule family (`cheapest_ok`, `cheapest_pass`, `lambda` with per-request cost estimates), and
+  the operating point the validation goal (quality floor 0.95 of the best single model) picks.
+
+    python benchmarks/multi_model.py [--data routerbench,mmlu-pro] [--max-rows N]
+
+Prints the figures and writes benchmarks/results/multi_model.json. Needs ../shared/data.
+Embeddings are cached under $ROUTER_CACHE_DIR (first run: ~15k texts to embed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from router_model.cost import PriceTable
+from router_model.features import DEFAULT_FEATURES
+from router_model.multi import POLICY_KINDS, choose
+from training.cache import default_cache_dir
+from training.data.public import shared_data_dir
+from training.data.split import normalize_prompt
+from training.embedding.export import export_embedder
+from training.embedding.features import feature_matrix
+from training.embedding.onnx_embedder import OnnxEmbedder
+from training.multi.data import build_multi_dataset, read_multi
+from training.multi.evaluation import eval_rows, evaluate_multi, finite, format_report
+from training.multi.heads import PassHeads, ece_per_model, fit_heads
+from training.multi.policy import MultiGoal, Sweep, choose_policy, expected_costs, fit_cost_models, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+FRACTIONS = (0.35, 0.15, 0.5)
+DATA = {
+    "routerbench": "routerbench-subset/routerbench-subset.normalized.jsonl",
+    "mmlu-pro": "mmlu-pro/mmlu-pro.normalized.jsonl",
+}
+MMLU = "routellm-evals/routellm-mmlu.normalized.jsonl"
+
+
+# The packaged table deliberately leaves the dearer May-2024 GPT-4o snapshot out (router_model/prices.json
+# notes); mmlu-pro's GPT-4o run is that snapshot, priced here as a --prices file would.
+EXTRA_PRICES = {"models": {"gpt-4o-2024-05-13": {"input": 5.0, "output": 15.0}}}
+
+
+def _prices() -> PriceTable:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "prices.json"
+        path.write_text(json.dumps(EXTRA_PRICES))
+        return PriceTable.load(path)
+
+
+def _stem(text: str, marker: str) -> str:
+    return normalize_prompt(text.split(marker, 1)[0])
+
+
+def mmlu_aligned_keys(log, shared: Path) -> tuple[list[str], int]:
+    """Split keys for mmlu-pro rows: the routellm-mmlu question's key when the stems match."""
+    by_stem: dict[str, str] = {}
+    with open(shared / MMLU, encoding="utf-8") as fh:
+        for line in fh:
+            prompt = json.loads(line)["prompt"]
+            by_stem.setdefault(_stem(prompt, "\nA. "), normalize_prompt(prompt))
+    src: dict[int, str] = {}
+    want = {r.line_no for r in log.records}
+    with open(log.records[0].source_file, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, start=1):
+            if i in want:
+                src[i] = (json.loads(line).get("meta") or {}).get("src", "")
+    keys, matched = [], 0
+    for r in log.records:
+        key = normalize_prompt(r.classifier_text)
+        if src.get(r.line_no, "").startswith("ori_mmlu"):
+            hit = by_stem.get(_stem(r.classifier_text, "\nOptions:"))
+            if hit is not None:
+                key, matched = hit, matched + 1
+        keys.append(key)
+    return keys, matched
+
+
+def issue_baseline(X, ds, tr, te) -> tuple[Sweep, dict]:
+    """One plain LR (C=1) per model; argmax P - lambda * mean cost per call (the issue's reference)."""
+    from sklearn.linear_model import LogisticRegression
+
+    P = np.zeros((len(te), len(ds.models)))
+    for j in range(len(ds.models)):
+        rows = tr[~np.isnan(ds.passed[tr, j])]
+        y = ds.passed[rows, j].astype(int)
+        if len(np.unique(y)) < 2:
+            P[:, j] = y.mean() if len(y) else 0.5
+            continue
+        model = LogisticRegression(C=1.0, max_iter=2000).fit(X[rows], y)
+        P[:, j] = model.predict_proba(X[te])[:, 1]
+    mean_cost = ds.cost[tr].mean(axis=0)
+    est = np.tile(mean_cost, (len(te), 1))
+    keep = eval_rows(ds.passed[te])
+    sw = sweep("lambda", P[keep], P[keep], est[keep], ds.passed[te][keep], ds.cost[te][keep])
+    return sw, ece_per_model(P, ds.passed[te], ds.models)
+
+
+def run(name: str, path: Path, shared: Path, cache: Path, max_rows: int | None, say) -> dict:
+    t0 = time.perf_counter()
+    log = read_multi([path])
+    if max_rows and max_rows < len(log.records):  # an evenly spread sample (the files are grouped by task/subject)
+        pick = np.unique(np.linspace(0, len(log.records) - 1, max_rows).astype(int))
+        log = type(log)(log.read, tuple(log.records[i] for i in pick), log.models, log.passed[pick], log.row_cost[pick], 0)
+    exported = export_embedder("sentence-transformers/all-MiniLM-L6-v2", cache, truncation="head_tail")
+    embedder = OnnxEmbedder(exported, cache_dir=cache)
+    keys, matched = (mmlu_aligned_keys(log, shared) if name == "mmlu-pro" else (None, 0))
+    ds = build_multi_dataset(log, embedder.encoder, _prices(), fractions=FRACTIONS, seed=0, group_keys=keys)
+    emb = embedder.embed(ds.texts)
+    embed_stats = dict(embedder.last_stats)
+    embedder.close()
+    X = feature_matrix(emb, ds.texts, ds.n_tokens, DEFAULT_FEATURES)
+    tr, va, te = ds.rows("train"), ds.rows("val"), ds.rows("test")
+    say(f"[{name}] {len(ds.texts)} rows, {len(ds.models)} models, split {ds.split_counts()}"
+        + (f", {matched} MMLU-derived questions keyed to routellm-mmlu" if name == "mmlu-pro" else ""))
+    t1 = time.perf_counter()
+    heads: PassHeads = fit_heads(X, ds.passed, ds.models, tr, va, say=lambda _: None)
+    fit_s = time.perf_counter() - t1
+    cms = fit_cost_models(ds.n_tokens[tr], ds.cost[tr], ds.models)
+
+    def scored(rows):
+        return heads.p_pass(X[rows]), heads.p_ok(X[rows]), expected_costs(cms, ds.n_tokens[rows])
+
+    Pv, Kv, Ev = scored(va)
+    choice = choose_policy(Pv, Kv, Ev, ds.passed[va], ds.cost[va], ds.models, MultiGoal("quality_floor", 0.95))
+    Pt, Kt, Et = scored(te)
+    keep = eval_rows(ds.passed[te])
+    Y, C = ds.passed[te][keep], ds.cost[te][keep]
+    sweeps = {k: sweep(k, Pt[keep], Kt[keep], Et[keep], Y, C) for k in POLICY_KINDS}
+    base_sweep, base_ece = issue_baseline(X, ds, tr, te)
+    sweeps = {"issue_baseline": base_sweep, **sweeps}
+    pick = choose(choice.kind, choice.value, Pt[keep], Kt[keep], Et[keep])
+    rows = np.arange(len(Y))
+    chosen = {"kind": choice.kind, "value": float(choice.value), "cost": float(C[rows, pick].sum()),
+              "quality": float(Y[rows, pick].mean())}
+    rep = evaluate_multi(ds.models, ds.passed[te], ds.cost[te], sweeps, chosen)
+    rep["ece_per_model"] = ece_per_model(Pt, ds.passed[te], ds.models)
+    rep["ece_per_model_issue_baseline"] = base_ece
+    rep["policy_choice"] = {"kind": choice.kind, "value": choice.value, "why": choice.why, "families": choice.families}
+    rep["cost_source"] = ds.cost_source
+    rep["split"] = ds.split_counts()
+    rep["mmlu_keyed_to_routellm"] = matched
+    rep["seconds"] = {"total": time.perf_counter() - t0, "fit_heads": fit_s, "embedding": embed_stats.get("seconds", 0.0),
+                      "embedded_new": embed_stats.get("embedded", 0.0)}
+    say(format_report(rep))
+    say("  ECE per model (shipped heads / issue baseline): " + ", ".join(
+        f"{m.split('/')[-1]} {v['ece']:.3f}/{base_ece[m]['ece']:.3f}" for m, v in rep["ece_per_model"].items()))
+    say(f"  policy chosen on validation: {choice.why}")
+    return rep
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="routerbench,mmlu-pro", help="comma-separated: routerbench, mmlu-pro")
+    p.add_argument("--max-rows", type=int, default=None, help="an evenly spread sample of N rows per data set (smoke runs, or a cold cache)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "multi_model.json")
+    args = p.parse_args(argv)
+    shared = shared_data_dir()
+    if shared is None or not (Path(shared) / DATA["routerbench"]).exists():
+        print("multi_model: ../shared/data is not available; nothing to measure", file=sys.stderr)
+        return 2
+    shared = Path(shared)
+    cache = default_cache_dir()
+    results = {"conditions": {"fractions": FRACTIONS, "seed": 0, "embedder": "all-MiniLM-L6-v2 (head_tail, 256 tokens)",
+                              "features": list(DEFAULT_FEATURES), "goal": "quality_floor 0.95 of the best single model",
+                              "frontier": "RouterBench non-decreasing convex hull; AIQ over the single models' cost range"},
+               "data": {}}
+    if args.out.exists():  # one data set at a time adds to (or replaces its entry in) the results file
+        results["data"] = json.loads(args.out.read_text()).get("data", {})
+    for name in [d.strip() for d in args.data.split(",") if d.strip()]:
+        if name not in DATA:
+            print(f"multi_model: unknown data set {name!r}; known: {sorted(DATA)}", file=sys.stderr)
+            return 2
+        results["data"][name] = {"max_rows": args.max_rows, **run(name, shared / DATA[name], shared, cache, args.max_rows, print)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(finite(results), indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

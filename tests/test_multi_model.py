@@ -1,0 +1,268 @@
+"""N-model routing (issue 16): masking, the policy, RouterBench's frontier/AIQ, and an N-model artifact served."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from router_model.multi import CostModel, choose
+from training.multi.evaluation import aiq, evaluate_multi, hull, oracle_point
+from training.multi.heads import fit_heads, ok_labels
+from training.multi.policy import MultiGoal, Sweep, choose_policy
+
+# ------------------------------------------------------------------ masking
+
+
+def test_ok_labels_mask_what_cannot_be_known() -> None:
+    nan = np.nan
+    passed = np.array([
+        [1, 0, 0],      # cheapest passes: ok
+        [0, 1, nan],    # a pricier model passes: not ok
+        [0, 0, nan],    # cheapest and middle fail, priciest unknown: unknowable
+        [0, 0, 0],      # nobody passes: ok (the cheapest loses nothing)
+        [nan, 1, 1],    # no outcome of its own: masked
+    ], dtype=float)
+    ok = ok_labels(passed)
+    assert ok[:, 0].tolist()[:4] == [1.0, 0.0, pytest.approx(nan, nan_ok=True), 1.0]
+    assert np.isnan(ok[2, 0]) and np.isnan(ok[4, 0])
+    assert ok[1, 1] == 1.0 and np.isnan(ok[2, 1])  # middle: passes / fails with the priciest unknown
+    assert ok[3, 2] == 1.0  # the priciest is ok whenever its outcome is known
+
+
+def test_missing_outcome_is_masked_not_a_fail() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    X = rng.normal(size=(n, 5)).astype(np.float32)
+    passed = np.column_stack([(X[:, 0] > 0).astype(float), np.ones(n)])
+    passed[: n // 2, 1] = np.nan  # model b has outcomes on half the rows only, and passes all of them
+    rows = np.arange(n)
+    heads = fit_heads(X, passed, ("a", "b"), rows[:300], rows[300:], cs=(0.3,), say=lambda _: None)
+    assert heads.validation["pass:b"]["n_train"] == 100  # train rows 200..299: the masked ones were not used
+    # Counted as fails, the missing rows would pull P(b passes) to ~0.5; masked, it stays ~1.
+    assert heads.p_pass(X)[:, 1].mean() > 0.95
+    # The informative model's head learned its feature.
+    p_a = heads.p_pass(X)[:, 0]
+    assert p_a[X[:, 0] > 1].mean() > 0.8 and p_a[X[:, 0] < -1].mean() < 0.2
+
+
+# ------------------------------------------------------------------ policy
+
+
+def test_choose_rules_on_hand_probabilities() -> None:
+    p_pass = np.array([[0.9, 0.95, 0.99], [0.2, 0.6, 0.9], [0.1, 0.2, 0.3]])
+    p_ok = np.array([[0.95, 0.97, 1.0], [0.3, 0.7, 1.0], [0.8, 0.9, 1.0]])
+    est = np.array([[1.0, 2.0, 10.0]] * 3)
+    assert choose("cheapest_ok", 0.75, p_pass, p_ok, est).tolist() == [0, 2, 0]  # row 3: hard for all -> cheap
+    assert choose("cheapest_pass", 0.75, p_pass, p_ok, est).tolist() == [0, 2, 2]
+    assert choose("lambda", 0.0, p_pass, p_ok, est).tolist() == [2, 2, 2]
+    assert choose("lambda", np.inf, p_pass, p_ok, est).tolist() == [0, 0, 0]
+    assert choose("lambda", 0.06, p_pass, p_ok, est).tolist() == [0, 1, 1]
+    # candidates: without the priciest model, a row no allowed model clears goes to the best allowed P(pass)
+    assert choose("cheapest_ok", 0.75, p_pass, p_ok, est, allowed=[True, True, False]).tolist() == [0, 1, 0]
+
+
+def test_policy_picks_lowest_cost_meeting_the_floor() -> None:
+    # Three models; the cheap one passes only the "easy" rows, which the heads know exactly.
+    n = 200
+    easy = np.arange(n) < 120
+    passed = np.column_stack([easy.astype(float), easy.astype(float), np.ones(n)])
+    cost = np.column_stack([np.full(n, 1.0), np.full(n, 2.0), np.full(n, 10.0)])
+    p_pass = np.column_stack([np.where(easy, 0.95, 0.05), np.where(easy, 0.95, 0.05), np.full(n, 0.99)])
+    p_ok = np.column_stack([np.where(easy, 0.95, 0.05), np.where(easy, 0.95, 0.05), np.ones(n)])
+    choice = choose_policy(p_pass, p_ok, cost, passed, cost, ("a", "b", "c"), MultiGoal("quality_floor", 0.95))
+    assert choice.met and choice.val_best_single == "c"
+    # easy rows -> a, the rest -> c: quality 1.0 at (120 * 1 + 80 * 10) / 200 = $4.6 per request
+    assert choice.val_quality == 1.0
+    assert choice.val_cost_per_request == pytest.approx(4.6)
+    budget = choose_policy(p_pass, p_ok, cost, passed, cost, ("a", "b", "c"), MultiGoal("max_cost_per_request", 1.0))
+    assert budget.val_cost_per_request <= 1.0 and budget.val_quality == pytest.approx(0.6)
+
+
+# ------------------------------------------------------------------ frontier and AIQ
+
+
+def test_hull_and_aiq_on_a_hand_computed_frontier() -> None:
+    cost = [1.0, 1.5, 2.0, 3.0, 4.0]
+    quality = [0.5, 0.55, 0.8, 0.7, 0.9]
+    hc, hq = hull(cost, quality)
+    # (3, 0.7) is dominated (dearer than (2, 0.8) and worse); (1.5, 0.55) lies under the chord 1 -> 2 (0.65).
+    assert hc.tolist() == [1.0, 2.0, 4.0] and hq.tolist() == [0.5, 0.8, 0.9]
+    # area: (0.5 + 0.8) / 2 * 1 + (0.8 + 0.9) / 2 * 2 = 2.35 over the cost range 3
+    assert aiq(cost, quality, 1.0, 4.0) == pytest.approx(2.35 / 3)
+    # below the cheapest measured point the hull is 0; after the best one it is flat
+    assert aiq(cost, quality, 0.0, 4.0) == pytest.approx(2.35 / 4)
+    assert aiq(cost, quality, 1.0, 6.0) == pytest.approx((2.35 + 2 * 0.9) / 5)
+
+
+def test_frontier_report_singles_oracle_and_router() -> None:
+    passed = np.array([[1, 1], [0, 1], [0, 0], [1, 0]], dtype=float)
+    cost = np.array([[1, 4], [1, 4], [1, 4], [1, 4]], dtype=float)
+    o = oracle_point(passed, cost)
+    assert o == {"cost": 1 + 4 + 1 + 1, "quality": 0.75}  # row 3: nobody passes -> the cheapest
+    sweep = Sweep("lambda", np.array([0.0, 1.0]), np.array([4.0, 7.0]), np.array([0.5, 0.75]))
+    rep = evaluate_multi(("cheap", "strong"), passed, cost, {"r": sweep}, None)
+    assert rep["best_single"]["name"] == "cheap" and rep["best_single"]["quality"] == 0.5  # tie: the cheaper one
+    assert rep["routers"]["r"]["cost_at_best_quality_points"] == pytest.approx(1.0)
+    assert rep["random"]["quality"] == pytest.approx(0.5)
+
+
+def test_cost_model_estimates_dollars_from_tokens() -> None:
+    cm = CostModel("m", 0.001, 2e-6, 0.002)
+    assert cm.estimate(500) == pytest.approx(0.002)
+    assert CostModel.from_dict(cm.to_dict()) == cm
+
+
+# ------------------------------------------------------------------ an N-model artifact, trained and served
+
+RB = "routerbench-subset/routerbench-subset.normalized.jsonl"
+# Four of the eleven models keep the slow test small (8 heads); `--models all` is the same code path.
+MODELS = ("mistralai/mistral-7b-chat", "mistralai/mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "gpt-4-1106-preview")
+ROWS = 160
+
+
+@pytest.fixture(scope="module")
+def multi_trained(tmp_path_factory, cache_dir):
+    from conftest import require_shared
+
+    from training.multi.pipeline import train_multi
+    from training.pipeline import TrainConfig
+
+    src = require_shared(RB)
+    tmp = tmp_path_factory.mktemp("multi")
+    log = tmp / "rb-sample.jsonl"
+    with open(src, encoding="utf-8") as fh, open(log, "w", encoding="utf-8") as out:
+        for i, line in enumerate(fh):
+            if i % 20 == 0:  # a spread sample: the file is grouped by task
+                out.write(line)
+            if i >= 20 * ROWS:
+                break
+    config = TrainConfig(logs=(log,), out_dir=tmp / "router", models=",".join(MODELS), cache_dir=cache_dir,
+                         tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", progress=False)
+    return train_multi(config)
+
+
+@pytest.mark.slow
+def test_multi_artifact_is_format_2_and_routes_among_n(multi_trained) -> None:
+    from router_model.errors import InvalidRequestError
+    from router_model.multi_router import MultiRouter
+    from router_model.router import Router
+
+    raw = json.loads((multi_trained.model_dir / "metadata.json").read_text())
+    assert raw["format_version"] == 2 and sorted(raw["multi"]["models"]) == sorted(MODELS)
+    router = Router.load(multi_trained.model_dir)
+    assert isinstance(router, MultiRouter) and set(router.models) == set(MODELS)
+    prompt = "Which gas do plants absorb from the air?\nA) oxygen\nB) carbon dioxide\nC) helium\nD) argon\nAnswer:"
+    d = router.predict(prompt)
+    assert d.model in MODELS and d.reason == "classifier"
+    assert d.p_pass is not None and set(d.p_pass) == set(MODELS) and all(0.0 <= p <= 1.0 for p in d.p_pass.values())
+    assert d.expected_cost_usd is not None and d.expected_cost_usd > 0
+    # the same decision in a batch, and restricted to candidates
+    batched = router.predict_batch([prompt, "Write a python function that reverses a list."])[0]
+    assert batched.model == d.model and batched.p_pass is not None  # padding moves probabilities by ~1e-4 only
+    assert max(abs(batched.p_pass[m] - d.p_pass[m]) for m in MODELS) < 5e-3
+    two = MODELS[:2]
+    assert router.predict(prompt, candidates=two).model in two
+    with pytest.raises(InvalidRequestError, match="unknown candidate"):
+        router.predict(prompt, candidates=["no-such-model"])
+    image = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                          {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]
+    assert router.predict(image).model == router.multi.best_single  # rules go to the best single model
+    # what was measured is what is served: the report and the evaluation exist, plots were tracked
+    ev = multi_trained.evaluation
+    assert ev["n"] > 0 and set(ev["ece_per_model"]) == set(MODELS) and "aiq" in ev["best_two_model_mix"]
+    assert {p.name for p in multi_trained.plots} == {"cost_quality_frontier.png", "reliability_per_model.png"}
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{multi_trained.model_dir.parent / 'mlflow.db'}")
+    names = {a.path for a in client.list_artifacts(multi_trained.run_id, "plots")}
+    assert names == {"plots/cost_quality_frontier.png", "plots/reliability_per_model.png"}
+
+
+@pytest.mark.slow
+def test_multi_artifact_served_by_scorer_grpc_and_gateway(multi_trained, tmp_path) -> None:
+    import httpx
+    from gateway_upstream import FakeUpstream
+    from service_helpers import channel, router_stub, serve
+
+    from router_model.gateway.app import create_app
+    from router_model.gateway.config import GatewayConfig, Upstream
+    from router_model.gateway.server import ServerThread
+    from router_model.router import Router
+    from router_model.score import score_file
+    from router_model.service.config import ServerConfig
+    from router_model.service.gen.router.v1 import router_pb2
+
+    model_dir = multi_trained.model_dir
+    router = Router.load(model_dir)
+    prompts = ["Is the sky blue? Answer yes or no.", "Write a python function that returns the n-th prime number."]
+    # batch scorer
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+    score_file(router, src, out, show_progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["model"] for r in rows] == [router.predict(p).model for p in prompts]
+    assert all(set(r["p_pass"]) == set(MODELS) and r["expected_cost_usd"] > 0 for r in rows)
+    # gRPC
+    with serve(ServerConfig(model_dir=model_dir, port=0)) as running, channel(running) as ch:
+        stub = router_stub(ch)
+        resp = stub.Route(router_pb2.RouteRequest(prompt=prompts[0]))
+        assert resp.model == rows[0]["model"] and set(resp.p_pass) == set(MODELS) and resp.HasField("expected_cost_usd")
+        info = stub.GetModelInfo(router_pb2.GetModelInfoRequest())
+        assert list(info.models) == list(router.models) and info.policy == router.multi.policy
+    # gateway: a routable name maps to a set of candidates
+    fake = FakeUpstream()
+    up = ServerThread(fake.app()).start()
+    cands = list(MODELS[:2])
+    gw = ServerThread(create_app(GatewayConfig(upstream=Upstream(up.url + "/v1"), mode="route",
+                                               routes={"auto-cheap": cands}), router=router)).start()
+    try:
+        for p in prompts:
+            r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=30,
+                           json={"model": "auto-cheap", "messages": [{"role": "user", "content": p}]})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-router-model"] in cands and r.json()["model"].startswith(r.headers["x-router-model"])
+        r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=30,
+                       json={"model": "auto", "messages": [{"role": "user", "content": prompts[1]}]})
+        assert r.status_code == 200 and r.headers["x-router-model"] == router.predict(prompts[1]).model
+    finally:
+        gw.stop()
+        up.stop()
+
+
+@pytest.mark.slow
+def test_savings_report_handles_n_models(multi_trained, capsys) -> None:
+    from training.evaluate.savings import main
+
+    test_log = multi_trained.model_dir.parent / "router-report" / "test.jsonl"
+    assert main(["--model-dir", str(multi_trained.model_dir), "--log", str(test_log), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["rows"] > 0 and set(rep["share_by_model"]) == set(MODELS)
+    assert abs(sum(rep["share_by_model"].values()) - 1.0) < 1e-6
+    assert rep["routed"]["cost_per_request"] > 0
+
+
+@pytest.mark.slow
+def test_pair_artifact_of_todays_code_keeps_format_1_and_loads(model_dir, tmp_path) -> None:
+    import shutil
+
+    from router_model.artifact import read_metadata
+    from router_model.errors import ArtifactError
+    from router_model.multi_router import MultiRouter
+    from router_model.router import Router
+
+    raw = json.loads((model_dir / "metadata.json").read_text())
+    assert raw["format_version"] == 1 and "multi" not in raw
+    router = Router.load(model_dir)
+    assert not isinstance(router, MultiRouter)
+    assert router.predict("What is 2+2?").model in (router.cheap_model, router.strong_model)
+    # a version-2 directory without its multi section, or a newer format, is refused by name
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    (bad / "metadata.json").write_text(json.dumps({**raw, "format_version": 2}))
+    with pytest.raises(ArtifactError, match="needs a multi section"):
+        read_metadata(bad)
+    (bad / "metadata.json").write_text(json.dumps({**raw, "format_version": 3}))
+    with pytest.raises(ArtifactError, match="newer router-model"):
+        read_metadata(bad)

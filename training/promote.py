@@ -1,0 +1,430 @@
+"""Gate a registered candidate against the version holding an alias, on a frozen evaluation log.
+
+Both versions are scored on the same labelled log (`training.evaluate.savings.score_log`, the
+same scoring as `router-cost savings`). The log is frozen: its sha256 is recorded on the
+registered model at the first promotion, and a later promotion compares only on a file with that
+sha256. A log with prompts either model was trained or validated on (its Bloom filter of
+normalised prompts, `DataRecord.trained_prompts`) is refused: it would flatter that model.
+
+The candidate takes the alias only if the paired bootstrap 90% interval of its APGR minus the
+champion's has a lower bound >= -tolerance, and the goal it was trained for (its quality floor,
+or its strong-share or cost cap) holds on the log at its own threshold, within the tolerance.
+The previous holder keeps the `previous` alias, which `rollback` moves the alias back to. Every
+comparison is an MLflow run (experiment `router-promotion`) with the table as an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router_model.artifact import read_metadata, sha256_file
+from router_model.errors import ConfigError, RouterError
+from router_model.registry import MlflowRegistry, RegistryVersion, fetch_version, tracking_uri
+from training.evaluate import metrics as M
+from training.head import cheap_loses_nothing
+
+__all__ = [
+    "EXIT_PROMOTED",
+    "EXIT_REFUSED",
+    "EXIT_USAGE",
+    "ModelScore",
+    "PromoteConfig",
+    "PromotionResult",
+    "PromotionUsageError",
+    "format_table",
+    "paired_bootstrap_apgr",
+    "previous_alias",
+    "promote",
+    "rollback",
+    "score_model",
+]
+
+EXIT_PROMOTED, EXIT_REFUSED, EXIT_USAGE = 0, 3, 2
+EVAL_SHA_TAG = "router.eval_log_sha256"
+EVAL_NAME_TAG = "router.eval_log"
+PROMOTION_EXPERIMENT = "router-promotion"
+INTERVAL = 0.90
+
+
+class PromotionUsageError(RouterError):
+    """Bad arguments or data: no such model or version, an unreadable log, mismatched pairs (exit 2)."""
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    """What `router-promote` was asked to do."""
+
+    eval_log: Path | None = None
+    candidate: str = "latest"
+    alias: str = "champion"
+    tolerance: float = 0.01
+    force: bool = False
+    registered_model: str = "router-model"
+    tracking_uri: str | None = None
+    experiment: str = PROMOTION_EXPERIMENT
+    bootstrap: int = 2000
+    seed: int = 0
+    cache_dir: Path | None = None  # where versions are downloaded (default: the registry cache)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance) and 0 <= self.tolerance < 1):
+            raise ConfigError(f"tolerance must be in [0, 1), got {self.tolerance!r}")
+        if self.bootstrap < 100:
+            raise ConfigError(f"bootstrap must be at least 100 resamples, got {self.bootstrap}")
+        if self.candidate != "latest" and not self.candidate.isdigit():
+            raise ConfigError(f"candidate must be a version number or 'latest', got {self.candidate!r}")
+        if not self.alias or "@" in self.alias or "/" in self.alias:
+            raise ConfigError(f"alias must be a plain name, got {self.alias!r}")
+
+    @property
+    def uri(self) -> str:
+        return tracking_uri(self.tracking_uri)
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """One version scored on the eval log; the routing figures are at its own threshold."""
+
+    version: str
+    artifact_version: str
+    threshold: float
+    apgr: float
+    cpt50: float
+    cpt80: float
+    ece: float
+    quality: float  # pass rate
+    quality_vs_strong: float
+    strong_share: float
+    cost_saved: float
+    cost_per_request: float
+    goal: str
+    goal_holds: bool
+    rows_seen_in_training: int
+    overlap_allowance: int
+
+
+@dataclass
+class PromotionResult:
+    """The decision, its reasons and the figures behind it."""
+
+    promoted: bool
+    action: str  # "promote" or "rollback"
+    reasons: list[str]
+    candidate: ModelScore | None = None
+    champion: ModelScore | None = None
+    apgr_diff: float | None = None
+    interval: tuple[float, float] | None = None
+    alias_moves: list[str] = field(default_factory=list)
+    eval_log_sha256: str = ""
+    run_id: str | None = None
+    table: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PROMOTED if self.promoted else EXIT_REFUSED
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["exit_code"] = self.exit_code
+        return d
+
+
+def previous_alias(alias: str) -> str:
+    """Where the old holder of `alias` is kept: `previous` for champion, else `<alias>-previous`."""
+    return "previous" if alias == "champion" else f"{alias}-previous"
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+def _overlap_allowance(n: int, fp_rate: float) -> int:
+    """Bloom false positives tolerated among n rows: mean + 3 sd + 1 (a chance below 1e-3 of a wrong refusal)."""
+    mean = n * fp_rate
+    return int(math.floor(mean + 3.0 * math.sqrt(mean) + 1.0))
+
+
+def _goal_holds(kind: str, value: float, res: M.RoutingResult, tolerance: float) -> bool:
+    if kind == "quality_floor":
+        return res.quality_vs_strong >= value - tolerance - 1e-12
+    if kind == "max_strong_share":
+        return res.strong_share <= value + tolerance + 1e-12
+    if kind == "max_cost_per_request":
+        return res.cost_per_request <= value * (1.0 + tolerance) + 1e-12
+    return False
+
+
+def score_model(model_dir: Path, eval_log: Path, version: str, tolerance: float):
+    """(ModelScore, the per-row arrays) of one model directory on the eval log."""
+    from training.evaluate.savings import score_log
+
+    sc = score_log(model_dir, [eval_log])
+    meta = read_metadata(model_dir)
+    res = M.evaluate_routing(sc.p < sc.threshold, sc.w, sc.s, sc.cost_cheap, sc.cost_strong)
+    scores = M.routing_scores(1.0 - sc.p, sc.w, sc.s)
+    digest = meta.data.trained_prompts if meta.data else None
+    n = len(sc.p)
+    seen = int(sc.info.get("rows_seen_in_training", 0))
+    if sc.info.get("trained_on_this_log") and not seen:
+        seen = n  # the same file (or sha256) as its training log
+    allowance = _overlap_allowance(n, digest.fp_rate) if digest is not None else 0
+    score = ModelScore(
+        version=version,
+        artifact_version=meta.artifact_version,
+        threshold=float(sc.threshold),
+        apgr=scores["apgr"],
+        cpt50=scores["cpt50"],
+        cpt80=scores["cpt80"],
+        ece=M.ece(sc.p, cheap_loses_nothing(sc.w, sc.s), n_bins=15),
+        quality=res.quality,
+        quality_vs_strong=res.quality_vs_strong,
+        strong_share=res.strong_share,
+        cost_saved=res.cost_saved_fraction,
+        cost_per_request=res.cost_per_request,
+        goal=f"{meta.goal.kind}={meta.goal.value:g}",
+        goal_holds=_goal_holds(meta.goal.kind, meta.goal.value, res, tolerance),
+        rows_seen_in_training=seen,
+        overlap_allowance=allowance,
+    )
+    return score, sc
+
+
+def paired_bootstrap_apgr(p_candidate: np.ndarray, p_champion: np.ndarray, w: np.ndarray, s: np.ndarray, *,
+                          resamples: int = 2000, seed: int = 0, level: float = INTERVAL) -> tuple[float, float, float]:
+    """(APGR difference, lower, upper): the same resampled rows score both models (a paired interval).
+
+    Percentile interval; a resample where both models' mean quality ties (PGR undefined) is skipped.
+    """
+    diff = M.apgr(1.0 - p_candidate, w, s) - M.apgr(1.0 - p_champion, w, s)
+    rng = np.random.default_rng(seed)
+    n = len(w)
+    out = []
+    for _ in range(resamples):
+        idx = rng.integers(0, n, n)
+        ww, ss = w[idx], s[idx]
+        if ww.mean() == ss.mean():
+            continue
+        out.append(M.apgr(1.0 - p_candidate[idx], ww, ss) - M.apgr(1.0 - p_champion[idx], ww, ss))
+    if len(out) < resamples // 2:
+        raise PromotionUsageError("the eval log is too small or too uniform for a bootstrap interval of APGR")
+    tail = (1.0 - level) / 2.0 * 100.0
+    lo, hi = np.percentile(np.asarray(out), [tail, 100.0 - tail])
+    return float(diff), float(lo), float(hi)
+
+
+# ------------------------------------------------------------------------------ the table
+
+_ROWS = (
+    ("APGR", "apgr", "{:.4f}"),
+    ("CPT(50%)", "cpt50", "{:.3f}"),
+    ("CPT(80%)", "cpt80", "{:.3f}"),
+    ("ECE (p_cheap_ok)", "ece", "{:.4f}"),
+    ("threshold", "threshold", "{:.4f}"),
+    ("quality vs strong @thr", "quality_vs_strong", "{:.4f}"),
+    ("pass rate @thr", "quality", "{:.4f}"),
+    ("strong share @thr", "strong_share", "{:.3f}"),
+    ("cost saved @thr", "cost_saved", "{:.1%}"),
+    ("goal", "goal", "{}"),
+    ("goal holds", "goal_holds", "{}"),
+    ("rows seen in training", "rows_seen_in_training", "{}"),
+)
+
+
+def format_table(result: PromotionResult, eval_log: Path | None, n_rows: int | None = None) -> str:
+    """The comparison as text: one column per model, then the interval and the decision."""
+    cols = [(f"champion v{m.version}", m) for m in [result.champion] if m is not None]
+    cols += [(f"candidate v{m.version}", m) for m in [result.candidate] if m is not None]
+    lines = []
+    if eval_log is not None:
+        rows = f", {n_rows} rows" if n_rows is not None else ""
+        lines.append(f"eval log {eval_log} (sha256 {result.eval_log_sha256[:16]}...{rows})")
+    if cols:
+        width = max(len(label) for label, _, _ in _ROWS) + 2
+        lines.append(" " * width + "".join(f"{label:>18}" for label, _ in cols))
+        for label, key, fmt in _ROWS:
+            cells = "".join(f"{fmt.format(getattr(m, key)):>18}" for _, m in cols)
+            lines.append(f"{label:<{width}}{cells}")
+    if result.interval is not None and result.apgr_diff is not None:
+        lo, hi = result.interval
+        lines.append(f"APGR candidate - champion: {result.apgr_diff:+.4f}, paired bootstrap {INTERVAL:.0%} interval "
+                     f"[{lo:+.4f}, {hi:+.4f}]")
+    verdict = "ROLLED BACK" if result.action == "rollback" else "PROMOTED" if result.promoted else "REFUSED"
+    lines.append(f"{verdict}" + (": " + "; ".join(result.alias_moves) if result.alias_moves else ""))
+    lines.extend(f"  - {r}" for r in result.reasons)
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ the registry
+
+
+def _client(config: PromoteConfig) -> MlflowRegistry:
+    return MlflowRegistry(config.uri)
+
+
+def _alias_version(reg: MlflowRegistry, name: str, alias: str) -> RegistryVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = reg.client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return RegistryVersion(mv.name, str(mv.version), mv.source or "", mv.run_id or "", alias)
+
+
+def _candidate_version(reg: MlflowRegistry, name: str, candidate: str) -> RegistryVersion:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        reg.client.get_registered_model(name)
+    except MlflowException:
+        raise PromotionUsageError(f"no registered model {name!r} in {reg.uri}; train one first (router-train)") from None
+    if candidate == "latest":
+        versions = reg.client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise PromotionUsageError(f"registered model {name!r} has no versions in {reg.uri}")
+        mv = max(versions, key=lambda v: int(v.version))
+    else:
+        try:
+            mv = reg.client.get_model_version(name, candidate)
+        except MlflowException:
+            raise PromotionUsageError(f"{name!r} has no version {candidate} in {reg.uri}") from None
+    return RegistryVersion(mv.name, str(mv.version), mv.source or "", mv.run_id or "")
+
+
+def _log_run(config: PromoteConfig, result: PromotionResult, params: dict[str, Any]) -> str | None:
+    import mlflow
+
+    mlflow.set_tracking_uri(config.uri)
+    mlflow.set_experiment(config.experiment)
+    with mlflow.start_run(run_name=f"{result.action} {config.registered_model}@{config.alias}") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        metrics: dict[str, float] = {"promoted": float(result.promoted)}
+        for label, m in (("candidate", result.candidate), ("champion", result.champion)):
+            if m is None:
+                continue
+            for key in ("apgr", "cpt50", "cpt80", "ece", "quality", "quality_vs_strong", "strong_share", "cost_saved"):
+                value = float(getattr(m, key))
+                if math.isfinite(value):
+                    metrics[f"{label}.{key}"] = value
+        if result.interval is not None and result.apgr_diff is not None:
+            metrics.update({"apgr_diff": result.apgr_diff, "apgr_diff_low": result.interval[0], "apgr_diff_high": result.interval[1]})
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags({"router.action": result.action, "router.decision": "promoted" if result.promoted else "refused"})
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "comparison.txt").write_text(result.table + "\n", encoding="utf-8")
+            (Path(tmp) / "comparison.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
+            mlflow.log_artifacts(tmp, artifact_path="promotion")
+        return str(run.info.run_id)
+
+
+def promote(config: PromoteConfig) -> PromotionResult:
+    """Score, gate and (maybe) move the alias; raises PromotionUsageError (or ConfigError) on bad input."""
+    if config.eval_log is None:
+        raise PromotionUsageError("--eval-log FILE is required to promote")
+    eval_log = Path(config.eval_log)
+    if not eval_log.is_file():
+        raise PromotionUsageError(f"eval log not found: {eval_log}")
+    reg = _client(config)
+    name, alias = config.registered_model, config.alias
+    cand_v = _candidate_version(reg, name, config.candidate)
+    champ_v = _alias_version(reg, name, alias)
+    sha = sha256_file(eval_log)
+    result = PromotionResult(False, "promote", [], eval_log_sha256=sha)
+    if champ_v is not None and champ_v.version == cand_v.version:
+        raise PromotionUsageError(f"version {cand_v.version} already holds @{alias}; nothing to compare")
+
+    reasons: list[str] = []
+    frozen = reg.client.get_registered_model(name).tags.get(EVAL_SHA_TAG)
+    if frozen and frozen != sha:
+        frozen_name = reg.client.get_registered_model(name).tags.get(EVAL_NAME_TAG, "?")
+        reasons.append(f"eval log changed: @{alias} was promoted on {frozen_name} (sha256 {frozen[:16]}...), this file "
+                       f"has sha256 {sha[:16]}...; compare on the frozen file (or --force to re-freeze on this one)")
+
+    from training.data.log import LogFormatError
+
+    try:
+        cand_dir = fetch_version(reg, cand_v, config.cache_dir)
+        cand, cand_sc = score_model(cand_dir, eval_log, cand_v.version, config.tolerance)
+        champ = champ_sc = None
+        if champ_v is not None:
+            champ_dir = fetch_version(reg, champ_v, config.cache_dir)
+            champ, champ_sc = score_model(champ_dir, eval_log, champ_v.version, config.tolerance)
+    except LogFormatError as e:
+        raise PromotionUsageError(f"the eval log cannot be read: {e}") from None
+    if champ_sc is not None and (champ_sc.cheap_model, champ_sc.strong_model) != (cand_sc.cheap_model, cand_sc.strong_model):
+        raise PromotionUsageError(
+            f"the candidate routes {cand_sc.cheap_model} / {cand_sc.strong_model} but @{alias} routes "
+            f"{champ_sc.cheap_model} / {champ_sc.strong_model}: not comparable")
+    result.candidate, result.champion = cand, champ
+
+    for m in (cand, champ):
+        if m is not None and m.rows_seen_in_training > m.overlap_allowance:
+            reasons.append(f"eval log overlaps the training data of v{m.version}: {m.rows_seen_in_training} of "
+                           f"{len(cand_sc.p)} prompts were trained or validated on (allowance for the prompt digest's "
+                           f"false positives: {m.overlap_allowance})")
+    if not cand.goal_holds:
+        reasons.append(f"the candidate's goal {cand.goal} does not hold on the eval log at its threshold "
+                       f"{cand.threshold:.4f} (quality vs strong {cand.quality_vs_strong:.4f}, strong share "
+                       f"{cand.strong_share:.3f}; tolerance {config.tolerance:g})")
+    if champ is not None and champ_sc is not None:
+        diff, lo, hi = paired_bootstrap_apgr(cand_sc.p, champ_sc.p, cand_sc.w, cand_sc.s,
+                                             resamples=config.bootstrap, seed=config.seed)
+        result.apgr_diff, result.interval = diff, (lo, hi)
+        if lo < -config.tolerance:
+            reasons.append(f"APGR may be worse: the {INTERVAL:.0%} interval of candidate - champion has lower bound "
+                           f"{lo:+.4f} < -{config.tolerance:g}")
+
+    if reasons and not config.force:
+        result.reasons = reasons
+    else:
+        result.promoted = True
+        result.reasons = [f"overridden by --force: {r}" for r in reasons] or (
+            ["no champion yet: first candidate, its goal holds on the eval log"] if champ is None
+            else [f"APGR interval lower bound {result.interval[0]:+.4f} >= -{config.tolerance:g} and the goal holds"
+                  if result.interval else "the goal holds"])
+        if champ_v is not None:
+            prev = previous_alias(alias)
+            reg.client.set_registered_model_alias(name, prev, champ_v.version)
+            result.alias_moves.append(f"@{prev} -> v{champ_v.version}")
+        reg.client.set_registered_model_alias(name, alias, cand_v.version)
+        result.alias_moves.append(f"@{alias} -> v{cand_v.version}")
+        if not frozen or frozen != sha:
+            reg.client.set_registered_model_tag(name, EVAL_SHA_TAG, sha)
+            reg.client.set_registered_model_tag(name, EVAL_NAME_TAG, eval_log.name)
+    result.table = format_table(result, eval_log, len(cand_sc.p))
+    params = {"registered_model": name, "alias": alias, "candidate": cand_v.version,
+              "champion": champ_v.version if champ_v else "", "eval_log": str(eval_log), "eval_log_sha256": sha,
+              "eval_rows": len(cand_sc.p), "tolerance": config.tolerance, "force": config.force,
+              "bootstrap": config.bootstrap, "seed": config.seed}
+    result.run_id = _log_run(config, result, params)
+    return result
+
+
+def rollback(config: PromoteConfig) -> PromotionResult:
+    """Move the alias back to the `previous` holder (and `previous` to the one rolled back from)."""
+    reg = _client(config)
+    name, alias, prev = config.registered_model, config.alias, previous_alias(config.alias)
+    try:
+        reg.client.get_registered_model(name)
+    except Exception:  # noqa: BLE001 - MLflow raises its own types for "not found"
+        raise PromotionUsageError(f"no registered model {name!r} in {reg.uri}") from None
+    back = _alias_version(reg, name, prev)
+    if back is None:
+        raise PromotionUsageError(f"{name!r} has no @{prev} version to roll back to")
+    current = _alias_version(reg, name, alias)
+    reg.client.set_registered_model_alias(name, alias, back.version)
+    result = PromotionResult(True, "rollback", [f"rolled back from v{current.version if current else '?'}"],
+                             alias_moves=[f"@{alias} -> v{back.version}"])
+    if current is not None and current.version != back.version:
+        reg.client.set_registered_model_alias(name, prev, current.version)
+        result.alias_moves.append(f"@{prev} -> v{current.version}")
+    result.table = format_table(result, None)
+    result.run_id = _log_run(config, result, {"registered_model": name, "alias": alias, "to": back.version,
+                                              "from": current.version if current else ""})
+    return result

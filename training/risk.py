@@ -1,0 +1,214 @@
+"""Risk-controlled thresholds: Learn-then-Test over a fixed sequence of thresholds (docs/guarantee.md).
+
+The promise for `--quality-floor F --risk d`: with probability at least 1 - d over the labelled
+sample, the expected quality of the served routing on new traffic from the same distribution is at
+least F x the always-strong quality. For a budget goal (cost per request, strong-call share) the
+promise is an upper bound on the expected spend instead.
+
+How (Angelopoulos et al. 2021, "Learn then Test"): the thresholds form a sequence fixed before the
+data is seen (all strong, then 1.000, 0.999, ..., 0.000). Each threshold t is tested at level d
+against H_t "the goal fails at t"; testing in order and stopping at the first H_t not rejected
+controls the chance of certifying any failing threshold at d (fixed-sequence testing needs no
+multiplicity correction). The test of one threshold is a union of three exact Clopper-Pearson
+bounds at d/3 each (scores are pass/fail, so per-row losses are Bernoulli):
+
+    quality(t) >= F * quality(strong)
+    <=>  P(cheap routed, cheap fails, strong passes) - P(cheap routed, cheap passes, strong fails)
+         <= (1 - F) * P(strong passes)
+
+rejected when upper(loss) - lower(gain) <= (1 - F) * lower(strong). A budget is a mean of per-row
+spends in [0, B] (B = the largest per-request cost in the log): Clopper-Pearson when the spend is
+0/1 (the strong-call share), Hoeffding-Bentkus otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.threshold import ALL_STRONG
+
+__all__ = [
+    "GRID",
+    "METHOD",
+    "RiskChoice",
+    "binomial_lower",
+    "binomial_upper",
+    "certify_budget",
+    "certify_quality_floor",
+    "hb_upper",
+]
+
+METHOD = "ltt-fixed-sequence-clopper-pearson"
+METHOD_BUDGET_HB = "ltt-fixed-sequence-hoeffding-bentkus"
+# Fixed before any data is seen (the proof needs it): from safest (all strong) to all cheap.
+GRID = np.concatenate([[ALL_STRONG], np.arange(1000, -1, -1) / 1000.0])
+MAX_N_NEEDED = 10_000_000
+
+
+def binomial_upper(k: np.ndarray | float, n: int | np.ndarray, delta: float) -> np.ndarray:
+    """Clopper-Pearson upper bound: P(true rate <= bound) >= 1 - delta, for k successes of n."""
+    from scipy.stats import beta
+
+    k_, n_ = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    out = np.asarray(beta.ppf(1.0 - delta, k_ + 1.0, np.maximum(n_ - k_, 1e-300)), dtype=float)
+    return np.where(k_ >= n_, 1.0, out)
+
+
+def binomial_lower(k: np.ndarray | float, n: int | np.ndarray, delta: float) -> np.ndarray:
+    """Clopper-Pearson lower bound: P(true rate >= bound) >= 1 - delta, for k successes of n."""
+    from scipy.stats import beta
+
+    k_, n_ = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    out = np.asarray(beta.ppf(delta, np.maximum(k_, 1e-300), n_ - k_ + 1.0), dtype=float)
+    return np.where(k_ <= 0, 0.0, out)
+
+
+def _h1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.clip(a, 1e-15, 1 - 1e-15)
+    b = np.clip(b, 1e-15, 1 - 1e-15)
+    return a * np.log(a / b) + (1 - a) * np.log((1 - a) / (1 - b))
+
+
+def hb_pvalue(mean: np.ndarray, n: int, mu: np.ndarray) -> np.ndarray:
+    """Hoeffding-Bentkus p-value of H: E[X] >= mu for X in [0, 1], given the sample mean (Bates et al. 2021)."""
+    from scipy.stats import binom
+
+    m = np.asarray(mean, dtype=float)
+    mu_ = np.asarray(mu, dtype=float)
+    hoeffding = np.exp(-n * _h1(np.minimum(m, mu_), mu_))
+    bentkus = math.e * binom.cdf(np.ceil(n * m), n, mu_)
+    return np.minimum(np.minimum(hoeffding, bentkus), 1.0)
+
+
+def hb_upper(mean: np.ndarray | float, n: int, delta: float, iters: int = 50) -> np.ndarray:
+    """Upper confidence bound on E[X] (X in [0, 1]) at level delta: the smallest mu H_mu rejects."""
+    m = np.atleast_1d(np.asarray(mean, dtype=float))
+    lo, hi = m.copy(), np.ones_like(m)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        rejected = hb_pvalue(m, n, mid) <= delta
+        hi = np.where(rejected, mid, hi)
+        lo = np.where(rejected, lo, mid)
+    return hi
+
+
+@dataclass(frozen=True)
+class RiskChoice:
+    """The threshold certified by fixed-sequence testing, and what it rests on."""
+
+    threshold: float
+    certified: bool  # some routing other than the safe end was certified
+    n: int
+    risk: float
+    method: str
+    bound: float  # at the threshold: quality floor goal -> a lower bound on quality / strong; budget -> upper bound
+    n_needed: int | None  # when not certified: the sample size at which the observed best gap would certify
+
+
+def _cheap_counts(p: np.ndarray, columns: list[np.ndarray], grid: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """For each grid threshold t: how many rows have p >= t, and each column's sum over them."""
+    order = np.argsort(-p, kind="stable")
+    neg = -p[order]
+    m = np.searchsorted(neg, -grid, side="right")  # rows with p >= t
+    sums = [np.concatenate([[0.0], np.cumsum(c[order])])[m] for c in columns]
+    return m, sums
+
+
+def _quality_margin(kp: np.ndarray, km: np.ndarray, ks: np.ndarray, n: np.ndarray | int, floor: float,
+                    delta: float) -> np.ndarray:
+    """upper(loss) - lower(gain) - (1 - F) * bound(strong): <= 0 certifies the floor at that threshold."""
+    d = delta / 3.0
+    strong = binomial_lower(ks, n, d) if floor <= 1.0 else binomial_upper(ks, n, d)
+    return binomial_upper(kp, n, d) - binomial_lower(km, n, d) - (1.0 - floor) * strong
+
+
+def _first_failure(ok: np.ndarray) -> int:
+    """Index of the last grid point before the first failure (-1 if the first one fails)."""
+    bad = np.flatnonzero(~ok)
+    return (int(bad[0]) if len(bad) else len(ok)) - 1
+
+
+def certify_quality_floor(p: np.ndarray, w: np.ndarray, s: np.ndarray, floor: float, risk: float) -> RiskChoice:
+    """The cheapest threshold of GRID whose floor is certified by fixed-sequence testing; else all strong."""
+    _check_binary("w", w)
+    _check_binary("s", s)
+    n = len(p)
+    loss = ((w < 0.5) & (s >= 0.5)).astype(float)  # cheap routed here loses a pass
+    gain = ((w >= 0.5) & (s < 0.5)).astype(float)  # cheap routed here wins one
+    m, (kp, km) = _cheap_counts(p, [loss, gain], GRID)
+    ks = float(s.sum())
+    margin = _quality_margin(kp, km, np.full_like(kp, ks), n, floor, risk)
+    ok = margin <= 0.0
+    last = _first_failure(ok)
+    lcb_strong = float(binomial_lower(ks, n, risk / 3.0))
+    if last >= 1:
+        i = last
+        # Lower bound on quality / strong at the chosen threshold (the same three bounds).
+        net = float(binomial_upper(kp[i], n, risk / 3) - binomial_lower(km[i], n, risk / 3))
+        bound = 1.0 - net / lcb_strong if lcb_strong > 0 else float("nan")
+        return RiskChoice(float(GRID[i]), True, n, risk, METHOD, bound, None)
+    # Nothing cheap certified: all strong, and how many rows the best observed gap would need.
+    return RiskChoice(ALL_STRONG, False, n, risk, METHOD, 1.0,
+                      _n_needed(m > 0, kp / n, km / n, ks / n, floor, risk))
+
+
+def _n_needed(some_cheap: np.ndarray, rate_p: np.ndarray, rate_m: np.ndarray, rate_s: float, floor: float,
+              risk: float) -> int | None:
+    """Smallest n at which some threshold would certify if the observed rates held (None: no observed gap).
+
+    An estimate for planning: it asks one threshold's test to pass, not the whole sequence before it.
+    """
+    slack = (1.0 - floor) * rate_s - (rate_p - rate_m)
+    cand = np.flatnonzero((slack > 0) & some_cheap)
+    if len(cand) == 0:
+        return None
+    rp, rm = rate_p[cand], rate_m[cand]
+    lo = np.zeros(len(cand))
+    hi = np.full(len(cand), math.log(MAX_N_NEEDED))
+    for _ in range(40):  # bisection on log n, every candidate at once
+        mid = (lo + hi) / 2
+        nn = np.exp(mid)
+        ok = _quality_margin(rp * nn, rm * nn, np.full_like(nn, rate_s) * nn, nn, floor, risk) <= 0
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, mid)
+    reached = hi < math.log(MAX_N_NEEDED) - 1e-9
+    if not reached.any():
+        return None
+    return int(math.ceil(float(np.exp(hi[reached]).min())))
+
+
+def certify_budget(p: np.ndarray, w: np.ndarray, s: np.ndarray, spend_cheap: np.ndarray, spend_strong: np.ndarray,
+                   budget: float, risk: float) -> RiskChoice:
+    """The best-quality threshold of GRID whose mean spend is certified <= budget; else all cheap.
+
+    Tested from the cheap end (the safe end of a budget) upward; spends are scaled to [0, 1] by the
+    largest per-request spend in the log (the assumption: no new request costs more).
+    """
+    n = len(p)
+    grid = GRID[::-1]  # 0.000 (all cheap) ... 1.000, then all strong
+    _, (sc, ss, cw, cs) = _cheap_counts(p, [spend_cheap, spend_strong, w, s], grid)
+    spend = sc + float(spend_strong.sum()) - ss
+    quality = (float(s.sum()) - cs + cw) / n
+    cap = float(max(np.max(spend_cheap), np.max(spend_strong)))
+    binary = bool(np.all(np.isin(spend_cheap, (0.0, 1.0))) and np.all(np.isin(spend_strong, (0.0, 1.0))))
+    if cap <= 0:
+        upper, method = np.zeros(len(grid)), METHOD
+    elif binary:
+        upper, method = binomial_upper(spend, n, risk), METHOD
+    else:
+        upper, method = hb_upper(spend / n / cap, n, risk) * cap, METHOD_BUDGET_HB
+    ok = upper <= budget + 1e-12
+    last = _first_failure(ok)
+    if last < 0:
+        return RiskChoice(0.0, False, n, risk, method, float(upper[0]), None)
+    best = quality[: last + 1].max()
+    i = int(np.flatnonzero(quality[: last + 1] >= best - 1e-12)[0])  # the cheapest of the best
+    return RiskChoice(float(grid[i]), True, n, risk, method, float(upper[i]), None)
+
+
+def _check_binary(name: str, a: np.ndarray) -> None:
+    if not np.all(np.isin(a, (0.0, 1.0))):
+        raise ValueError(f"{name} must be pass/fail outcomes (0 or 1) for the risk-controlled floor")
