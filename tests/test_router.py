@@ -86,7 +86,7 @@ def test_no_pickle_on_the_serving_path(model_dir: Path) -> None:
     assert offenders == []
     suffixes = {p.suffix for p in model_dir.iterdir()}
     assert not suffixes & {".pkl", ".pickle", ".joblib", ".npy", ".npz"}
-    assert sorted(p.name for p in model_dir.iterdir()) == ["metadata.json", "model.int8.onnx", "model.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["drift_reference.json", "metadata.json", "model.int8.onnx", "model.onnx", "tokenizer.json"]
 
 
 # --- decisions -----------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_load_and_predict(router: Router, trained) -> None:
         d = router.predict(p)
         _check_classifier_decision(d, router)
         assert set(d.to_dict()) == {"model", "p_cheap_ok", "confidence", "threshold", "reason", "artifact_version",
-                                    "prompt_tokens", "margin", "centroid_distance"}
+                                    "prompt_tokens", "margin", "centroid_distance", "p_pass", "expected_cost_usd"}
 
 
 def test_both_sides_of_the_threshold_route_to_their_model(router: Router) -> None:

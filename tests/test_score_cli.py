@@ -177,7 +177,7 @@ def test_route_command(model_dir: Path) -> None:
     out = [json.loads(ln) for ln in res.stdout.splitlines()]
     assert len(out) == 2 and all(d["reason"] == "classifier" and d["model"] in ("gpt-4o-mini", "gpt-4o") for d in out)
     assert set(out[0]) == {"model", "p_cheap_ok", "confidence", "threshold", "reason", "artifact_version", "prompt_tokens",
-                           "margin", "centroid_distance"}
+                           "margin", "centroid_distance", "p_pass", "expected_cost_usd"}
     tagged = cli("route", "--tags", "high-accuracy,other", "Hi", env={"ROUTER_MODEL_DIR": str(model_dir)})
     assert tagged.returncode == 0, tagged.stderr
     assert json.loads(tagged.stdout)["reason"] == "tag:high-accuracy"
