@@ -32,7 +32,8 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,3 +251,27 @@ def _completion(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
         "usage": _usage(),
     }
+
+
+@contextmanager
+def serve_fake_upstream() -> Iterator[FakeUpstream]:
+    """A FakeUpstream on a loopback port for the block; `.url` is its OpenAI base URL."""
+    from router_model.gateway.server import ServerThread
+
+    fake = FakeUpstream()
+    server = ServerThread(fake.app()).start()
+    fake.url = server.url + "/v1"  # type: ignore[attr-defined]
+    try:
+        yield fake
+    finally:
+        server.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass; its last value decides."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from router_model.gateway.errors import GatewayConfigError
 from router_model.gateway.server import ServerThread
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_upstream import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, SNAPSHOT_SUFFIX, FakeUpstream  # noqa: E402
+from gateway_upstream import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, SNAPSHOT_SUFFIX, serve_fake_upstream, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHEAP_KEY_ENV = "ROUTER_GATEWAY_TEST_CHEAP_KEY"
@@ -79,13 +78,7 @@ def _log_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _wait_for(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
+_wait_for = wait_for
 
 
 # ---------------------------------------------------------------- fixtures
@@ -93,11 +86,8 @@ def _wait_for(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
 
 @pytest.fixture(scope="module")
 def upstream():
-    fake = FakeUpstream()
-    server = ServerThread(fake.app()).start()
-    fake.url = server.url + "/v1"  # type: ignore[attr-defined]
-    yield fake
-    server.stop()
+    with serve_fake_upstream() as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from router_model.labelling.upstream import retry_after_seconds
 from router_model.labelling.writer import LabelsWriter, existing_hashes, request_hash, ungraded_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_upstream import FakeUpstream  # noqa: E402
+from gateway_upstream import FakeUpstream, serve_fake_upstream  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
@@ -40,11 +40,8 @@ CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
 
 @pytest.fixture(scope="module")
 def upstream():
-    fake = FakeUpstream()
-    server = ServerThread(fake.app()).start()
-    fake.url = server.url + "/v1"  # type: ignore[attr-defined]
-    yield fake
-    server.stop()
+    with serve_fake_upstream() as fake:
+        yield fake
 
 
 def _requests(path: Path, rows: list[dict]) -> Path:

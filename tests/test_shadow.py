@@ -31,19 +31,14 @@ from router_model.labelling.errors import LabellingConfigError
 from router_model.labelling.shadow import ShadowGrader, ShadowJob
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_upstream import FakeUpstream  # noqa: E402
+from gateway_upstream import serve_fake_upstream, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 JUDGE = "gpt-4o"
 
 
 def _wait_for(predicate, timeout: float = 15.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
+    return wait_for(predicate, timeout, step)
 
 
 def _metric(url: str, name: str, **labels: str) -> float:
@@ -64,11 +59,8 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def upstream():
-    fake = FakeUpstream()
-    server = ServerThread(fake.app()).start()
-    fake.url = server.url + "/v1"  # type: ignore[attr-defined]
-    yield fake
-    server.stop()
+    with serve_fake_upstream() as fake:
+        yield fake
 
 
 class _Gw:
