@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes (one BLAS thread each; default: %(default)s)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "floor_guarantee.json")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other files' results already in --out (same floor, risk and draws) and replace "
+                        "only the files run now")
     args = p.parse_args(argv)
     files = [f.strip() for f in args.files.split(",") if f.strip()]
     unknown = [f for f in files if f not in FILES]
@@ -257,8 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
     t0 = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    kept: dict[str, Any] = {}
+    if args.merge and args.out.exists():
+        old = json.loads(args.out.read_text())
+        same = {k: old.get(k) for k in ("floor", "risk", "draws")} == {"floor": args.floor, "risk": args.risk,
+                                                                       "draws": args.draws}
+        if not same:
+            p.error(f"--merge: {args.out} was run with floor/risk/draws {old.get('floor')}/{old.get('risk')}/"
+                    f"{old.get('draws')}, not {args.floor}/{args.risk}/{args.draws}")
+        kept = {k: v for k, v in old.get("files", {}).items() if k not in files}
     result = run(files, sizes, args.draws, args.selection_draws, args.floor, args.risk, seed=args.seed,
-                 workers=args.workers, say=lambda m: print(m, flush=True), out=args.out)
+                 workers=args.workers, say=lambda m: print(m, flush=True), out=None if kept else args.out)
+    result["files"] = {**kept, **result["files"]}
     result["seconds"] = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

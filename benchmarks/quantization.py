@@ -6,13 +6,17 @@ several ways and each is merged with the router's own head:
 * `dynamic`: onnxruntime's plain dynamic int8 (per-channel weights, tables uint8 per tensor);
 * `outlier_split`: training/quantize.py with outlier channels split off only (no per-token
   scaling, weights rounded to nearest);
-* `no_gptq`: the shipped recipe with weights rounded to nearest;
-* `shipped`: training/quantize.py's defaults, i.e. the router's own `model.int8.onnx`;
+* `no_gptq`: the shipped recipe with weights rounded to nearest (and fixed activation scales);
+* `dynamic_activations`: the shipped recipe with onnxruntime's per-batch activation scales (the
+  recipe before 1 Dec 2026: not batch-invariant);
+* `shipped`: training/quantize.py's defaults (what `router-train` writes today);
 * `blockwise_8bit` (reference, needs `onnx-ir`): weight-only 8-bit MatMulNBits, block 32, with
   accuracy_level 4 (activations quantised per block of 32).
 
 Each is scored on the router's held-out test split (rebuilt from the logs named in metadata.json,
-by the same prompt-hash split) against the fp32 graph at the router's threshold. Latency is
+by the same prompt-hash split) against the fp32 graph at the router's threshold; `batch_max_abs_diff`
+is how far a prompt's p_cheap_ok moves between a batch of one and a batch of 32 (first 128 prompts).
+Latency is
 `Router.predict` on 64-token prompts at one onnxruntime thread, all graphs in one process, timed in
 alternating rounds so background load hits them alike.
 
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     variants: dict[str, onnx.ModelProto] = {"dynamic": plain_dynamic(exported.onnx_path)}
     for name, recipe in (("outlier_split", QuantizationSettings(per_token_scaling=False, gptq_damping=None)),
                          ("no_gptq", QuantizationSettings(gptq_damping=None)),
+                         ("dynamic_activations", QuantizationSettings(static_activations=False)),
                          ("shipped", settings)):
         variants[name] = quantize_embedder(exported.onnx_path, feeds, recipe).model
     block = blockwise_8bit(exported.onnx_path)
@@ -141,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             merged = merge_router_graph(model, head, int(meta["embedder"]["dim"]), len(meta["features"]))
             onnx.save(merged, str(d / GRAPH_FILES[INT8]))
             write_metadata(d, ArtifactMetadata.from_dict(meta))
-            p8 = Router.load(d, graph=INT8, threads=2).p_cheap_ok(requests)
+            r8 = Router.load(d, graph=INT8, threads=2)
+            p8 = r8.p_cheap_ok(requests)
+            alone = np.array([r8.p_cheap_ok([q])[0] for q in requests[:128]])
             dp = np.abs(p8 - p32)
             results[name] = {
                 "decision_agreement": float(np.mean((p8 >= t) == (p32 >= t))),
@@ -149,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 "apgr_abs_diff": abs(M.apgr(1 - p8, w, s) - apgr32),
                 "mean_abs_p_diff": float(dp.mean()),
                 "max_abs_p_diff": float(dp.max()),
+                "batch_max_abs_diff": float(np.abs(alone - p8[:128]).max()),
                 "graph_mb": (d / GRAPH_FILES[INT8]).stat().st_size / 1e6,
             }
             routers[name] = Router.load(d, graph=INT8, threads=1)
@@ -191,14 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(requests)} held-out prompts, threshold {t:.3f} ({near:.1%} of them within 0.01 of it), fp32 APGR "
           f"{apgr32:.3f}; issue bar: agreement >= "
           f"{ISSUE_AGREEMENT:.0%}, APGR diff <= {ISSUE_APGR_DIFF}")
-    print("| graph | decisions agreeing with fp32 | APGR diff | mean / max abs p diff | p50 / p99 ms (64 tok, 1 thread) | MB |")
-    print("|---|---|---|---|---|---|")
+    print("| graph | decisions agreeing with fp32 | APGR diff | mean / max abs p diff | max move with batch | "
+          "p50 / p99 ms (64 tok, 1 thread) | MB |")
+    print("|---|---|---|---|---|---|---|")
     lat = latency["fp32"]
-    print(f"| fp32 | - | - | - | {lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} | {(args.model_dir / GRAPH_FILES[FP32]).stat().st_size / 1e6:.0f} |")
+    print(f"| fp32 | - | - | - | - | {lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} | {(args.model_dir / GRAPH_FILES[FP32]).stat().st_size / 1e6:.0f} |")
     for name, r in results.items():
         lat = latency[name]
         print(f"| {name} | {r['decision_agreement']:.1%} | {r['apgr_abs_diff']:.4f} | {r['mean_abs_p_diff']:.4f} / "
-              f"{r['max_abs_p_diff']:.3f} | {lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} | {r['graph_mb']:.0f} |")
+              f"{r['max_abs_p_diff']:.3f} | {r['batch_max_abs_diff']:.1e} | {lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} | {r['graph_mb']:.0f} |")
     print(f"\nload average {load_before} -> {res['load_average_after']}; wrote {args.out}")
     return 0
 

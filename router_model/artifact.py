@@ -24,7 +24,7 @@ from typing import Any
 from router_model.decision import RoutingRules
 from router_model.encoder import EncoderSettings
 from router_model.errors import ArtifactError
-from router_model.multi import PASS_OUTPUT, POLICY_KINDS, CostModel
+from router_model.multi import PASS_OUTPUT, RULE_KINDS, SINGLE, CostModel
 from router_model.prompt_digest import PromptDigest
 from router_model.settings import FP32, GRAPHS, INT8
 
@@ -329,8 +329,11 @@ class MultiModelRecord:
         )
         if len(models) < 2 or len(set(models)) != len(models):
             raise ValueError(f"multi.models must be at least two distinct names, got {list(models)}")
-        if rec.policy not in POLICY_KINDS:
-            raise ValueError(f"multi.policy {rec.policy!r} is not one of {list(POLICY_KINDS)}")
+        if rec.policy not in RULE_KINDS:
+            raise ValueError(f"multi.policy {rec.policy!r} is not one of {list(RULE_KINDS)}")
+        if rec.policy == SINGLE and not (rec.value == int(rec.value) and 0 <= rec.value < len(models)):
+            raise ValueError(f"multi.value of policy 'single' must be a model column 0..{len(models) - 1}, "
+                             f"got {rec.value}")
         if tuple(c.model for c in rec.cost_models) != models:
             raise ValueError("multi.cost_models must name multi.models, in order")
         if rec.best_single not in models:

@@ -21,9 +21,9 @@ How a request goes through:
 4. Right before the run, a request whose deadline passed, or whose caller left, is dropped
    (`DeadlineExpiredError`, or its future cancelled): nobody would receive its answer.
 5. One `Router.decide` call runs the batch (one `session.run` per 32, like `predict_batch`) and
-   each caller's future gets its own decision: `Router.predict`'s to 1e-6 on the fp32 graph. The
-   int8 graph's dynamic quantisation (one activation scale per tensor) is not batch-invariant:
-   there `p_cheap_ok` moves by up to ~3e-3 with the companions (docs/service.md).
+   each caller's future gets its own decision: `Router.predict`'s to 1e-6 (both graphs are
+   batch-invariant; int8 artifacts trained before the fixed activation scales move by up to
+   ~3e-3 with their companions, docs/service.md).
 """
 
 from __future__ import annotations

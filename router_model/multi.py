@@ -15,7 +15,11 @@ from typing import Any
 
 import numpy as np
 
-POLICY_KINDS = ("cheapest_ok", "cheapest_pass", "lambda")
+POLICY_KINDS = ("cheapest_ok", "cheapest_pass", "lambda")  # the families training sweeps
+# Plus one fixed rule: every request to one model (value = its column). What a risk-controlled
+# goal falls back to when the labelled rows certify no routing (training/multi/policy.py).
+SINGLE = "single"
+RULE_KINDS = (*POLICY_KINDS, SINGLE)
 PASS_OUTPUT = "pass_probabilities"
 
 
@@ -51,7 +55,8 @@ def choose(
 
     cheapest_ok / cheapest_pass: the first allowed column whose probability is >= value; when none
     is, the allowed column with the highest P(pass). lambda: argmax of P(pass) - value * dollars
-    (value = inf: the cheapest allowed model).
+    (value = inf: the cheapest allowed model). single: column `value`, or when it is not allowed,
+    the allowed column with the highest P(pass).
     """
     n, N = p_pass.shape
     allow = np.ones(N, dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool)
@@ -63,8 +68,15 @@ def choose(
         fallback = np.argmax(np.where(allow, p_pass, -np.inf), axis=1)
         first = np.argmax(clears, axis=1)
         return np.where(clears.any(axis=1), first, fallback)
+    if kind == SINGLE:
+        col = int(value)
+        if not 0 <= col < N:
+            raise ValueError(f"single: model column {col} is not one of 0..{N - 1}")
+        if allow[col]:
+            return np.full(n, col, dtype=np.int64)
+        return np.argmax(np.where(allow, p_pass, -np.inf), axis=1)
     if kind == "lambda":
         if np.isinf(value):
             return np.argmin(np.where(allow, est_cost, np.inf), axis=1)
         return np.argmax(np.where(allow, p_pass - value * est_cost, -np.inf), axis=1)
-    raise ValueError(f"unknown policy {kind!r}; expected one of {POLICY_KINDS}")
+    raise ValueError(f"unknown policy {kind!r}; expected one of {RULE_KINDS}")

@@ -1,9 +1,8 @@
 """Dynamic batching (router_model/batching.py): real router, real ONNX runs, real gRPC and HTTP servers.
 
-Exact equality (1e-6) with `Router.predict` is checked on the fp32 graph, which is batch-invariant.
-The int8 graph is not: onnxruntime's dynamic quantisation takes one activation scale per tensor,
-so a request's result moves slightly with its batch companions and padding (as it already did
-for `predict_batch` and RouteBatch); that test bounds the move instead.
+Exact equality (1e-6) with `Router.predict` is checked on the fp32 graph and on the int8 graph:
+the int8 recipe's activation scales are fixed (training/artifact/int8_rewrites.py,
+`static_unit_activations`), so neither graph's result depends on a request's batch companions.
 
 The ordering tests hold the batcher's one runner inside a graph run (a Router whose `decide`
 waits for a gate before running the real graph), so which requests share a batch is decided
@@ -55,9 +54,6 @@ IMAGE = [{"role": "user", "content": [
     {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
 ]}]
 TOL = 1e-6
-# |p_cheap_ok(batched) - p_cheap_ok(single)| on the int8 graph: measured up to 3e-3 on the public
-# MMLU prompts (the int8-vs-fp32 parity bound of that artifact is 3.6e-3).
-INT8_TOL = 1e-2
 
 
 class GatedRouter(Router):
@@ -124,14 +120,15 @@ def test_predict_batch_equals_predict(router):
         _same(s, d)
 
 
-def test_int8_batches_stay_within_the_quantisation_error(model_dir):
+def test_int8_is_batch_invariant(model_dir):
+    """The same prompt, alone or among companions of other lengths: the same probability (1e-6)."""
     r = Router.load(model_dir, graph="int8")
     singles = [r.predict(p) for p in PROMPTS]
-    for s, b in zip(singles, r.predict_batch(PROMPTS)):
-        assert b.p_cheap_ok is not None and s.p_cheap_ok is not None
-        assert abs(b.p_cheap_ok - s.p_cheap_ok) <= INT8_TOL
-        if abs(s.p_cheap_ok - s.threshold) > INT8_TOL:
-            assert b.model == s.model
+    long = "Summarise the following report in three bullet points. " * 20
+    for batch in (PROMPTS, [*PROMPTS, long], [long, *reversed(PROMPTS)]):
+        got = dict(zip(batch, r.predict_batch(batch)))
+        for prompt, s in zip(PROMPTS, singles):
+            _same(s, got[prompt])
 
 
 # ---------------------------------------------------------------- the batcher

@@ -71,13 +71,60 @@ def test_policy_picks_lowest_cost_meeting_the_floor() -> None:
     cost = np.column_stack([np.full(n, 1.0), np.full(n, 2.0), np.full(n, 10.0)])
     p_pass = np.column_stack([np.where(easy, 0.95, 0.05), np.where(easy, 0.95, 0.05), np.full(n, 0.99)])
     p_ok = np.column_stack([np.where(easy, 0.95, 0.05), np.where(easy, 0.95, 0.05), np.ones(n)])
-    choice = choose_policy(p_pass, p_ok, cost, passed, cost, ("a", "b", "c"), MultiGoal("quality_floor", 0.95))
-    assert choice.met and choice.val_best_single == "c"
+    choice = choose_policy(p_pass, p_ok, cost, passed, cost, ("a", "b", "c"), MultiGoal("quality_floor", 0.95, None))
+    assert choice.met and choice.val_best_single == "c" and choice.method == "empirical"
     # easy rows -> a, the rest -> c: quality 1.0 at (120 * 1 + 80 * 10) / 200 = $4.6 per request
     assert choice.val_quality == 1.0
     assert choice.val_cost_per_request == pytest.approx(4.6)
-    budget = choose_policy(p_pass, p_ok, cost, passed, cost, ("a", "b", "c"), MultiGoal("max_cost_per_request", 1.0))
+    budget = choose_policy(p_pass, p_ok, cost, passed, cost, ("a", "b", "c"),
+                           MultiGoal("max_cost_per_request", 1.0, None))
     assert budget.val_cost_per_request <= 1.0 and budget.val_quality == pytest.approx(0.6)
+
+
+def _three_models(n: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """a and b pass the easy 60% of rows, c passes all; the heads are right with some noise."""
+    rng = np.random.default_rng(seed)
+    easy = rng.random(n) < 0.6
+    passed = np.column_stack([easy.astype(float), easy.astype(float), np.ones(n)])
+    cost = np.column_stack([np.full(n, 1.0), np.full(n, 2.0), np.full(n, 10.0)])
+    noise = rng.normal(0, 0.05, n)
+    pe = np.clip(np.where(easy, 0.9, 0.1) + noise, 0.01, 0.99)
+    p_pass = np.column_stack([pe, pe, np.full(n, 0.99)])
+    p_ok = np.column_stack([pe, pe, np.ones(n)])
+    return p_pass, p_ok, cost, passed
+
+
+def test_risk_controlled_policy_certifies_or_falls_back_to_the_reference() -> None:
+    p_pass, p_ok, cost, passed = _three_models(400)
+    models = ("a", "b", "c")
+    choice = choose_policy(p_pass, p_ok, cost, passed, cost, models, MultiGoal("quality_floor", 0.95, 0.05),
+                           reference=2)
+    # 400 rows certify routing the easy rows cheap: the lower bound on quality / c clears the floor
+    assert choice.certified is True and choice.kind != "single"
+    assert choice.bound is not None and 0.95 <= choice.bound <= 1.0
+    assert choice.val_cost_per_request < 10.0 * 0.8 and choice.method.startswith("ltt-fixed-sequence")
+    # the empirical rule on the same rows is at least as cheap: the guarantee costs something, never saves
+    emp = choose_policy(p_pass, p_ok, cost, passed, cost, models, MultiGoal("quality_floor", 0.95, None), reference=2)
+    assert emp.val_cost_per_request <= choice.val_cost_per_request + 1e-9
+    # 25 rows cannot certify anything: every request to the reference, and how many rows would
+    small = choose_policy(*(a[:25] for a in (p_pass, p_ok, cost, passed)), cost[:25], models,
+                          MultiGoal("quality_floor", 0.95, 0.05), reference=2)
+    assert small.kind == "single" and small.value == 2.0 and small.certified is False
+    assert small.n_needed is not None and small.n_needed > 25
+    assert choose("single", small.value, p_pass[:3], p_ok[:3], cost[:3]).tolist() == [2, 2, 2]
+    assert "nothing certified" in small.why and f"{small.n_needed:,}" in small.why
+
+
+def test_risk_controlled_budget_is_an_upper_bound() -> None:
+    p_pass, p_ok, cost, passed = _three_models(400, seed=1)
+    models = ("a", "b", "c")
+    b = choose_policy(p_pass, p_ok, cost, passed, cost, models, MultiGoal("max_cost_per_request", 5.0, 0.05))
+    assert b.certified is True and b.bound is not None and b.val_cost_per_request <= b.bound <= 5.0
+    emp = choose_policy(p_pass, p_ok, cost, passed, cost, models, MultiGoal("max_cost_per_request", 5.0, None))
+    assert emp.val_quality >= b.val_quality - 1e-9  # the empirical rule may spend up to the budget itself
+    # a budget at the cheapest model's own price cannot be certified with a margin: all to the cheapest
+    tight = choose_policy(p_pass, p_ok, cost, passed, cost, models, MultiGoal("max_cost_per_request", 1.0, 0.05))
+    assert tight.kind == "single" and tight.value == 0.0 and tight.certified is False
 
 
 # ------------------------------------------------------------------ frontier and AIQ
@@ -151,6 +198,10 @@ def test_multi_artifact_is_format_2_and_routes_among_n(multi_trained) -> None:
 
     raw = json.loads((multi_trained.model_dir / "metadata.json").read_text())
     assert raw["format_version"] == 2 and sorted(raw["multi"]["models"]) == sorted(MODELS)
+    # ~24 validation rows certify nothing at the default risk: every request to the reference, said so
+    assert raw["goal"]["risk"] == 0.05 and raw["goal"]["method"].startswith("ltt-fixed-sequence")
+    assert raw["goal"]["certified"] is False and raw["multi"]["policy"] == "single"
+    assert raw["multi"]["models"][int(raw["multi"]["value"])] == raw["multi"]["best_single"]
     router = Router.load(multi_trained.model_dir)
     assert isinstance(router, MultiRouter) and set(router.models) == set(MODELS)
     prompt = "Which gas do plants absorb from the air?\nA) oxygen\nB) carbon dioxide\nC) helium\nD) argon\nAnswer:"

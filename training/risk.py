@@ -36,9 +36,14 @@ __all__ = [
     "RiskChoice",
     "binomial_lower",
     "binomial_upper",
+    "budget_sequence",
     "certify_budget",
     "certify_quality_floor",
+    "floor_sequence",
     "hb_upper",
+    "last_before_failure",
+    "n_needed",
+    "quality_lower_bound",
 ]
 
 METHOD = "ltt-fixed-sequence-clopper-pearson"
@@ -125,10 +130,51 @@ def _quality_margin(kp: np.ndarray, km: np.ndarray, ks: np.ndarray, n: np.ndarra
     return binomial_upper(kp, n, d) - binomial_lower(km, n, d) - (1.0 - floor) * strong
 
 
-def _first_failure(ok: np.ndarray) -> int:
+def last_before_failure(ok: np.ndarray) -> int:
     """Index of the last grid point before the first failure (-1 if the first one fails)."""
     bad = np.flatnonzero(~ok)
     return (int(bad[0]) if len(bad) else len(ok)) - 1
+
+
+def quality_lower_bound(kp: np.ndarray, km: np.ndarray, ks: float, n: int, risk: float) -> np.ndarray:
+    """Lower bound on quality / reference of routings with kp losses and km wins against it (same 3 bounds)."""
+    lcb_ref = float(binomial_lower(ks, n, risk / 3.0))
+    if lcb_ref <= 0:
+        return np.full(len(np.atleast_1d(kp)), np.nan)
+    net = binomial_upper(np.asarray(kp, dtype=float), n, risk / 3) - binomial_lower(np.asarray(km, dtype=float), n,
+                                                                                 risk / 3)
+    return np.asarray(1.0 - net / lcb_ref, dtype=float)
+
+
+def floor_sequence(kp: np.ndarray, km: np.ndarray, ks: float, n: int, floor: float,
+                   risk: float) -> tuple[int, float]:
+    """Fixed-sequence test of routings ordered safest first, against a reference (the strong model).
+
+    kp[i] / km[i]: rows where routing i loses / wins a pass against the reference; ks: the
+    reference's passes; n rows. Returns the index of the last certified routing (-1: none) and
+    the lower bound on quality / reference there (1.0 when none).
+    """
+    ok = _quality_margin(np.asarray(kp, dtype=float), np.asarray(km, dtype=float),
+                         np.full(len(kp), float(ks)), n, floor, risk) <= 0.0
+    last = last_before_failure(ok)
+    if last < 0:
+        return last, 1.0
+    return last, float(quality_lower_bound(kp[last: last + 1], km[last: last + 1], ks, n, risk)[0])
+
+
+def budget_sequence(spend: np.ndarray, n: int, cap: float, risk: float, binary: bool) -> tuple[np.ndarray, str]:
+    """Upper confidence bounds on the mean spend of routings (spend: each routing's total over n rows).
+
+    Spends per row lie in [0, cap] (cap: the largest per-request spend in the log, the assumption
+    being that no new request costs more): Clopper-Pearson when they are 0/1, Hoeffding-Bentkus
+    otherwise. Returns the bounds (in spend units per request) and the method.
+    """
+    spend = np.asarray(spend, dtype=float)
+    if cap <= 0:
+        return np.zeros(len(spend)), METHOD
+    if binary:
+        return np.asarray(binomial_upper(spend, n, risk), dtype=float), METHOD
+    return hb_upper(spend / n / cap, n, risk) * cap, METHOD_BUDGET_HB
 
 
 def certify_quality_floor(p: np.ndarray, w: np.ndarray, s: np.ndarray, floor: float, risk: float) -> RiskChoice:
@@ -140,22 +186,15 @@ def certify_quality_floor(p: np.ndarray, w: np.ndarray, s: np.ndarray, floor: fl
     gain = ((w >= 0.5) & (s < 0.5)).astype(float)  # cheap routed here wins one
     m, (kp, km) = _cheap_counts(p, [loss, gain], GRID)
     ks = float(s.sum())
-    margin = _quality_margin(kp, km, np.full_like(kp, ks), n, floor, risk)
-    ok = margin <= 0.0
-    last = _first_failure(ok)
-    lcb_strong = float(binomial_lower(ks, n, risk / 3.0))
+    last, bound = floor_sequence(kp, km, ks, n, floor, risk)
     if last >= 1:
-        i = last
-        # Lower bound on quality / strong at the chosen threshold (the same three bounds).
-        net = float(binomial_upper(kp[i], n, risk / 3) - binomial_lower(km[i], n, risk / 3))
-        bound = 1.0 - net / lcb_strong if lcb_strong > 0 else float("nan")
-        return RiskChoice(float(GRID[i]), True, n, risk, METHOD, bound, None)
+        return RiskChoice(float(GRID[last]), True, n, risk, METHOD, bound, None)
     # Nothing cheap certified: all strong, and how many rows the best observed gap would need.
     return RiskChoice(ALL_STRONG, False, n, risk, METHOD, 1.0,
-                      _n_needed(m > 0, kp / n, km / n, ks / n, floor, risk))
+                      n_needed(m > 0, kp / n, km / n, ks / n, floor, risk))
 
 
-def _n_needed(some_cheap: np.ndarray, rate_p: np.ndarray, rate_m: np.ndarray, rate_s: float, floor: float,
+def n_needed(some_cheap: np.ndarray, rate_p: np.ndarray, rate_m: np.ndarray, rate_s: float, floor: float,
               risk: float) -> int | None:
     """Smallest n at which some threshold would certify if the observed rates held (None: no observed gap).
 
@@ -194,14 +233,9 @@ def certify_budget(p: np.ndarray, w: np.ndarray, s: np.ndarray, spend_cheap: np.
     quality = (float(s.sum()) - cs + cw) / n
     cap = float(max(np.max(spend_cheap), np.max(spend_strong)))
     binary = bool(np.all(np.isin(spend_cheap, (0.0, 1.0))) and np.all(np.isin(spend_strong, (0.0, 1.0))))
-    if cap <= 0:
-        upper, method = np.zeros(len(grid)), METHOD
-    elif binary:
-        upper, method = binomial_upper(spend, n, risk), METHOD
-    else:
-        upper, method = hb_upper(spend / n / cap, n, risk) * cap, METHOD_BUDGET_HB
+    upper, method = budget_sequence(spend, n, cap, risk, binary)
     ok = upper <= budget + 1e-12
-    last = _first_failure(ok)
+    last = last_before_failure(ok)
     if last < 0:
         return RiskChoice(0.0, False, n, risk, method, float(upper[0]), None)
     best = quality[: last + 1].max()

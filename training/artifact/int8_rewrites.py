@@ -13,7 +13,10 @@ remove both effects before `quantize_dynamic` runs, without changing what the fp
 * `scale_per_token`: each int8 input is divided by its per-token max |x| and the product multiplied
   back, i.e. per-token activation scales, which onnxruntime's kernels do not offer;
 * `row_scaled_tables`: the token embedding table stored as int8 with one scale per row
-  (onnxruntime's dynamic quantisation gives a whole table one uint8 scale).
+  (onnxruntime's dynamic quantisation gives a whole table one uint8 scale);
+* `static_unit_activations` (after quantisation): a per-token-scaled input lies in [-1, 1] by
+  construction, so its activation scale is a constant instead of one taken from the batch's
+  min / max. A request's result then no longer depends on which requests share its batch.
 """
 
 from __future__ import annotations
@@ -235,4 +238,38 @@ def row_scaled_tables(model: onnx.ModelProto) -> onnx.ModelProto:
             helper.make_node("Mul", [f"{out}_cast", f"{out}_scale"], [out], name=f"{node.name}_dequantize"),
         ]
     _insert(model, nodes, {}, after)
+    return model
+
+
+# A per-token-scaled tensor lies in [-1, 1]: uint8 (q - 127) / 127 covers it exactly at both ends.
+UNIT_SCALE = 1.0 / 127.0
+UNIT_ZERO_POINT = 127
+
+
+def static_unit_activations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """DynamicQuantizeLinear of each per-token-scaled input -> QuantizeLinear with the fixed unit scale.
+
+    Dynamic quantisation takes one scale per tensor from the whole batch (padding included), so the
+    same prompt gave slightly different probabilities in different batches (up to ~3e-3 on the
+    public router). With the constant scale the int8 graph is batch-invariant, as fp32 is, and
+    skips the min / max pass. Run on the output of `quantize_dynamic` after `scale_per_token`.
+    """
+    model = _copy(model)
+    nodes = []
+    replaced = 0
+    for node in model.graph.node:
+        x = node.input[0] if node.input else ""
+        if node.op_type == "DynamicQuantizeLinear" and x.startswith("per_token_") and x.endswith("_x"):
+            y, y_scale, y_zero = node.output
+            model.graph.initializer.append(numpy_helper.from_array(np.array(UNIT_SCALE, np.float32), y_scale))
+            model.graph.initializer.append(numpy_helper.from_array(np.array(UNIT_ZERO_POINT, np.uint8), y_zero))
+            nodes.append(helper.make_node("QuantizeLinear", [x, y_scale, y_zero], [y], name=f"{node.name}_static"))
+            replaced += 1
+        else:
+            nodes.append(node)
+    if not replaced:
+        raise ValueError("no DynamicQuantizeLinear reads a per-token-scaled input: run scale_per_token and "
+                         "quantize_dynamic first")
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     return model

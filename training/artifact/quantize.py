@@ -9,7 +9,9 @@ each step measured by benchmarks/quantization.py on the public router's held-out
 3. every int8 input is scaled per token (training/int8_rewrites.py has the exact rewrites);
 4. onnxruntime quantises the MatMuls (per-channel symmetric int8 weights);
 5. the int8 weights are re-rounded with GPTQ on the calibration prompts (training/gptq.py);
-6. the token embedding table is stored as int8 with one scale per row.
+6. the token embedding table is stored as int8 with one scale per row;
+7. the per-token-scaled inputs (in [-1, 1]) get a fixed activation scale instead of onnxruntime's
+   per-batch one, so a prompt's result does not depend on its batch companions.
 
 Calibration prompts come from the training split only. Every step is exact in fp32 except 4-6.
 """
@@ -31,6 +33,7 @@ from training.artifact.int8_rewrites import (
     row_scaled_tables,
     scale_per_token,
     split_outlier_channels,
+    static_unit_activations,
     token_rows,
     weight_matmuls,
 )
@@ -50,6 +53,7 @@ class QuantizationSettings:
     outlier_ratio: float = OUTLIER_RATIO
     max_outliers: int = MAX_OUTLIERS
     per_token_scaling: bool = True  # steps 1 and 3 (each alone makes the int8 graph worse)
+    static_activations: bool = True  # step 7 (needs per_token_scaling): batch-invariant int8
     gptq_damping: float | None = GPTQ_DAMPING  # None: round weights to nearest
 
     def __post_init__(self) -> None:
@@ -78,6 +82,8 @@ class QuantizedEmbedder:
             "weight_rounding": "gptq" if calibrated and self.settings.gptq_damping is not None else "nearest",
             "gptq_damping": self.settings.gptq_damping if calibrated else None,
             "token_embeddings": "int8, one scale per row",
+            "activation_scales": "static 1/127 on per-token-scaled inputs (batch-invariant)"
+            if self.settings.per_token_scaling and self.settings.static_activations else "dynamic, one per tensor",
             "calibration_prompts": self.calibration_prompts,
             "inputs_split": len(self.outlier_channels),
             "outlier_channels": sum(len(v) for v in self.outlier_channels.values()),
@@ -144,6 +150,8 @@ def quantize_embedder(
         quantized = onnx.load(str(out))
     if calibration_feeds and settings.gptq_damping is not None:
         quantized = gptq_requantize(model, quantized, calibration_feeds, settings.gptq_damping)
+    if settings.per_token_scaling and settings.static_activations:
+        quantized = static_unit_activations(quantized)
     return QuantizedEmbedder(
         row_scaled_tables(quantized), settings, len(calibration_feeds),
         {x: [int(i) for i in idx] for x, idx in sorted(outliers.items())},

@@ -112,6 +112,17 @@ class MultiRecord:
     trained_prompts: PromptDigest
 
 
+def goal_record(choice: PolicyChoice) -> GoalRecord:
+    """metadata.json's goal for an N-model policy: the floor is relative to the reference model."""
+    g = choice.goal
+    floor = None
+    if g.risk is not None and g.kind == "quality_floor":
+        floor = float(g.value) if choice.certified else 1.0
+    return GoalRecord(g.kind, float(g.value), bool(choice.met), risk=g.risk, method=choice.method,
+                      certified=choice.certified, certified_floor=floor, bound=choice.bound,
+                      n_labelled=choice.n_labelled or None, n_needed=choice.n_needed)
+
+
 def build_metadata(rec: MultiRecord, exported: ExportedEmbedder, head_onnx: onnx.ModelProto, quantization: dict,
                    stamp: datetime) -> ArtifactMetadata:
     models = rec.heads.models
@@ -122,8 +133,8 @@ def build_metadata(rec: MultiRecord, exported: ExportedEmbedder, head_onnx: onnx
         created_at=stamp.isoformat(),
         cheap_model=models[0],
         strong_model=choice.val_best_single,  # what rules (image, tags, long context) route to
-        threshold=float(np.clip(choice.value, 0.0, 1.0)) if choice.kind != "lambda" else 0.0,
-        goal=GoalRecord(choice.goal.kind, float(choice.goal.value), bool(choice.met)),
+        threshold=float(np.clip(choice.value, 0.0, 1.0)) if choice.kind.startswith("cheapest") else 0.0,
+        goal=goal_record(choice),
         target="multi",
         classes=tuple(f"pass:{m}" for m in models) + tuple(f"ok:{m}" for m in models),
         cheap_ok_classes=(f"ok:{models[0]}",),

@@ -30,7 +30,15 @@ from training.multi.artifact import MultiHeldOut, MultiRecord, stage_multi_dir
 from training.multi.data import MultiDataset, MultiLog, build_multi_dataset, parse_models, read_multi
 from training.multi.evaluation import evaluate_multi, finite, format_report, save_plots
 from training.multi.heads import PassHeads, ece_per_model, fit_heads
-from training.multi.policy import MultiGoal, PolicyChoice, choose_policy, expected_costs, fit_cost_models, sweep
+from training.multi.policy import (
+    MultiGoal,
+    PolicyChoice,
+    choose_policy,
+    expected_costs,
+    fit_cost_models,
+    reference_model,
+    sweep,
+)
 
 TEST_LOG = "test.jsonl"
 
@@ -54,7 +62,7 @@ def multi_goal(goal) -> MultiGoal:
     """The N-model reading of a router-train goal (a strong-call share has none)."""
     if goal.kind == "max_strong_share":
         raise ValueError("--max-strong-share has no meaning among N models; use --quality-floor or --max-cost-per-request")
-    return MultiGoal(goal.kind, float(goal.value))
+    return MultiGoal(goal.kind, float(goal.value), goal.risk)
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,11 @@ def train_multi(config) -> MultiTrainResult:
     heads = fit_heads(X, ds.passed, ds.models, tr, va, seed=config.seed, say=_say)
     cost_models = fit_cost_models(ds.n_tokens[tr], ds.cost[tr], ds.models)
     val = score_rows(heads, X, ds, cost_models, va)
-    choice = choose_policy(val.p_pass, val.p_ok, val.est, val.passed, val.cost, ds.models, goal)
+    ref = reference_model(ds.passed[tr], ds.cost[tr])
+    choice = choose_policy(val.p_pass, val.p_ok, val.est, val.passed, val.cost, ds.models, goal, reference=ref,
+                           lambda_scale=max(cm.mean for cm in cost_models) or None)
+    _say(f"goal: {goal.kind}={goal.value:g} at " + ("no risk control" if goal.risk is None else f"risk {goal.risk:g}")
+         + f", relative to {ds.models[ref]} (the best single model on the training rows)")
     _say(f"policy: {choice.kind} = {choice.value:.6g}  ({choice.why}); validation AIQ by rule: " + ", ".join(
         f"{k} {v['val_aiq']:.4f}" for k, v in choice.families.items()))
 

@@ -7,9 +7,18 @@ Three rule families (the serving side applies them: `router_model/multi.py`):
 * `lambda`:        the argmax of P(pass) - lambda * expected dollars.
 
 Each family is swept over its parameter on the validation split; the goal picks the point (and so
-the family): a quality floor relative to the best single model (default 0.95 of it) at the lowest
-cost, or a budget in dollars per request at the highest quality. Which family won, and the
-validation AIQ of each, are recorded so the choice can be read back and argued with.
+the family): a quality floor relative to the reference model (the best single model on the
+training rows; default 0.95 of it) at the lowest cost, or a budget in dollars per request at the
+highest quality. Which family won, and the validation AIQ of each, are recorded so the choice can
+be read back and argued with.
+
+With a risk (the default, 0.05) the point must be certified, as the two-model threshold is
+(training/risk.py, docs/guarantee.md): each family's parameter grid is fixed before the
+validation outcomes are seen and ordered from the safe end (quality floor: toward the priciest
+routing; budget: from the cheapest), each family is tested in order at risk / number of families
+(a union bound over the families), and only certified points are eligible. When nothing is
+certified, every request goes to the reference model (floor) or the cheapest model (budget), the
+`single` rule.
 """
 
 from __future__ import annotations
@@ -19,18 +28,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router_model.multi import POLICY_KINDS, CostModel, choose
+from router_model.multi import POLICY_KINDS, SINGLE, CostModel, choose
 from training.multi.evaluation import aiq, eval_rows, single_points
+from training.risk import (
+    METHOD,
+    budget_sequence,
+    floor_sequence,
+    last_before_failure,
+    n_needed,
+    quality_lower_bound,
+)
+from training.threshold import DEFAULT_RISK, EMPIRICAL
 
 GOAL_KINDS = ("quality_floor", "max_cost_per_request")
 
 
 @dataclass(frozen=True)
 class MultiGoal:
-    """quality_floor: at least `value` x the best single model's quality; max_cost_per_request: USD."""
+    """quality_floor: at least `value` x the reference model's quality; max_cost_per_request: USD.
+
+    `risk`: the allowed chance that the goal fails on new traffic (None: met on validation only).
+    """
 
     kind: str = "quality_floor"
     value: float = 0.95
+    risk: float | None = DEFAULT_RISK
 
     def __post_init__(self) -> None:
         if self.kind not in GOAL_KINDS:
@@ -38,6 +60,8 @@ class MultiGoal:
                              "meaning among N models)")
         if not (self.value > 0):
             raise ValueError(f"the goal value must be positive, got {self.value}")
+        if self.risk is not None and not (0.0 < self.risk < 1.0):
+            raise ValueError(f"risk must be a probability in (0, 1) or None, got {self.risk!r}")
 
 
 def fit_cost_models(n_tokens: np.ndarray, cost: np.ndarray, models: Sequence[str]) -> tuple[CostModel, ...]:
@@ -59,17 +83,32 @@ def fit_cost_models(n_tokens: np.ndarray, cost: np.ndarray, models: Sequence[str
     return tuple(out)
 
 
+def reference_model(passed: np.ndarray, cost: np.ndarray) -> int:
+    """The column the floor is relative to: the best pass rate over the rows with its outcome (NaN
+    masked), the cheaper on a tie. Chosen on training rows, it is fixed before validation is seen."""
+    with np.errstate(invalid="ignore"):
+        rate = np.nanmean(passed, axis=0)
+        mean_cost = np.nanmean(np.where(np.isnan(passed), np.nan, cost), axis=0)
+    rate = np.where(np.isnan(rate), -1.0, rate)
+    return int(max(range(passed.shape[1]), key=lambda j: (rate[j], -mean_cost[j])))
+
+
 def expected_costs(cost_models: Sequence[CostModel], n_tokens: np.ndarray) -> np.ndarray:
     """(n, N) the cost models' dollars per call for each request."""
     return np.column_stack([cm.estimate(np.asarray(n_tokens, dtype=float)) for cm in cost_models])
 
 
-def param_grid(kind: str, est_cost: np.ndarray) -> np.ndarray:
-    """The parameter values a family is swept over."""
+def param_grid(kind: str, est_cost: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """The parameter values a family is swept over, from the priciest routing to the cheapest.
+
+    lambda is scaled by a typical dollar figure: `scale`, or the mean of each row's priciest
+    estimate. (A certified sweep passes a scale from the training rows, so the grid is fixed
+    before the validation outcomes are seen.)
+    """
     if kind == "lambda":
-        scale = float(np.mean(est_cost.max(axis=1))) or 1.0
+        scale = scale or float(np.mean(est_cost.max(axis=1))) or 1.0
         return np.concatenate([[0.0], np.logspace(-3, 2.5, 140) / scale, [np.inf]])
-    return np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 - np.logspace(-4, -2, 20)])
+    return np.sort(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 - np.logspace(-4, -2, 20)]))[::-1]
 
 
 @dataclass(frozen=True)
@@ -97,7 +136,8 @@ def sweep(kind: str, p_pass: np.ndarray, p_ok: np.ndarray, est_cost: np.ndarray,
 
 @dataclass(frozen=True)
 class PolicyChoice:
-    """The chosen rule and parameter, what it did on validation, and how each family compared there."""
+    """The chosen rule and parameter, what it did on validation, how each family compared there, and
+    (risk-controlled) what was certified."""
 
     kind: str
     value: float
@@ -105,10 +145,25 @@ class PolicyChoice:
     met: bool
     val_quality: float
     val_cost_per_request: float
-    val_best_single: str
+    val_best_single: str  # the reference model: the floor is relative to it, rules route to it
     val_best_single_quality: float
     families: dict[str, dict[str, float]]
     why: str
+    method: str = EMPIRICAL
+    certified: bool | None = None
+    bound: float | None = None  # floor: lower bound on quality / reference; budget: upper bound, $/request
+    n_labelled: int = 0
+    n_needed: int | None = None
+
+
+@dataclass(frozen=True)
+class _Point:
+    kind: str
+    value: float
+    cost: float  # total dollars on the validation rows
+    quality: float
+    certified: bool = False
+    bound: float = float("nan")
 
 
 def choose_policy(
@@ -120,41 +175,103 @@ def choose_policy(
     models: Sequence[str],
     goal: MultiGoal = MultiGoal(),
     kinds: Sequence[str] = POLICY_KINDS,
+    reference: int | None = None,
+    lambda_scale: float | None = None,
 ) -> PolicyChoice:
-    """Sweep each family on validation rows (those with every model's outcome); the goal picks the point."""
+    """Sweep each family on validation rows (those with every model's outcome); the goal picks the point.
+
+    `reference`: the column the floor is relative to (default: the best single model on these
+    rows; a certified floor should pass one chosen on other rows, e.g. the training split).
+    """
     keep = eval_rows(passed)
     if keep.sum() == 0:
         raise ValueError("no validation row has an outcome for every model; the policy cannot be chosen")
     P, K, E, Y, C = p_pass[keep], p_ok[keep], est_cost[keep], passed[keep], cost[keep]
     n = len(Y)
     singles = single_points(Y, C, models)
-    best = max(singles, key=lambda s: (s["quality"], -s["cost"]))
+    if reference is None:
+        reference = max(range(len(models)), key=lambda j: (singles[j]["quality"], -singles[j]["cost"]))
+    ref = singles[reference]
     c_lo, c_hi = min(s["cost"] for s in singles), max(s["cost"] for s in singles)
     families: dict[str, dict[str, float]] = {}
-    candidates: list[tuple[str, float, float, float]] = []  # kind, value, cost, quality
+    points: list[_Point] = []
+    rows = np.arange(n)
+    fam_risk = None if goal.risk is None else goal.risk / len(kinds)
+    need: list[int] = []
     for kind in kinds:
-        sw = sweep(kind, P, K, E, Y, C)
-        families[kind] = {"val_aiq": aiq(sw.cost, sw.quality, c_lo, c_hi)}
-        candidates += [(kind, float(v), float(c), float(q)) for v, c, q in zip(sw.params, sw.cost, sw.quality)]
+        params = param_grid(kind, E, lambda_scale)
+        picks = [choose(kind, float(v), P, K, E) for v in params]
+        cs = np.array([float(C[rows, pk].sum()) for pk in picks])
+        qs = np.array([float(Y[rows, pk].mean()) for pk in picks])
+        order = np.argsort(cs, kind="stable")
+        families[kind] = {"val_aiq": aiq(cs[order], qs[order], c_lo, c_hi)}
+        if fam_risk is None:
+            points += [_Point(kind, float(v), c, q) for v, c, q in zip(params, cs, qs)]
+        elif goal.kind == "quality_floor":
+            yr = Y[:, reference] >= 0.5
+            kp = np.array([float(np.sum(yr & (Y[rows, pk] < 0.5))) for pk in picks])
+            km = np.array([float(np.sum(~yr & (Y[rows, pk] >= 0.5))) for pk in picks])
+            ks = float(yr.sum())
+            last, _ = floor_sequence(kp, km, ks, n, goal.value, fam_risk)
+            lb = quality_lower_bound(kp[: last + 1], km[: last + 1], ks, n, fam_risk)
+            points += [_Point(kind, float(params[i]), float(cs[i]), float(qs[i]), True, float(lb[i]))
+                       for i in range(last + 1)]
+            some = np.array([bool(np.any(pk != reference)) for pk in picks])
+            nn = n_needed(some, kp / n, km / n, ks / n, goal.value, fam_risk)
+            if nn is not None:
+                need.append(nn)
+        else:
+            cap = float(C.max())
+            up, _ = budget_sequence(cs[::-1], n, cap, fam_risk, binary=False)  # cheapest first
+            last = last_before_failure(up <= goal.value + 1e-12)
+            rev = len(params) - 1 - np.arange(last + 1)
+            points += [_Point(kind, float(params[i]), float(cs[i]), float(qs[i]), True, float(up[j]))
+                       for j, i in enumerate(rev)]
     if goal.kind == "quality_floor":
-        floor = goal.value * best["quality"]
-        ok = [c for c in candidates if c[3] >= floor - 1e-12]
-        met = bool(ok)
-        pick = min(ok, key=lambda c: (c[2], -c[3])) if ok else max(candidates, key=lambda c: (c[3], -c[2]))
+        floor = goal.value * ref["quality"]
+        ok = points if fam_risk is not None else [c for c in points if c.quality >= floor - 1e-12]
+        pick = min(ok, key=lambda c: (c.cost, -c.quality)) if ok else None
         for kind in kinds:
-            fam = [c for c in ok if c[0] == kind]
-            families[kind]["val_cost_at_goal"] = min(c[2] for c in fam) / n if fam else float("nan")
-        why = (f"lowest validation cost with quality >= {goal.value:g} x {best['name']} ({floor:.3f}): "
-               f"{pick[0]} at ${pick[2] / n:.6f}/request")
+            fam = [c for c in ok if c.kind == kind]
+            families[kind]["val_cost_at_goal"] = min(c.cost for c in fam) / n if fam else float("nan")
+        what = (f"quality >= {goal.value:g} x {ref['name']} certified at risk {goal.risk:g}" if fam_risk is not None
+                else f"quality >= {goal.value:g} x {ref['name']} ({floor:.3f})")
     else:
         budget = goal.value * n
-        ok = [c for c in candidates if c[2] <= budget + 1e-12]
-        met = bool(ok)
-        pick = max(ok, key=lambda c: (c[3], -c[2])) if ok else min(candidates, key=lambda c: (c[2], -c[3]))
+        ok = points if fam_risk is not None else [c for c in points if c.cost <= budget + 1e-12]
+        pick = max(ok, key=lambda c: (c.quality, -c.cost)) if ok else None
         for kind in kinds:
-            fam = [c for c in ok if c[0] == kind]
-            families[kind]["val_quality_at_goal"] = max(c[3] for c in fam) if fam else float("nan")
-        why = f"highest validation quality within ${goal.value:g}/request: {pick[0]} at quality {pick[3]:.3f}"
+            fam = [c for c in ok if c.kind == kind]
+            families[kind]["val_quality_at_goal"] = max(c.quality for c in fam) if fam else float("nan")
+        what = (f"spend <= ${goal.value:g}/request certified at risk {goal.risk:g}" if fam_risk is not None
+                else f"spend <= ${goal.value:g}/request")
+    if pick is None and fam_risk is not None:
+        col = reference if goal.kind == "quality_floor" else 0
+        q, c = float(Y[:, col].mean()), float(C[:, col].sum())
+        where = "the reference" if goal.kind == "quality_floor" else "the cheapest model"
+        need_txt = f"; about {min(need):,} validation rows would certify the best gap seen" if need else ""
+        why = f"nothing certified ({what}): every request to {where}, {models[col]}{need_txt}"
+        return PolicyChoice(SINGLE, float(col), goal, False, q, c / n, ref["name"], ref["quality"], families, why,
+                            method=_method(goal), certified=False, bound=None, n_labelled=n,
+                            n_needed=min(need) if need else None)
+    met = pick is not None
+    if pick is None:  # empirical and not met: the closest point
+        pick = (max(points, key=lambda c: (c.quality, -c.cost)) if goal.kind == "quality_floor"
+                else min(points, key=lambda c: (c.cost, -c.quality)))
+    if goal.kind == "quality_floor":
+        why = f"lowest validation cost with {what}: {pick.kind} at ${pick.cost / n:.6f}/request"
+    else:
+        why = f"highest validation quality with {what}: {pick.kind} at quality {pick.quality:.3f}"
     if not met:
         why += " (goal not met on validation; closest point used)"
-    return PolicyChoice(pick[0], pick[1], goal, met, pick[3], pick[2] / n, best["name"], best["quality"], families, why)
+    bound = pick.bound if fam_risk is not None else None
+    return PolicyChoice(pick.kind, pick.value, goal, met, pick.quality, pick.cost / n, ref["name"], ref["quality"],
+                        families, why, method=_method(goal), certified=True if fam_risk is not None else None,
+                        bound=bound, n_labelled=n)
+
+
+def _method(goal: MultiGoal) -> str:
+    if goal.risk is None:
+        return EMPIRICAL
+    return (f"{METHOD}-bonferroni-over-rules" if goal.kind == "quality_floor"
+            else "ltt-fixed-sequence-hoeffding-bentkus-bonferroni-over-rules")
