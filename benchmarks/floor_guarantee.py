@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(files, sizes, args.draws, args.selection_draws, args.floor, args.risk, seed=args.seed,
                  workers=args.workers, say=lambda m: print(m, flush=True), out=None if kept else args.out)
     result["files"] = {**kept, **result["files"]}
+    if kept:
+        result["kept_from_an_earlier_run"] = sorted(kept)  # "seconds" below covers only this run's files
     result["seconds"] = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -10,7 +10,11 @@ non-decreasing convex hull of its sweep; `training/multi/evaluation.py`):
   argmax P(pass) - lambda * mean cost;
 * the shipped heads (calibrated pass and ok heads per model, C chosen on validation) with each
   rule family (`cheapest_ok`, `cheapest_pass`, `lambda` with per-request cost estimates), and
-  the operating point the validation goal (quality floor 0.95 of the best single model) picks.
+  the operating point the validation goal (quality floor 0.95 of the best single model) picks;
+* two measured alternatives to the shipped heads (`training/multi/knn.py`, not served): kNN per
+  model over the embedding (`knn_<rule>`) and the LR/kNN blend (`lr_knn_blend_<rule>`), k, T,
+  prior weight and blend weight chosen by validation log-loss, each with the rule family of its
+  best validation AIQ.
 
     python benchmarks/multi_model.py [--data routerbench,mmlu-pro] [--max-rows N]
 
@@ -40,6 +44,7 @@ from training.embedding.onnx_embedder import OnnxEmbedder
 from training.multi.data import build_multi_dataset, read_multi
 from training.multi.evaluation import eval_rows, evaluate_multi, finite, format_report
 from training.multi.heads import PassHeads, ece_per_model, fit_heads
+from training.multi.knn import fit_blend, fit_knn_heads
 from training.multi.policy import MultiGoal, Sweep, choose_policy, expected_costs, fit_cost_models, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +118,28 @@ def issue_baseline(X, ds, tr, te) -> tuple[Sweep, dict]:
     return sw, ece_per_model(P, ds.passed[te], ds.models)
 
 
+def head_variants(X, ds, tr, va, te, heads: PassHeads, cms, dim: int) -> tuple[dict[str, Sweep], dict]:
+    """The kNN heads and the LR/kNN blend, each with its best-validation-AIQ rule, swept on the test rows."""
+    t0 = time.perf_counter()
+    knn = fit_knn_heads(X, ds.passed, ds.models, tr, va, dim)
+    knn_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    blend = fit_blend(heads, knn, X, ds.passed, va)
+    blend_s = time.perf_counter() - t0
+    keep_t = eval_rows(ds.passed[te])
+    Ev, Et = expected_costs(cms, ds.n_tokens[va]), expected_costs(cms, ds.n_tokens[te])
+    sweeps, info = {}, {}
+    for label, h, extra in (("knn", knn, {**knn.validation, "fit_seconds": knn_s}),
+                            ("lr_knn_blend", blend, {"w_lr": blend.w, "fit_seconds": blend_s})):
+        Pv, Kv = h.p_pass(X[va]), h.p_ok(X[va])
+        fams = choose_policy(Pv, Kv, Ev, ds.passed[va], ds.cost[va], ds.models).families
+        kind = max(fams, key=lambda k: fams[k]["val_aiq"])
+        Pt, Kt = h.p_pass(X[te])[keep_t], h.p_ok(X[te])[keep_t]
+        sweeps[f"{label}_{kind}"] = sweep(kind, Pt, Kt, Et[keep_t], ds.passed[te][keep_t], ds.cost[te][keep_t])
+        info[label] = {**extra, "rule": kind, "val_aiq_by_rule": {k: v["val_aiq"] for k, v in fams.items()}}
+    return sweeps, info
+
+
 def run(name: str, path: Path, shared: Path, cache: Path, max_rows: int | None, say) -> dict:
     t0 = time.perf_counter()
     log = read_multi([path])
@@ -145,7 +172,8 @@ def run(name: str, path: Path, shared: Path, cache: Path, max_rows: int | None, 
     Y, C = ds.passed[te][keep], ds.cost[te][keep]
     sweeps = {k: sweep(k, Pt[keep], Kt[keep], Et[keep], Y, C) for k in POLICY_KINDS}
     base_sweep, base_ece = issue_baseline(X, ds, tr, te)
-    sweeps = {"issue_baseline": base_sweep, **sweeps}
+    variant_sweeps, variants = head_variants(X, ds, tr, va, te, heads, cms, emb.shape[1])
+    sweeps = {"issue_baseline": base_sweep, **sweeps, **variant_sweeps}
     pick = choose(choice.kind, choice.value, Pt[keep], Kt[keep], Et[keep])
     rows = np.arange(len(Y))
     chosen = {"kind": choice.kind, "value": float(choice.value), "cost": float(C[rows, pick].sum()),
@@ -153,6 +181,7 @@ def run(name: str, path: Path, shared: Path, cache: Path, max_rows: int | None, 
     rep = evaluate_multi(ds.models, ds.passed[te], ds.cost[te], sweeps, chosen)
     rep["ece_per_model"] = ece_per_model(Pt, ds.passed[te], ds.models)
     rep["ece_per_model_issue_baseline"] = base_ece
+    rep["head_variants"] = variants
     rep["policy_choice"] = {"kind": choice.kind, "value": choice.value, "why": choice.why, "families": choice.families}
     rep["cost_source"] = ds.cost_source
     rep["split"] = ds.split_counts()

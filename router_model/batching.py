@@ -13,14 +13,15 @@ How a request goes through:
 2. With nothing running and nothing queued it runs at once, in the caller's own thread: a lone
    request pays no window and no thread hand-over (the single-request path keeps its latency).
 3. Otherwise it joins a FIFO queue. `runners` threads take batches from the head: the oldest
-   request and those behind it in the same length bucket (so padding stays within one bucket)
-   and for the same loaded router (a reload never mixes artifacts), at most `max_size`; at most
+   request and those behind it in the same length bucket (so padding stays within one bucket),
+   for the same loaded router (a reload never mixes artifacts) and with the same candidate set
+   (an N-model router applies one set per `decide` call), at most `max_size`; at most
    `runners` batches run at once, a caller's own run included. A runner waits for companions
    only while another batch is running (there is concurrency), and then at most `max_delay_ms`
    after the oldest request arrived.
 4. Right before the run, a request whose deadline passed, or whose caller left, is dropped
    (`DeadlineExpiredError`, or its future cancelled): nobody would receive its answer.
-5. One `Router.decide` call runs the batch (one `session.run` per 32, like `predict_batch`) and
+5. One `Router.decide` call (with candidates: `MultiRouter`'s route with that set) runs the batch (one `session.run` per 32, like `predict_batch`) and
    each caller's future gets its own decision: `Router.predict`'s to 1e-6 (both graphs are
    batch-invariant; int8 artifacts trained before the fixed activation scales move by up to
    ~3e-3 with their companions, docs/service.md).
@@ -37,7 +38,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from router_model.errors import ConfigError, RouterError
+from router_model.errors import ConfigError, InvalidRequestError, RouterError
 
 if TYPE_CHECKING:  # config.py imports this module: keep `router-serve --help` free of numpy and tokenizers
     from router_model.decision import RoutingDecision
@@ -101,10 +102,33 @@ class BatchStats:
         return self.items / self.batches if self.batches else 0.0
 
 
+Candidates = tuple[str, ...]
+
+
+def check_candidates(router: Router, candidates: Sequence[str] | None) -> Candidates | None:
+    """The candidate set as a batch key (None: all models), checked before the request queues,
+    so an unknown name fails alone; a pair router has no candidate notion (InvalidRequestError)."""
+    if candidates is None:
+        return None
+    allowed = getattr(router, "allowed", None)
+    if allowed is None:
+        raise InvalidRequestError("candidates need an N-model router (artifact format 2)", field="candidates")
+    allowed(candidates)  # InvalidRequestError naming an unknown candidate
+    return tuple(candidates)
+
+
+def _decide(router: Router, prepared: list[Any], candidates: Candidates | None) -> list[RoutingDecision]:
+    """One decide call: the graph run, then the choice among `candidates` (all models when None)."""
+    if candidates is None:
+        return router.decide(prepared)
+    return router._route(prepared, candidates)  # type: ignore[call-arg]  # MultiRouter (check_candidates)
+
+
 @dataclass
 class _Item:
     router: Router
     prepared: Any
+    candidates: Candidates | None
     bucket: int
     deadline: float | None
     alive: Callable[[], bool] | None
@@ -138,23 +162,26 @@ class Batcher:
         tags: Sequence[str] | None = None,
         deadline: float | None = None,
         alive: Callable[[], bool] | None = None,
+        candidates: Sequence[str] | None = None,
     ) -> Future[RoutingDecision]:
         """Queue one request; its future holds the decision.
 
-        Raises InvalidRequestError at once for a malformed request. `deadline` is a
-        `time.monotonic()` instant; `alive` is polled before the run (False: the caller left).
+        Raises InvalidRequestError at once for a malformed request or candidate set. `deadline`
+        is a `time.monotonic()` instant; `alive` is polled before the run (False: the caller
+        left); `candidates` restricts an N-model router's choice (MultiRouter.predict's).
         """
         prepared = router.prepare(request, tags=tags)
+        cands = check_candidates(router, candidates)
         length = router.graph_length(prepared)
         future: Future[RoutingDecision] = Future()
         if length is None:  # a rule decides: no graph, no queue
-            future.set_result(router.decide([prepared])[0])
+            future.set_result(_decide(router, [prepared], cands)[0])
             with self._cond:
                 self._counts["rules"] += 1
             return future
         buckets = self.config.buckets
         bucket = bisect.bisect_left(buckets, length)  # past the last bound: one bucket of its own
-        item = _Item(router, prepared, bucket, deadline, alive, future, time.monotonic())
+        item = _Item(router, prepared, cands, bucket, deadline, alive, future, time.monotonic())
         with self._cond:
             if self._closed:
                 raise BatcherClosedError("the batcher is closed")
@@ -179,12 +206,13 @@ class Batcher:
         tags: Sequence[str] | None = None,
         timeout: float | None = None,
         alive: Callable[[], bool] | None = None,
+        candidates: Sequence[str] | None = None,
     ) -> RoutingDecision:
         """`submit` and wait: the decision, or DeadlineExpiredError once `timeout` seconds pass."""
         if timeout is not None and timeout > threading.TIMEOUT_MAX:
             timeout = None  # gRPC reports "no deadline" as a huge remaining time
         deadline = time.monotonic() + timeout if timeout is not None else None
-        future = self.submit(router, request, tags=tags, deadline=deadline, alive=alive)
+        future = self.submit(router, request, tags=tags, deadline=deadline, alive=alive, candidates=candidates)
         try:
             return future.result(timeout)
         except TimeoutError:
@@ -253,8 +281,13 @@ class Batcher:
         elif len(batch) == 1 and not concurrent:
             c["immediate"] += 1
 
+    @staticmethod
+    def _same_run(it: _Item, head: _Item) -> bool:
+        """Whether `it` may share `head`'s run: same artifact, length bucket and candidate set."""
+        return it.router is head.router and it.bucket == head.bucket and it.candidates == head.candidates
+
     def _matching(self, head: _Item) -> int:
-        return sum(1 for it in self._queue if it.router is head.router and it.bucket == head.bucket)
+        return sum(1 for it in self._queue if self._same_run(it, head))
 
     def _claim(self, head: _Item, max_size: int) -> list[_Item]:
         """Remove up to max_size items like `head` from the queue, dropping expired and left callers."""
@@ -262,7 +295,7 @@ class Batcher:
         batch: list[_Item] = []
         rest: collections.deque[_Item] = collections.deque()
         for it in self._queue:
-            if len(batch) >= max_size or it.router is not head.router or it.bucket != head.bucket:
+            if len(batch) >= max_size or not self._same_run(it, head):
                 rest.append(it)
             elif not it.future.set_running_or_notify_cancel() or (it.alive is not None and not it.alive()):
                 self._counts["cancelled"] += 1
@@ -279,7 +312,7 @@ class Batcher:
     def _run(self, batch: list[_Item]) -> None:
         """One graph run for the batch; every future gets its decision (or the run's error)."""
         try:
-            decisions = batch[0].router.decide([it.prepared for it in batch])
+            decisions = _decide(batch[0].router, [it.prepared for it in batch], batch[0].candidates)
         except Exception as e:  # noqa: BLE001 - every caller of the batch gets the error
             for it in batch:
                 it.future.set_exception(e)

@@ -378,3 +378,97 @@ def routed_monthly_cost(
     return monthly_cost(cheap_price, requests * cheap_share, input_tokens, output_tokens, cached_share) + monthly_cost(
         strong_price, requests * (1 - cheap_share), input_tokens, output_tokens, cached_share
     )
+
+
+# ---------------------------------------------------------------- N models: a routed mix
+
+MIX_TOLERANCE = 1e-6  # how far the shares of a mix may sum from 1 (float noise of hand-typed shares)
+
+
+@dataclass(frozen=True)
+class MixCost:
+    """Monthly dollars of a routed mix of N models, against each model of the mix taking all requests.
+
+    `alone`: each model at 100% of the requests; `routed_by_model`: each model's part of the mix
+    (its share of the requests); `priciest`: the model of the mix with the highest `alone`, the
+    baseline `savings` is measured against (what the traffic costs without routing).
+    """
+
+    shares: Mapping[str, float]
+    alone: Mapping[str, float]
+    routed_by_model: Mapping[str, float]
+    routed: float
+    priciest: str
+    savings: float
+    savings_fraction: float
+
+
+def check_mix(shares: Mapping[str, float]) -> None:
+    """Refuse a mix that is empty, has a share outside [0, 1], or whose shares do not sum to 1,
+    naming the bad item: a mix that does not add up would report a cost for traffic that is not there."""
+    if not shares:
+        raise ConfigError("a mix needs at least one MODEL=SHARE")
+    for model, share in shares.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{model}={share!r}: a share must be a fraction within [0, 1] (0.3, not 30)")
+    total = math.fsum(shares.values())
+    if abs(total - 1.0) > MIX_TOLERANCE:
+        items = ", ".join(f"{m}={s:g}" for m, s in shares.items())
+        raise ConfigError(f"the shares sum to {total:.9g}, not 1 (within {MIX_TOLERANCE:g}): {items}")
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """`MODEL=SHARE[,MODEL=SHARE...]` (the command-line form of a mix) -> {model: share}, checked by
+    `check_mix`; a malformed or repeated item is a ConfigError naming it."""
+    shares: dict[str, float] = {}
+    seen: set[str] = set()
+    for raw in text.split(","):
+        item = raw.strip()
+        model, sep, value = item.partition("=")
+        model, value = model.strip(), value.strip()
+        if not sep or not model or not value:
+            raise ConfigError(f"{item!r}: expected MODEL=SHARE, e.g. gpt-4o=0.3,gpt-4o-mini=0.7")
+        try:
+            share = float(value)
+        except ValueError:
+            raise ConfigError(f"{item!r}: the share {value!r} is not a number (a fraction within [0, 1])") from None
+        if _norm(model) in seen:
+            raise ConfigError(f"{item!r}: model {model!r} is named twice in the mix")
+        seen.add(_norm(model))
+        shares[model] = share
+    check_mix(shares)
+    return shares
+
+
+def mix_monthly_cost(
+    table: PriceTable,
+    shares: Mapping[str, float],
+    requests: float,
+    input_tokens: float,
+    output_tokens: float,
+    cached_share: float = 0.0,
+) -> MixCost:
+    """Dollars a month when `shares[m]` of the `requests` go to model m (same tokens per request),
+    each model alone, and the saving against the priciest model of the mix.
+
+    Every model must be priced in `table` (UnknownModelError names the one that is not).
+    """
+    check_mix(shares)
+    prices = {m: table.price(m) for m in shares}
+    alone = {m: float(monthly_cost(p, requests, input_tokens, output_tokens, cached_share)) for m, p in prices.items()}
+    parts = {
+        m: float(monthly_cost(p, requests * shares[m], input_tokens, output_tokens, cached_share)) for m, p in prices.items()
+    }
+    routed = math.fsum(parts.values())
+    priciest = max(alone, key=lambda m: alone[m])  # the first of equals: the order given
+    baseline = alone[priciest]
+    saving = baseline - routed
+    return MixCost(
+        shares=MappingProxyType(dict(shares)),
+        alone=MappingProxyType(alone),
+        routed_by_model=MappingProxyType(parts),
+        routed=routed,
+        priciest=priciest,
+        savings=saving,
+        savings_fraction=saving / baseline if baseline else 0.0,
+    )

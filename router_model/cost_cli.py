@@ -21,9 +21,12 @@ from router_model.cost import (
     DAYS_PER_MONTH,
     DEFAULT_CHEAP,
     DEFAULT_STRONG,
+    MIX_TOLERANCE,
     PriceTable,
     blended_price,
+    mix_monthly_cost,
     monthly_cost,
+    parse_mix,
     routed_monthly_cost,
 )
 from router_model.errors import ConfigError
@@ -47,12 +50,21 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _mix(text: str) -> dict[str, float]:
+    """`--mix MODEL=SHARE[,...]`: cost.parse_mix, its errors as argparse's (exit 2 naming the item)."""
+    try:
+        return parse_mix(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed so docs and tests can render the help)."""
     parser = argparse.ArgumentParser(
         prog="router-cost estimate",
         description=(
-            "Monthly LLM cost of a traffic profile on the cheap and the strong model, and with routing.\n"
+            "Monthly LLM cost of a traffic profile on the cheap and the strong model, and with routing;\n"
+            "or, with --mix, of a routed mix of N models against each of them alone.\n"
             "Prices are USD per 1M tokens from the packaged, dated price table (router_model/prices.json)\n"
             f"unless --prices overrides them. A month is {DAYS_PER_MONTH} days."
         ),
@@ -61,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
             "example:\n"
             "  router-cost estimate --requests 1000000 --input-tokens 500 --output-tokens 200 --cheap-share 0.7\n"
             "  -> gpt-4o $3,250.00, gpt-4o-mini $195.00, routed $1,111.50, blended input $0.855/1M (-65.8%)\n"
+            "  router-cost estimate --requests 1000000 --input-tokens 500 --output-tokens 200 \\\n"
+            "      --mix gpt-4o=0.2,gemini-1.5-flash-002=0.5,gpt-3.5-turbo-1106=0.3\n"
+            "  -> routed $968.75, saving $2,281.25 (70.2%) against gpt-4o alone ($3,250.00)\n"
             "exit status: 0 ok, 2 bad option or price file"
         ),
     )
@@ -84,38 +99,74 @@ def build_parser() -> argparse.ArgumentParser:
         "--cached-share", type=_fraction, default=0.0, metavar="C",
         help="fraction of input tokens billed at the cached-input price (prompt-cache hits), 0..1; default 0",
     )
-    parser.add_argument(
+    routing = parser.add_mutually_exclusive_group()
+    routing.add_argument(
         "--cheap-share", type=_fraction, default=None, metavar="S",
         help="fraction of requests the router sends to the cheap model, 0..1; "
         "adds the routed cost, savings and blended input price",
     )
-    parser.add_argument("--cheap", default=DEFAULT_CHEAP, metavar="MODEL", help=f"cheap model (default {DEFAULT_CHEAP})")
-    parser.add_argument("--strong", default=DEFAULT_STRONG, metavar="MODEL", help=f"strong model (default {DEFAULT_STRONG})")
+    routing.add_argument(
+        "--mix", type=_mix, default=None, metavar="MODEL=SHARE[,MODEL=SHARE...]",
+        help="N models: the fraction of requests routed to each (priced) model, summing to 1 "
+        f"(within {MIX_TOLERANCE:g}); prints the routed mix, each model alone and the saving against "
+        "the priciest model of the mix. Replaces the pair options (--cheap, --strong, --cheap-share)",
+    )
+    parser.add_argument("--cheap", default=None, metavar="MODEL", help=f"cheap model (default {DEFAULT_CHEAP})")
+    parser.add_argument("--strong", default=None, metavar="MODEL", help=f"strong model (default {DEFAULT_STRONG})")
     add_price_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
 
-def compute(args: argparse.Namespace, table: PriceTable) -> dict[str, Any]:
-    """The figures for parsed options, as the JSON object `--json` prints (unrounded)."""
-    requests = args.requests if args.requests is not None else args.requests_per_day * DAYS_PER_MONTH
-    pair = table.pricing_for_pair(args.cheap, args.strong)
-    cheap, strong = pair.cheap, pair.strong
-    io = (requests, args.input_tokens, args.output_tokens, args.cached_share)
+def _profile(args: argparse.Namespace, requests: float) -> dict[str, Any]:
+    """The traffic profile echoed at the top of the JSON object."""
     out: dict[str, Any] = {
         "requests": requests,
         "input_tokens": args.input_tokens,
         "output_tokens": args.output_tokens,
         "cached_share": args.cached_share,
-        "cheap_model": args.cheap,
-        "strong_model": args.strong,
-        "monthly_cost": {args.strong: monthly_cost(strong, *io), args.cheap: monthly_cost(cheap, *io)},
     }
     if args.requests_per_day is not None:
         out["requests_per_day"] = args.requests_per_day
+    return out
+
+
+def compute_mix(args: argparse.Namespace, table: PriceTable) -> dict[str, Any]:
+    """The `--mix` figures (cost.mix_monthly_cost), as the JSON object `--json` prints (unrounded)."""
+    requests = args.requests if args.requests is not None else args.requests_per_day * DAYS_PER_MONTH
+    mix = mix_monthly_cost(table, args.mix, requests, args.input_tokens, args.output_tokens, args.cached_share)
+    out = _profile(args, requests)
+    out.update(
+        mix=dict(mix.shares),
+        monthly_cost=dict(mix.alone),
+        routed_by_model=dict(mix.routed_by_model),
+        routed=mix.routed,
+        priciest_model=mix.priciest,
+        savings=mix.savings,
+        savings_fraction=mix.savings_fraction,
+        prices={"as_of": table.as_of, "source": table.source, "files": list(table.files)},
+    )
+    return out
+
+
+def compute(args: argparse.Namespace, table: PriceTable) -> dict[str, Any]:
+    """The figures for parsed options, as the JSON object `--json` prints (unrounded)."""
+    if args.mix is not None:
+        return compute_mix(args, table)
+    cheap_name, strong_name = args.cheap or DEFAULT_CHEAP, args.strong or DEFAULT_STRONG
+    requests = args.requests if args.requests is not None else args.requests_per_day * DAYS_PER_MONTH
+    pair = table.pricing_for_pair(cheap_name, strong_name)
+    cheap, strong = pair.cheap, pair.strong
+    io = (requests, args.input_tokens, args.output_tokens, args.cached_share)
+    out = _profile(args, requests)
+    out.update(
+        cheap_model=cheap_name,
+        strong_model=strong_name,
+        monthly_cost={strong_name: monthly_cost(strong, *io), cheap_name: monthly_cost(cheap, *io)},
+    )
     if args.cheap_share is not None:
         s = args.cheap_share
-        always_strong = out["monthly_cost"][args.strong]
+        always_strong = out["monthly_cost"][strong_name]
         routed = routed_monthly_cost(cheap, strong, *io, s)
         blended = blended_price(cheap.input, strong.input, s)
         out.update(
@@ -142,18 +193,50 @@ def _count(n: float) -> str:
     return f"{n:,.0f}" if float(n).is_integer() else f"{n:,.2f}"
 
 
-def format_table(r: dict[str, Any], table: PriceTable) -> str:
-    """The human-readable report."""
-    cheap, strong = r["cheap_model"], r["strong_model"]
+def _header(r: dict[str, Any], table: PriceTable) -> list[str]:
     per_day = f" ({_count(r['requests_per_day'])}/day x {DAYS_PER_MONTH} days)" if "requests_per_day" in r else ""
-    lines = [
+    return [
         f"{_count(r['requests'])} requests/month{per_day}, "
         f"{_count(r['input_tokens'])} input + {_count(r['output_tokens'])} output tokens each, "
         f"{r['cached_share']:.0%} of input cached",
         f"prices: {table.source} (as of {table.as_of}), USD per 1M tokens; files: {', '.join(table.files)}",
         "",
-        f"{'model':<24}{'input/1M':>10}{'cached/1M':>11}{'output/1M':>11}{'monthly cost':>16}",
     ]
+
+
+def _dollars(x: float) -> str:
+    return "$" + format(x, ",.2f")
+
+
+def format_mix_table(r: dict[str, Any], table: PriceTable) -> str:
+    """The human-readable `--mix` report: one row per model of the mix, then the mix and its saving."""
+    lines = _header(r, table)
+    width = max(24, *(len(m) + 2 for m in r["mix"]))
+    lines.append(f"{'model':<{width}}{'share':>8}{'input/1M':>10}{'cached/1M':>11}{'output/1M':>11}"
+                 f"{'alone/month':>15}{'in the mix':>14}")
+    for name, share in r["mix"].items():
+        p = table.price(name)
+        lines.append(
+            f"{name:<{width}}{share:>8.1%}{p.input:>10.3f}{p.cached_input:>11.3f}{p.output:>11.3f}"
+            f"{_dollars(r['monthly_cost'][name]):>15}{_dollars(r['routed_by_model'][name]):>14}"
+        )
+    top = r["priciest_model"]
+    lines += [
+        "",
+        f"routed mix of {len(r['mix'])} models: {_dollars(r['routed'])}/month",
+        f"savings vs always {top} (the priciest in the mix, {_dollars(r['monthly_cost'][top])}): "
+        f"{_dollars(r['savings'])}/month ({r['savings_fraction']:.1%})",
+    ]
+    return "\n".join(lines)
+
+
+def format_table(r: dict[str, Any], table: PriceTable) -> str:
+    """The human-readable report."""
+    if "mix" in r:
+        return format_mix_table(r, table)
+    cheap, strong = r["cheap_model"], r["strong_model"]
+    lines = _header(r, table)
+    lines.append(f"{'model':<24}{'input/1M':>10}{'cached/1M':>11}{'output/1M':>11}{'monthly cost':>16}")
     for name in (strong, cheap):
         p = table.price(name)
         lines.append(
@@ -175,6 +258,8 @@ def estimate_main(argv: Sequence[str] | None = None) -> int:
     """`router-cost estimate`; returns the exit status (2 for bad options or price files)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.mix is not None and (args.cheap is not None or args.strong is not None):
+        parser.error("--mix names its own models; --cheap and --strong belong to the pair form (drop them)")
     try:
         table = PriceTable.load(args.prices, price_as=dict(args.price_as))
         result = compute(args, table)

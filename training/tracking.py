@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router_model.artifact import ArtifactMetadata
+from router_model.artifact import ArtifactMetadata, GoalRecord
 from router_model.registry import DEFAULT_TRACKING_URI
 from training.data.log import LogReadResult
 from training.head import FittedHead
@@ -78,12 +78,7 @@ def track_run(target: TrackingTarget, run: RunRecord) -> str:
                 "head": meta.head,
                 "artifact_version": meta.artifact_version,
                 "default_graph_chosen": meta.default_graph,
-                # the goal and its guarantee (docs/guarantee.md)
-                "goal_kind": meta.goal.kind,
-                "goal_value": meta.goal.value,
-                "goal_risk": "none" if meta.goal.risk is None else meta.goal.risk,
-                "goal_method": meta.goal.method,
-                "goal_threshold_rows": meta.goal.threshold_rows,  # what was used (oof falls back on tiny logs)
+                **goal_params(meta.goal),
             }
         )
         metrics: dict[str, float] = {
@@ -93,11 +88,7 @@ def track_run(target: TrackingTarget, run: RunRecord) -> str:
             "threshold": choice.threshold,
             "val_strong_share": choice.strong_share,
             "val_quality_vs_strong": choice.quality_vs_strong,
-            **{f"goal.{k}": float(v) for k, v in (("certified", meta.goal.certified),
-                                                 ("certified_floor", meta.goal.certified_floor),
-                                                 ("bound", meta.goal.bound), ("n_labelled", meta.goal.n_labelled),
-                                                 ("n_needed", meta.goal.n_needed), ("risk", meta.goal.risk))
-               if v is not None},
+            **goal_metrics(meta.goal),
             "train_seconds": run.elapsed,
             "embed_texts_per_second": run.embed_stats.get("texts_per_second", 0.0),
         }
@@ -136,6 +127,20 @@ def _register(target: TrackingTarget, uri: str, run_id: str, source: str, tags: 
         print(f"mlflow: run {run_id} in {uri} (not registered: {e})", flush=True)
 
 
+def goal_params(goal: GoalRecord) -> dict[str, Any]:
+    """The goal and its guarantee as run params (docs/guarantee.md)."""
+    return {"goal_kind": goal.kind, "goal_value": goal.value, "goal_risk": "none" if goal.risk is None else goal.risk,
+            "goal_method": goal.method,
+            "goal_threshold_rows": goal.threshold_rows}  # what was used (oof falls back on tiny logs)
+
+
+def goal_metrics(goal: GoalRecord) -> dict[str, float]:
+    """What was certified, as run metrics (absent fields are left out)."""
+    fields = (("certified", goal.certified), ("certified_floor", goal.certified_floor), ("bound", goal.bound),
+              ("n_labelled", goal.n_labelled), ("n_needed", goal.n_needed), ("risk", goal.risk))
+    return {f"goal.{k}": float(v) for k, v in fields if v is not None}
+
+
 def track_multi_run(target: TrackingTarget, params: dict[str, Any], metrics: dict[str, float], evaluation: dict[str, Any],
                     model_dir: Path, meta: ArtifactMetadata, plots: Sequence[Path]) -> str:
     """An N-model run (training/multi): params, held-out frontier figures, plots, the model dir, a version."""
@@ -144,8 +149,8 @@ def track_multi_run(target: TrackingTarget, params: dict[str, Any], metrics: dic
     mlflow.set_tracking_uri(target.uri)
     mlflow.set_experiment(target.experiment)
     with mlflow.start_run() as active:
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        flat: dict[str, float] = dict(metrics)
+        mlflow.log_params({k: str(v)[:500] for k, v in {**params, **goal_params(meta.goal)}.items()})
+        flat: dict[str, float] = {**metrics, **goal_metrics(meta.goal)}
         _flatten("test", {k: v for k, v in evaluation.items() if k not in ("singles", "models")}, flat)
         for s in evaluation.get("singles", []):
             flat[f"test.single.{s['name']}.quality"] = float(s["quality"])

@@ -361,6 +361,11 @@ class Gateway:
 
     # --- lifecycle -----------------------------------------------------------------------
     @property
+    def batcher(self) -> Batcher | None:
+        """The dynamic batcher while the app runs with `batching` (its stats are the proof of use)."""
+        return self._batcher
+
+    @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             raise RuntimeError("the gateway's HTTP client is not open (the app's lifespan has not started)")
@@ -551,17 +556,19 @@ class Gateway:
             if self._limiter is None:
                 self._limiter = anyio.CapacityLimiter(self._predict_slots)
             batcher = self._batcher
+            # A route's candidates restrict an N-model router's choice; a pair router ignores routes.
             cands = self._routes.get(call.requested.strip().lower()) if hasattr(router, "allowed") else None
-            if cands is not None:  # an N-model router choosing among this route's candidates
+            if batcher is not None:  # tokenise in a thread, then share a graph run with concurrent calls
+                future = await anyio.to_thread.run_sync(
+                    lambda: batcher.submit(router, call.body["messages"], tags=tags, candidates=cands),
+                    limiter=self._limiter,
+                )
+                decision = await asyncio.wrap_future(future)
+            elif cands is not None:  # an N-model router choosing among this route's candidates
                 decision = await anyio.to_thread.run_sync(
                     lambda: router.predict(call.body["messages"], tags=tags, candidates=cands),  # type: ignore[call-arg]
                     limiter=self._limiter
                 )
-            elif batcher is not None:  # tokenise in a thread, then share a graph run with concurrent calls
-                future = await anyio.to_thread.run_sync(
-                    lambda: batcher.submit(router, call.body["messages"], tags=tags), limiter=self._limiter
-                )
-                decision = await asyncio.wrap_future(future)
             else:
                 decision = await anyio.to_thread.run_sync(
                     lambda: router.predict(call.body["messages"], tags=tags), limiter=self._limiter

@@ -21,6 +21,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from router_model.batching import Batcher, BatcherClosedError, DeadlineExpiredError
 from router_model.decision import RoutingDecision
 from router_model.errors import ArtifactError, ConfigError, InvalidRequestError
+from router_model.multi_router import MultiRouter
 from router_model.observe.decision_log import DecisionLogWriter, decision_record, log_text, utc_timestamp
 from router_model.request import TEXT_PART_TYPES, Request, parse_request
 from router_model.router import Router
@@ -71,6 +72,64 @@ def to_router_request(req: router_pb2.RouteRequest, max_chars: int) -> Request:
             f"the prompt has {len(req.prompt)} characters, over the limit of {max_chars}", field="prompt"
         )
     return req.prompt
+
+
+def request_candidates(router: Router, candidates: Sequence[str]) -> tuple[str, ...] | None:
+    """The models a request may be routed to (None: the router's whole choice), checked up front.
+
+    An N-model router restricts its choice to them (MultiRouter.predict's `candidates`); an
+    unknown name is an InvalidRequestError naming it. A cheap/strong pair router has no
+    candidate notion, so the only consistent non-empty set is its own two models (a no-op):
+    anything else is refused rather than silently ignored.
+    """
+    names = list(candidates)
+    if not names:
+        return None
+    if isinstance(router, MultiRouter):
+        router.allowed(names)
+        return tuple(names)
+    pair = [router.cheap_model, router.strong_model]
+    if set(names) != set(pair):
+        unknown = [m for m in names if m not in pair]
+        known = f"unknown candidate model(s) {unknown}; " if unknown else ""
+        raise InvalidRequestError(
+            f"{known}this cheap/strong router chooses between exactly {pair}: "
+            "leave candidates empty or name both", field="candidates",
+        )
+    return None
+
+
+def _predict_one(router: Router, request: Request, tags: list[str] | None, cands: tuple[str, ...] | None) -> RoutingDecision:
+    """Router.predict, restricted to `cands` when request_candidates returned a set (N-model only)."""
+    if cands is None:
+        return router.predict(request, tags=tags)
+    assert isinstance(router, MultiRouter)
+    return router.predict(request, tags=tags, candidates=cands)
+
+
+def _predict_chunk(
+    router: Router, requests: Sequence[Request], tags: Sequence[list[str] | None], cands: Sequence[tuple[str, ...] | None]
+) -> list[RoutingDecision]:
+    """Decisions for one chunk, one predict_batch per distinct candidate set (errors keep the chunk index)."""
+    groups: dict[tuple[str, ...] | None, list[int]] = {}
+    for i, c in enumerate(cands):
+        groups.setdefault(c, []).append(i)
+    out: list[RoutingDecision | None] = [None] * len(requests)
+    for c, idx in groups.items():
+        sub, sub_tags = [requests[i] for i in idx], [tags[i] for i in idx]
+        try:
+            if c is None:
+                got = router.predict_batch(sub, tags=sub_tags)
+            else:
+                assert isinstance(router, MultiRouter)  # request_candidates returns a set only for one
+                got = router.predict_batch(sub, tags=sub_tags, candidates=c)
+        except InvalidRequestError as e:
+            if e.index is None:
+                raise
+            raise InvalidRequestError(e.reason, field=e.field, index=idx[e.index]) from None
+        for i, d in zip(idx, got):
+            out[i] = d
+    return [d for d in out if d is not None]
 
 
 def _response(d: RoutingDecision, request_id: str, latency_us: int, observe: bool) -> router_pb2.RouteResponse:
@@ -187,12 +246,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         loaded = self._loaded()
         routed = to_router_request(request, self.config.max_prompt_chars)
         tags = list(request.tags) or None
+        cands = request_candidates(loaded.router, request.candidates)
         request_id = request.request_id or uuid.uuid4().hex
         check_deadline(context)
         if self._batcher is not None:
             try:
                 decision = self._batcher.predict(
-                    loaded.router, routed, tags=tags, timeout=context.time_remaining(), alive=context.is_active
+                    loaded.router, routed, tags=tags, timeout=context.time_remaining(), alive=context.is_active,
+                    candidates=cands,
                 )
             except DeadlineExpiredError as e:
                 raise RpcStatusError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from None
@@ -201,7 +262,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         else:
             slots = self._slot(context)
             try:
-                decision = loaded.router.predict(routed, tags=tags)
+                decision = _predict_one(loaded.router, routed, tags, cands)
             finally:
                 slots.release()
         check_deadline(context, "while the request was routed")  # nobody would receive it
@@ -221,10 +282,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 field="requests",
             )
         routed: list[Request] = []
+        cands: list[tuple[str, ...] | None] = []
         for i, item in enumerate(request.requests):  # every item, before routing any
             try:
                 converted = to_router_request(item, self.config.max_prompt_chars)
                 parse_request(converted)
+                cands.append(request_candidates(loaded.router, item.candidates))
             except InvalidRequestError as e:
                 raise InvalidRequestError(e.reason, field=e.field, index=i) from None
             routed.append(converted)
@@ -240,7 +303,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             try:
                 slots = self._slot(context)
                 try:
-                    decisions.extend(loaded.router.predict_batch(routed[lo : lo + step], tags=tags[lo : lo + step]))
+                    chunk = slice(lo, lo + step)
+                    decisions.extend(_predict_chunk(loaded.router, routed[chunk], tags[chunk], cands[chunk]))
                 except InvalidRequestError as e:  # re-base the item's index from the chunk onto the batch
                     if e.index is None:
                         raise

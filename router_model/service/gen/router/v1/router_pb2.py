@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/router_model/service/gen/router/v1/router.proto\x12\trouter.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x08ImageUrl\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"Q\n\x0b\x43ontentPart\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12&\n\timage_url\x18\x03 \x01(\x0b\x32\x13.router.v1.ImageUrl\"S\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12%\n\x05parts\x18\x03 \x03(\x0b\x32\x16.router.v1.ContentPart\"j\n\x0cRouteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.router.v1.ChatMessage\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x85\x03\n\rRouteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\np_cheap_ok\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x18\n\x10\x61rtifact_version\x18\x06 \x01(\t\x12\x12\n\nlatency_us\x18\x07 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x05\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x14\n\x0cobserve_only\x18\n \x01(\x08\x12\x33\n\x06p_pass\x18\x0b \x03(\x0b\x32#.router.v1.RouteResponse.PPassEntry\x12\x1e\n\x11\x65xpected_cost_usd\x18\x0c \x01(\x01H\x01\x88\x01\x01\x1a,\n\nPPassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_p_cheap_okB\x14\n\x12_expected_cost_usd\">\n\x11RouteBatchRequest\x12)\n\x08requests\x18\x01 \x03(\x0b\x32\x17.router.v1.RouteRequest\"U\n\x12RouteBatchResponse\x12+\n\tresponses\x18\x01 \x03(\x0b\x32\x18.router.v1.RouteResponse\x12\x12\n\nlatency_us\x18\x02 \x01(\x03\"\x15\n\x13GetModelInfoRequest\"\x87\x05\n\tModelInfo\x12\x18\n\x10\x61rtifact_version\x18\x01 \x01(\t\x12\x13\n\x0b\x63heap_model\x18\x02 \x01(\t\x12\x14\n\x0cstrong_model\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x32\n\x07metrics\x18\x05 \x03(\x0b\x32!.router.v1.ModelInfo.MetricsEntry\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tmodel_dir\x18\x07 \x01(\t\x12-\n\tloaded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cobserve_only\x18\t \x01(\x08\x12\x0c\n\x04goal\x18\r \x01(\t\x12\x12\n\ngoal_value\x18\x0e \x01(\x01\x12\x11\n\x04risk\x18\x0f \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06method\x18\x10 \x01(\t\x12\x1c\n\x0f\x63\x65rtified_floor\x18\x11 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tcertified\x18\x12 \x01(\x08\x12\x12\n\nn_labelled\x18\x13 \x01(\x03\x12\x0e\n\x06models\x18\x14 \x03(\t\x12\x0e\n\x06policy\x18\x15 \x01(\t\x12\x14\n\x0cpolicy_value\x18\x16 \x01(\x01\x12\x19\n\x11\x62\x65st_single_model\x18\x17 \x01(\t\x12\x11\n\tmodel_uri\x18\n \x01(\t\x12\x18\n\x10registry_version\x18\x0b \x01(\t\x12\x16\n\x0eregistry_alias\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_riskB\x12\n\x10_certified_floor\"\"\n\rReloadRequest\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\"h\n\x0eReloadResponse\x12\x18\n\x10previous_version\x18\x01 \x01(\t\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\x12\x11\n\tmodel_dir\x18\x03 \x01(\t\x12\x0f\n\x07load_ms\x18\x04 \x01(\x03\x32\x94\x02\n\x06Router\x12:\n\x05Route\x12\x17.router.v1.RouteRequest\x1a\x18.router.v1.RouteResponse\x12I\n\nRouteBatch\x12\x1c.router.v1.RouteBatchRequest\x1a\x1d.router.v1.RouteBatchResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.router.v1.GetModelInfoRequest\x1a\x14.router.v1.ModelInfo\x12=\n\x06Reload\x12\x18.router.v1.ReloadRequest\x1a\x19.router.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/router_model/service/gen/router/v1/router.proto\x12\trouter.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x08ImageUrl\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"Q\n\x0b\x43ontentPart\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12&\n\timage_url\x18\x03 \x01(\x0b\x32\x13.router.v1.ImageUrl\"S\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12%\n\x05parts\x18\x03 \x03(\x0b\x32\x16.router.v1.ContentPart\"~\n\x0cRouteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.router.v1.ChatMessage\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x12\n\ncandidates\x18\x05 \x03(\t\"\x85\x03\n\rRouteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\np_cheap_ok\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x18\n\x10\x61rtifact_version\x18\x06 \x01(\t\x12\x12\n\nlatency_us\x18\x07 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x05\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x14\n\x0cobserve_only\x18\n \x01(\x08\x12\x33\n\x06p_pass\x18\x0b \x03(\x0b\x32#.router.v1.RouteResponse.PPassEntry\x12\x1e\n\x11\x65xpected_cost_usd\x18\x0c \x01(\x01H\x01\x88\x01\x01\x1a,\n\nPPassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_p_cheap_okB\x14\n\x12_expected_cost_usd\">\n\x11RouteBatchRequest\x12)\n\x08requests\x18\x01 \x03(\x0b\x32\x17.router.v1.RouteRequest\"U\n\x12RouteBatchResponse\x12+\n\tresponses\x18\x01 \x03(\x0b\x32\x18.router.v1.RouteResponse\x12\x12\n\nlatency_us\x18\x02 \x01(\x03\"\x15\n\x13GetModelInfoRequest\"\x87\x05\n\tModelInfo\x12\x18\n\x10\x61rtifact_version\x18\x01 \x01(\t\x12\x13\n\x0b\x63heap_model\x18\x02 \x01(\t\x12\x14\n\x0cstrong_model\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x32\n\x07metrics\x18\x05 \x03(\x0b\x32!.router.v1.ModelInfo.MetricsEntry\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tmodel_dir\x18\x07 \x01(\t\x12-\n\tloaded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cobserve_only\x18\t \x01(\x08\x12\x0c\n\x04goal\x18\r \x01(\t\x12\x12\n\ngoal_value\x18\x0e \x01(\x01\x12\x11\n\x04risk\x18\x0f \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06method\x18\x10 \x01(\t\x12\x1c\n\x0f\x63\x65rtified_floor\x18\x11 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tcertified\x18\x12 \x01(\x08\x12\x12\n\nn_labelled\x18\x13 \x01(\x03\x12\x0e\n\x06models\x18\x14 \x03(\t\x12\x0e\n\x06policy\x18\x15 \x01(\t\x12\x14\n\x0cpolicy_value\x18\x16 \x01(\x01\x12\x19\n\x11\x62\x65st_single_model\x18\x17 \x01(\t\x12\x11\n\tmodel_uri\x18\n \x01(\t\x12\x18\n\x10registry_version\x18\x0b \x01(\t\x12\x16\n\x0eregistry_alias\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_riskB\x12\n\x10_certified_floor\"\"\n\rReloadRequest\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\"h\n\x0eReloadResponse\x12\x18\n\x10previous_version\x18\x01 \x01(\t\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\x12\x11\n\tmodel_dir\x18\x03 \x01(\t\x12\x0f\n\x07load_ms\x18\x04 \x01(\x03\x32\x94\x02\n\x06Router\x12:\n\x05Route\x12\x17.router.v1.RouteRequest\x1a\x18.router.v1.RouteResponse\x12I\n\nRouteBatch\x12\x1c.router.v1.RouteBatchRequest\x1a\x1d.router.v1.RouteBatchResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.router.v1.GetModelInfoRequest\x1a\x14.router.v1.ModelInfo\x12=\n\x06Reload\x12\x18.router.v1.ReloadRequest\x1a\x19.router.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,25 +44,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_start=249
   _globals['_CHATMESSAGE']._serialized_end=332
   _globals['_ROUTEREQUEST']._serialized_start=334
-  _globals['_ROUTEREQUEST']._serialized_end=440
-  _globals['_ROUTERESPONSE']._serialized_start=443
-  _globals['_ROUTERESPONSE']._serialized_end=832
-  _globals['_ROUTERESPONSE_PPASSENTRY']._serialized_start=751
-  _globals['_ROUTERESPONSE_PPASSENTRY']._serialized_end=795
-  _globals['_ROUTEBATCHREQUEST']._serialized_start=834
-  _globals['_ROUTEBATCHREQUEST']._serialized_end=896
-  _globals['_ROUTEBATCHRESPONSE']._serialized_start=898
-  _globals['_ROUTEBATCHRESPONSE']._serialized_end=983
-  _globals['_GETMODELINFOREQUEST']._serialized_start=985
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1006
-  _globals['_MODELINFO']._serialized_start=1009
-  _globals['_MODELINFO']._serialized_end=1656
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1581
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1627
-  _globals['_RELOADREQUEST']._serialized_start=1658
-  _globals['_RELOADREQUEST']._serialized_end=1692
-  _globals['_RELOADRESPONSE']._serialized_start=1694
-  _globals['_RELOADRESPONSE']._serialized_end=1798
-  _globals['_ROUTER']._serialized_start=1801
-  _globals['_ROUTER']._serialized_end=2077
+  _globals['_ROUTEREQUEST']._serialized_end=460
+  _globals['_ROUTERESPONSE']._serialized_start=463
+  _globals['_ROUTERESPONSE']._serialized_end=852
+  _globals['_ROUTERESPONSE_PPASSENTRY']._serialized_start=771
+  _globals['_ROUTERESPONSE_PPASSENTRY']._serialized_end=815
+  _globals['_ROUTEBATCHREQUEST']._serialized_start=854
+  _globals['_ROUTEBATCHREQUEST']._serialized_end=916
+  _globals['_ROUTEBATCHRESPONSE']._serialized_start=918
+  _globals['_ROUTEBATCHRESPONSE']._serialized_end=1003
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1005
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1026
+  _globals['_MODELINFO']._serialized_start=1029
+  _globals['_MODELINFO']._serialized_end=1676
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1601
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1647
+  _globals['_RELOADREQUEST']._serialized_start=1678
+  _globals['_RELOADREQUEST']._serialized_end=1712
+  _globals['_RELOADRESPONSE']._serialized_start=1714
+  _globals['_RELOADRESPONSE']._serialized_end=1818
+  _globals['_ROUTER']._serialized_start=1821
+  _globals['_ROUTER']._serialized_end=2097
 # @@protoc_insertion_point(module_scope)
