@@ -21,10 +21,11 @@ How a request goes through:
    after the oldest request arrived.
 4. Right before the run, a request whose deadline passed, or whose caller left, is dropped
    (`DeadlineExpiredError`, or its future cancelled): nobody would receive its answer.
-5. One `Router.decide` call (with candidates: `MultiRouter`'s route with that set) runs the batch (one `session.run` per 32, like `predict_batch`) and
-   each caller's future gets its own decision: `Router.predict`'s to 1e-6 (both graphs are
-   batch-invariant; int8 artifacts trained before the fixed activation scales move by up to
-   ~3e-3 with their companions, docs/service.md).
+5. One `Router.decide` call (with candidates: `MultiRouter`'s route among that set) runs the
+   batch (one `session.run` per 32, like `predict_batch`) and each caller's future gets its own
+   decision: `Router.predict`'s to 1e-6 (both graphs are batch-invariant; int8 artifacts
+   trained before the fixed activation scales move by up to ~3e-3 with their companions,
+   docs/service.md).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _decide(router: Router, prepared: list[Any], candidates: Candidates | None) 
     """One decide call: the graph run, then the choice among `candidates` (all models when None)."""
     if candidates is None:
         return router.decide(prepared)
-    return router._route(prepared, candidates)  # type: ignore[call-arg]  # MultiRouter (check_candidates)
+    return router.decide(prepared, candidates)  # type: ignore[call-arg]  # a MultiRouter (check_candidates)
 
 
 @dataclass

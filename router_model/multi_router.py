@@ -126,6 +126,10 @@ class MultiRouter(Router):
                                          expected_cost_usd=float(est[i, fallback]))
         return [d for d in out if d is not None]
 
+    def decide(self, prepared: Sequence, candidates: Iterable[str] | None = None) -> list[RoutingDecision]:
+        """Router.decide, choosing among `candidates` (all models when None): the batcher's entry point."""
+        return self._route(prepared, candidates)
+
     def predict(self, request: Request, *, tags: Sequence[str] | None = None,
                 candidates: Iterable[str] | None = None) -> RoutingDecision:
         """Route one request to one of the models (or of `candidates`)."""

@@ -196,27 +196,32 @@ def certify_quality_floor(p: np.ndarray, w: np.ndarray, s: np.ndarray, floor: fl
 
 def n_needed(some_cheap: np.ndarray, rate_p: np.ndarray, rate_m: np.ndarray, rate_s: float, floor: float,
               risk: float) -> int | None:
-    """Smallest n at which some threshold would certify if the observed rates held (None: no observed gap).
+    """Smallest n at which the fixed sequence would certify some cheap routing if the observed rates
+    held (None: no observed gap would ever do).
 
-    An estimate for planning: it asks one threshold's test to pass, not the whole sequence before it.
+    The arrays follow the sequence, safest first. A routing is reached only when every one before it
+    passes too, so a point needs the largest n of its prefix. A routing that sends nothing cheap
+    (`some_cheap` False) passes at any n. An estimate for planning, not a promise.
     """
+    some = np.asarray(some_cheap, dtype=bool)
     slack = (1.0 - floor) * rate_s - (rate_p - rate_m)
-    cand = np.flatnonzero((slack > 0) & some_cheap)
-    if len(cand) == 0:
+    need = np.where(some, np.inf, 0.0)
+    cand = np.flatnonzero((slack > 0) & some)
+    if len(cand):
+        rp, rm = rate_p[cand], rate_m[cand]
+        lo = np.zeros(len(cand))
+        hi = np.full(len(cand), math.log(MAX_N_NEEDED))
+        for _ in range(40):  # bisection on log n, every candidate at once
+            mid = (lo + hi) / 2
+            nn = np.exp(mid)
+            ok = _quality_margin(rp * nn, rm * nn, np.full_like(nn, rate_s) * nn, nn, floor, risk) <= 0
+            hi = np.where(ok, mid, hi)
+            lo = np.where(ok, lo, mid)
+        need[cand] = np.where(hi < math.log(MAX_N_NEEDED) - 1e-9, np.exp(hi), np.inf)
+    reach = np.maximum.accumulate(need)[some]
+    if not len(reach) or not np.isfinite(reach.min()):
         return None
-    rp, rm = rate_p[cand], rate_m[cand]
-    lo = np.zeros(len(cand))
-    hi = np.full(len(cand), math.log(MAX_N_NEEDED))
-    for _ in range(40):  # bisection on log n, every candidate at once
-        mid = (lo + hi) / 2
-        nn = np.exp(mid)
-        ok = _quality_margin(rp * nn, rm * nn, np.full_like(nn, rate_s) * nn, nn, floor, risk) <= 0
-        hi = np.where(ok, mid, hi)
-        lo = np.where(ok, lo, mid)
-    reached = hi < math.log(MAX_N_NEEDED) - 1e-9
-    if not reached.any():
-        return None
-    return int(math.ceil(float(np.exp(hi[reached]).min())))
+    return int(math.ceil(float(reach.min())))
 
 
 def certify_budget(p: np.ndarray, w: np.ndarray, s: np.ndarray, spend_cheap: np.ndarray, spend_strong: np.ndarray,
