@@ -11,4 +11,4 @@ export ROUTER_CACHE_DIR="${ROUTER_CACHE_DIR:-$PWD/.cache/router-model}"
 python scripts/gen_proto.py --check
 ruff check router_model training benchmarks tests notebooks/build_notebooks.py scripts
 mypy
-python -m pytest -q "$@"
+python -m pytest -q --durations=25 "$@"
