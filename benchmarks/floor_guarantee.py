@@ -39,7 +39,7 @@ from training.cache import default_cache_dir
 from training.data.costs import request_costs
 from training.data.log import ReadOptions, read_logs
 from training.data.public import shared_data_dir
-from training.data.split import assign_splits, normalize_prompt
+from training.data.split import assign_splits, normalize_prompt, sample_groups
 from training.embedding.export import export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
@@ -72,7 +72,7 @@ class Data:
     test: np.ndarray
 
 
-def load(name: str, embedder: OnnxEmbedder, test_fraction: float) -> Data | None:
+def load(name: str, embedder: OnnxEmbedder, test_fraction: float, max_rows: int | None = None) -> Data | None:
     rel, cheap, strong = FILES[name]
     path = shared_data_dir() / rel
     if not path.exists():
@@ -81,6 +81,9 @@ def load(name: str, embedder: OnnxEmbedder, test_fraction: float) -> Data | None
     # Rows where either model has no outcome (28 in routerbench) are skipped, and counted.
     read = read_logs([path], models=(cheap, strong), options=ReadOptions(skip_invalid=True))
     recs = read.records
+    if max_rows is not None and len(recs) > max_rows:  # a spread sample, whole prompts (the test's small run)
+        recs = tuple(recs[i] for i in sample_groups([normalize_prompt(r.classifier_text) for r in recs], max_rows))
+        read = replace(read, records=recs)
     texts = [r.classifier_text for r in recs]
     w = np.array([float(r.passed[cheap]) for r in recs])
     s = np.array([float(r.passed[strong]) for r in recs])
@@ -192,8 +195,8 @@ def _map(jobs: list[tuple[str, int, int, Goal]], workers: int) -> list[Any]:
 
 def run(files: list[str], sizes: list[int], draws: int, selection_draws: int, floor: float, risk: float,
         test_fraction: float = 0.4, seed: int = 0, workers: int = 2,
-        say: Callable[[str], None] = print, out: Path | None = None) -> dict[str, Any]:
-    """The benchmark as a JSON-ready dict (the test runs a small version of it)."""
+        say: Callable[[str], None] = print, out: Path | None = None, max_rows: int | None = None) -> dict[str, Any]:
+    """The benchmark as a JSON-ready dict (the test runs a small version of it, on max_rows rows per file)."""
     global _DATA
     cache = default_cache_dir()
     embedder = OnnxEmbedder(export_embedder(cache_dir=cache), cache_dir=cache)
@@ -201,7 +204,7 @@ def run(files: list[str], sizes: list[int], draws: int, selection_draws: int, fl
     result: dict[str, Any] = {"floor": floor, "risk": risk, "draws": draws, "sizes": sizes, "head": HEAD,
                     "selection_draws": selection_draws, "files": {}}
     for name in files:
-        d = load(name, embedder, test_fraction)
+        d = load(name, embedder, test_fraction, max_rows)
         if d is None:
             continue
         _DATA = d

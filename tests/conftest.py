@@ -18,7 +18,7 @@ EXAMPLE_LOG = REPO / "data" / "example-log.jsonl"
 
 # Fixtures that train a router or embed real text: every test using one (directly or through
 # another fixture) is marked `slow`, so `scripts/test.sh -m "not slow"` is the fast tier.
-SLOW_FIXTURES = frozenset({"trained", "second_trained", "second_model_dir", "exported", "public_router", "static_trained", "mmlu_router", "policy_dir", "promotion_store"})
+SLOW_FIXTURES = frozenset({"trained", "second_trained", "second_model_dir", "exported", "public_router", "static_trained", "mmlu_router", "policy_dir", "promotion_store", "multi_trained", "multi_dir"})
 SLOW_MODULES = frozenset({"test_training", "test_parity", "test_quantize", "test_notebooks", "test_install"})
 
 
@@ -90,3 +90,30 @@ def second_trained(tmp_path_factory, cache_dir):
 @pytest.fixture(scope="session")
 def second_model_dir(second_trained) -> Path:
     return second_trained.model_dir
+
+
+# A small N-model artifact (format 2): four of routerbench's eleven models keep it to 8 heads;
+# `--models all` is the same code path. Shared by the N-model and candidates tests.
+ROUTERBENCH = "routerbench-subset/routerbench-subset.normalized.jsonl"
+MULTI_MODELS = ("mistralai/mistral-7b-chat", "mistralai/mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "gpt-4-1106-preview")
+MULTI_ROWS = 160
+
+
+@pytest.fixture(scope="session")
+def multi_trained(tmp_path_factory, cache_dir):
+    """A MultiTrainResult on an evenly spread MULTI_ROWS-row sample of routerbench-subset."""
+    from training.multi.pipeline import train_multi
+    from training.pipeline import TrainConfig
+
+    src = require_shared(ROUTERBENCH)
+    tmp = tmp_path_factory.mktemp("multi")
+    log = tmp / "rb-sample.jsonl"
+    with open(src, encoding="utf-8") as fh, open(log, "w", encoding="utf-8") as out:
+        for i, line in enumerate(fh):
+            if i % 20 == 0:  # a spread sample: the file is grouped by task
+                out.write(line)
+            if i >= 20 * MULTI_ROWS:
+                break
+    config = TrainConfig(logs=(log,), out_dir=tmp / "router", models=",".join(MULTI_MODELS), cache_dir=cache_dir,
+                         tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", progress=False)
+    return train_multi(config)

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from conftest import MULTI_MODELS
 from gateway_upstream import FakeUpstream
 from service_helpers import channel, router_stub, serve
 
@@ -32,9 +33,7 @@ from router_model.service.status import FIELD_METADATA_KEY
 
 pytestmark = pytest.mark.slow  # every test trains or loads a real router
 
-RB = "routerbench-subset/routerbench-subset.normalized.jsonl"
-MODELS = ("mistralai/mistral-7b-chat", "mistralai/mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "gpt-4-1106-preview")
-ROWS = 160
+MODELS = MULTI_MODELS
 TWO = MODELS[:2]  # the two cheapest: neither is the best single model the artifact sends everything to
 PROMPTS = [
     "Which gas do plants absorb from the air?\nA) oxygen\nB) carbon dioxide\nC) helium\nD) argon\nAnswer:",
@@ -48,25 +47,9 @@ IMAGE = pb.RouteRequest(messages=[pb.ChatMessage(role="user", parts=[
 
 
 @pytest.fixture(scope="module")
-def multi_dir(tmp_path_factory, cache_dir) -> Path:
-    """A small N-model artifact (format 2) over MODELS."""
-    from conftest import require_shared
-
-    from training.multi.pipeline import train_multi
-    from training.pipeline import TrainConfig
-
-    src = require_shared(RB)
-    tmp = tmp_path_factory.mktemp("candidates")
-    log = tmp / "rb-sample.jsonl"
-    with open(src, encoding="utf-8") as fh, open(log, "w", encoding="utf-8") as out:
-        for i, line in enumerate(fh):
-            if i % 20 == 0:  # a spread sample: the file is grouped by task
-                out.write(line)
-            if i >= 20 * ROWS:
-                break
-    config = TrainConfig(logs=(log,), out_dir=tmp / "router", models=",".join(MODELS), cache_dir=cache_dir,
-                         tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", progress=False)
-    return train_multi(config).model_dir
+def multi_dir(multi_trained) -> Path:
+    """The session's small N-model artifact (tests/conftest.py) over MODELS."""
+    return multi_trained.model_dir
 
 
 @pytest.fixture(scope="module")

@@ -171,8 +171,10 @@ def test_small_benchmark_on_public_data() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import floor_guarantee
 
+    # 1,600 of the file's 3,150 rows (a spread sample): a 960-row pool for the 300-row logs, 640 to test on
     res = floor_guarantee.run(["routerbench"], [300], draws=6, selection_draws=0, floor=0.95, risk=0.05,
-                              workers=1, say=lambda _: None)
+                              workers=1, say=lambda _: None, max_rows=1600)
+    assert res["files"]["routerbench"]["n_pool"] + res["files"]["routerbench"]["n_test"] <= 1610
     r = res["files"]["routerbench"]["sizes"]["300"]
     # 6 draws at a true rate <= 0.05: three or more violations would happen with probability 0.2%.
     assert 1 - r["ltt-oof"]["floor_held"] <= 2 / 6 + 1e-9, r

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import MULTI_MODELS
 
 from router_model.multi import CostModel, choose
 from training.multi.evaluation import aiq, evaluate_multi, hull, oracle_point
@@ -163,31 +164,7 @@ def test_cost_model_estimates_dollars_from_tokens() -> None:
 
 # ------------------------------------------------------------------ an N-model artifact, trained and served
 
-RB = "routerbench-subset/routerbench-subset.normalized.jsonl"
-# Four of the eleven models keep the slow test small (8 heads); `--models all` is the same code path.
-MODELS = ("mistralai/mistral-7b-chat", "mistralai/mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "gpt-4-1106-preview")
-ROWS = 160
-
-
-@pytest.fixture(scope="module")
-def multi_trained(tmp_path_factory, cache_dir):
-    from conftest import require_shared
-
-    from training.multi.pipeline import train_multi
-    from training.pipeline import TrainConfig
-
-    src = require_shared(RB)
-    tmp = tmp_path_factory.mktemp("multi")
-    log = tmp / "rb-sample.jsonl"
-    with open(src, encoding="utf-8") as fh, open(log, "w", encoding="utf-8") as out:
-        for i, line in enumerate(fh):
-            if i % 20 == 0:  # a spread sample: the file is grouped by task
-                out.write(line)
-            if i >= 20 * ROWS:
-                break
-    config = TrainConfig(logs=(log,), out_dir=tmp / "router", models=",".join(MODELS), cache_dir=cache_dir,
-                         tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", progress=False)
-    return train_multi(config)
+MODELS = MULTI_MODELS
 
 
 @pytest.mark.slow

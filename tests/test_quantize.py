@@ -175,7 +175,10 @@ def test_trained_artifact_records_how_int8_was_made(trained) -> None:
 def test_quantising_does_not_print_onnxruntime_preprocessing_advice(exported, caplog) -> None:
     with caplog.at_level("WARNING"):
         q = quantize_embedder(exported.onnx_path, [])
-    assert any(n.op_type == "DynamicQuantizeLinear" for n in q.model.graph.node)
+    ops = [n.op_type for n in q.model.graph.node]
+    # int8 MatMuls whose per-token-scaled inputs are quantised with the fixed scale, not per batch
+    assert "MatMulInteger" in ops and "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
+    assert q.summary()["activation_scales"].startswith("static")
     assert q.summary()["weight_rounding"] == "nearest" and q.outlier_channels == {}
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
 

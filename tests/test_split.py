@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.data.split import assign_splits, group_kfold, normalize_prompt
+from training.data.split import assign_splits, group_kfold, normalize_prompt, sample_groups
 
 
 def keys(n_groups: int, reps: int = 3) -> list[str]:
@@ -79,3 +79,19 @@ def test_group_kfold_errors() -> None:
         group_kfold(["a", "b"], k=1)
     with pytest.raises(ValueError, match="distinct groups"):
         group_kfold(["a", "a", "b"], k=3)
+
+
+def test_sample_groups_is_deterministic_whole_groups_and_spread_over_splits() -> None:
+    k = keys(3000)
+    got = sample_groups(k, 1000, seed=0)
+    assert np.array_equal(got, sample_groups(k, 1000, seed=0)) and np.all(np.diff(got) > 0)
+    assert 1000 <= len(got) < 1003  # stops after the group that reaches n (groups here have <= 3 rows)
+    chosen = {k[i] for i in got}
+    assert sum(1 for key in k if key in chosen) == len(got)  # every row of a chosen group, none of the others
+    # salted apart from the split: the sample keeps roughly the 70/15/15 shares, not one split only
+    split = assign_splits(k, seed=0)[got]
+    shares = [float(np.mean(split == name)) for name in ("train", "val", "test")]
+    assert abs(shares[0] - 0.7) < 0.06 and min(shares[1:]) > 0.09
+    assert not np.array_equal(got, sample_groups(k, 1000, seed=1))
+    with pytest.raises(ValueError, match=">= 1"):
+        sample_groups(k, 0)

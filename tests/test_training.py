@@ -132,6 +132,23 @@ def test_retrain_on_grown_log_reuses_cache_and_skips_invalid(first_run, tmp_path
     assert "registered router-model v2" in res.stdout
 
 
+def test_sample_rows_trains_on_a_counted_sample(first_run, tmp_path: Path) -> None:
+    """--sample-rows: about N rows, whole prompts; the rest counted as not_in_sample, nothing lost silently."""
+    out = tmp_path / "sampled"
+    res = run_train("--log", str(EXAMPLE_LOG), "--sample-rows", "30", "--out", str(out), "--no-track",
+                    "--cache-dir", str(first_run["cache"]), "--heads", "logreg_c1", "--no-progress",
+                    cwd=first_run["work"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    m = re.search(r"^sample: (\d+) of the 40 usable rows", res.stdout, re.M)
+    assert m, res.stdout[:2000]
+    n = int(m.group(1))
+    assert 30 <= n < 40
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["data"]["rows_used"] == n and meta["data"]["skipped"]["not_in_sample"] == 40 - n
+    assert meta["data"]["rows_read"] == n + sum(meta["data"]["skipped"].values())
+    assert sum(meta["data"]["split_rows"].values()) == n
+
+
 def test_bad_log_without_skip_exits_2_with_line_numbers(tmp_path: Path, cache_dir: Path) -> None:
     res = run_train("--log", str(BAD_LOG), "--out", str(tmp_path / "m"), "--no-track", "--cache-dir", str(cache_dir),
                     "--cheap", "gpt-4o-mini", "--strong", "gpt-4o", cwd=tmp_path, timeout=300)

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the candidate heads are compared on validation (default: %(default)s)")
     p.add_argument("--pass-threshold", type=float, default=0.8, metavar="T",
                    help="a score outcome passes when score >= T (default: %(default)s)")
+    p.add_argument("--sample-rows", type=int, metavar="N", default=None,
+                   help="train on a deterministic spread sample of about N rows (whole prompts at a time; the rest "
+                        "are counted as not_in_sample): a demo or a quick look at a big log")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip malformed rows (counted and reported by reason) instead of stopping at them")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER, metavar="NAME_OR_PATH",
@@ -149,6 +152,7 @@ def config_from_args(args: argparse.Namespace):
         select_by=args.select_heads_by,
         pass_threshold=args.pass_threshold,
         skip_invalid=args.skip_invalid,
+        sample_rows=args.sample_rows,
         seed=args.seed,
         truncation=args.truncation,
         default_graph=args.graph,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from training.artifact.writer import (
 from training.cache import default_cache_dir
 from training.data.dataset import Dataset, build_dataset
 from training.data.log import ReadOptions, read_logs, write_log
+from training.data.split import normalize_prompt, sample_groups
 from training.embedding.export import DEFAULT_EMBEDDER, export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
@@ -63,6 +64,7 @@ class TrainConfig:
     select_by: str = DEFAULT_SELECT_BY  # how the head is chosen on validation: log_loss or apgr
     pass_threshold: float = 0.8
     skip_invalid: bool = False
+    sample_rows: int | None = None  # train on a spread sample of about this many rows (a demo, a quick look)
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
     truncation: str = "head_tail"
@@ -97,6 +99,8 @@ class TrainConfig:
             raise ValueError("calibration must be sigmoid or isotonic")
         if self.threshold_rows not in ("oof", "validation"):
             raise ValueError(f"threshold_rows must be oof or validation, got {self.threshold_rows!r}")
+        if self.sample_rows is not None and self.sample_rows < 1:
+            raise ValueError(f"sample_rows must be >= 1, got {self.sample_rows}")
         if self.select_by not in ("log_loss", "apgr"):
             raise ValueError(f"select_by must be log_loss or apgr, got {self.select_by!r}")
 
@@ -140,6 +144,13 @@ def train(config: TrainConfig) -> TrainResult:
     )
     skipped = ", ".join(f"{k}: {v}" for k, v in read.skipped.items()) or "none"
     _say(f"log: {read.rows_read} rows read, {read.rows_used} used, {sum(read.skipped.values())} skipped ({skipped})")
+    if config.sample_rows is not None and read.rows_used > config.sample_rows:
+        keep = sample_groups([normalize_prompt(r.classifier_text) for r in read.records], config.sample_rows,
+                             seed=config.seed)
+        _say(f"sample: {len(keep)} of the {read.rows_used} usable rows, whole prompts at a time (--sample-rows)")
+        # rows_read == rows_used + sum(skipped) still holds: the rest are counted as not_in_sample
+        read = replace(read, records=tuple(read.records[i] for i in keep), rows_used=len(keep),
+                       skipped={**read.skipped, "not_in_sample": read.rows_used - len(keep)})
     _say(f"pair: cheap={read.cheap_model}  strong={read.strong_model}")
     exported = export_embedder(config.embedder, cache_dir, truncation=config.truncation)
     if config.ray:

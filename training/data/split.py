@@ -14,7 +14,7 @@ import numpy as np
 
 from router_model.prompt_digest import normalize_prompt
 
-__all__ = ["SPLIT_NAMES", "assign_splits", "group_kfold", "normalize_prompt"]
+__all__ = ["SPLIT_NAMES", "assign_splits", "group_kfold", "normalize_prompt", "sample_groups"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -44,6 +44,25 @@ def assign_splits(
             cache[key] = name
         out[i] = name
     return out
+
+
+def sample_groups(group_keys: Sequence[str], n: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of a deterministic spread sample of about `n` rows, whole groups at a time.
+
+    Groups are taken in the order of a hash salted apart from the split's, so the sample does not
+    lean toward one split; the last group may take it a little over `n`.
+    """
+    if n < 1:
+        raise ValueError(f"the sample size must be >= 1, got {n}")
+    rows_of: dict[str, list[int]] = {}
+    for i, key in enumerate(group_keys):
+        rows_of.setdefault(key, []).append(i)
+    keep: list[int] = []
+    for key in sorted(rows_of, key=lambda k: _unit_hash(k, seed + 7919)):
+        if len(keep) >= n:
+            break
+        keep.extend(rows_of[key])
+    return np.array(sorted(keep), dtype=np.int64)
 
 
 def group_kfold(group_keys: Sequence[str], k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
