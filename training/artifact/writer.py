@@ -191,10 +191,9 @@ def check_parity(model_dir: Path, meta: ArtifactMetadata, head: FittedHead, held
         raise ArtifactError(f"the exported fp32 graph differs from the sklearn pipeline by {fp32_diff:.2e}")
     p8 = Router.load(model_dir, graph=INT8, threads=threads).p_cheap_ok(held_out.requests)
     t = meta.threshold
-    ref = p_sklearn
-    agreement = float(np.mean((p8 >= t) == (ref >= t)))
+    agreement = float(np.mean((p8 >= t) == (p_sklearn >= t)))
     w, s = held_out.w, held_out.s
-    apgr_diff = abs(M.apgr(1 - p8, w, s) - M.apgr(1 - ref, w, s))
+    apgr_diff = abs(M.apgr(1 - p8, w, s) - M.apgr(1 - p_sklearn, w, s))
     int8_ok = agreement >= INT8_MIN_AGREEMENT and apgr_diff <= INT8_MAX_APGR_DIFF
     chosen = default_graph if default_graph != "auto" else (INT8 if int8_ok else FP32)
     parity = ParityRecord(
@@ -202,7 +201,7 @@ def check_parity(model_dir: Path, meta: ArtifactMetadata, head: FittedHead, held
         fp32_graph_vs_sklearn_max_abs=fp32_diff,
         int8_decision_agreement=agreement,
         int8_apgr_abs_diff=apgr_diff,
-        int8_max_abs_diff=float(np.abs(p8 - ref).max()),
+        int8_max_abs_diff=float(np.abs(p8 - p_sklearn).max()),
         n=len(held_out.requests),
     )
     return parity, chosen

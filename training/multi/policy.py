@@ -24,7 +24,7 @@ certified, every request goes to the reference model (floor) or the cheapest mod
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -113,12 +113,14 @@ def param_grid(kind: str, est_cost: np.ndarray, scale: float | None = None) -> n
 
 @dataclass(frozen=True)
 class Sweep:
-    """One family's (parameter, cost, quality) points on a set of rows (cost = total dollars)."""
+    """One family's (parameter, cost, quality) points on a set of rows (cost = total dollars), and the
+    column each point picks per row (what the risk-controlled choice counts losses and gains on)."""
 
     kind: str
     params: np.ndarray
     cost: np.ndarray
     quality: np.ndarray
+    picks: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))  # (len(params), rows)
 
 
 def sweep(kind: str, p_pass: np.ndarray, p_ok: np.ndarray, est_cost: np.ndarray, passed: np.ndarray,
@@ -126,12 +128,10 @@ def sweep(kind: str, p_pass: np.ndarray, p_ok: np.ndarray, est_cost: np.ndarray,
     """Route every row for each parameter value; quality and dollars are the chosen models' real ones."""
     params = param_grid(kind, est_cost) if params is None else params
     rows = np.arange(len(passed))
-    cs, qs = [], []
-    for v in params:
-        pick = choose(kind, float(v), p_pass, p_ok, est_cost)
-        cs.append(float(cost[rows, pick].sum()))
-        qs.append(float(passed[rows, pick].mean()) if len(rows) else 0.0)
-    return Sweep(kind, np.asarray(params, dtype=float), np.array(cs), np.array(qs))
+    picks = np.array([choose(kind, float(v), p_pass, p_ok, est_cost) for v in params]).reshape(len(params), len(rows))
+    cs = cost[rows, picks].sum(axis=1).astype(float)
+    qs = passed[rows, picks].mean(axis=1).astype(float) if len(rows) else np.zeros(len(params))
+    return Sweep(kind, np.asarray(params, dtype=float), cs, qs, picks)
 
 
 @dataclass(frozen=True)
@@ -199,24 +199,22 @@ def choose_policy(
     fam_risk = None if goal.risk is None else goal.risk / len(kinds)
     need: list[int] = []
     for kind in kinds:
-        params = param_grid(kind, E, lambda_scale)
-        picks = [choose(kind, float(v), P, K, E) for v in params]
-        cs = np.array([float(C[rows, pk].sum()) for pk in picks])
-        qs = np.array([float(Y[rows, pk].mean()) for pk in picks])
-        order = np.argsort(cs, kind="stable")
-        families[kind] = {"val_aiq": aiq(cs[order], qs[order], c_lo, c_hi)}
+        sw = sweep(kind, P, K, E, Y, C, param_grid(kind, E, lambda_scale))
+        params, picks, cs, qs = sw.params, sw.picks, sw.cost, sw.quality
+        families[kind] = {"val_aiq": aiq(cs, qs, c_lo, c_hi)}
         if fam_risk is None:
             points += [_Point(kind, float(v), c, q) for v, c, q in zip(params, cs, qs)]
         elif goal.kind == "quality_floor":
             yr = Y[:, reference] >= 0.5
-            kp = np.array([float(np.sum(yr & (Y[rows, pk] < 0.5))) for pk in picks])
-            km = np.array([float(np.sum(~yr & (Y[rows, pk] >= 0.5))) for pk in picks])
+            yp = Y[rows, picks] >= 0.5  # (points, rows): the picked model passes
+            kp = (yr & ~yp).sum(axis=1).astype(float)  # the reference passes, the pick fails
+            km = (~yr & yp).sum(axis=1).astype(float)  # the pick passes where the reference fails
             ks = float(yr.sum())
             last, _ = floor_sequence(kp, km, ks, n, goal.value, fam_risk)
             lb = quality_lower_bound(kp[: last + 1], km[: last + 1], ks, n, fam_risk)
             points += [_Point(kind, float(params[i]), float(cs[i]), float(qs[i]), True, float(lb[i]))
                        for i in range(last + 1)]
-            some = np.array([bool(np.any(pk != reference)) for pk in picks])
+            some = (picks != reference).any(axis=1)
             nn = n_needed(some, kp / n, km / n, ks / n, goal.value, fam_risk)
             if nn is not None:
                 need.append(nn)
