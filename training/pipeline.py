@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -240,23 +241,25 @@ def train(config: TrainConfig) -> TrainResult:
     publish(staged)
     _say(f"model directory: {config.out_dir}  (default graph {meta.default_graph}, {time.perf_counter() - t_start:.0f}s in all)")
     _say(f"report (plots, evaluation.json, the held-out rows as {TEST_LOG}): {plot_dir}")
-    _say(next_steps(config.out_dir))
+    _say(next_steps(config.out_dir, config.price_as))
     return TrainResult(config.out_dir, meta, evaluation, run_id, plots, head)
 
 
 TEST_LOG = "test.jsonl"
 
 
-def next_steps(out_dir: Path) -> str:
-    """What to run next with this model directory."""
+def next_steps(out_dir: Path, price_as: tuple[tuple[str, str], ...] = ()) -> str:
+    """What to run next with this model directory (the decision log names the log's models, so the
+    observed report needs the same --price-as mapping the router was trained with)."""
     d = str(out_dir)
+    mapping = "".join(f" --price-as {shlex.quote(f'{name}={priced}')}" for name, priced in price_as)
     return "\n".join([
         "next:",
         f"  python -m router_model route --model-dir {d} --table \"Summarise this email in one sentence: ...\"",
         f"  router-cost savings --model-dir {d} --log {report_dir(out_dir) / TEST_LOG}   # dollars, on held-out rows",
         f"  router-serve --model-dir {d} --observe --decision-log decisions.jsonl            # gRPC, observation mode",
         f"  router-gateway --model-dir {d} --upstream https://api.openai.com/v1 --decision-log decisions.jsonl",
-        "  router-cost observed --log decisions.jsonl                                       # after some traffic",
+        f"  router-cost observed --log decisions.jsonl{mapping}   # after some traffic",
     ])
 
 

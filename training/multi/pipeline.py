@@ -201,6 +201,6 @@ def train_multi(config) -> MultiTrainResult:
     _say(f"model directory: {config.out_dir}  (N-model, default graph {meta.default_graph}, "
          f"{time.perf_counter() - t0:.0f}s in all)")
     _say(f"report (plots, evaluation.json, the held-out rows as {TEST_LOG}): {plot_dir}")
-    _say(next_steps(config.out_dir))
+    _say(next_steps(config.out_dir, config.price_as))
     return MultiTrainResult(config.out_dir, meta, evaluation, run_id, plots, heads, choice)
 
