@@ -35,15 +35,15 @@ import numpy as np
 
 from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable
 from router_model.features import DEFAULT_FEATURES
+from router_model.offline import metrics as M
+from router_model.offline.costs import request_costs
+from router_model.offline.log import ReadOptions, read_logs
+from router_model.offline.split import assign_splits, normalize_prompt, sample_groups
 from training.cache import default_cache_dir
-from training.data.costs import request_costs
-from training.data.log import ReadOptions, read_logs
 from training.data.public import shared_data_dir
-from training.data.split import assign_splits, normalize_prompt, sample_groups
 from training.embedding.export import export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
-from training.evaluate import metrics as M
 from training.head import DEFAULT_HEADS, make_target, p_cheap_ok, select_head
 from training.threshold import Goal, choose_threshold, threshold_stage
 

@@ -273,7 +273,7 @@ import torch
 torch.set_num_threads(1)
 torch.set_num_interop_threads(1)
 from sentence_transformers import SentenceTransformer
-from training.embedding.export import DEFAULT_EMBEDDER, resolve_model_path
+from training.embedding.common import DEFAULT_EMBEDDER, resolve_model_path
 t1 = time.perf_counter()
 st = SentenceTransformer(resolve_model_path(DEFAULT_EMBEDDER), device="cpu")
 st.max_seq_length = 256

@@ -4,7 +4,7 @@ Held-out half by prompt hash (train 35% / validation 15% / test 50%, `assign_spl
 On mmlu-pro, a question derived from MMLU takes the split key of the routellm-mmlu question with
 the same stem (text before the options), so it lands on the same side as that question would
 with these fractions. Every router is scored on the same test rows, RouterBench-style (the
-non-decreasing convex hull of its sweep; `training/multi/evaluation.py`):
+non-decreasing convex hull of its sweep; `router_model/offline/multi_evaluation.py`):
 
 * `issue_baseline`: the issue's reference: one uncalibrated LR (C=1) per model,
   argmax P(pass) - lambda * mean cost;
@@ -35,14 +35,14 @@ import numpy as np
 from router_model.cost import PriceTable
 from router_model.features import DEFAULT_FEATURES
 from router_model.multi import POLICY_KINDS, choose
+from router_model.offline.multi_data import build_multi_dataset, read_multi
+from router_model.offline.multi_evaluation import eval_rows, evaluate_multi, finite, format_report
+from router_model.offline.split import normalize_prompt
 from training.cache import default_cache_dir
 from training.data.public import shared_data_dir
-from training.data.split import normalize_prompt
 from training.embedding.export import export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
-from training.multi.data import build_multi_dataset, read_multi
-from training.multi.evaluation import eval_rows, evaluate_multi, finite, format_report
 from training.multi.heads import PassHeads, ece_per_model, fit_heads
 from training.multi.knn import fit_blend, fit_knn_heads
 from training.multi.policy import MultiGoal, Sweep, choose_policy, expected_costs, fit_cost_models, sweep

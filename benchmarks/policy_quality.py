@@ -1,7 +1,7 @@
 """How a day-0 policy routes the public data, beside random routing and the keyword/length heuristic.
 
 The policy uses no labels, so every public row is a test row. For each file in ../shared/data (its
-main pair), the policy's p_cheap_ok ranks the prompts (APGR, CPT from training/evaluate/metrics.py)
+main pair), the policy's p_cheap_ok ranks the prompts (APGR, CPT from router_model/offline/metrics.py)
 and its threshold gives a strong-call share and the quality kept; also which routes fired. The four
 demo prompts of scripts/quickstart.sh are routed through the built artifact (`Router`).
 
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from router_model.offline import metrics as M
+from router_model.offline.log import ReadOptions, read_logs
 from router_model.router import Router
 from training.cache import default_cache_dir
-from training.data.log import ReadOptions, read_logs
 from training.data.public import shared_data_dir
 from training.embedding.export import export_embedder
 from training.embedding.onnx_embedder import OnnxEmbedder
-from training.evaluate import metrics as M
 from training.evaluate.baselines import heuristic_scores, random_scores
 from training.policy.builder import POLICY_FILE, BuildConfig, _examples, build_policy
 from training.policy.schema import DEFAULT_POLICY, load_policy

@@ -48,8 +48,8 @@ ISSUE_AGREEMENT, ISSUE_APGR_DIFF = 0.99, 0.005
 
 def test_split(meta: dict):
     """The router's held-out rows, as the pipeline split them (seed 0, 70/15/15 by prompt hash)."""
-    from training.data.log import ReadOptions, read_logs
-    from training.data.split import assign_splits, normalize_prompt
+    from router_model.offline.log import ReadOptions, read_logs
+    from router_model.offline.split import assign_splits, normalize_prompt
 
     d = meta["data"]
     read = read_logs(d["files"], models=(meta["cheap_model"], meta["strong_model"]),
@@ -105,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    from router_model.offline import metrics as M
     from training.artifact.graph import merge_router_graph
     from training.artifact.quantize import QuantizationSettings, calibration_feeds, quantize_embedder
     from training.embedding.export import export_embedder
-    from training.evaluate import metrics as M
 
     started, load_before = time.time(), loadavg()
     meta = read_metadata(args.model_dir).to_dict()

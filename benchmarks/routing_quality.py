@@ -23,14 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from router_model.features import DEFAULT_FEATURES
+from router_model.offline import metrics as M
+from router_model.offline.log import read_logs
+from router_model.offline.split import group_kfold, normalize_prompt
 from training.cache import default_cache_dir
-from training.data.log import read_logs
 from training.data.public import shared_data_dir
-from training.data.split import group_kfold, normalize_prompt
-from training.embedding.export import DEFAULT_EMBEDDER, export_embedder
+from training.embedding.common import DEFAULT_EMBEDDER
+from training.embedding.export import export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
-from training.evaluate import metrics as M
 from training.evaluate.baselines import heuristic_scores, oracle_scores
 from training.head import candidate_heads, make_target, p_cheap_ok
 

@@ -35,13 +35,14 @@ from pathlib import Path
 import numpy as np
 
 from router_model.features import DEFAULT_FEATURES
+from router_model.offline import metrics as M
+from router_model.offline.log import ReadOptions, read_logs
+from router_model.offline.split import group_kfold, normalize_prompt
 from training.cache import default_cache_dir
-from training.data.log import ReadOptions, read_logs
-from training.data.split import group_kfold, normalize_prompt
-from training.embedding.export import DEFAULT_EMBEDDER, export_embedder
+from training.embedding.common import DEFAULT_EMBEDDER
+from training.embedding.export import export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import ExportedEmbedder, OnnxEmbedder
-from training.evaluate import metrics as M
 from training.head import candidate_heads, cheap_loses_nothing, make_target, p_cheap_ok
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": (
             f"grouped {FOLDS}-fold CV (normalize_prompt groups), head {HEAD} (sigmoid-calibrated logistic regression), "
             f"target cheap_ok, inputs: embedding{' + ' + ', '.join(DEFAULT_FEATURES) if args.features else ''}; "
-            "out-of-fold p_cheap_ok scored with training.evaluate.metrics; bootstrap over prompt groups"
+            "out-of-fold p_cheap_ok scored with router_model.offline.metrics; bootstrap over prompt groups"
         ),
         "embedder": exported.spec.name,
         "window_tokens": exported.spec.encoder.max_length,

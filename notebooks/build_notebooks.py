@@ -93,7 +93,7 @@ NB01 = build(
             import pandas as pd
 
             from router_model.encoder import estimate_tokens
-            from training.data.log import ReadOptions, read_logs
+            from router_model.offline.log import ReadOptions, read_logs
 
             CHEAP, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
             read = read_logs([NEEDED["mmlu"], NEEDED["mtbench"]], models=(CHEAP, STRONG))
@@ -204,12 +204,12 @@ NB02 = build(
 
             from router_model.features import DEFAULT_FEATURES
             from training.cache import default_cache_dir
-            from training.data.log import read_logs
-            from training.data.split import assign_splits, normalize_prompt
+            from router_model.offline.log import read_logs
+            from router_model.offline.split import assign_splits, normalize_prompt
             from training.embedding.export import export_embedder
             from training.embedding.features import feature_matrix
             from training.embedding.onnx_embedder import OnnxEmbedder
-            from training.evaluate import metrics as M
+            from router_model.offline import metrics as M
             from training.evaluate.baselines import heuristic_scores, oracle_scores, random_scores
             from training.head import calibration_folds, cheap_loses_nothing, make_target, p_cheap_ok
 
@@ -328,11 +328,12 @@ NB03 = build(
             import numpy as np
             import pandas as pd
 
-            from router_model.cost import PriceTable, monthly_cost, routed_monthly_cost
-            from training.data.log import read_logs
-            from training.evaluate.metrics import expected_at_shares
-            from training.evaluate.savings import compute_report, score_log
-            from training.data.split import assign_splits, normalize_prompt
+            from router_model.cost import PriceTable
+            from router_model.cost_projection import monthly_cost, routed_monthly_cost
+            from router_model.offline.log import read_logs
+            from router_model.offline.metrics import expected_at_shares
+            from router_model.offline.savings import compute_report, score_log
+            from router_model.offline.split import assign_splits, normalize_prompt
 
             LOGS = [NEEDED["mmlu"], NEEDED["mtbench"]]
             CHEAP, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
@@ -443,7 +444,7 @@ NB03 = build(
             display(pd.DataFrame(rows).set_index("requests/month").round(0))
             print(f"mean tokens per request: {tin:.0f} in + {tout:.0f} out; "
                   + "; ".join(f"{k}: {v:.1%} cheap calls" for k, v in points.items()))
-            print("Per-request costs (training.evaluate.savings) differ from this mean-token estimate only through the token mix "
+            print("Per-request costs (router_model.offline.savings) differ from this mean-token estimate only through the token mix "
                   f"of the rows sent cheap: at the router threshold ${ch['saved_vs_strong']:,.0f} vs "
                   f"${rows[1]['router threshold: saved']:,.0f} saved a month at 1M requests.")
         '''),

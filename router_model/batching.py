@@ -21,7 +21,7 @@ How a request goes through:
    after the oldest request arrived.
 4. Right before the run, a request whose deadline passed, or whose caller left, is dropped
    (`DeadlineExpiredError`, or its future cancelled): nobody would receive its answer.
-5. One `Router.decide` call (with candidates: `MultiRouter`'s route among that set) runs the
+5. One `Router.decide` call (with candidates: the choice among that set) runs the
    batch (one `session.run` per 32, like `predict_batch`) and each caller's future gets its own
    decision: `Router.predict`'s to 1e-6 (both graphs are batch-invariant; int8 artifacts
    trained before the fixed activation scales move by up to ~3e-3 with their companions,
@@ -39,7 +39,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from router_model.errors import ConfigError, InvalidRequestError, RouterError
+from router_model.errors import ConfigError, RouterError
 
 if TYPE_CHECKING:  # config.py imports this module: keep `router-serve --help` free of numpy and tokenizers
     from router_model.decision import RoutingDecision
@@ -108,21 +108,17 @@ Candidates = tuple[str, ...]
 
 def check_candidates(router: Router, candidates: Sequence[str] | None) -> Candidates | None:
     """The candidate set as a batch key (None: all models), checked before the request queues,
-    so an unknown name fails alone; a pair router has no candidate notion (InvalidRequestError)."""
+    so an unknown name fails alone (a pair accepts only its own two, which restrict nothing)."""
     if candidates is None:
         return None
-    allowed = getattr(router, "allowed", None)
-    if allowed is None:
-        raise InvalidRequestError("candidates need an N-model router (artifact format 2)", field="candidates")
-    allowed(candidates)  # InvalidRequestError naming an unknown candidate
+    if router.allowed(candidates) is None:  # a pair named its own two models: no restriction
+        return None
     return tuple(candidates)
 
 
 def _decide(router: Router, prepared: list[Any], candidates: Candidates | None) -> list[RoutingDecision]:
     """One decide call: the graph run, then the choice among `candidates` (all models when None)."""
-    if candidates is None:
-        return router.decide(prepared)
-    return router.decide(prepared, candidates)  # type: ignore[call-arg]  # a MultiRouter (check_candidates)
+    return router.decide(prepared, candidates)
 
 
 @dataclass
@@ -169,7 +165,7 @@ class Batcher:
 
         Raises InvalidRequestError at once for a malformed request or candidate set. `deadline`
         is a `time.monotonic()` instant; `alive` is polled before the run (False: the caller
-        left); `candidates` restricts an N-model router's choice (MultiRouter.predict's).
+        left); `candidates` restricts an N-model router's choice (Router.predict's).
         """
         prepared = router.prepare(request, tags=tags)
         cands = check_candidates(router, candidates)

@@ -1,9 +1,19 @@
-"""argparse value types shared by the command-line tools, so each rule is written once."""
+"""What every command-line tool shares, so each rule is written once: argparse value types and
+the logging setup (every console script builds its parser in `build_parser()`)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def setup_logging(level: str = "warning", *, timestamps: bool = False) -> None:
+    """The one logging setup of every console script: servers log with timestamps, batch tools without."""
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if timestamps else "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt)
 
 
 def non_negative_number(text: str) -> float:

@@ -26,7 +26,6 @@ from router_model.errors import ConfigError
 Number = float | int | np.ndarray
 
 TOKENS_PER_UNIT = 1_000_000
-DAYS_PER_MONTH = 30
 DEFAULT_OUTPUT_TOKENS = 250  # assumed output tokens per request where a log has none
 DEFAULT_CHEAP = "gpt-4o-mini"
 DEFAULT_STRONG = "gpt-4o"
@@ -120,8 +119,8 @@ class PriceTable:
     files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        models = {_norm(k): v for k, v in self.models.items()}
-        aliases = {_norm(k): _norm(v) for k, v in self.aliases.items()}
+        models = {normalize_model_name(k): v for k, v in self.models.items()}
+        aliases = {normalize_model_name(k): normalize_model_name(v) for k, v in self.aliases.items()}
         for name, price in models.items():
             if not name:
                 raise ConfigError("a model name is empty")
@@ -144,11 +143,11 @@ class PriceTable:
             return self
         aliases = dict(self.aliases)
         for name, target in price_as.items():
-            if _norm(name) in self.models:
+            if normalize_model_name(name) in self.models:
                 raise ConfigError(f"--price-as {name}={target}: {name!r} already has a price of its own")
-            if _norm(target) not in self.models and _norm(target) not in self.aliases:
+            if normalize_model_name(target) not in self.models and normalize_model_name(target) not in self.aliases:
                 raise UnknownModelError(target, self.known_models())
-            aliases[_norm(name)] = self.resolve(target)
+            aliases[normalize_model_name(name)] = self.resolve(target)
         return dataclasses.replace(self, aliases=aliases)
 
     @classmethod
@@ -206,7 +205,7 @@ class PriceTable:
 
     def resolve(self, model: str) -> str:
         """The priced name for `model` (itself or its alias target); UnknownModelError if neither."""
-        name = _norm(model)
+        name = normalize_model_name(model)
         if name in self.models:
             return name
         if name in self.aliases:
@@ -214,7 +213,7 @@ class PriceTable:
         raise UnknownModelError(model, self.known_models())
 
     def __contains__(self, model: object) -> bool:
-        return isinstance(model, str) and (_norm(model) in self.models or _norm(model) in self.aliases)
+        return isinstance(model, str) and (normalize_model_name(model) in self.models or normalize_model_name(model) in self.aliases)
 
     def price(self, model: str) -> ModelPrice:
         """The price of `model`, resolving aliases; UnknownModelError (a ConfigError) if unpriced."""
@@ -245,7 +244,7 @@ def _packaged_text() -> str:
         return Path(__file__).with_name("prices.json").read_text(encoding="utf-8")
 
 
-def _norm(name: str) -> str:
+def normalize_model_name(name: str) -> str:
     return name.strip().lower()
 
 
@@ -298,7 +297,7 @@ def _parse(text: str, label: str) -> tuple[dict[str, Any], dict[str, dict[str, A
             problem = _context_problem(value) if field_name == "context_window" else _amount_problem(value)
             if problem:
                 raise PriceFileError(problem, file=label, key=f"{key}.{field_name}")
-        models[_norm(name)] = dict(fields)
+        models[normalize_model_name(name)] = dict(fields)
     raw_aliases = data.get("aliases", {})
     if not isinstance(raw_aliases, dict):
         raise PriceFileError("expected an object of alias -> model name", file=label, key="aliases")
@@ -306,28 +305,28 @@ def _parse(text: str, label: str) -> tuple[dict[str, Any], dict[str, dict[str, A
     for alias, target in raw_aliases.items():
         if not isinstance(target, str) or not target.strip() or not alias.strip():
             raise PriceFileError(f"expected a model name, got {target!r}", file=label, key=f"aliases.{alias}")
-        if _norm(alias) in models:
+        if normalize_model_name(alias) in models:
             raise PriceFileError("is both a priced model and an alias in this file", file=label, key=f"aliases.{alias}")
-        aliases[_norm(alias)] = _norm(target)
+        aliases[normalize_model_name(alias)] = normalize_model_name(target)
     return meta, models, aliases
 
 
 # ---------------------------------------------------------------- arithmetic
 
 
-def _non_negative(value: Number, what: str) -> None:
+def check_non_negative(value: Number, what: str) -> None:
     arr = np.asarray(value, dtype=float)
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise ConfigError(f"{what} must be finite and non-negative, got {value!r}")
 
 
-def _share(value: Number, what: str) -> None:
+def check_share(value: Number, what: str) -> None:
     arr = np.asarray(value, dtype=float)
     if not np.all((arr >= 0) & (arr <= 1)):  # also rejects NaN
         raise ConfigError(f"{what} must be within [0, 1], got {value!r}")
 
 
-def _token_cost(price: ModelPrice, input_tokens: Number, output_tokens: Number, cached_share: Number) -> Number:
+def token_cost(price: ModelPrice, input_tokens: Number, output_tokens: Number, cached_share: Number) -> Number:
     """Dollars for token totals: totals times $/1M, divided by 1M last to keep round figures exact."""
     cached = input_tokens * cached_share
     uncached = input_tokens - cached
@@ -336,139 +335,45 @@ def _token_cost(price: ModelPrice, input_tokens: Number, output_tokens: Number, 
 
 def request_cost(price: ModelPrice, input_tokens: Number, output_tokens: Number, cached_share: Number = 0.0) -> Number:
     """Dollars for one request (or elementwise for arrays); `cached_share` of input hits the cache."""
-    _non_negative(input_tokens, "input_tokens")
-    _non_negative(output_tokens, "output_tokens")
-    _share(cached_share, "cached_share")
-    return _token_cost(price, input_tokens, output_tokens, cached_share)
+    check_non_negative(input_tokens, "input_tokens")
+    check_non_negative(output_tokens, "output_tokens")
+    check_share(cached_share, "cached_share")
+    return token_cost(price, input_tokens, output_tokens, cached_share)
 
 
-def monthly_cost(
-    price: ModelPrice, requests: Number, input_tokens: Number, output_tokens: Number, cached_share: Number = 0.0
-) -> Number:
-    """Dollars a month for `requests` calls a month of `input_tokens` + `output_tokens` each."""
-    _non_negative(requests, "requests")
-    _non_negative(input_tokens, "input_tokens")
-    _non_negative(output_tokens, "output_tokens")
-    _share(cached_share, "cached_share")
-    return _token_cost(price, requests * input_tokens, requests * output_tokens, cached_share)
+# ------------------------------------------------------------------ an answer's usage, in dollars
 
 
-def blended_price(cheap: float, strong: float, cheap_share: Number) -> Number:
-    """Average $/1M when `cheap_share` of calls pay `cheap` and the rest `strong` (same tokens per call).
-
-    Pass e.g. `cheap_price.input, strong_price.input` for the blended input price.
-    """
-    _non_negative(cheap, "cheap price")
-    _non_negative(strong, "strong price")
-    _share(cheap_share, "cheap_share")
-    return cheap_share * cheap + (1 - cheap_share) * strong
-
-
-def routed_monthly_cost(
-    cheap_price: ModelPrice,
-    strong_price: ModelPrice,
-    requests: Number,
-    input_tokens: Number,
-    output_tokens: Number,
-    cached_share: Number,
-    cheap_share: Number,
-) -> Number:
-    """Dollars a month when `cheap_share` of the calls go to the cheap model, the rest to the strong."""
-    _share(cheap_share, "cheap_share")
-    return monthly_cost(cheap_price, requests * cheap_share, input_tokens, output_tokens, cached_share) + monthly_cost(
-        strong_price, requests * (1 - cheap_share), input_tokens, output_tokens, cached_share
-    )
-
-
-# ---------------------------------------------------------------- N models: a routed mix
-
-MIX_TOLERANCE = 1e-6  # how far the shares of a mix may sum from 1 (float noise of hand-typed shares)
+def _token_count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 @dataclass(frozen=True)
-class MixCost:
-    """Monthly dollars of a routed mix of N models, against each model of the mix taking all requests.
+class Usage:
+    """Token counts of one answer; `cached_tokens` is the part of `prompt_tokens` billed at the cached price."""
 
-    `alone`: each model at 100% of the requests; `routed_by_model`: each model's part of the mix
-    (its share of the requests); `priciest`: the model of the mix with the highest `alone`, the
-    baseline `savings` is measured against (what the traffic costs without routing).
-    """
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
 
-    shares: Mapping[str, float]
-    alone: Mapping[str, float]
-    routed_by_model: Mapping[str, float]
-    routed: float
-    priciest: str
-    savings: float
-    savings_fraction: float
+    @classmethod
+    def from_response(cls, usage: Any) -> Usage | None:
+        """Read an OpenAI `usage` object; None when there is none."""
+        if not isinstance(usage, Mapping):
+            return None
+        details = usage.get("prompt_tokens_details")
+        prompt = _token_count(usage.get("prompt_tokens"))
+        cached = _token_count(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+        return cls(prompt, _token_count(usage.get("completion_tokens")), min(cached, prompt))
 
-
-def check_mix(shares: Mapping[str, float]) -> None:
-    """Refuse a mix that is empty, has a share outside [0, 1], or whose shares do not sum to 1,
-    naming the bad item: a mix that does not add up would report a cost for traffic that is not there."""
-    if not shares:
-        raise ConfigError("a mix needs at least one MODEL=SHARE")
-    for model, share in shares.items():
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
-            raise ConfigError(f"{model}={share!r}: a share must be a fraction within [0, 1] (0.3, not 30)")
-    total = math.fsum(shares.values())
-    if abs(total - 1.0) > MIX_TOLERANCE:
-        items = ", ".join(f"{m}={s:g}" for m, s in shares.items())
-        raise ConfigError(f"the shares sum to {total:.9g}, not 1 (within {MIX_TOLERANCE:g}): {items}")
+    def to_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens}
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """`MODEL=SHARE[,MODEL=SHARE...]` (the command-line form of a mix) -> {model: share}, checked by
-    `check_mix`; a malformed or repeated item is a ConfigError naming it."""
-    shares: dict[str, float] = {}
-    seen: set[str] = set()
-    for raw in text.split(","):
-        item = raw.strip()
-        model, sep, value = item.partition("=")
-        model, value = model.strip(), value.strip()
-        if not sep or not model or not value:
-            raise ConfigError(f"{item!r}: expected MODEL=SHARE, e.g. gpt-4o=0.3,gpt-4o-mini=0.7")
-        try:
-            share = float(value)
-        except ValueError:
-            raise ConfigError(f"{item!r}: the share {value!r} is not a number (a fraction within [0, 1])") from None
-        if _norm(model) in seen:
-            raise ConfigError(f"{item!r}: model {model!r} is named twice in the mix")
-        seen.add(_norm(model))
-        shares[model] = share
-    check_mix(shares)
-    return shares
-
-
-def mix_monthly_cost(
-    table: PriceTable,
-    shares: Mapping[str, float],
-    requests: float,
-    input_tokens: float,
-    output_tokens: float,
-    cached_share: float = 0.0,
-) -> MixCost:
-    """Dollars a month when `shares[m]` of the `requests` go to model m (same tokens per request),
-    each model alone, and the saving against the priciest model of the mix.
-
-    Every model must be priced in `table` (UnknownModelError names the one that is not).
-    """
-    check_mix(shares)
-    prices = {m: table.price(m) for m in shares}
-    alone = {m: float(monthly_cost(p, requests, input_tokens, output_tokens, cached_share)) for m, p in prices.items()}
-    parts = {
-        m: float(monthly_cost(p, requests * shares[m], input_tokens, output_tokens, cached_share)) for m, p in prices.items()
-    }
-    routed = math.fsum(parts.values())
-    priciest = max(alone, key=lambda m: alone[m])  # the first of equals: the order given
-    baseline = alone[priciest]
-    saving = baseline - routed
-    return MixCost(
-        shares=MappingProxyType(dict(shares)),
-        alone=MappingProxyType(alone),
-        routed_by_model=MappingProxyType(parts),
-        routed=routed,
-        priciest=priciest,
-        savings=saving,
-        savings_fraction=saving / baseline if baseline else 0.0,
-    )
+def usage_cost(prices: PriceTable, model: str, usage: Usage) -> float | None:
+    """USD for `usage` on `model`: uncached input, cached input and output at their prices; None if unpriced."""
+    if model not in prices:
+        return None
+    p = prices.price(model)
+    uncached = usage.prompt_tokens - usage.cached_tokens
+    return (uncached * p.input + usage.cached_tokens * p.cached_input + usage.completion_tokens * p.output) / TOKENS_PER_UNIT

@@ -3,7 +3,7 @@
 * `router-cost estimate`: what a traffic profile costs a month on each model, and with routing
   (back-of-the-envelope figures that can be checked: every price comes from the versioned price
   table, shown in the output, and every assumption is an option);
-* `router-cost savings`: what a trained router saves on a labelled log (training.evaluate.savings);
+* `router-cost savings`: what a trained router saves on a labelled log (router_model.offline.savings);
 * `router-cost observed`: what routing would have saved on the traffic an observing service or
   gateway logged (router_model.observe.report).
 """
@@ -17,12 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from router_model.cli_args import add_price_options, non_negative_number
-from router_model.cost import (
+from router_model.cost import DEFAULT_CHEAP, DEFAULT_STRONG, PriceTable
+from router_model.cost_projection import (
     DAYS_PER_MONTH,
-    DEFAULT_CHEAP,
-    DEFAULT_STRONG,
     MIX_TOLERANCE,
-    PriceTable,
     blended_price,
     mix_monthly_cost,
     monthly_cost,
@@ -30,6 +28,8 @@ from router_model.cost import (
     routed_monthly_cost,
 )
 from router_model.errors import ConfigError
+from router_model.observe import report
+from router_model.offline import savings_cli
 
 _DIGITS = 6  # JSON rounding: drops float noise (1111.5000000000002) yet keeps sub-cent figures
 
@@ -58,10 +58,17 @@ def _mix(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed so docs and tests can render the help)."""
-    parser = argparse.ArgumentParser(
-        prog="router-cost estimate",
+ESTIMATE_HELP = "monthly cost of a traffic profile on each model and with routing"
+
+
+def estimate_parser() -> argparse.ArgumentParser:
+    """`router-cost estimate`'s own parser (exposed so docs and tests can render the help)."""
+    parser = argparse.ArgumentParser(prog="router-cost estimate", **ESTIMATE_TEXT)  # type: ignore[arg-type]
+    add_estimate_arguments(parser)
+    return parser
+
+
+ESTIMATE_TEXT = dict(
         description=(
             "Monthly LLM cost of a traffic profile on the cheap and the strong model, and with routing;\n"
             "or, with --mix, of a routed mix of N models against each of them alone.\n"
@@ -78,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
             "  -> routed $968.75, saving $2,281.25 (70.2%) against gpt-4o alone ($3,250.00)\n"
             "exit status: 0 ok, 2 bad option or price file"
         ),
-    )
+)
+
+
+def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `router-cost estimate`."""
     volume = parser.add_mutually_exclusive_group(required=True)
     volume.add_argument("--requests", type=_number, metavar="N", help="requests (LLM calls) per month")
     volume.add_argument(
@@ -115,7 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strong", default=None, metavar="MODEL", help=f"strong model (default {DEFAULT_STRONG})")
     add_price_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    return parser
 
 
 def _profile(args: argparse.Namespace, requests: float) -> dict[str, Any]:
@@ -256,8 +266,12 @@ def format_table(r: dict[str, Any], table: PriceTable) -> str:
 
 def estimate_main(argv: Sequence[str] | None = None) -> int:
     """`router-cost estimate`; returns the exit status (2 for bad options or price files)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser = estimate_parser()
+    return run_estimate(parser.parse_args(argv), parser)
+
+
+def run_estimate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run parsed `router-cost estimate` options (errors through `parser`)."""
     if args.mix is not None and (args.cheap is not None or args.strong is not None):
         parser.error("--mix names its own models; --cheap and --strong belong to the pair form (drop them)")
     try:
@@ -272,39 +286,33 @@ def estimate_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _savings(argv: Sequence[str]) -> int:
-    from training.evaluate.savings import main as savings_main
-
-    return savings_main(argv)
-
-
-def _observed(argv: Sequence[str]) -> int:
-    from router_model.observe.report import main as report_main
-
-    return report_main(argv)
-
-
-SUBCOMMANDS = {
-    "estimate": (estimate_main, "monthly cost of a traffic profile on each model and with routing"),
-    "savings": (_savings, "what a trained router saves on a labelled log (held-out rows)"),
-    "observed": (_observed, "what routing would have saved on logged traffic (observation mode)"),
-}
+def build_parser() -> argparse.ArgumentParser:
+    """`router-cost` and its subcommands, each with the options its own module defines."""
+    parser = argparse.ArgumentParser(prog="router-cost", description="LLM cost: projected, on a labelled log, on logged traffic.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    est = sub.add_parser("estimate", help=ESTIMATE_HELP, **ESTIMATE_TEXT)  # type: ignore[arg-type]
+    add_estimate_arguments(est)
+    est.set_defaults(run=run_estimate, parser=est)
+    sav = sub.add_parser("savings", help=savings_cli.HELP, **savings_cli.DESCRIPTION)  # type: ignore[arg-type]
+    savings_cli.add_arguments(sav)
+    sav.set_defaults(run=savings_cli.run, parser=sav)
+    obs = sub.add_parser("observed", help=report.HELP, description=report.DESCRIPTION)
+    report.add_arguments(obs)
+    obs.set_defaults(run=report.run, parser=obs)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `router-cost`: dispatch to a subcommand (each parses its own options)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        lines = ["usage: router-cost {" + ",".join(SUBCOMMANDS) + "} [options]", "", "subcommands:"]
-        lines += [f"  {name:<9} {text}" for name, (_, text) in SUBCOMMANDS.items()]
-        lines.append("run 'router-cost SUBCOMMAND --help' for its options")
-        print("\n".join(lines), file=sys.stdout if args else sys.stderr)
-        return 0 if args else 2
-    command = SUBCOMMANDS.get(args[0])
-    if command is None:
-        print(f"router-cost: error: unknown subcommand {args[0]!r}; expected one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
-        return 2
-    return command[0](args[1:])
+    """Entry point of `router-cost`; returns the exit status."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_in)
+    except SystemExit as exc:
+        if args_in and args_in[0] in ("estimate", "savings", "observed"):
+            raise  # the subcommand's own usage error, as its module exits
+        return int(exc.code or 0)  # --help (0), or no or an unknown subcommand (2)
+    return int(args.run(args, args.parser))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class RoutingDecision:
     prompt_tokens: int
     margin: float | None = None
     centroid_distance: float | None = None
-    # N-model routers (artifact format 2, router_model/multi_router.py): every candidate's calibrated
+    # N-model routers (artifact format 2, MultiHead in router_model/heads.py): every candidate's calibrated
     # P(pass) and the chosen model's expected dollars for this call; None for a cheap/strong pair.
     p_pass: dict[str, float] | None = None
     expected_cost_usd: float | None = None

@@ -1,9 +1,9 @@
 """One JSONL line -> one request: the part every line-oriented reader shares.
 
-The labelled-log reader (`training.data.log`) and the batch scorer (`router_model.score`) read
-the same request fields (`prompt` or `messages`, optional `context_turns` and `tags`) and must
-refuse bad lines with the same words. Both go through here; each adds its own fields (outcomes,
-ids) around it.
+The labelled-log row format (`router_model.offline.row`) and the batch scorer
+(`router_model.score`) read the same request fields (`prompt` or `messages`, optional
+`context_turns` and `tags`) and must refuse bad lines with the same words. Both go through here;
+each adds its own fields (outcomes, ids) around it.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from router_model.artifact import METADATA_FILE, read_metadata, verify_file
 from router_model.errors import ArtifactError, ConfigError, RouterError
+from router_model.settings import cache_root
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -53,7 +54,6 @@ MODEL_URI_PREFIX = "models:/"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 # The same default as router-train's tracking (training/tracking.py imports it from here).
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-ENV_CACHE_DIR = "ROUTER_CACHE_DIR"
 REST_TIMEOUT_SECONDS = 30.0
 _NAME = re.compile(r"^[^/@]+$")
 
@@ -69,8 +69,7 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 def default_registry_cache() -> Path:
     """Downloaded versions: `<$ROUTER_CACHE_DIR or ~/.cache/router-model>/registry`."""
-    root = os.environ.get(ENV_CACHE_DIR)
-    return (Path(root) if root else Path.home() / ".cache" / "router-model") / "registry"
+    return cache_root() / "registry"
 
 
 @dataclass(frozen=True)
@@ -346,31 +345,3 @@ class AliasFollower:
                 self.poll(deliver)
             except Exception as e:  # noqa: BLE001 - the follower must outlive a registry outage
                 log.warning("following %s: %s (still serving version %s)", self.uri, e, self.delivered)
-
-
-def point_link(link: Path, target: Path) -> None:
-    """Make `link` a symlink to `target`, replaced atomically (for servers that watch a path)."""
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    os.symlink(target.resolve(), tmp, target_is_directory=True)
-    os.replace(tmp, link)
-
-
-def follow_link(uri: str, *, tracking: str | None = None, interval: float | None = None, cache: Path | None = None,
-                stop: threading.Event | None = None) -> Path:
-    """For a server that watches a directory path (the gateway's watcher): the alias behind a symlink.
-
-    Fetches the version now (raising on failure), points `<cache>/<name>/.follow-<alias>-<pid>`
-    at it, and with `interval` re-points the link from a daemon thread when the alias moves; the
-    server's own watcher then reloads (keeping its old model if the new one fails to load).
-    """
-    follower = AliasFollower(uri, open_registry(tracking), cache)
-    version, path = follower.fetch()
-    follower.delivered = version.version
-    label = _safe(follower.uri.alias or follower.uri.version or "")
-    link = path.parent / f".follow-{label}-{os.getpid()}"
-    point_link(link, path)
-    if interval is not None:
-        threading.Thread(target=follower.follow, args=(interval, stop or threading.Event(), lambda _v, p: point_link(link, p)),
-                         name="router-follow", daemon=True).start()
-    return link

@@ -1,9 +1,13 @@
-"""The router: rules first, then one ONNX graph from token ids to a calibrated probability."""
+"""The router: rules first, then one ONNX graph run, then the artifact's head decides.
+
+One `Router` serves every artifact kind; what differs (a cheap/strong pair, a day-0 policy, N
+models) is its `head` (router_model/heads.py), so callers never ask which kind they hold.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,26 +17,24 @@ import numpy as np
 from router_model.artifact import (
     EMBEDDING_OUTPUT,
     FEATURES_INPUT,
-    PROBABILITIES_OUTPUT,
     TOKENIZER_FILE,
     ArtifactMetadata,
     read_metadata,
     verify_file,
 )
 from router_model.decision import (
-    CHEAP_ONLY_CLASS,
-    POLICY_REASON_PREFIX,
-    REASON_CLASSIFIER,
     REASON_LONG_CONTEXT,
     REASON_VISION,
     TAG_REASON_PREFIX,
     RoutingDecision,
     RoutingRules,
 )
+from router_model.drift_reference import REFERENCE_FILE, DriftReference, nearest_centroid_distance, read_reference
 from router_model.encoder import TextEncoder
 from router_model.errors import ArtifactError, InvalidRequestError
 from router_model.features import request_features
-from router_model.observe.drift import REFERENCE_FILE, DriftReference, nearest_centroid_distance, read_reference
+from router_model.heads import Allowed, MultiHead, PairHead, head_for
+from router_model.onnx_session import make_session
 from router_model.request import ParsedRequest, Request, has_text, parse_request
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ class Router:
     def __init__(
         self,
         meta: ArtifactMetadata,
-        session,
+        session: Any,
         encoder: TextEncoder,
         *,
         rules: RoutingRules,
@@ -101,14 +103,7 @@ class Router:
         self.rules = rules
         self.graph = graph
         self.path = path
-        self._cheap_idx = list(meta.cheap_ok_index)
-        # P(only the cheap model passes): the one outcome where the strong model does worse. The
-        # joint target models it (probability 0 if the log never had such a row); the binary target
-        # does not, and an old artifact does not say (see `_scores`).
-        self._joint = meta.target == "joint"
-        self._cheap_only_idx = meta.classes.index(CHEAP_ONLY_CLASS) if CHEAP_ONLY_CLASS in meta.classes else None
-        # A day-0 policy's classes are its routes: the decision's reason names the likeliest route of the chosen tier.
-        self._strong_idx = [i for i in range(len(meta.classes)) if i not in self._cheap_idx] if meta.policy else None
+        self.head: PairHead | MultiHead = head_for(meta)
         # Drift: the artifact's drift reference, and its centroids when the graph exposes the embedding.
         self.drift_reference: DriftReference | None = None
         self._centroids: np.ndarray | None = None
@@ -124,14 +119,8 @@ class Router:
         threads: int | None = None,
     ) -> Router:
         """Verify and load a model directory; raise ArtifactError naming the file at fault."""
-        from router_model.onnx_session import make_session
-
         path = Path(path)
         meta = read_metadata(path)
-        if meta.multi is not None and cls is Router:  # an N-model artifact (format 2)
-            from router_model.multi_router import MultiRouter
-
-            return MultiRouter.load(path, graph=graph, rules=rules, threads=threads)
         graph = graph or meta.default_graph
         if graph not in meta.graphs:
             raise ArtifactError(f"graph {graph!r} not in this artifact; it has {sorted(meta.graphs)}", file="metadata.json")
@@ -172,15 +161,9 @@ class Router:
                     f"features input has width {width}, metadata lists {len(self.meta.features)} features", file=graph_file
                 )
         outputs = [o.name for o in self._session.get_outputs()]
-        if PROBABILITIES_OUTPUT not in outputs:
-            raise ArtifactError(f"graph has no {PROBABILITIES_OUTPUT!r} output (has {outputs})", file=graph_file)
-        probs = self._probabilities([WARMUP_TEXT], [16])
-        if probs.shape != (1, len(self.meta.classes)):
-            raise ArtifactError(
-                f"graph returned probabilities of shape {probs.shape}, expected (1, {len(self.meta.classes)})", file=graph_file
-            )
-        if not np.all(np.isfinite(probs)) or abs(float(probs.sum()) - 1.0) > 1e-3:
-            raise ArtifactError(f"graph returned invalid probabilities {probs.tolist()}", file=graph_file)
+        if self.head.output not in outputs:
+            raise ArtifactError(f"graph has no {self.head.output!r} output (has {outputs})", file=graph_file)
+        self.head.check(self._probabilities([WARMUP_TEXT], [16]), graph_file=graph_file)
 
     # --- properties ----------------------------------------------------------------------
     @property
@@ -204,24 +187,44 @@ class Router:
     def threshold(self) -> float:
         return self.meta.threshold
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models this router chooses among, cheapest first (a pair's two, or the N of format 2)."""
+        return self.head.models
+
+    @property
+    def multi(self) -> Any:
+        """The N-model record of a format-2 artifact (None for a pair or a policy)."""
+        return self.meta.multi
+
+    @property
+    def encoder(self) -> TextEncoder:
+        """The artifact's tokenizer (token counts for costing, offline evaluation)."""
+        return self._encoder
+
+    def allowed(self, candidates: Iterable[str] | None) -> Allowed:
+        """The candidate mask for `candidates`; an unknown or unusable name is an InvalidRequestError."""
+        return self.head.allowed(candidates)
+
     # --- scoring -------------------------------------------------------------------------
     def _probabilities(self, texts: Sequence[str], n_tokens: Sequence[int]) -> np.ndarray:
+        """The head's graph output for raw texts (warm-up, parity)."""
         feeds, _ = self._encoder.encode_batch(texts)
         return self._run(feeds, texts, n_tokens)
 
     def _run(self, feeds: dict[str, np.ndarray], texts: Sequence[str], n_tokens: Sequence[int],
              distances: np.ndarray | None = None) -> np.ndarray:
-        """Class probabilities; with `distances` (one slot per row) and a drift reference, also each
+        """The head's output; with `distances` (one slot per row) and a drift reference, also each
         row's distance to the nearest training centroid, from the embedding of the same graph run."""
         if self.meta.features:
             feeds[FEATURES_INPUT] = request_features(texts, n_tokens, self.meta.features)
         if distances is None or self._centroids is None:
-            return self._session.run([PROBABILITIES_OUTPUT], feeds)[0]
-        probs, emb = self._session.run([PROBABILITIES_OUTPUT, EMBEDDING_OUTPUT], feeds)
+            return self._session.run([self.head.output], feeds)[0]
+        probs, emb = self._session.run([self.head.output, EMBEDDING_OUTPUT], feeds)
         distances[:] = nearest_centroid_distance(emb, self._centroids)
         return probs
 
-    def _tokenize(self, parsed: ParsedRequest):
+    def _tokenize(self, parsed: ParsedRequest) -> tuple[Any, int]:
         """Encode the classifier text once; count the full request (same text for a prompt)."""
         if not has_text(parsed.classifier_text):
             return None, self._encoder.count_tokens(parsed.full_text)
@@ -230,45 +233,46 @@ class Router:
             n = self._encoder.count_tokens(parsed.full_text)
         return enc, n
 
-    def _scores(
-        self, parsed: Sequence[ParsedRequest], encs: Sequence, n_tokens: Sequence[int], distances: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(p_cheap_ok, p_strong_ok, reason) per item, in length-sorted batches.
+    def _outputs(self, prepared: Sequence[_Prepared], distances: np.ndarray | None = None) -> np.ndarray:
+        """The head's output per item, in length-sorted batches of one graph run each.
 
-        p_strong_ok = P(the strong model does at least as well) = 1 - P(only cheap passes).
         `distances`, when given, receives each item's centroid distance (NaN without a reference).
         """
-        p_ok = np.empty(len(parsed), dtype=np.float64)
-        p_strong = np.empty(len(parsed), dtype=np.float64)
-        reasons = [REASON_CLASSIFIER] * len(parsed)
-        order = sorted(range(len(parsed)), key=lambda i: len(encs[i].ids))
+        rows: np.ndarray | None = None
+        order = sorted(range(len(prepared)), key=lambda i: len(prepared[i].enc.ids))
         for k in range(0, len(order), BATCH_SIZE):
             idx = order[k : k + BATCH_SIZE]
-            feeds = self._encoder.pad([encs[i] for i in idx])
+            feeds = self._encoder.pad([prepared[i].enc for i in idx])
             buf = None if distances is None else np.full(len(idx), np.nan)
-            probs = self._run(feeds, [parsed[i].classifier_text for i in idx], [n_tokens[i] for i in idx], buf)
-            if distances is not None:
+            out = self._run(feeds, [prepared[i].parsed.classifier_text for i in idx], [prepared[i].n_tokens for i in idx], buf)
+            if rows is None:
+                rows = np.empty((len(prepared), out.shape[1]), dtype=np.float64)
+            rows[idx] = out
+            if distances is not None and buf is not None:
                 distances[idx] = buf
-            p_ok[idx] = probs[:, self._cheap_idx].sum(axis=1)
-            if self._cheap_only_idx is not None:
-                p_strong[idx] = 1.0 - probs[:, self._cheap_only_idx]
-            elif self._joint:  # the joint head never saw "only cheap passes": it gives it probability 0
-                p_strong[idx] = 1.0
-            else:  # binary target: P(strong needed) = 1 - p_cheap_ok, a lower bound of P(strong >= cheap)
-                p_strong[idx] = 1.0 - p_ok[idx]
-            if self._strong_idx is not None:
-                for row, i in zip(probs, idx):
-                    cols = self._cheap_idx if p_ok[i] >= self.meta.threshold else self._strong_idx
-                    reasons[i] = POLICY_REASON_PREFIX + self.meta.classes[max(cols, key=lambda c: row[c])]
-        return np.clip(p_ok, 0.0, 1.0), np.clip(p_strong, 0.0, 1.0), reasons
+        return rows if rows is not None else np.zeros((0, 0))
+
+    def _prepared_for_scoring(self, requests: Sequence[Request]) -> list[_Prepared]:
+        prepared = [self._prepare(r, None) for r in requests]
+        if any(p.enc is None for p in prepared):
+            raise InvalidRequestError("a request has no text for the classifier", field="messages")
+        return prepared
 
     def p_cheap_ok(self, requests: Sequence[Request]) -> np.ndarray:
-        """The classifier's p_cheap_ok for each request, rules not applied (evaluation, parity)."""
-        parsed = [parse_request(r) for r in requests]
-        toks = [self._tokenize(p) for p in parsed]
-        if any(e is None for e, _ in toks):
-            raise InvalidRequestError("a request has no text for the classifier", field="messages")
-        return self._scores(parsed, [e for e, _ in toks], [n for _, n in toks])[0]
+        """The classifier's P(the cheapest model loses nothing) per request, rules not applied (evaluation, parity)."""
+        return self.head.p_cheap_ok(self._outputs(self._prepared_for_scoring(requests)))
+
+    def model_probabilities(self, requests: Sequence[Request]) -> tuple[np.ndarray, np.ndarray]:
+        """N-model routers: P(pass) and P(ok) per request and model (columns = `models`), rules not applied."""
+        if not isinstance(self.head, MultiHead):
+            raise InvalidRequestError("per-model probabilities need an N-model router (artifact format 2)", field="router")
+        return self.head.split(self._outputs(self._prepared_for_scoring(requests)))
+
+    def expected_costs(self, n_tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """N-model routers: (n, N) expected dollars per call from the artifact's cost models."""
+        if not isinstance(self.head, MultiHead):
+            raise InvalidRequestError("expected costs need an N-model router (artifact format 2)", field="router")
+        return self.head.expected_costs(n_tokens)
 
     # --- decisions -----------------------------------------------------------------------
     def _rule(self, parsed: ParsedRequest, tags: tuple[str, ...], n_tokens: int) -> str | None:
@@ -281,56 +285,34 @@ class Router:
         enc, n = self._tokenize(parsed)
         return _Prepared(parsed, checked, enc, n, self._rule(parsed, checked, n))
 
-    def _decide(self, p: float | None, reason: str | None, n_tokens: int, p_strong: float | None = None,
-                scored_reason: str = REASON_CLASSIFIER) -> RoutingDecision:
-        """The decision and its confidence: the calibrated probability that the chosen model does at
-        least as well as the other (cheap: p_cheap_ok; strong: 1 - P(only cheap passes))."""
-        t = self.meta.threshold
-        if reason is not None:
-            return RoutingDecision(self.strong_model, None, 1.0, t, reason, self.version, n_tokens, None)
-        assert p is not None
-        cheap = p >= t
-        return RoutingDecision(
-            self.cheap_model if cheap else self.strong_model,
-            p,
-            p if cheap else (p_strong if p_strong is not None else 1.0 - p),
-            t,
-            scored_reason,
-            self.version,
-            n_tokens,
-            p - t,
-        )
-
-    def _route(self, prepared: Sequence[_Prepared]) -> list[RoutingDecision]:
-        """Decisions in order: rules first, the classifier for the rest in length-sorted batches."""
+    def _route(self, prepared: Sequence[_Prepared], candidates: Iterable[str] | None = None) -> list[RoutingDecision]:
+        """Decisions in order: rules first, the head on the classifier's output for the rest."""
+        allow = self.head.allowed(candidates)
         todo = [i for i, prep in enumerate(prepared) if prep.rule is None]
-        p_ok: dict[int, float] = {}
-        p_strong: dict[int, float] = {}
-        why: dict[int, str] = {}
-        dist: dict[int, float] = {}
+        out: list[RoutingDecision | None] = [None] * len(prepared)
         if todo:
             found = np.full(len(todo), np.nan) if self._centroids is not None else None
-            ok, strong, reasons = self._scores(
-                [prepared[i].parsed for i in todo], [prepared[i].enc for i in todo], [prepared[i].n_tokens for i in todo],
-                found,
-            )
-            dist = {i: float(v) for i, v in zip(todo, found)} if found is not None else {}
-            p_ok = {i: float(v) for i, v in zip(todo, ok)}
-            p_strong = {i: float(v) for i, v in zip(todo, strong)}
-            why = dict(zip(todo, reasons))
-        decided = [self._decide(p_ok.get(i), prep.rule, prep.n_tokens, p_strong.get(i), why.get(i, REASON_CLASSIFIER))
-                   for i, prep in enumerate(prepared)]
-        return [replace(d, centroid_distance=dist[i]) if i in dist else d for i, d in enumerate(decided)]
+            rows = self._outputs([prepared[i] for i in todo], found)
+            decided = self.head.decide(rows, [prepared[i].n_tokens for i in todo], allow)
+            for k, (i, d) in enumerate(zip(todo, decided)):
+                out[i] = replace(d, centroid_distance=float(found[k])) if found is not None else d
+        for i, prep in enumerate(prepared):
+            if prep.rule is not None:
+                out[i] = self.head.rule_decision(prep.rule, prep.n_tokens, allow)
+        return [d for d in out if d is not None]
 
-    def predict(self, request: Request, *, tags: Sequence[str] | None = None) -> RoutingDecision:
-        """Route one request (a prompt string or OpenAI-style chat messages).
+    def predict(self, request: Request, *, tags: Sequence[str] | None = None,
+                candidates: Iterable[str] | None = None) -> RoutingDecision:
+        """Route one request (a prompt string or OpenAI-style chat messages), among `candidates`
+        when given (an N-model router's subset; a pair accepts only its own two).
 
         An InvalidRequestError names the field relative to the request, with `index` None.
         """
-        return self._route([self._prepare(request, tags)])[0]
+        return self._route([self._prepare(request, tags)], candidates)[0]
 
     def predict_batch(
-        self, requests: Sequence[Request], *, tags: Sequence[Sequence[str] | None] | None = None
+        self, requests: Sequence[Request], *, tags: Sequence[Sequence[str] | None] | None = None,
+        candidates: Iterable[str] | None = None,
     ) -> list[RoutingDecision]:
         """Route many requests; classifier work is batched by length. Order is preserved.
 
@@ -342,13 +324,14 @@ class Router:
             raise InvalidRequestError("expected a list of requests", field="requests")
         if tags is not None and len(tags) != len(requests):
             raise InvalidRequestError(f"{len(tags)} tag lists for {len(requests)} requests", field="tags")
+        self.head.allowed(candidates)  # a bad candidate set is the batch's error, before any work
         prepared: list[_Prepared] = []
         for i, req in enumerate(requests):
             try:
                 prepared.append(self._prepare(req, tags[i] if tags is not None else None))
             except InvalidRequestError as e:
                 raise InvalidRequestError(e.reason, field=e.field, index=i) from e
-        return self._route(prepared)
+        return self._route(prepared, candidates)
 
     # --- split path, for a dynamic batcher (router_model/batching.py) -------------------------
     def prepare(self, request: Request, *, tags: Sequence[str] | None = None) -> _Prepared:
@@ -360,6 +343,6 @@ class Router:
         """Padded length this request needs in the graph; None when a rule decides it."""
         return None if prepared.rule is not None else len(prepared.enc.ids)
 
-    def decide(self, prepared: Sequence[_Prepared]) -> list[RoutingDecision]:
+    def decide(self, prepared: Sequence[_Prepared], candidates: Iterable[str] | None = None) -> list[RoutingDecision]:
         """Decisions for prepared requests, in order, with one graph run per 32 (same as predict_batch)."""
-        return self._route(prepared)
+        return self._route(prepared, candidates)

@@ -93,3 +93,13 @@ def secret(path: Path | None, variable: str, what: str) -> bytes | None:
         return read_secret(path, what)
     value = os.environ.get(variable, "").strip()
     return value.encode() if value else None
+
+
+ENV_CACHE_DIR = "ROUTER_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """Where everything rebuildable lives (exported embedders, embeddings, public data, downloaded
+    registry versions): `$ROUTER_CACHE_DIR`, else `~/.cache/router-model`. Deleting it only costs time."""
+    root = os.environ.get(ENV_CACHE_DIR)
+    return Path(root) if root else Path.home() / ".cache" / "router-model"

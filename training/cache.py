@@ -6,16 +6,11 @@ Deleting the root only costs time.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-ENV_CACHE_DIR = "ROUTER_CACHE_DIR"
+from router_model.settings import ENV_CACHE_DIR, cache_root  # noqa: F401 - the one cache root
 
-
-def default_cache_dir() -> Path:
-    """`$ROUTER_CACHE_DIR`, else `~/.cache/router-model`."""
-    env = os.environ.get(ENV_CACHE_DIR)
-    return Path(env) if env else Path.home() / ".cache" / "router-model"
+default_cache_dir = cache_root
 
 
 def public_data_cache_dir() -> Path:

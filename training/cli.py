@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
 
 from router_model.artifact import GRAPHS
-from router_model.cli_args import add_price_options
+from router_model.cli_args import add_price_options, setup_logging
 from router_model.cost import DEFAULT_OUTPUT_TOKENS
 from router_model.errors import RouterError
 from router_model.features import DEFAULT_FEATURES, FEATURES
-from training.embedding.export import DEFAULT_EMBEDDER
+from training.embedding.common import DEFAULT_EMBEDDER
 from training.head import DEFAULT_HEADS, DEFAULT_SELECT_BY, TARGETS
 from training.threshold import DEFAULT_RISK, Goal
 
@@ -176,7 +175,7 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = build_parser().parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluate.metrics import routing_scores
+from router_model.offline.metrics import routing_scores
 
 JOINT_CLASSES = ("both", "cheap_only", "strong_only", "neither")
 JOINT_CHEAP_OK = ("both", "cheap_only", "neither")

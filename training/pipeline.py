@@ -20,6 +20,9 @@ import numpy as np
 from router_model.artifact import GRAPH_FILES, ArtifactMetadata
 from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable
 from router_model.features import DEFAULT_FEATURES, check_feature_names
+from router_model.offline.log import ReadOptions, read_logs
+from router_model.offline.row import write_log
+from router_model.offline.split import normalize_prompt, sample_groups
 from router_model.prompt_digest import PromptDigest
 from router_model.summary import LEGEND, format_evaluation
 from training.artifact.reference import build_reference
@@ -34,9 +37,8 @@ from training.artifact.writer import (
 )
 from training.cache import default_cache_dir
 from training.data.dataset import Dataset, build_dataset
-from training.data.log import ReadOptions, read_logs, write_log
-from training.data.split import normalize_prompt, sample_groups
-from training.embedding.export import DEFAULT_EMBEDDER, export_embedder
+from training.embedding.common import DEFAULT_EMBEDDER
+from training.embedding.export import export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
 from training.evaluate.evaluation import evaluate
@@ -140,7 +142,7 @@ def train(config: TrainConfig) -> TrainResult:
     # 1. labelled log -> dataset (split by prompt text, per-request cost)
     read = read_logs(
         config.logs,
-        models=(config.cheap_model, config.strong_model) if config.cheap_model else None,
+        models=(config.cheap_model, config.strong_model) if config.cheap_model and config.strong_model is not None else None,
         options=ReadOptions(pass_threshold=config.pass_threshold, skip_invalid=config.skip_invalid),
     )
     skipped = ", ".join(f"{k}: {v}" for k, v in read.skipped.items()) or "none"

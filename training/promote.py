@@ -1,6 +1,6 @@
 """Gate a registered candidate against the version holding an alias, on a frozen evaluation log.
 
-Both versions are scored on the same labelled log (`training.evaluate.savings.score_log`, the
+Both versions are scored on the same labelled log (`router_model.offline.savings.score_log`, the
 same scoring as `router-cost savings`). The log is frozen: its sha256 is recorded on the
 registered model at the first promotion, and a later promotion compares only on a file with that
 sha256. A log with prompts either model was trained or validated on (its Bloom filter of
@@ -26,8 +26,10 @@ import numpy as np
 
 from router_model.artifact import read_metadata, sha256_file
 from router_model.errors import ConfigError, RouterError
+from router_model.offline import metrics as M
+from router_model.offline.log import LogFormatError
+from router_model.offline.savings import score_log
 from router_model.registry import MlflowRegistry, RegistryVersion, fetch_version, tracking_uri
-from training.evaluate import metrics as M
 from training.head import cheap_loses_nothing
 
 __all__ = [
@@ -162,8 +164,6 @@ def _goal_holds(kind: str, value: float, res: M.RoutingResult, tolerance: float)
 
 def score_model(model_dir: Path, eval_log: Path, version: str, tolerance: float):
     """(ModelScore, the per-row arrays) of one model directory on the eval log."""
-    from training.evaluate.savings import score_log
-
     sc = score_log(model_dir, [eval_log])
     meta = read_metadata(model_dir)
     res = M.evaluate_routing(sc.p < sc.threshold, sc.w, sc.s, sc.cost_cheap, sc.cost_strong)
@@ -345,8 +345,6 @@ def promote(config: PromoteConfig) -> PromotionResult:
         frozen_name = reg.client.get_registered_model(name).tags.get(EVAL_NAME_TAG, "?")
         reasons.append(f"eval log changed: @{alias} was promoted on {frozen_name} (sha256 {frozen[:16]}...), this file "
                        f"has sha256 {sha[:16]}...; compare on the frozen file (or --force to re-freeze on this one)")
-
-    from training.data.log import LogFormatError
 
     try:
         cand_dir = fetch_version(reg, cand_v, config.cache_dir)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from router_model.cli_args import setup_logging
 from router_model.errors import RouterError
 from training.promote import EXIT_USAGE, PROMOTION_EXPERIMENT, PromoteConfig, promote, rollback
 
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         if args.rollback and (args.eval_log is not None or args.force or args.candidate != "latest"):
             raise RouterError("--rollback takes no --candidate, --eval-log or --force")

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.threshold import ALL_STRONG
-
 __all__ = [
+    "ALL_STRONG",
     "GRID",
     "METHOD",
     "RiskChoice",
@@ -46,6 +45,7 @@ __all__ = [
     "quality_lower_bound",
 ]
 
+ALL_STRONG = math.nextafter(1.0, 2.0)  # a threshold no probability reaches: every request goes strong
 METHOD = "ltt-fixed-sequence-clopper-pearson"
 METHOD_BUDGET_HB = "ltt-fixed-sequence-hoeffding-bentkus"
 # Fixed before any data is seen (the proof needs it): from safest (all strong) to all cheap.

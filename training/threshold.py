@@ -17,10 +17,12 @@ from typing import Any, Literal
 import numpy as np
 
 from router_model.errors import ConfigError
-from training.evaluate.metrics import cumulative_by_score
+from router_model.offline.metrics import cumulative_by_score
+from router_model.offline.split import group_kfold, normalize_prompt
+from training.head import can_cross_fit, out_of_fold_p, refit_head
+from training.risk import ALL_STRONG, certify_budget, certify_quality_floor
 
 __all__ = [
-    "ALL_STRONG",
     "DEFAULT_GOAL",
     "DEFAULT_RISK",
     "EMPIRICAL",
@@ -35,7 +37,6 @@ __all__ = [
 ]
 
 GoalKind = Literal["quality_floor", "max_strong_share", "max_cost_per_request"]
-ALL_STRONG = math.nextafter(1.0, 2.0)  # no probability reaches it: every request goes strong
 DEFAULT_RISK = 0.05
 EMPIRICAL = "empirical"  # the method name of the old rule (risk=None)
 
@@ -238,8 +239,6 @@ def _at(p: np.ndarray, w: np.ndarray, s: np.ndarray, cc: np.ndarray, cs: np.ndar
 
 def _risk_controlled(p: np.ndarray, w: np.ndarray, s: np.ndarray, cc: np.ndarray, cs: np.ndarray,
                      goal: Goal) -> ThresholdChoice:
-    from training.risk import certify_budget, certify_quality_floor
-
     assert goal.risk is not None
     if goal.kind == "quality_floor":
         rc = certify_quality_floor(p, w, s, goal.value, goal.risk)
@@ -272,9 +271,6 @@ def threshold_stage(head: Any, X: np.ndarray, texts: list[str], w: np.ndarray, s
     train + validation with the same calibration (benchmarks/floor_guarantee.py measures whether
     the guarantee survives the refit). The empirical rule (risk None) always uses validation.
     """
-    from training.data.split import group_kfold, normalize_prompt
-    from training.head import can_cross_fit, out_of_fold_p, refit_head
-
     if rows not in THRESHOLD_ROWS:
         raise ValueError(f"threshold rows must be one of {THRESHOLD_ROWS}, got {rows!r}")
     va = val_rows

@@ -7,7 +7,6 @@ opt-in flag in MLflow 3); `MLFLOW_TRACKING_URI` or `--tracking-uri` overrides it
 from __future__ import annotations
 
 import logging
-import os
 import re
 import tempfile
 from collections.abc import Sequence
@@ -16,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from router_model.artifact import ArtifactMetadata, GoalRecord
-from router_model.registry import DEFAULT_TRACKING_URI
-from training.data.log import LogReadResult
+from router_model.offline.log import LogReadResult
+from router_model.registry import tracking_uri
 from training.head import FittedHead
 from training.threshold import ThresholdChoice
 
@@ -56,7 +55,7 @@ class TrackingTarget:
 
     @property
     def uri(self) -> str:
-        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        return tracking_uri(self.tracking_uri)
 
 
 def track_run(target: TrackingTarget, run: RunRecord) -> str:

@@ -12,49 +12,80 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router_model.batching import BatchingConfig
+from router_model.cli_args import LOG_LEVELS, setup_logging
 from router_model.errors import ConfigError, RouterError
 from router_model.gateway.config import MODES, load_config
-from router_model.settings import ENV_PROMPT_HASH_KEY, secret
+from router_model.settings import (
+    ENV_GRAPH,
+    ENV_MODEL_DIR,
+    ENV_PROMPT_HASH_KEY,
+    ENV_THREADS,
+    GRAPHS,
+    check_renamed,
+    env,
+    parse_bool,
+    parse_choice,
+    secret,
+)
 
 log = logging.getLogger("router_model.gateway")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser. The serving flags it shares with router-serve read the same environment
+    variables (settings.py); options and variables override the config file."""
+    check_renamed()
     p = argparse.ArgumentParser(
         prog="router-gateway",
         description="OpenAI-compatible gateway: decide cheap vs strong per chat completion, forward, log. "
         "Options override the config file.",
     )
-    p.add_argument("--model-dir", metavar="DIR", help="trained router directory")
-    p.add_argument("--model-uri", metavar="URI", help="serve a registered version instead: models:/NAME@ALIAS (docs/operations.md)")
-    p.add_argument("--follow", type=float, metavar="S", help="with --model-uri: poll the alias every S seconds and reload when it moves")
-    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for --model-uri (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--model-dir", metavar="DIR", default=env(ENV_MODEL_DIR, str, None),
+                   help=f"trained router directory (${ENV_MODEL_DIR})")
+    p.add_argument("--model-uri", metavar="URI", default=env("ROUTER_MODEL_URI", str, None),
+                   help="serve a registered version instead: models:/NAME@ALIAS ($ROUTER_MODEL_URI; docs/operations.md)")
+    p.add_argument("--follow", type=float, metavar="S", default=env("ROUTER_FOLLOW", float, None),
+                   help="with --model-uri: poll the alias every S seconds and reload when it moves ($ROUTER_FOLLOW)")
+    p.add_argument("--tracking-uri", metavar="URI", default=env("MLFLOW_TRACKING_URI", str, None),
+                   help="MLflow tracking URI for --model-uri (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--graph", choices=GRAPHS, default=env(ENV_GRAPH, parse_choice(*GRAPHS), None),
+                   help=f"which graph to serve (default: the artifact's own, usually int8; ${ENV_GRAPH})")
+    p.add_argument("--threads", type=int, metavar="N", default=env(ENV_THREADS, int, None),
+                   help=f"onnxruntime intra-op threads per decision (default 1; ${ENV_THREADS})")
     p.add_argument("--upstream", metavar="URL", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML (.toml) config file (docs/gateway.md)")
     p.add_argument("--mode", choices=MODES, help="observe (default): decide and log, forward the model asked for; route: forward the decision")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8080)")
-    p.add_argument("--decision-log", metavar="FILE", help="append every decision (JSON lines)")
-    p.add_argument("--log-prompts", action="store_true", default=None, help="also store the messages in the decision log")
+    p.add_argument("--decision-log", metavar="FILE", default=env("ROUTER_DECISION_LOG", str, None),
+                   help="append every decision (JSON lines; $ROUTER_DECISION_LOG)")
+    p.add_argument("--log-prompts", action="store_true", default=env("ROUTER_LOG_PROMPTS", parse_bool, None),
+                   help="also store the messages in the decision log ($ROUTER_LOG_PROMPTS)")
     p.add_argument("--prompt-hash-key-file", metavar="FILE",
                    help=f"key of the decision log's prompt HMAC (or ${ENV_PROMPT_HASH_KEY}); without one no prompt hash is logged")
-    p.add_argument("--watch-interval", type=float, metavar="S", help="reload when metadata.json changes, polled every S seconds")
+    p.add_argument("--watch-interval", type=float, metavar="S", default=env("ROUTER_WATCH_INTERVAL", float, None),
+                   help="reload when metadata.json changes, polled every S seconds ($ROUTER_WATCH_INTERVAL)")
     p.add_argument("--prices", metavar="FILE", help="price file overriding/extending the packaged prices")
-    p.add_argument("--batching", action="store_true", default=None,
+    p.add_argument("--batching", action="store_true", default=env("ROUTER_BATCHING", parse_bool, None),
                    help="dynamic batching: concurrent decisions share one graph run (tune it under `batching` in the config file)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default=env("ROUTER_LOG_LEVEL", parse_choice(*LOG_LEVELS), "info"), choices=LOG_LEVELS)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    try:
+        parser = build_parser()
+    except ConfigError as exc:  # a bad environment variable
+        print(f"router-gateway: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, timestamps=True)
     try:
         config = load_config(
             args.config, upstream_url=args.upstream, model_dir=args.model_dir, mode=args.mode, host=args.host,
             port=args.port, decision_log=args.decision_log, log_prompts=args.log_prompts,
             watch_interval=args.watch_interval, prices=args.prices, model_uri=args.model_uri, follow=args.follow,
+            graph=args.graph, threads=args.threads, tracking_uri=args.tracking_uri,
         )
         if args.batching and config.batching is None:
             config = dataclasses.replace(config, batching=BatchingConfig())
@@ -62,15 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "prompt hash key")
         if key is not None:
             config = dataclasses.replace(config, prompt_hash_key=key)
-        if config.model_uri is not None:
-            if config.model_dir is not None:
-                raise ConfigError("name either a model directory or a model URI (--model-uri), not both")
-            from router_model.registry import follow_link
-
-            link = follow_link(config.model_uri, tracking=args.tracking_uri, interval=config.follow)
-            config = dataclasses.replace(config, model_dir=link, watch_interval=config.follow or config.watch_interval)
-        if config.model_dir is None:
-            raise ConfigError("no router: pass --model-dir DIR or set model_dir in the config file")
+        if config.model_dir is None and config.model_uri is None:
+            raise ConfigError("no router: pass --model-dir DIR (or --model-uri URI) or set model_dir in the config file")
         import uvicorn
 
         from router_model.gateway.app import create_app

@@ -18,17 +18,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from router_model.answer_checks import DEFAULT_REFUSAL_PATTERNS, Checks  # noqa: F401 - part of the gateway's config
 from router_model.batching import BatchingConfig
 from router_model.gateway.errors import GatewayConfigError
 from router_model.labelling.config import SHADOW_SCHEMA, ShadowConfig, shadow_config
+from router_model.serving.config import ServingConfig
 from router_model.settings import GRAPHS
 
 MODES = ("observe", "route")
-DEFAULT_REFUSAL_PATTERNS: tuple[str, ...] = (
-    r"^\W*(i'?m|i am) (so |very )?sorry\b.{0,40}\b(can(no|')?t|unable|won'?t|not able)\b",
-    r"^\W*(i|we) (can(no|')?t|am unable to|'m unable to|won'?t|am not able to) (help|assist|comply|provide|do that)",
-    r"^\W*sorry, (but )?i (can(no|')?t|won'?t)",
-)
 
 _UPSTREAM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -135,37 +132,14 @@ class Timeouts:
             object.__setattr__(self, name, float(value))
 
 
-@dataclass(frozen=True)
-class Checks:
-    """Fast checks of a cheap answer (route mode, not streamed); a failed one escalates to the strong model."""
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig(ServingConfig):
+    """Everything the gateway needs; build with `load_config` or directly (tests).
 
-    json: bool = True
-    json_schema: bool = True
-    length: bool = True
-    empty: bool = True
-    refusal: bool = True
-    tool_arguments: bool = True
-    refusal_patterns: tuple[str, ...] = DEFAULT_REFUSAL_PATTERNS
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "refusal_patterns", tuple(self.refusal_patterns))
-        for i, pattern in enumerate(self.refusal_patterns):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise GatewayConfigError(f"not a valid regular expression: {exc}", key=f"checks.refusal_patterns[{i}]") from None
-
-    @property
-    def any(self) -> bool:
-        return any((self.json, self.json_schema, self.length, self.empty, self.refusal, self.tool_arguments))
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    """Everything the gateway needs; build with `load_config` or directly (tests)."""
+    The model, its reloads, batching and the decision log are the shared `ServingConfig`'s fields.
+    """
 
     upstream: Upstream
-    model_dir: Path | None = None
     models: Mapping[str, Upstream] = field(default_factory=dict)
     aliases: frozenset[str] = frozenset({"auto"})
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # routable name -> candidate models (N-model)
@@ -173,32 +147,19 @@ class GatewayConfig:
     fallback_to_strong: bool = True
     timeouts: Timeouts = field(default_factory=Timeouts)
     checks: Checks = field(default_factory=Checks)
-    decision_log: Path | None = None
-    log_prompts: bool = False
-    prompt_hash_key: bytes | None = field(default=None, repr=False)  # keys the decision log's prompt HMAC
-    watch_interval: float | None = None
     prices: Path | None = None
-    graph: str | None = None
-    threads: int = 1
     max_body_bytes: int = 32 * 1024 * 1024
     max_connections: int = 256
-    host: str = "127.0.0.1"
     port: int = 8080
     grace_seconds: float = 30.0
-    batching: BatchingConfig | None = None  # dynamic batching of concurrent decisions (router_model/batching.py)
-    model_uri: str | None = None  # serve a registered version (models:/NAME@ALIAS) instead of model_dir
-    follow: float | None = None  # with model_uri: poll the alias every `follow` seconds (docs/operations.md)
     shadow: ShadowConfig | None = None  # shadow grading: off unless configured (docs/labelling.md)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in MODES:
             raise GatewayConfigError(f"expected one of {list(MODES)}, got {self.mode!r}", key="mode")
-        if self.follow is not None and (self.model_uri is None or not self.follow > 0):
-            raise GatewayConfigError(f"needs model_uri and a positive number of seconds, got {self.follow!r}", key="follow")
-        if self.watch_interval is not None and not self.watch_interval > 0:
-            raise GatewayConfigError(f"must be positive, got {self.watch_interval!r}", key="watch_interval")
-        if self.threads < 1:
-            raise GatewayConfigError(f"must be >= 1, got {self.threads!r}", key="threads")
+        if self.prices is not None:
+            object.__setattr__(self, "prices", Path(self.prices))
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
         object.__setattr__(self, "aliases", frozenset(a.strip() for a in self.aliases))
         object.__setattr__(self, "routes", MappingProxyType({k.strip(): tuple(v) for k, v in self.routes.items()}))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router_model.cli_args import add_price_options, non_negative_number, positive_int, whole_number
+from router_model.cli_args import add_price_options, non_negative_number, positive_int, setup_logging, whole_number
 from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable, request_cost
 from router_model.encoder import estimate_tokens
 from router_model.errors import RouterError
@@ -52,7 +52,7 @@ class _Item:
     request: Any  # LabelRequest
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="router-label",
         description="Label requests for router-train: answer each with both models, grade both answers with the "
@@ -225,9 +225,9 @@ class _Run:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         names = tuple(m.strip() for m in args.models.split(",") if m.strip())
         if len(names) != 2 or names[0] == names[1]:

@@ -1,7 +1,7 @@
 """The programmatic half of the rubric, and the judge's prompt template.
 
 Checks run on one answer (the upstream's JSON) to one request, in this order: the gateway's
-escalation checks (`router_model.gateway.checks`), the configured JSON schema, the request's
+escalation checks (`router_model.answer_checks`), the configured JSON schema, the request's
 reference answer (exact or regex), then the team's own `module:function` callables. The first
 failure makes the outcome 0 and the judge is not asked; a check that cannot run (a custom
 callable that raises or returns something else than bool/str) makes it *no outcome*.
@@ -18,8 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from router_model.gateway.checks import _schema_problem, failed_check
-from router_model.gateway.config import Checks
+from router_model.answer_checks import Checks, failed_check, schema_problem
 from router_model.labelling.config import GradingSpec
 from router_model.labelling.errors import LabellingConfigError
 
@@ -131,7 +130,7 @@ class Rubric:
         self.custom: tuple[tuple[str, CustomCheck], ...] = tuple(
             (s, load_callable(s, key=f"custom_checks[{i}]")) for i, s in enumerate(spec.custom_checks)
         )
-        if spec.json_schema is not None and _schema_problem(spec.json_schema, None) is None:
+        if spec.json_schema is not None and schema_problem(spec.json_schema, None) is None:
             raise LabellingConfigError("not a valid JSON Schema", key="json_schema")
         self.template, self.template_name = load_template(spec.rubric) if spec.judge else ("", "")
 
@@ -147,7 +146,7 @@ class Rubric:
                 value = json.loads(text)
             except ValueError:
                 return CheckResult(failed="json_schema", detail="the answer is not JSON")
-            if _schema_problem(self.spec.json_schema, value):
+            if schema_problem(self.spec.json_schema, value):
                 return CheckResult(failed="json_schema", detail="the answer does not fit the configured schema")
         if reference is not None:
             if reference.exact is not None and _normalise(text) != _normalise(reference.exact):

@@ -43,7 +43,7 @@ def window_arg(text: str) -> timedelta | None:
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="router-drift",
         description=(
@@ -89,7 +89,7 @@ def format_drift(report: DriftReport, header: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     def fail(message: str) -> int:

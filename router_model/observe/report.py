@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from router_model.cli_args import add_price_options, non_negative_number
-from router_model.cost import DAYS_PER_MONTH, DEFAULT_OUTPUT_TOKENS, PriceTable, monthly_cost
+from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable
+from router_model.cost_projection import DAYS_PER_MONTH, monthly_cost
 from router_model.errors import ConfigError
 from router_model.observe.decision_log import DecisionLogError, parse_timestamp, read_decision_log, record_problem
 
@@ -281,15 +282,22 @@ def format_report(report: ObservationReport) -> str:
 # ---------------------------------------------------------------- CLI
 
 
-def _parser() -> argparse.ArgumentParser:
-    rep = argparse.ArgumentParser(
-        prog="router-cost observed",
-        description=(
-            "Summarise an observation-mode decision log (JSON lines, written by router-serve or router-gateway): "
-            "share of calls that would go cheap, p_cheap_ok distribution, rules, and monthly cost with and "
-            f"without routing. Volume defaults to the log's own rate extrapolated to {DAYS_PER_MONTH} days."
-        ),
-    )
+HELP = "what routing would have saved on logged traffic (observation mode)"
+DESCRIPTION = (
+    "Summarise an observation-mode decision log (JSON lines, written by router-serve or router-gateway): "
+    "share of calls that would go cheap, p_cheap_ok distribution, rules, and monthly cost with and "
+    f"without routing. Volume defaults to the log's own rate extrapolated to {DAYS_PER_MONTH} days."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    rep = argparse.ArgumentParser(prog="router-cost observed", description=DESCRIPTION)
+    add_arguments(rep)
+    return rep
+
+
+def add_arguments(rep: argparse.ArgumentParser) -> None:
+    """The options of `router-cost observed` (router-cost's subparser and this module's own parser)."""
     rep.add_argument("--log", required=True, metavar="FILE", help="the decision log (JSON lines)")
     rep.add_argument(
         "--requests-per-month", type=non_negative_number, default=None, metavar="N",
@@ -306,13 +314,16 @@ def _parser() -> argparse.ArgumentParser:
     add_price_options(rep)
     rep.add_argument("--skip-malformed", action="store_true", help="skip malformed lines instead of stopping")
     rep.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    return rep
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`router-cost observed ...`; exit 2 on a bad option, price file or log."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    parser = build_parser()
+    return run(parser.parse_args(argv), parser)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run parsed `router-cost observed` options (errors through `parser`)."""
     skipped: list[DecisionLogError] = []
     try:
         prices = PriceTable.load(args.prices, price_as=dict(args.price_as))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from router_model.batching import BatchingConfig
+from router_model.cli_args import setup_logging
 from router_model.errors import ArtifactError, ConfigError
 from router_model.service.config import MIN_SECRET_BYTES, ServerConfig
 from router_model.settings import (
@@ -171,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"router-serve: error: {e}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, timestamps=True)
     from router_model.observe.decision_log import DecisionLogError
     from router_model.service.server import create_server
 

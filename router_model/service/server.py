@@ -23,14 +23,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from router_model.errors import ArtifactError, ConfigError
-from router_model.observe.decision_log import DecisionLogWriter
+from router_model.errors import ConfigError
 from router_model.router import Router
 from router_model.service.config import ServerConfig
 from router_model.service.gen.router.v1 import router_pb2
-from router_model.service.holder import ModelHolder, ReloadResult
 from router_model.service.metrics import Metrics, serve_metrics
 from router_model.service.servicer import RouterServicer
+from router_model.serving.holder import ReloadResult
+from router_model.serving.plane import DataPlane
 
 log = logging.getLogger("router_model.service")
 
@@ -69,29 +69,22 @@ class RunningServer:
         config: ServerConfig,
         server: grpc.Server,
         port: int,
-        holder: ModelHolder,
+        plane: DataPlane,
         health_servicer: health.HealthServicer,
         metrics: Metrics,
         metrics_httpd: ThreadingHTTPServer | None,
-        decision_log: DecisionLogWriter | None,
         servicer: RouterServicer | None = None,
     ) -> None:
         self.config = config
-        self.servicer = servicer  # closed after the drain (its batcher's runners)
+        self.servicer = servicer
         self.port = port
         self.metrics = metrics
+        self.plane = plane
         self._server = server
-        self._holder = holder
         self._health = health_servicer
         self._metrics_httpd = metrics_httpd
-        self._decision_log = decision_log
         self._stopped = threading.Event()
-        self._closing = threading.Event()
         self._stop_lock = threading.Lock()
-        if config.watch_interval is not None:
-            threading.Thread(
-                target=holder.watch, args=(config.watch_interval, self._closing), name="router-watch", daemon=True
-            ).start()
 
     @property
     def address(self) -> str:
@@ -104,38 +97,32 @@ class RunningServer:
 
     @property
     def router(self) -> Router | None:
-        loaded = self._holder.current
-        return loaded.router if loaded else None
+        return self.plane.holder.router
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
         """True once a model is loaded and health says SERVING."""
-        return self._holder.ready.wait(timeout)
+        return self.plane.holder.ready.wait(timeout)
 
     def reload(self, model_dir: Path | str | None = None) -> ReloadResult:
         """Same as the Reload RPC: raises ArtifactError/ConfigError and keeps the old model then."""
-        return self._holder.reload(model_dir)
+        return self.plane.holder.reload(model_dir)
 
     def reopen_logs(self) -> None:
         """Reopen the decision log (after logrotate; router-serve calls this on SIGHUP)."""
-        if self._decision_log is not None:
-            self._decision_log.reopen()
+        self.plane.reopen_log()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish within `grace` seconds, then clean up."""
         with self._stop_lock:
             if self._stopped.is_set():
                 return
-            self._closing.set()
+            self.plane.source.stop()
             self._health.enter_graceful_shutdown()
             self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
-            if self.servicer is not None:
-                self.servicer.close()
-            self._holder.close()
+            self.plane.close()  # after the drain: the batcher's runners, the loader, the decision log
             if self._metrics_httpd is not None:
                 self._metrics_httpd.shutdown()
                 self._metrics_httpd.server_close()
-            if self._decision_log is not None:
-                self._decision_log.close()
             self._stopped.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -165,7 +152,7 @@ def create_server(config: ServerConfig, *, load_in_background: bool = True) -> R
         for name in ("", SERVICE_NAME):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    holder = ModelHolder(config, metrics, on_serving=serving)
+    plane = DataPlane(config, metrics.serving, on_serving=serving)
     threads = config.max_concurrent_rpcs + SPARE_THREADS
     options = [
         ("grpc.max_receive_message_length", RECEIVE_CEILING_FACTOR * config.max_message_bytes),
@@ -182,61 +169,13 @@ def create_server(config: ServerConfig, *, load_in_background: bool = True) -> R
         port = server.add_insecure_port(f"{host}:{config.port}")
     except RuntimeError as e:
         raise ConfigError(f"cannot listen on {host}:{config.port}: {e}") from None
-    decision_log = (
-        DecisionLogWriter(config.decision_log, include_prompt=config.log_prompts, prompt_hash_key=config.prompt_hash_key)
-        if config.decision_log is not None
-        else None
-    )
-    if decision_log is not None:
-        writer = decision_log
-        metrics.watch_decision_log(lambda: writer.errors)
-    servicer = RouterServicer(config, holder, metrics, decision_log)
+    servicer = RouterServicer(config, plane, metrics)
     server.add_generic_rpc_handlers((router_handler(servicer),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     metrics_httpd = serve_metrics(metrics, config.host, config.metrics_port) if config.metrics_port is not None else None
     server.start()
-    running = RunningServer(
-        config, server, port, holder, health_servicer, metrics, metrics_httpd, decision_log, servicer=servicer
-    )
+    running = RunningServer(config, server, port, plane, health_servicer, metrics, metrics_httpd, servicer=servicer)
     log.info("router.v1 listening on %s (observe=%s)", running.address, config.observe)
-
-    follower = None
-    if config.model_uri is not None:  # serve by registry alias (router_model.registry; MLflow only if needed)
-        from router_model.registry import AliasFollower, open_registry
-
-        follower = AliasFollower(config.model_uri, open_registry(config.tracking_uri))
-
-    def initial_load() -> None:
-        try:
-            if follower is not None:
-                version, path = follower.fetch()
-                holder.reload(path, registry=version)
-                follower.delivered = version.version
-            else:
-                holder.reload()
-        except (ArtifactError, ConfigError) as e:
-            log.error("no model loaded, serving NOT_SERVING until a reload succeeds: %s", e)
-        except Exception:
-            log.exception("no model loaded, serving NOT_SERVING until a reload succeeds")
-
-    if follower is not None and config.follow is not None:
-        active = follower
-
-        def deliver(version, path: Path) -> None:
-            holder.reload(path, registry=version)
-
-        def load_then_follow() -> None:  # the first poll is the initial load; a refused version is not retried
-            try:
-                active.poll(deliver)
-            except Exception as e:  # noqa: BLE001 - registry down at start: NOT_SERVING, retried at each poll
-                log.error("no model loaded from %s yet, serving NOT_SERVING: %s", config.model_uri, e)
-            active.follow(config.follow or 1.0, running._closing, deliver)
-
-        threading.Thread(target=load_then_follow, name="router-follow", daemon=True).start()
-    elif config.model_dir is not None or follower is not None:
-        if load_in_background:
-            threading.Thread(target=initial_load, name="router-initial-load", daemon=True).start()
-        else:
-            initial_load()
+    plane.start(background=load_in_background)
     return running

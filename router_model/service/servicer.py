@@ -1,10 +1,10 @@
-"""router.v1.Router: proto requests in, Router decisions out, each decision counted and logged.
+"""router.v1.Router: the gRPC adapter over the data plane (router_model/serving/plane.py).
 
-Kept thin on purpose: validation and routing are the Router's, status codes are
-`status.rpc`'s, loading and swapping the model is the ModelHolder's, who may Reload is
-`admin`'s. The servicer owns the order of a call: refuse what is too big or malformed before
-any work (a batch is validated whole first), wait for a compute slot, route, and log and count
-a decision only when the caller is still there to receive it.
+Kept thin on purpose: validation and routing are the Router's, deciding and recording are the
+DataPlane's, status codes are `status.rpc`'s, who may Reload is `admin`'s. The servicer owns
+the order of a call: refuse what is too big or malformed before any work (a batch is validated
+whole first), wait for a compute slot, decide, and record a decision only when the caller is
+still there to receive it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -21,17 +21,15 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from router_model.batching import Batcher, BatcherClosedError, DeadlineExpiredError
 from router_model.decision import RoutingDecision
 from router_model.errors import ArtifactError, ConfigError, InvalidRequestError
-from router_model.multi_router import MultiRouter
-from router_model.observe.decision_log import DecisionLogWriter, decision_record, log_text, utc_timestamp
 from router_model.request import TEXT_PART_TYPES, Request, parse_request
-from router_model.router import Router
 from router_model.service.admin import check_admin, reload_target
 from router_model.service.config import ServerConfig
 from router_model.service.gen.router.v1 import router_pb2, router_pb2_grpc
-from router_model.service.holder import Loaded, ModelHolder
 from router_model.service.limits import CallLimits, FairSlots
 from router_model.service.metrics import Metrics
 from router_model.service.status import RpcStatusError, check_deadline, rpc
+from router_model.serving.holder import Loaded
+from router_model.serving.plane import Candidates, DataPlane
 
 log = logging.getLogger("router_model.service")
 
@@ -72,64 +70,6 @@ def to_router_request(req: router_pb2.RouteRequest, max_chars: int) -> Request:
             f"the prompt has {len(req.prompt)} characters, over the limit of {max_chars}", field="prompt"
         )
     return req.prompt
-
-
-def request_candidates(router: Router, candidates: Sequence[str]) -> tuple[str, ...] | None:
-    """The models a request may be routed to (None: the router's whole choice), checked up front.
-
-    An N-model router restricts its choice to them (MultiRouter.predict's `candidates`); an
-    unknown name is an InvalidRequestError naming it. A cheap/strong pair router has no
-    candidate notion, so the only consistent non-empty set is its own two models (a no-op):
-    anything else is refused rather than silently ignored.
-    """
-    names = list(candidates)
-    if not names:
-        return None
-    if isinstance(router, MultiRouter):
-        router.allowed(names)
-        return tuple(names)
-    pair = [router.cheap_model, router.strong_model]
-    if set(names) != set(pair):
-        unknown = [m for m in names if m not in pair]
-        known = f"unknown candidate model(s) {unknown}; " if unknown else ""
-        raise InvalidRequestError(
-            f"{known}this cheap/strong router chooses between exactly {pair}: "
-            "leave candidates empty or name both", field="candidates",
-        )
-    return None
-
-
-def _predict_one(router: Router, request: Request, tags: list[str] | None, cands: tuple[str, ...] | None) -> RoutingDecision:
-    """Router.predict, restricted to `cands` when request_candidates returned a set (N-model only)."""
-    if cands is None:
-        return router.predict(request, tags=tags)
-    assert isinstance(router, MultiRouter)
-    return router.predict(request, tags=tags, candidates=cands)
-
-
-def _predict_chunk(
-    router: Router, requests: Sequence[Request], tags: Sequence[list[str] | None], cands: Sequence[tuple[str, ...] | None]
-) -> list[RoutingDecision]:
-    """Decisions for one chunk, one predict_batch per distinct candidate set (errors keep the chunk index)."""
-    groups: dict[tuple[str, ...] | None, list[int]] = {}
-    for i, c in enumerate(cands):
-        groups.setdefault(c, []).append(i)
-    out: list[RoutingDecision | None] = [None] * len(requests)
-    for c, idx in groups.items():
-        sub, sub_tags = [requests[i] for i in idx], [tags[i] for i in idx]
-        try:
-            if c is None:
-                got = router.predict_batch(sub, tags=sub_tags)
-            else:
-                assert isinstance(router, MultiRouter)  # request_candidates returns a set only for one
-                got = router.predict_batch(sub, tags=sub_tags, candidates=c)
-        except InvalidRequestError as e:
-            if e.index is None:
-                raise
-            raise InvalidRequestError(e.reason, field=e.field, index=idx[e.index]) from None
-        for i, d in zip(idx, got):
-            out[i] = d
-    return [d for d in out if d is not None]
 
 
 def _response(d: RoutingDecision, request_id: str, latency_us: int, observe: bool) -> router_pb2.RouteResponse:
@@ -187,28 +127,19 @@ def _numeric_metrics(value: Any, prefix: str = "") -> dict[str, float]:
 class RouterServicer(router_pb2_grpc.RouterServicer):
     """Implements router.v1.Router on top of the holder's current `Router` (method names are the proto's)."""
 
-    def __init__(
-        self, config: ServerConfig, holder: ModelHolder, metrics: Metrics, decision_log: DecisionLogWriter | None
-    ) -> None:
+    def __init__(self, config: ServerConfig, plane: DataPlane, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics  # read by status.rpc
         self.limits = CallLimits(config.max_concurrent_rpcs, config.max_message_bytes)  # read by status.rpc
         self._slots = FairSlots(config.workers)
         # Batch chunks may hold all but one slot: a single Route never waits for a batch chunk.
         self._batch_slots = FairSlots(max(1, config.workers - 1))
-        self._holder = holder
-        self._decision_log = decision_log
-        # Concurrent Route calls share graph runs; its runners, not the worker slots, bound their compute.
-        self._batcher = Batcher(config.batching) if config.batching is not None else None
-
-    def close(self) -> None:
-        """Stop the batcher's runners (after the server has drained)."""
-        if self._batcher is not None:
-            self._batcher.close()
+        self._plane = plane
 
     @property
     def batcher(self) -> Batcher | None:
-        return self._batcher
+        """The plane's batcher (concurrent Route calls share graph runs; its runners bound their compute)."""
+        return self._plane.batcher
 
     def _slot(self, context: grpc.ServicerContext) -> FairSlots:
         """Wait (within the deadline) until a compute slot is free; the caller then holds it."""
@@ -217,28 +148,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return self._slots
 
     def _loaded(self) -> Loaded:
-        loaded = self._holder.current
+        loaded = self._plane.loaded
         if loaded is None:
             raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, "no model is loaded yet")
         return loaded
-
-    def _log_decisions(self, items: Sequence[tuple[Request, str, RoutingDecision]], router: Router) -> None:
-        self.metrics.count_decisions([(d.model, d.reason) for _, _, d in items])
-        self.metrics.observe_drift(router, [d for _, _, d in items])
-        if self._decision_log is None:
-            return
-        ts = utc_timestamp()
-        for request, request_id, d in items:
-            self._decision_log.write(
-                decision_record(
-                    d,
-                    request_id=request_id,
-                    prompt=log_text(request),
-                    cheap_model=router.cheap_model,
-                    strong_model=router.strong_model,
-                    ts=ts,
-                )
-            )
 
     @rpc("Route", router_pb2.RouteRequest)
     def Route(self, request: router_pb2.RouteRequest, context: grpc.ServicerContext) -> router_pb2.RouteResponse:  # noqa: N802
@@ -246,14 +159,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         loaded = self._loaded()
         routed = to_router_request(request, self.config.max_prompt_chars)
         tags = list(request.tags) or None
-        cands = request_candidates(loaded.router, request.candidates)
+        cands = self._plane.candidates(loaded.router, list(request.candidates))
         request_id = request.request_id or uuid.uuid4().hex
         check_deadline(context)
-        if self._batcher is not None:
+        if self._plane.batcher is not None:
             try:
-                decision = self._batcher.predict(
-                    loaded.router, routed, tags=tags, timeout=context.time_remaining(), alive=context.is_active,
-                    candidates=cands,
+                decision = self._plane.decide(
+                    loaded.router, routed, tags=tags, candidates=cands, timeout=context.time_remaining(), alive=context.is_active,
                 )
             except DeadlineExpiredError as e:
                 raise RpcStatusError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from None
@@ -262,11 +174,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         else:
             slots = self._slot(context)
             try:
-                decision = _predict_one(loaded.router, routed, tags, cands)
+                decision = self._plane.decide(loaded.router, routed, tags=tags, candidates=cands)
             finally:
                 slots.release()
         check_deadline(context, "while the request was routed")  # nobody would receive it
-        self._log_decisions([(routed, request_id, decision)], loaded.router)
+        self._plane.record(loaded.router, [(routed, request_id, decision)])
         latency_us = round((time.perf_counter() - started) * 1e6)
         return _response(decision, request_id, latency_us, self.config.observe)
 
@@ -282,12 +194,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 field="requests",
             )
         routed: list[Request] = []
-        cands: list[tuple[str, ...] | None] = []
+        cands: list[Candidates | None] = []
         for i, item in enumerate(request.requests):  # every item, before routing any
             try:
                 converted = to_router_request(item, self.config.max_prompt_chars)
                 parse_request(converted)
-                cands.append(request_candidates(loaded.router, item.candidates))
+                cands.append(self._plane.candidates(loaded.router, list(item.candidates)))
             except InvalidRequestError as e:
                 raise InvalidRequestError(e.reason, field=e.field, index=i) from None
             routed.append(converted)
@@ -304,7 +216,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 slots = self._slot(context)
                 try:
                     chunk = slice(lo, lo + step)
-                    decisions.extend(_predict_chunk(loaded.router, routed[chunk], tags[chunk], cands[chunk]))
+                    decisions.extend(self._plane.decide_batch(loaded.router, routed[chunk], tags=tags[chunk],
+                                                              candidates=cands[chunk]))
                 except InvalidRequestError as e:  # re-base the item's index from the chunk onto the batch
                     if e.index is None:
                         raise
@@ -314,7 +227,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             finally:
                 self._batch_slots.release()
         check_deadline(context, "while the batch was routed")
-        self._log_decisions(list(zip(routed, ids, decisions)), loaded.router)
+        self._plane.record(loaded.router, list(zip(routed, ids, decisions)))
         latency_us = round((time.perf_counter() - started) * 1e6)
         observe = self.config.observe
         return router_pb2.RouteBatchResponse(
@@ -353,7 +266,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         check_admin(self.config, context)
         target = reload_target(request.model_dir, self.config.reload_root) if request.model_dir else None
         try:
-            result = self._holder.reload(target)  # on the holder's loader thread, not this worker
+            result = self._plane.holder.reload(target)  # on the holder's loader thread, not this worker
         except (ArtifactError, ConfigError) as e:
             log.warning("reload refused, still serving the previous artifact: %s", e)
             raise RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, f"reload refused: {e}") from None

@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from router_model.artifact import FEATURES_INPUT, PROBABILITIES_OUTPUT
-from training.embedding.export import EMBEDDING_OUTPUT, OPSET
+from training.embedding.common import EMBEDDING_OUTPUT, OPSET
 
 HEAD_INPUT = "head_input"
 ML_OPSET = 3

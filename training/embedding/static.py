@@ -24,6 +24,7 @@ import numpy as np
 
 from router_model.artifact import EmbedderSpec
 from router_model.encoder import EncoderSettings
+from training.embedding.common import DEFAULT_EMBEDDER, EMBEDDING_OUTPUT, OPSET, PARITY_TEXTS, EmbedderError, resolve_model_path
 from training.embedding.onnx_embedder import ExportedEmbedder, OnnxEmbedder
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ def is_static(name: str) -> bool:
 
 def base_model(name: str) -> str:
     """The sentence-transformers model a static embedder is distilled from."""
-    from training.embedding.export import DEFAULT_EMBEDDER
-
     base = name[len(STATIC_PREFIX) + 1 :] if name.startswith(STATIC_PREFIX + ":") else ""
     return base or DEFAULT_EMBEDDER
 
@@ -66,8 +65,6 @@ def static_graph(table: np.ndarray, keep: np.ndarray, *, normalize: bool, output
     """ONNX: input_ids, attention_mask -> mean of table[ids] over kept, unpadded tokens (-> L2 normalised)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    from training.embedding.export import OPSET
 
     inits = [
         numpy_helper.from_array(table.astype(np.float32), "static_vectors"),
@@ -124,8 +121,6 @@ def export_static_embedder(
     pca_dims: int = PCA_DIMS,
 ) -> ExportedEmbedder:
     """Distil (or reuse a cached distillation of) a static embedder and write it as an ONNX graph."""
-    from training.embedding.export import EmbedderError, resolve_model_path
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = resolve_model_path(base_model(name))
     try:
@@ -152,8 +147,6 @@ def export_static_embedder(
 def write_static_embedder(model, name: str, out_dir: Path, settings: EncoderSettings) -> ExportedEmbedder:
     """A distilled `StaticModel` as the ONNX graph + tokenizer + spec in `out_dir`, checked against it."""
     import onnx
-
-    from training.embedding.export import EMBEDDING_OUTPUT, EmbedderError
 
     onnx_path, tok_path, spec_path = out_dir / "embedder.onnx", out_dir / "tokenizer.json", out_dir / "embedder.json"
     vectors = np.asarray(model.embedding, dtype=np.float32)
@@ -187,8 +180,6 @@ def write_static_embedder(model, name: str, out_dir: Path, settings: EncoderSett
 
 def verify_against_model2vec(exported: ExportedEmbedder, model, atol: float = 1e-5) -> float:
     """Embed a few texts both ways; refuse a graph that drifts from `StaticModel.encode`."""
-    from training.embedding.export import PARITY_TEXTS, EmbedderError
-
     ref = np.asarray(model.encode(list(PARITY_TEXTS)), dtype=np.float32)
     got = OnnxEmbedder(exported, threads=1).embed_uncached(list(PARITY_TEXTS))
     diff = float(np.abs(ref - got).max())

@@ -21,7 +21,7 @@ def random_scores(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random(n)
 
 
-def oracle_scores(w: Sequence[float], s: Sequence[float]) -> np.ndarray:
+def oracle_scores(w: Sequence[float] | np.ndarray, s: Sequence[float] | np.ndarray) -> np.ndarray:
     """The best possible router in hindsight: score = s - w (the gain from calling strong).
 
     Ties toward cheap: rows where strong is no better score <= 0, below every row where strong

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluate import metrics as M
+from router_model.offline import metrics as M
 from training.evaluate.baselines import heuristic_scores, oracle_scores, random_scores
 from training.head import cheap_loses_nothing, strong_loses_nothing
 

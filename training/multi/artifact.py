@@ -34,15 +34,15 @@ from router_model.artifact import (
 )
 from router_model.errors import ArtifactError
 from router_model.multi import PASS_OUTPUT, CostModel, choose
+from router_model.offline.log import LogReadResult
+from router_model.offline.multi_evaluation import finite
 from router_model.prompt_digest import PromptDigest
 from router_model.request import Request
 from training.artifact.graph import HEAD_INPUT, merge_router_graph
 from training.artifact.quantize import calibration_feeds, quantize_embedder
 from training.artifact.writer import FP32_MAX_DIFF, INT8_MIN_AGREEMENT, StagedArtifact, _versions, new_staging_dir
-from training.data.log import LogReadResult
-from training.embedding.export import OPSET
+from training.embedding.common import OPSET
 from training.embedding.onnx_embedder import ExportedEmbedder
-from training.multi.evaluation import finite
 from training.multi.heads import PassHeads
 from training.multi.policy import PolicyChoice
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.evaluate import metrics as M
+from router_model.offline import metrics as M
 from training.head import calibration_folds
 
 DEFAULT_C = (0.1, 1.0)  # per head, by validation log-loss; a short grid keeps 2N heads affordable on 2 cores

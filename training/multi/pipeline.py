@@ -19,17 +19,18 @@ import numpy as np
 from router_model.artifact import ArtifactMetadata
 from router_model.cost import PriceTable
 from router_model.multi import POLICY_KINDS, choose
+from router_model.offline.log import ReadOptions
+from router_model.offline.multi_data import MultiDataset, MultiLog, build_multi_dataset, parse_models, read_multi
+from router_model.offline.multi_evaluation import eval_rows, evaluate_multi, finite, format_report
 from router_model.prompt_digest import PromptDigest
 from training.artifact.writer import discard, publish
 from training.cache import default_cache_dir
-from training.data.log import ReadOptions
 from training.embedding.export import export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
 from training.multi.artifact import MultiHeldOut, MultiRecord, stage_multi_dir
-from training.multi.data import MultiDataset, MultiLog, build_multi_dataset, parse_models, read_multi
-from training.multi.evaluation import evaluate_multi, finite, format_report, save_plots
 from training.multi.heads import PassHeads, ece_per_model, fit_heads
+from training.multi.plots import save_plots
 from training.multi.policy import (
     MultiGoal,
     PolicyChoice,
@@ -84,8 +85,6 @@ def score_rows(heads: PassHeads, X: np.ndarray, ds: MultiDataset, cost_models, r
 
 def held_out_report(sc: Scored, models, choice: PolicyChoice) -> tuple[dict[str, Any], dict[str, Any]]:
     """The test frontier of each rule family, the chosen point run on test, and ECE per model."""
-    from training.multi.evaluation import eval_rows
-
     keep = eval_rows(sc.passed)
     P, K, E, Y, C = sc.p_pass[keep], sc.p_ok[keep], sc.est[keep], sc.passed[keep], sc.cost[keep]
     sweeps = {kind: sweep(kind, P, K, E, Y, C) for kind in POLICY_KINDS}

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from router_model.multi import POLICY_KINDS, SINGLE, CostModel, choose
-from training.multi.evaluation import aiq, eval_rows, single_points
+from router_model.offline.multi_evaluation import aiq, eval_rows, single_points
 from training.risk import (
     METHOD,
     budget_sequence,

@@ -44,7 +44,8 @@ from training.artifact.writer import (
     publish,
 )
 from training.cache import default_cache_dir
-from training.embedding.export import DEFAULT_EMBEDDER, export_embedder
+from training.embedding.common import DEFAULT_EMBEDDER
+from training.embedding.export import export_embedder
 from training.embedding.onnx_embedder import OnnxEmbedder
 from training.policy.schema import Policy, load_policy
 from training.policy.scoring import PolicyMatrix, head_onnx, head_parity, policy_matrix, reference_probabilities

@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
 import signal
 import sys
 from pathlib import Path
 
 from router_model.artifact import GRAPHS
+from router_model.cli_args import setup_logging
 from router_model.errors import RouterError
 from training.policy.schema import DEFAULT_POLICY, PolicyError, load_policy
 
@@ -76,7 +76,7 @@ def _init(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = build_parser().parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from router_model.artifact import PROBABILITIES_OUTPUT
 from training.artifact.graph import HEAD_INPUT
-from training.embedding.export import OPSET
+from training.embedding.common import OPSET
 from training.policy.schema import Policy, Scoring
 
 EPS = 1e-12

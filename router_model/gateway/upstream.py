@@ -1,0 +1,180 @@
+"""Talking to the upstream: headers, URLs, one send, and the fallback to the strong model.
+
+The caller's `Authorization` goes through unless the upstream has its own key; hop-by-hop
+headers, cookies and `x-router-*` never do. A failed cheap-model call (5xx, timeout, refused
+connection) is retried once on the strong model when routing chose the cheap one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+
+import httpx
+from starlette.responses import JSONResponse, Response
+
+from router_model.gateway.call import Attempt, Call
+from router_model.gateway.config import GatewayConfig, Upstream
+from router_model.gateway.errors import (
+    UpstreamError,
+    UpstreamFailedError,
+    UpstreamTimeoutError,
+    error_body,
+)
+from router_model.gateway.metrics import GatewayMetrics
+
+log = logging.getLogger("router_model.gateway")
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+     "transfer-encoding", "upgrade"}
+)
+_DROP_REQUEST_HEADERS = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "cookie"}
+_DROP_RESPONSE_HEADERS = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+
+
+def upstream_message(content: bytes) -> str | None:
+    """The `error.message` of an upstream's JSON error body, if it has one."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    msg = err.get("message") if isinstance(err, dict) else None
+    return msg if isinstance(msg, str) else None
+
+
+def response_headers(headers: httpx.Headers) -> dict[str, str]:
+    """The upstream's response headers that may be passed to the client."""
+    return {k: v for k, v in headers.items() if k.lower() not in _DROP_RESPONSE_HEADERS}
+
+
+def client_error(resp: httpx.Response, content: bytes) -> Response:
+    """An upstream 4xx (429 included) passed through: its status, its error body, its retry-after."""
+    headers = response_headers(resp.headers)
+    try:
+        data = json.loads(content)
+        ok = isinstance(data, dict) and isinstance(data.get("error"), dict)
+    except ValueError:
+        ok = False
+    if ok:
+        headers["content-type"] = "application/json"
+        return Response(content, status_code=resp.status_code, headers=headers)
+    text = content.decode("utf-8", "replace")[:500] or resp.reason_phrase
+    body = error_body(f"upstream answered {resp.status_code}: {text}", "upstream_error", f"upstream_{resp.status_code}")
+    headers.pop("content-type", None)
+    return JSONResponse(body, status_code=resp.status_code, headers=headers)
+
+
+class UpstreamSender:
+    """Sends calls to the configured upstreams through one pooled client."""
+
+    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics, *, client: Callable[[], httpx.AsyncClient],
+                 label: Callable[[str], str]) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._client = client
+        self._label = label
+        self._chat_urls: dict[str, httpx.URL] = {}
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        return self._client()
+
+    def out_headers(self, headers: Mapping[str, str], upstream: Upstream) -> dict[str, str]:
+        key = upstream.api_key()
+        out: dict[str, str] = {}
+        has_type = False
+        for k, v in headers.items():
+            low = k.lower()
+            if low in _DROP_REQUEST_HEADERS or low.startswith("x-router-") or (key and low == "authorization"):
+                continue
+            has_type = has_type or low == "content-type"
+            out[k] = v
+        if key:
+            out["authorization"] = f"Bearer {key}"
+        out["accept-encoding"] = "identity"
+        if not has_type:
+            out["content-type"] = "application/json"
+        return out
+
+    def chat_url(self, upstream: Upstream) -> httpx.URL:
+        """`{base_url}/chat/completions`, parsed once per upstream (not for every request)."""
+        url = self._chat_urls.get(upstream.base_url)
+        if url is None:
+            url = self._chat_urls[upstream.base_url] = httpx.URL(f"{upstream.base_url}/chat/completions")
+        return url
+
+    async def send(self, call: Call, model: str, *, stream: bool) -> httpx.Response:
+        """Send the call to `model`'s upstream; the response is unread when `stream`."""
+        upstream = self.config.upstream_for(model)
+        client = self.client
+        request = client.build_request(
+            "POST", self.chat_url(upstream), content=call.payload(model), headers=self.out_headers(call.in_headers, upstream),
+        )
+        m = self.metrics
+        try:
+            resp = await client.send(request, stream=stream)
+        except httpx.TimeoutException:
+            m.upstream_errors.labels("timeout").inc()
+            m.upstream_requests.labels(self._label(model), "timeout").inc()
+            call.attempts.append(Attempt(model, 504))
+            raise UpstreamTimeoutError(f"the upstream did not answer in time for model {model!r}") from None
+        except httpx.HTTPError as exc:
+            m.upstream_errors.labels("connect").inc()
+            m.upstream_requests.labels(self._label(model), "unreachable").inc()
+            call.attempts.append(Attempt(model, 502))
+            raise UpstreamError(f"cannot reach the upstream for model {model!r} ({exc.__class__.__name__})") from None
+        m.upstream_requests.labels(self._label(model), str(resp.status_code)).inc()
+        if resp.status_code >= 500:
+            m.upstream_errors.labels("status_5xx").inc()
+        return resp
+
+    def _can_fall_back(self, call: Call, model: str) -> bool:
+        router = call.router
+        return (
+            self.config.fallback_to_strong and call.routing and router is not None
+            and model == router.cheap_model and model != router.strong_model
+        )
+
+    async def send_with_fallback(self, call: Call, *, stream: bool) -> tuple[httpx.Response, bytes | None, str]:
+        """Send to the target; on a cheap-model 5xx/timeout/connect failure retry once on the strong model.
+
+        Returns the response, its body (None for a 200 stream, which is left open) and the model
+        that answered. A 5xx that is not retried becomes UpstreamFailedError (502).
+        """
+        model = call.target
+        while True:
+            fall_back = self._can_fall_back(call, model)
+            try:
+                resp = await self.send(call, model, stream=stream)
+            except (UpstreamError, UpstreamTimeoutError) as exc:
+                if not fall_back:
+                    raise
+                cause = exc.code
+            else:
+                content: bytes | None = None
+                if not stream:
+                    content = resp.content
+                elif resp.status_code != 200:
+                    try:
+                        content = await resp.aread()
+                    except httpx.HTTPError:
+                        content = b""
+                    finally:
+                        await resp.aclose()
+                if resp.status_code < 500:
+                    return resp, content, model
+                call.attempts.append(Attempt(model, resp.status_code))
+                if not fall_back:
+                    detail = upstream_message(content or b"")
+                    raise UpstreamFailedError(
+                        f"the upstream answered {resp.status_code} for model {model!r}" + (f": {detail}" if detail else "")
+                    )
+                cause = f"status_{resp.status_code}"
+            assert call.router is not None
+            call.fallback = cause
+            self.metrics.fallbacks.labels(cause).inc()
+            log.info("request %s: %s failed (%s); falling back to %s", call.request_id, model, cause, call.router.strong_model)
+            model = call.router.strong_model

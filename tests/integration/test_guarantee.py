@@ -1,0 +1,74 @@
+"""Risk-controlled thresholds on real data: the empirical violation rate on public data, and the
+goal, risk, method and certified floor a trained router carries into metadata.json, `info` and
+GetModelInfo. The bounds on hand cases are tests/unit/test_guarantee.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.risk import METHOD
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_small_benchmark_on_public_data() -> None:
+    """A few draws of benchmarks/floor_guarantee.py on routerbench: violations near the risk."""
+    from conftest import require_shared
+
+    require_shared("routerbench-subset/routerbench-subset.normalized.jsonl")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import floor_guarantee
+
+    # 1,600 of the file's 3,150 rows (a spread sample): a 960-row pool for the 300-row logs, 640 to test on
+    res = floor_guarantee.run(["routerbench"], [300], draws=6, selection_draws=0, floor=0.95, risk=0.05,
+                              workers=1, say=lambda _: None, max_rows=1600)
+    assert res["files"]["routerbench"]["n_pool"] + res["files"]["routerbench"]["n_test"] <= 1610
+    r = res["files"]["routerbench"]["sizes"]["300"]
+    # 6 draws at a true rate <= 0.05: three or more violations would happen with probability 0.2%.
+    assert 1 - r["ltt-oof"]["floor_held"] <= 2 / 6 + 1e-9, r
+    assert 1 - r["ltt-val"]["floor_held"] <= 2 / 6 + 1e-9, r
+    assert r["old"]["floor_held"] <= r["ltt-oof"]["floor_held"]
+
+
+def test_trained_artifact_states_the_guarantee(second_trained, tmp_path: Path) -> None:
+    """A router trained on the 40 example rows with the default goal: nothing certifiable, so all
+    strong, and every surface says so."""
+    from router_model.router import Router
+    from router_model.summary import metadata_summary
+
+    trained, model_dir = second_trained, second_trained.model_dir
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    g = meta["goal"]
+    assert g["risk"] == 0.05 and g["method"] == METHOD
+    assert g["certified"] is False and g["certified_floor"] == 1.0 and meta["threshold"] > 1.0
+    rows = meta["data"]["split_rows"]
+    # Cross-fitted over train + validation, unless a class is too rare to cross-fit (then validation).
+    assert g["n_labelled"] == {"oof": rows["train"] + rows["val"], "validation": rows["val"]}[g["threshold_rows"]]
+    assert "nothing cheap certified: all strong" in metadata_summary(trained.metadata, model_dir)
+    # An artifact written before risk control (no new goal fields) still loads.
+    old = tmp_path / "old-router"
+    shutil.copytree(model_dir, old)
+    for key in ("risk", "method", "certified", "certified_floor", "bound", "n_labelled", "n_needed", "threshold_rows"):
+        meta["goal"].pop(key)
+    (old / "metadata.json").write_text(json.dumps(meta))
+    r = Router.load(old)
+    assert r.meta.goal.method == "empirical" and r.meta.goal.risk is None and r.meta.goal.certified_floor is None
+
+
+def test_get_model_info_states_the_guarantee(second_model_dir: Path) -> None:
+    from service_helpers import channel, router_stub, serve
+
+    from router_model.service.config import ServerConfig
+    from router_model.service.gen.router.v1 import router_pb2 as pb
+
+    with serve(ServerConfig(model_dir=second_model_dir, port=0)) as running, channel(running) as ch:
+        info = router_stub(ch).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    assert (info.goal, info.goal_value, info.method) == ("quality_floor", pytest.approx(0.95), METHOD)
+    assert info.HasField("risk") and info.risk == pytest.approx(0.05)
+    assert info.HasField("certified_floor") and info.certified_floor == 1.0 and info.certified is False
+    assert info.n_labelled > 0

@@ -1,0 +1,715 @@
+"""Toy model directories for unit tests: valid artifacts built in milliseconds, no training.
+
+`Router.load` verifies and serves these like a trained router (sha256 of every listed file,
+graph inputs and outputs, the warm-up run), but nothing is trained or exported: the graph is a
+hand-written word-weight table (onnx.helper), the tokenizer a tiny `tokenizers` WordLevel
+vocabulary, the metadata the artifact module's own dataclasses written by its own
+`write_metadata`. Only onnx, tokenizers, numpy and json are used (no torch, sentence-transformers,
+sklearn), so the unit tier needs no model.
+
+How every toy graph scores a text (mirroring the real merged graph: token ids -> pooled
+embedding -> [embedding | request features] -> head -> probabilities, plus the embedding output):
+
+* The tokenizer lower-cases, splits on whitespace and punctuation (`Whitespace` pre-tokenizer)
+  and wraps the text as `[CLS] ... [SEP]`. Words outside the small vocabulary are `[UNK]`.
+* Every token has a *strength*: +WORD_WEIGHT for STRONG_WORDS ("prove", "theorem", ...),
+  -WORD_WEIGHT for CHEAP_WORDS ("translate", "summarise", ...), 0 for every other token
+  (including [CLS], [SEP] and [UNK]). Embedding column 0 is the strength; the other columns are
+  seeded noise the head ignores (they make the drift centroids and `seed` meaningful).
+* The graph mean-pools the token vectors over the attention mask (`sentence_embedding`), so the
+  text's strength is `mean_strength(text)`: the sum of its word weights divided by its token
+  count *including* [CLS] and [SEP]. A long prompt dilutes one keyword; a short one does not.
+* pair (`write_toy_pair`): p_cheap_ok = sigmoid(logit(neutral_p) - mean_strength), exactly
+  (`pair_p_cheap_ok`); neutral text gets `neutral_p` (default 0.6, cheap at threshold 0.5).
+  "Translate this sentence into French." (8 tokens, strength -1) -> 0.80 (cheap);
+  "Prove the theorem." (6 tokens, strength 2.67) -> 0.09 (strong).
+* N models (`write_toy_multi`): model j (cheapest first) passes with
+  P = sigmoid(MULTI_GAIN * (capability_j - mean_strength)), the same for P(ok), and the
+  priciest model is always ok. Default capabilities put cheap-word prompts on models[0], neutral
+  text on models[1] and strong-word prompts on models[-1] (policy cheapest_ok at 0.5).
+* policy (`write_toy_policy`): one class per route; a route's keywords add WORD_WEIGHT to its
+  column, softmax over routes; p_cheap_ok = the cheap routes' share, and the reason names the
+  likeliest route of the chosen tier (`policy:translation`).
+
+Request features (log_tokens, has_code, math_density) and token_type_ids are graph inputs, as in a
+real artifact, with zero weight: they never change a decision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+import router_model
+from router_model.artifact import (
+    EMBEDDING_OUTPUT,
+    FEATURES_INPUT,
+    FP32,
+    GRAPH_FILES,
+    INT8,
+    METADATA_FILE,
+    POLICY_TIERS,
+    PROBABILITIES_OUTPUT,
+    TOKENIZER_FILE,
+    ArtifactMetadata,
+    EmbedderSpec,
+    GoalRecord,
+    MultiModelRecord,
+    PolicyRecord,
+    sha256_file,
+    write_metadata,
+)
+from router_model.decision import CHEAP_ONLY_CLASS
+from router_model.encoder import EncoderSettings
+from router_model.features import DEFAULT_FEATURES
+from router_model.multi import PASS_OUTPUT, CostModel
+from router_model.observe.drift import (
+    FAR_QUANTILE,
+    Binned,
+    Categorical,
+    DriftReference,
+    EmbeddingSummary,
+    nearest_centroid_distance,
+    write_reference,
+)
+
+__all__ = [
+    "CHEAP_WORDS",
+    "DEFAULT_MULTI_MODELS",
+    "DEFAULT_POLICY_ROUTES",
+    "JOINT_CHEAP_OK",
+    "JOINT_CLASSES",
+    "STRONG_WORDS",
+    "WORD_WEIGHT",
+    "mean_strength",
+    "multi_p_pass",
+    "pair_p_cheap_ok",
+    "toy_tokenizer",
+    "write_toy_multi",
+    "write_toy_pair",
+    "write_toy_policy",
+]
+
+# The trained pair's joint target (training/head.py JOINT_CLASSES / JOINT_CHEAP_OK; that module is
+# not imported so this file stays free of the training stack). p_cheap_ok = 1 - P(strong_only).
+JOINT_CLASSES = ("both", CHEAP_ONLY_CLASS, "strong_only", "neither")
+JOINT_CHEAP_OK = ("both", CHEAP_ONLY_CLASS, "neither")
+_STRONG_ONLY = JOINT_CLASSES.index("strong_only")
+
+STRONG_WORDS = ("prove", "theorem", "derive", "proof", "integral", "lemma", "induction")
+CHEAP_WORDS = ("translate", "summarise", "summarize", "classify", "extract")
+WORD_WEIGHT = 8.0  # |strength| of a keyword; a neutral token is 0
+NEUTRAL_WORDS = (
+    "the", "a", "an", "this", "that", "of", "to", "in", "into", "for", "and", "or", "is", "it", "me", "please",
+    "sentence", "text", "french", "spanish", "german", "email", "dates", "names", "review", "sentiment", "following",
+    "words", "five", "request", "warm", "up", "what", "why", "how", "hello", "hi", "square", "root", "two", "irrational",
+    "sum", "series", "function", "code", "bug", "debug", "refactor", "python", "story", "write", "poem", "list", "give",
+    "answer", "question", "from", "with", "by", "on", "about", "x", "sin", "cos", "number", "numbers", "prime",
+    "infinitely", "many", "there", "are", "every", "even", "odd", "three", "short", "long", "image", "describe",
+)
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+PAD, UNK, CLS, SEP = SPECIAL_TOKENS
+OPSET = 17  # training/embedding/common.py OPSET (a literal: toy artifacts are built without training/)
+IR_VERSION = 8
+EMBED_DIM = 8
+WORK_DIM = 512  # width of the optional busy-work layers (`work=`): they only cost time
+NOISE_SCALE = 0.25
+TOY_EMBEDDER = "toy-word-table"
+POLICY_SOURCE_FILE = "policy.yaml"  # training/policy/builder.py POLICY_FILE
+
+DEFAULT_MULTI_MODELS = ("gpt-4o-mini", "gpt-4o", "o1")
+MULTI_GAIN = 4.0
+# Per-call dollars of a toy N-model artifact: intercept + per_token * prompt tokens, cheapest first.
+_TOY_PRICES = ((0.00005, 0.15e-6), (0.0008, 2.5e-6), (0.004, 15e-6), (0.01, 60e-6))
+
+# Route name -> (tier, keywords). Cheap routes first, as the policy builder orders its classes.
+DEFAULT_POLICY_ROUTES: Mapping[str, tuple[str, tuple[str, ...]]] = {
+    "translation": ("cheap", ("translate", "french", "spanish", "german")),
+    "extraction": ("cheap", ("extract", "classify", "summarise", "summarize", "list")),
+    "maths": ("strong", ("prove", "theorem", "proof", "derive", "integral", "lemma", "induction")),
+    "code": ("strong", ("debug", "refactor", "bug", "code", "python")),
+}
+
+# Prompts the drift reference describes (its "training data").
+_REFERENCE_PROMPTS = (
+    "Translate this sentence into French.",
+    "Translate the following email into Spanish.",
+    "Summarise this text in five words.",
+    "Summarize the following review.",
+    "Classify the sentiment of this review.",
+    "Extract the dates from this email.",
+    "Extract the names from the following text.",
+    "Classify this email.",
+    "Prove the theorem.",
+    "Prove that the square root of two is irrational.",
+    "Derive the sum of the series.",
+    "Prove this lemma by induction.",
+    "What is the integral of sin x?",
+    "Give a proof that there are infinitely many prime numbers.",
+    "Write a short story.",
+    "What is this code about?",
+    "Hello, how are you?",
+    "Write a poem about the sea.",
+    "Describe the image.",
+    "Why is the sky blue?",
+)
+
+
+# ------------------------------------------------------------------------------ tokenizer
+
+
+def _vocabulary() -> dict[str, int]:
+    words: list[str] = list(SPECIAL_TOKENS)
+    route_words = [w for _, ws in DEFAULT_POLICY_ROUTES.values() for w in ws]
+    for w in (*STRONG_WORDS, *CHEAP_WORDS, *NEUTRAL_WORDS, *route_words):
+        if w not in words:
+            words.append(w)
+    words += [p for p in ".,:;?!'\"()-" if p not in words]
+    return {w: i for i, w in enumerate(words)}
+
+
+VOCAB: Mapping[str, int] = _vocabulary()
+
+
+def toy_tokenizer(max_length: int = 128) -> Tokenizer:
+    """The toy WordLevel tokenizer: lower-case, whitespace/punctuation split, `[CLS] $A [SEP]`, and the
+    padding and truncation a MiniLM tokenizer.json carries (the encoder switches both off and does its own)."""
+    tok = Tokenizer(models.WordLevel(vocab=dict(VOCAB), unk_token=UNK))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}",
+        pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+        special_tokens=[(CLS, VOCAB[CLS]), (SEP, VOCAB[SEP])],
+    )
+    tok.add_special_tokens([PAD, UNK, CLS, SEP])
+    tok.enable_truncation(max_length=max_length)
+    tok.enable_padding(pad_id=VOCAB[PAD], pad_token=PAD)
+    return tok
+
+
+def _token_ids(text: str, max_length: int = 128) -> list[int]:
+    tok = toy_tokenizer(max_length)
+    tok.no_padding()
+    return tok.encode(text).ids
+
+
+# ------------------------------------------------------------------------------ the scoring, in numpy
+
+
+def _strengths(word_weight: float = WORD_WEIGHT) -> np.ndarray:
+    s = np.zeros(len(VOCAB), dtype=np.float32)
+    for w in STRONG_WORDS:
+        s[VOCAB[w]] = word_weight
+    for w in CHEAP_WORDS:
+        s[VOCAB[w]] = -word_weight
+    return s
+
+
+def mean_strength(text: str, *, word_weight: float = WORD_WEIGHT, max_length: int = 128) -> float:
+    """What every toy graph pools from `text`: the keywords' weights over all its tokens incl. [CLS]/[SEP]
+    (for a text within `max_length` tokens; a longer one is truncated head+tail by the router first)."""
+    ids = _token_ids(text, max_length)
+    return float(_strengths(word_weight)[ids].mean())
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def pair_p_cheap_ok(text: str, *, neutral_p: float = 0.6, word_weight: float = WORD_WEIGHT) -> float:
+    """The toy pair's p_cheap_ok for a prompt (what `Router.predict(text).p_cheap_ok` returns, to float32)."""
+    return _sigmoid(_logit(neutral_p) - mean_strength(text, word_weight=word_weight))
+
+
+def multi_p_pass(text: str, capabilities: Sequence[float] | None = None, *, n_models: int = len(DEFAULT_MULTI_MODELS)) -> list[float]:
+    """The toy N-model graph's P(pass) per model (cheapest first) for a prompt."""
+    caps = _capabilities(n_models) if capabilities is None else tuple(capabilities)
+    m = mean_strength(text)
+    return [_sigmoid(MULTI_GAIN * (c - m)) for c in caps]
+
+
+# ------------------------------------------------------------------------------ the graph
+
+
+def _table(dim: int, seed: int, strengths: np.ndarray) -> np.ndarray:
+    """(vocab, dim) token vectors: column 0 the strength, the rest seeded noise the heads ignore."""
+    rng = np.random.default_rng(seed)
+    table = rng.normal(0.0, NOISE_SCALE, size=(len(VOCAB), dim)).astype(np.float32)
+    table[:, 0] = strengths
+    table[VOCAB[PAD]] = 0.0
+    return table
+
+
+def _graph(
+    table: np.ndarray,
+    head_w: np.ndarray,
+    head_b: np.ndarray,
+    *,
+    model_inputs: Sequence[str],
+    n_features: int,
+    output: str,
+    activation: str,
+    name: str,
+    work: int = 0,
+) -> onnx.ModelProto:
+    """token ids -> masked mean of `table` rows (EMBEDDING_OUTPUT) -> @ head_w (+ features @ 0, + token types * 0)
+    + head_b -> Softmax or Sigmoid (`output`).
+
+    `work` > 0 adds that many (WORK_DIM x WORK_DIM) MatMul + Tanh layers over every token, padding
+    included, whose result is added times 0: the same probabilities, but a run costs time in proportion
+    to the batch's tokens, as a transformer's does (`write_toy_pair(work=...)`, for the deadline and
+    overload tests)."""
+    dim, n_out = head_w.shape
+    c = numpy_helper.from_array
+    inits = [
+        c(table.astype(np.float32), "toy_table"),
+        c(head_w.astype(np.float32), "toy_head_w"),
+        c(head_b.astype(np.float32), "toy_head_b"),
+        c(np.array([1], dtype=np.int64), "toy_axis_1"),
+        c(np.array([2], dtype=np.int64), "toy_axis_2"),
+        c(np.array(1e-9, dtype=np.float32), "toy_eps"),
+        c(np.array(0.0, dtype=np.float32), "toy_zero"),
+    ]
+    n = helper.make_node
+    nodes = [
+        n("Gather", ["toy_table", "input_ids"], ["toy_tokens"], axis=0),  # (batch, seq, dim)
+        n("Cast", ["attention_mask"], ["toy_mask"], to=TensorProto.FLOAT),
+        n("Unsqueeze", ["toy_mask", "toy_axis_2"], ["toy_mask3"]),
+        n("Mul", ["toy_tokens", "toy_mask3"], ["toy_masked"]),
+        n("ReduceSum", ["toy_masked", "toy_axis_1"], ["toy_summed"], keepdims=0),
+        n("ReduceSum", ["toy_mask", "toy_axis_1"], ["toy_count"], keepdims=1),
+        n("Max", ["toy_count", "toy_eps"], ["toy_count_safe"]),
+        n("Div", ["toy_summed", "toy_count_safe"], [EMBEDDING_OUTPUT]),
+        n("MatMul", [EMBEDDING_OUTPUT, "toy_head_w"], ["toy_z0"]),
+    ]
+    z = "toy_z0"
+    inputs = [helper.make_tensor_value_info(i, TensorProto.INT64, ["batch", "sequence"]) for i in model_inputs]
+    if n_features:
+        inits.append(c(np.zeros((n_features, n_out), dtype=np.float32), "toy_feature_w"))
+        inputs.append(helper.make_tensor_value_info(FEATURES_INPUT, TensorProto.FLOAT, ["batch", n_features]))
+        nodes += [n("MatMul", [FEATURES_INPUT, "toy_feature_w"], ["toy_zf"]), n("Add", [z, "toy_zf"], ["toy_z1"])]
+        z = "toy_z1"
+    if work > 0:  # one shared (WORK_DIM x WORK_DIM) weight keeps the file small however many layers
+        rng = np.random.default_rng(1234)
+        inits += [c(rng.normal(0.0, 1.0 / math.sqrt(dim), (dim, WORK_DIM)).astype(np.float32), "toy_work_in"),
+                  c(rng.normal(0.0, 1.0 / math.sqrt(WORK_DIM), (WORK_DIM, WORK_DIM)).astype(np.float32), "toy_work_w")]
+        nodes.append(n("MatMul", ["toy_tokens", "toy_work_in"], ["toy_work_0"]))
+        for k in range(work):
+            nodes += [n("MatMul", [f"toy_work_{k}", "toy_work_w"], [f"toy_work_m{k}"]),
+                      n("Tanh", [f"toy_work_m{k}"], [f"toy_work_{k + 1}"])]
+        nodes += [
+            n("ReduceSum", [f"toy_work_{work}"], ["toy_work_sum"], keepdims=0),  # every axis: a scalar
+            n("Mul", ["toy_work_sum", "toy_zero"], ["toy_work_zero"]),
+            n("Add", [z, "toy_work_zero"], ["toy_zw"]),
+        ]
+        z = "toy_zw"
+    if "token_type_ids" in model_inputs:
+        nodes += [
+            n("Cast", ["token_type_ids"], ["toy_types"], to=TensorProto.FLOAT),
+            n("ReduceSum", ["toy_types", "toy_axis_1"], ["toy_types_sum"], keepdims=1),
+            n("Mul", ["toy_types_sum", "toy_zero"], ["toy_types_zero"]),
+            n("Add", [z, "toy_types_zero"], ["toy_z2"]),
+        ]
+        z = "toy_z2"
+    nodes.append(n("Add", [z, "toy_head_b"], ["toy_logits"]))
+    if activation == "softmax":
+        nodes.append(n("Softmax", ["toy_logits"], [output], axis=-1))
+    else:
+        nodes.append(n("Sigmoid", ["toy_logits"], [output]))
+    graph = helper.make_graph(
+        nodes,
+        name,
+        inputs,
+        [
+            helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", n_out]),
+            helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["batch", dim]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="router-model-toy")
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def _int8_like(table: np.ndarray) -> np.ndarray:
+    """The table rounded to 255 levels per row, as an int8 embedder would hold it (column 0 is kept exact)."""
+    scale = np.maximum(np.abs(table[:, 1:]).max(axis=1, keepdims=True), 1e-12) / 127.0
+    out = table.copy()
+    out[:, 1:] = np.round(table[:, 1:] / scale) * scale
+    return out
+
+
+# ------------------------------------------------------------------------------ the directory
+
+
+def _versions() -> dict[str, str]:
+    out = {"router_model": router_model.__version__}
+    for pkg in ("onnx", "onnxruntime", "tokenizers", "numpy"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def _embedder_spec(table: np.ndarray, max_length: int, truncation: str, model_inputs: Sequence[str]) -> EmbedderSpec:
+    return EmbedderSpec(
+        name=TOY_EMBEDDER,
+        pooling="mean",
+        normalize=False,
+        dim=int(table.shape[1]),
+        encoder=EncoderSettings(max_length=max_length, truncation=truncation, model_inputs=tuple(model_inputs)),
+        weights_sha256=hashlib.sha256(table.tobytes()).hexdigest(),
+    )
+
+
+def _artifact_version(kind: str, seed: int, version: str | None, *parts: object) -> str:
+    if version is not None:
+        return version
+    digest = hashlib.sha256(json.dumps([kind, seed, *[str(p) for p in parts]]).encode()).hexdigest()[:8]
+    return f"toy-{kind}-s{seed}-{digest}"
+
+
+def _model_inputs(token_type_ids: bool) -> tuple[str, ...]:
+    return ("input_ids", "attention_mask", "token_type_ids") if token_type_ids else ("input_ids", "attention_mask")
+
+
+def _stage(path: Path) -> Path:
+    """A fresh staging directory beside `path` (published by `_publish`, as training/artifact/writer.py does).
+
+    `path` may be absent, an empty directory or a model directory (rewritten in place, e.g. a second
+    version for a hot-reload test); anything else is refused, never deleted.
+    """
+    if path.exists() and not (path.is_dir() and ((path / METADATA_FILE).is_file() or not any(path.iterdir()))):
+        raise FileExistsError(f"{path} exists and is not a model directory nor empty; refusing to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.toy-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _publish(tmp: Path, path: Path) -> Path:
+    """Replace `path` with the finished directory in two renames (a watcher never sees a half-written one)."""
+    old = path.parent / f".{path.name}.toy-old"
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _write_graphs(tmp: Path, build, table: np.ndarray, max_length: int) -> bytes:
+    fp32 = build(table)
+    onnx.save(fp32, str(tmp / GRAPH_FILES[FP32]))
+    onnx.save(build(_int8_like(table)), str(tmp / GRAPH_FILES[INT8]))
+    toy_tokenizer(max_length).save(str(tmp / TOKENIZER_FILE))
+    return fp32.SerializeToString()
+
+
+def _base_metadata(**fields) -> ArtifactMetadata:
+    return ArtifactMetadata(
+        created_at=datetime.now(UTC).isoformat(),
+        graphs=dict(GRAPH_FILES),
+        versions=_versions(),
+        calibration="none (toy artifact: hand-set weights, tests/toy_artifact.py)",
+        # one numeric leaf, as a trained artifact's held-out metrics have many (GetModelInfo.metrics)
+        metrics={"toy": True, "held_out": {"rows": len(_REFERENCE_PROMPTS)}},
+        **fields,
+    )
+
+
+def _drift_reference(table: np.ndarray, threshold: float, neutral_p: float, max_length: int) -> DriftReference:
+    """A reference over _REFERENCE_PROMPTS, computed with the numpy mirror of the graph."""
+    tok = toy_tokenizer(max_length)
+    tok.no_padding()
+    emb, p, n_tokens = [], [], []
+    for text in _REFERENCE_PROMPTS:
+        ids = tok.encode(text).ids
+        e = table[ids].mean(axis=0)
+        emb.append(e)
+        p.append(_sigmoid(_logit(neutral_p) - float(e[0])))
+        n_tokens.append(len(tok.encode(text, add_special_tokens=False).ids))
+    E = np.asarray(emb, dtype=np.float32)
+    unit = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+    p_arr = np.asarray(p)
+    groups = [unit[p_arr >= threshold + 0.05], unit[p_arr < threshold - 0.05], unit[np.abs(p_arr - threshold) < 0.05]]
+    centroids = np.asarray([g.mean(axis=0) for g in groups if len(g)], dtype=np.float32)
+    dist = nearest_centroid_distance(E, centroids)
+    radius = float(np.quantile(dist, FAR_QUANTILE))
+    return DriftReference(
+        n=len(_REFERENCE_PROMPTS),
+        split="toy",
+        threshold=float(threshold),
+        strong_share=float(np.mean(p_arr < threshold)),
+        p_cheap_ok=Binned.of(p_arr, 5),
+        prompt_tokens=Binned.of(np.asarray(n_tokens, dtype=np.float64), 5),
+        reasons=Categorical({"classifier": 1.0}),
+        embedding=EmbeddingSummary(centroids, Binned.of(dist, 5), radius, float(np.mean(dist > radius))),
+    )
+
+
+def write_toy_pair(
+    path: str | Path,
+    *,
+    cheap: str = "gpt-4o-mini",
+    strong: str = "gpt-4o",
+    threshold: float = 0.5,
+    neutral_p: float = 0.6,
+    word_weight: float = WORD_WEIGHT,
+    seed: int = 0,
+    version: str | None = None,
+    features: Sequence[str] = DEFAULT_FEATURES,
+    token_type_ids: bool = True,
+    drift_reference: bool = True,
+    max_length: int = 128,
+    truncation: str = "head_tail",
+    default_graph: str = FP32,
+    work: int = 0,
+) -> Path:
+    """A cheap/strong model directory (format 1, joint target) that routes by keywords.
+
+    p_cheap_ok = sigmoid(logit(neutral_p) - mean_strength(text)) (`pair_p_cheap_ok`). The other joint
+    classes share p_cheap_ok as P(both) : P(cheap_only) : P(neither) = 6 : 1 : 3, so a strong
+    decision's confidence, 1 - P(cheap_only), is 1 - 0.1 * p_cheap_ok (`_pair_head`).
+    `seed` changes the noise columns (and so the graph, the hashes and the artifact_version);
+    `version` sets the artifact_version outright. `work` adds busy-work layers (`_graph`): the same
+    decisions, but a graph run takes time in proportion to its tokens, like a real embedder's.
+    """
+    path = Path(path)
+    model_inputs = _model_inputs(token_type_ids)
+    table = _table(EMBED_DIM, seed, _strengths(word_weight))
+    head_w, head_b = _pair_head(EMBED_DIM, neutral_p)
+
+    def build(t: np.ndarray) -> onnx.ModelProto:
+        return _graph(t, head_w, head_b, model_inputs=model_inputs, n_features=len(features),
+                      output=PROBABILITIES_OUTPUT, activation="softmax", name="toy_pair_router", work=work)
+
+    tmp = _stage(path)
+    try:
+        graph_bytes = _write_graphs(tmp, build, table, max_length)
+        if drift_reference:
+            write_reference(tmp, _drift_reference(table, threshold, neutral_p, max_length))
+        meta = _base_metadata(
+            artifact_version=_artifact_version("pair", seed, version, hashlib.sha256(graph_bytes).hexdigest(), cheap,
+                                               strong, threshold, list(features), max_length, drift_reference),
+            cheap_model=cheap,
+            strong_model=strong,
+            threshold=float(threshold),
+            goal=GoalRecord(kind="quality_floor", value=0.95, met_on_validation=True),
+            target="joint",
+            classes=JOINT_CLASSES,
+            cheap_ok_classes=JOINT_CHEAP_OK,
+            head="toy-word-table",
+            embedder=_embedder_spec(table, max_length, truncation, model_inputs),
+            features=tuple(features),
+            default_graph=default_graph,
+        )
+        write_metadata(tmp, meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(tmp, path)
+
+
+def _pair_head(dim: int, neutral_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Joint-class logits: strong_only = strength - logit(neutral_p); the others fixed at log(0.6, 0.1, 0.3),
+    which sum to 1, so P(strong_only) = sigmoid(strength - logit(neutral_p)) and p_cheap_ok its complement.
+    P(cheap_only) = 0.1 * p_cheap_ok, so a strong decision's confidence is 1 - 0.1 * p_cheap_ok."""
+    w = np.zeros((dim, len(JOINT_CLASSES)), dtype=np.float32)
+    w[0, _STRONG_ONLY] = 1.0
+    b = np.log(np.array([0.6, 0.1, 1.0, 0.3], dtype=np.float64))
+    b[_STRONG_ONLY] = -_logit(neutral_p)
+    return w, b.astype(np.float32)
+
+
+def _capabilities(n: int) -> tuple[float, ...]:
+    """Cheapest first: -0.5, 1.0, 2.0, 3.0 (the priciest model's P(ok) is 1 whatever its capability)."""
+    if n < 2:
+        raise ValueError("an N-model artifact needs at least two models")
+    return tuple(-0.5 + 1.5 * min(j, 1) + max(0, j - 1) * 1.0 for j in range(n))
+
+
+def write_toy_multi(
+    path: str | Path,
+    models: Sequence[str] = DEFAULT_MULTI_MODELS,
+    *,
+    policy: str = "cheapest_ok",
+    value: float = 0.5,
+    capabilities: Sequence[float] | None = None,
+    best_single: str | None = None,
+    seed: int = 0,
+    version: str | None = None,
+    features: Sequence[str] = DEFAULT_FEATURES,
+    token_type_ids: bool = True,
+    max_length: int = 128,
+    truncation: str = "head_tail",
+    default_graph: str = FP32,
+) -> Path:
+    """An N-model directory (format 2): `pass_probabilities` = P(pass) per model, then P(ok) per model.
+
+    P(pass_j) = P(ok_j) = sigmoid(MULTI_GAIN * (capabilities[j] - mean_strength(text))) (`multi_p_pass`),
+    except the priciest model's P(ok), which is 1. Default capabilities (-0.5, 1.0, 2.0, ...): with
+    cheapest_ok at 0.5, a cheap-word prompt (strength <= -0.5) goes to models[0], neutral text to
+    models[1], a strong-word prompt such as "Prove the theorem." (strength 2.7) to models[-1].
+    Rules send a request to `best_single` (default: the priciest model).
+    """
+    path = Path(path)
+    models = tuple(models)
+    n = len(models)
+    if n > len(_TOY_PRICES):
+        raise ValueError(f"at most {len(_TOY_PRICES)} toy models (one price each), got {n}")
+    caps = _capabilities(n) if capabilities is None else tuple(float(c) for c in capabilities)
+    if len(caps) != n:
+        raise ValueError(f"{len(caps)} capabilities for {n} models")
+    model_inputs = _model_inputs(token_type_ids)
+    table = _table(EMBED_DIM, seed, _strengths(WORD_WEIGHT))
+    w = np.zeros((EMBED_DIM, 2 * n), dtype=np.float32)
+    w[0, :] = -MULTI_GAIN
+    b = np.array([MULTI_GAIN * c for c in caps] * 2, dtype=np.float32)
+    w[0, 2 * n - 1] = 0.0
+    b[2 * n - 1] = 40.0  # sigmoid(40) == 1.0 in float32: the priciest model loses to nothing pricier
+
+    def build(t: np.ndarray) -> onnx.ModelProto:
+        return _graph(t, w, b, model_inputs=model_inputs, n_features=len(features), output=PASS_OUTPUT,
+                      activation="sigmoid", name="toy_multi_router")
+
+    best = best_single or models[-1]
+    cost_models = tuple(
+        CostModel(m, intercept, per_token, intercept + per_token * 200) for m, (intercept, per_token) in zip(models, _TOY_PRICES)
+    )
+    tmp = _stage(path)
+    try:
+        graph_bytes = _write_graphs(tmp, build, table, max_length)
+        meta = _base_metadata(
+            artifact_version=_artifact_version("multi", seed, version, hashlib.sha256(graph_bytes).hexdigest(), models,
+                                               policy, value, best, list(features), max_length),
+            cheap_model=models[0],
+            strong_model=best,
+            threshold=float(np.clip(value, 0.0, 1.0)) if policy.startswith("cheapest") else 0.0,
+            goal=GoalRecord(kind="quality_floor", value=0.95, met_on_validation=True),
+            target="multi",
+            classes=tuple(f"pass:{m}" for m in models) + tuple(f"ok:{m}" for m in models),
+            cheap_ok_classes=(f"ok:{models[0]}",),
+            head="toy-word-table",
+            embedder=_embedder_spec(table, max_length, truncation, model_inputs),
+            features=tuple(features),
+            default_graph=default_graph,
+            multi=MultiModelRecord(models=models, policy=policy, value=float(value), cost_models=cost_models,
+                                   best_single=best, cost_source={m: "toy" for m in models}),
+        )
+        write_metadata(tmp, meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(tmp, path)
+
+
+def write_toy_policy(
+    path: str | Path,
+    *,
+    routes: Mapping[str, tuple[str, Sequence[str]]] = DEFAULT_POLICY_ROUTES,
+    cheap: str = "gpt-4o-mini",
+    strong: str = "gpt-4o",
+    threshold: float = 0.5,
+    rules: Mapping[str, object] | None = None,
+    name: str = "toy",
+    seed: int = 0,
+    version: str | None = None,
+    max_length: int = 128,
+) -> Path:
+    """A day-0 policy directory (format 1 with a `policy` record): classes are the routes, cheap ones first.
+
+    A route's keywords add WORD_WEIGHT to its class logit (per token, mean-pooled); a small bias
+    (+0.1) on the first cheap route breaks the tie of neutral text, which therefore routes cheap
+    with reason `policy:<first cheap route>`. Default rules: image to strong, strong tags
+    [high-accuracy, legal] (not `vision`), max_tokens 1000, so a test can tell the policy's rules
+    from `RoutingRules()`. Like a built policy it has no request features, and a copy of its
+    source (`policy.yaml`, JSON, which YAML reads) is listed and hashed with the other files.
+    """
+    path = Path(path)
+    ordered = [(r, t, tuple(ws)) for tier in POLICY_TIERS for r, (t, ws) in routes.items() if t == tier]
+    if {t for _, t, _ in ordered} != set(POLICY_TIERS) or len(ordered) != len(routes):
+        raise ValueError(f"a policy needs at least one route of each tier {POLICY_TIERS} and no other tier")
+    classes = tuple(r for r, _, _ in ordered)
+    unknown = [w for _, _, ws in ordered for w in ws if w not in VOCAB]
+    if unknown:
+        raise ValueError(f"route keywords {unknown} are not in the toy vocabulary (tests/toy_artifact.py VOCAB)")
+    rules = dict(rules) if rules is not None else {"image_to_strong": True, "strong_tags": ["high-accuracy", "legal"],
+                                                   "max_tokens": 1000}
+    model_inputs = ("input_ids", "attention_mask", "token_type_ids")
+    dim = max(EMBED_DIM, len(classes) + 1)
+    table = _table(dim, seed, np.zeros(len(VOCAB), dtype=np.float32))
+    table[:, : len(classes)] = 0.0
+    for k, (_, _, words) in enumerate(ordered):
+        for word in words:
+            table[VOCAB[word], k] = WORD_WEIGHT
+    head_w = np.zeros((dim, len(classes)), dtype=np.float32)
+    head_w[np.arange(len(classes)), np.arange(len(classes))] = 1.0
+    head_b = np.zeros(len(classes), dtype=np.float32)
+    head_b[0] = 0.1
+
+    def build(t: np.ndarray) -> onnx.ModelProto:
+        return _graph(t, head_w, head_b, model_inputs=model_inputs, n_features=0, output=PROBABILITIES_OUTPUT,
+                      activation="softmax", name="toy_policy_router")
+
+    source = {
+        "name": name,
+        "cheap_model": cheap,
+        "strong_model": strong,
+        "threshold": threshold,
+        "rules": rules,
+        "routes": [{"name": r, "tier": t, "examples": [f"A request that mentions {w}." for w in ws] or ["An example."]}
+                   for r, t, ws in ordered],
+    }
+    tmp = _stage(path)
+    try:
+        graph_bytes = _write_graphs(tmp, build, table, max_length)
+        (tmp / POLICY_SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+        record = PolicyRecord(
+            name=name,
+            routes={r: t for r, t, _ in ordered},
+            examples={r: len(ws) for r, _, ws in ordered},
+            rules=rules,
+            scoring={"word_weight": WORD_WEIGHT},
+            source=POLICY_SOURCE_FILE,
+            source_sha256=sha256_file(tmp / POLICY_SOURCE_FILE),
+        )
+        meta = _base_metadata(
+            artifact_version=_artifact_version("policy", seed, version, hashlib.sha256(graph_bytes).hexdigest(), cheap,
+                                               strong, threshold, json.dumps(source, sort_keys=True)),
+            cheap_model=cheap,
+            strong_model=strong,
+            threshold=float(threshold),
+            goal=GoalRecord(kind="policy", value=float(threshold), met_on_validation=None),
+            target="policy",
+            classes=classes,
+            cheap_ok_classes=tuple(r for r, t, _ in ordered if t == "cheap"),
+            head="toy-policy-keywords",
+            embedder=_embedder_spec(table, max_length, "head_tail", model_inputs),
+            features=(),
+            default_graph=FP32,
+            policy=record,
+        )
+        write_metadata(tmp, meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(tmp, path)

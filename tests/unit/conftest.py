@@ -1,0 +1,84 @@
+"""Fixtures of the unit tier: toy model directories (tests/toy_artifact.py), no trained model.
+
+Each directory is written once per session in a few milliseconds and is a complete, verified
+artifact (`Router.load` checks it like a trained one). Tests must not modify them: copy one to
+`tmp_path` first (`shutil.copytree`) to tamper with it.
+
+tests/unit is a package (it has an __init__.py) so that this file is imported as
+`unit.conftest`, not as a second top-level `conftest` module: without it, pytest would replace
+`sys.modules["conftest"]` (tests/conftest.py) with this file during collection, and a test in
+tests/ that runs `from conftest import ...` inside a test function would import the wrong one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+if str(TESTS) not in sys.path:  # unit tests import helpers from tests/ like the other tests do
+    sys.path.insert(0, str(TESTS))
+
+from toy_artifact import write_toy_multi, write_toy_pair, write_toy_policy  # noqa: E402
+
+from router_model.router import Router  # noqa: E402
+
+SLOW_WORK, HEAVY_WORK = 8, 40  # busy-work layers of `toy_slow_model_dir`, `toy_heavy_model_dir` (toy_artifact._graph)
+
+
+@pytest.fixture(scope="session")
+def toy_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cheap/strong pair (format 1): gpt-4o-mini / gpt-4o, threshold 0.5, with a drift reference."""
+    return write_toy_pair(tmp_path_factory.mktemp("toy-pair") / "router")
+
+
+@pytest.fixture(scope="session")
+def toy_second_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another valid version of the same pair (seed 1): same routing, another artifact_version and hashes."""
+    return write_toy_pair(tmp_path_factory.mktemp("toy-pair-2") / "router", seed=1)
+
+
+@pytest.fixture(scope="session")
+def toy_slow_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pair of `toy_model_dir` (same decisions) whose graph also does busy work over every token
+    (`write_toy_pair(work=8)`: about 50 ms for 32 prompts of 64 tokens here, 20 us a token), and reads
+    up to 4096 tokens, so one long prompt takes a while too: for the deadline, drain and overload
+    tests, which need a run that keeps a worker busy, as a real embedder's does."""
+    return write_toy_pair(tmp_path_factory.mktemp("toy-slow") / "router", work=SLOW_WORK, max_length=4096)
+
+
+@pytest.fixture(scope="session")
+def toy_heavy_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same pair again with five times the busy work (`write_toy_pair(work=40)`: roughly 0.3 s for
+    32 prompts of 64 tokens here, a real MiniLM's order): for the tests where a call must wait behind
+    one batch chunk for longer than its deadline."""
+    return write_toy_pair(tmp_path_factory.mktemp("toy-heavy") / "router", work=HEAVY_WORK)
+
+
+@pytest.fixture(scope="session")
+def toy_multi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An N-model artifact (format 2): gpt-4o-mini, gpt-4o, o1 (cheapest first), policy cheapest_ok at 0.5."""
+    return write_toy_multi(tmp_path_factory.mktemp("toy-multi") / "router")
+
+
+@pytest.fixture(scope="session")
+def toy_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A day-0 policy artifact: routes translation, extraction (cheap), maths, code (strong)."""
+    return write_toy_policy(tmp_path_factory.mktemp("toy-policy") / "router")
+
+
+@pytest.fixture(scope="session")
+def toy_router(toy_model_dir: Path) -> Router:
+    return Router.load(toy_model_dir)
+
+
+@pytest.fixture(scope="session")
+def toy_multi_router(toy_multi_dir: Path) -> Router:
+    return Router.load(toy_multi_dir)
+
+
+@pytest.fixture(scope="session")
+def toy_policy_router(toy_policy_dir: Path) -> Router:
+    return Router.load(toy_policy_dir)
