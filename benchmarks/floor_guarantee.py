@@ -90,7 +90,7 @@ def load(name: str, embedder: OnnxEmbedder, test_fraction: float, max_rows: int 
     t0 = time.perf_counter()
     E = embedder.embed(texts)
     n_tokens = [embedder.encoder.count_tokens(r.full_text) for r in recs]
-    X = feature_matrix(E, texts, n_tokens, DEFAULT_FEATURES)
+    X = feature_matrix(E, texts, n_tokens, features=DEFAULT_FEATURES)
     # Dollars at list prices; a model without one is priced as training prices the public pair
     # (cheap as gpt-4o-mini, strong as gpt-4o).
     listed = PriceTable.load(None)
@@ -121,16 +121,17 @@ def one_draw(d: Data, n: int, seed: int, goal: Goal) -> dict[str, dict[str, floa
     X, w, s, cc, cs = d.X[rows], d.w[rows], d.s[rows], d.cc[rows], d.cs[rows]
     split = assign_splits([normalize_prompt(t) for t in texts], seed=int(rng.integers(1 << 30)))
     tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
-    head = select_head(X, w, s, tr, va, target=make_target("joint"), names=(HEAD,), say=lambda _: None)
+    head = select_head(X, w, s, train_rows=tr, val_rows=va, target=make_target("joint"), names=(HEAD,), say=lambda _: None)
     p_val = head.p_cheap_ok(X[va])
     Xt = d.X[d.test]
     p_test = head.p_cheap_ok(Xt)
     out = {}
-    old = choose_threshold(p_val, w[va], s[va], cc[va], cs[va], replace(goal, risk=None))
+    old = choose_threshold(p_val, w[va], s[va], cost_cheap=cc[va], cost_strong=cs[va], goal=replace(goal, risk=None))
     out["old"] = {**on_test(d, p_test, old.threshold), "certified": float(old.met)}
-    val = choose_threshold(p_val, w[va], s[va], cc[va], cs[va], goal)
+    val = choose_threshold(p_val, w[va], s[va], cost_cheap=cc[va], cost_strong=cs[va], goal=goal)
     out["ltt-val"] = {**on_test(d, p_test, val.threshold), "certified": float(bool(val.certified))}
-    st = threshold_stage(head, X, texts, w, s, cc, cs, tr, va, goal, rows="oof")
+    st = threshold_stage(head, X, texts, cheap_passed=w, strong_passed=s, cost_cheap=cc, cost_strong=cs, train_rows=tr,
+                         val_rows=va, goal=goal, rows="oof")
     out["ltt-oof"] = {**on_test(d, st.head.p_cheap_ok(Xt), st.choice.threshold),
                       "certified": float(bool(st.choice.certified))}
     for k in out:
@@ -149,7 +150,7 @@ def selection_draw(d: Data, n: int, seed: int) -> dict[str, float]:
     target = make_target("joint")
     fitted = {}
     for name in DEFAULT_HEADS:  # the same fits, judged two ways
-        h = select_head(X, w, s, tr, va, target=target, names=(name,), say=lambda _: None)
+        h = select_head(X, w, s, train_rows=tr, val_rows=va, target=target, names=(name,), say=lambda _: None)
         fitted[name] = (h.validation[name], h.model)
     te = d.test
     test_apgr = {k: M.apgr(1 - p_cheap_ok(m, d.X[te], target), d.w[te], d.s[te]) for k, (_, m) in fitted.items()}

@@ -114,17 +114,17 @@ def issue_baseline(X, ds, tr, te) -> tuple[Sweep, dict]:
     mean_cost = ds.cost[tr].mean(axis=0)
     est = np.tile(mean_cost, (len(te), 1))
     keep = eval_rows(ds.passed[te])
-    sw = sweep("lambda", P[keep], P[keep], est[keep], ds.passed[te][keep], ds.cost[te][keep])
+    sw = sweep("lambda", P[keep], P[keep], est_cost=est[keep], passed=ds.passed[te][keep], cost=ds.cost[te][keep])
     return sw, ece_per_model(P, ds.passed[te], ds.models)
 
 
 def head_variants(X, ds, tr, va, te, heads: PassHeads, cms, dim: int) -> tuple[dict[str, Sweep], dict]:
     """The kNN heads and the LR/kNN blend, each with its best-validation-AIQ rule, swept on the test rows."""
     t0 = time.perf_counter()
-    knn = fit_knn_heads(X, ds.passed, ds.models, tr, va, dim)
+    knn = fit_knn_heads(X, ds.passed, ds.models, train_rows=tr, val_rows=va, dim=dim)
     knn_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    blend = fit_blend(heads, knn, X, ds.passed, va)
+    blend = fit_blend(heads, knn, X, passed=ds.passed, val_rows=va)
     blend_s = time.perf_counter() - t0
     keep_t = eval_rows(ds.passed[te])
     Ev, Et = expected_costs(cms, ds.n_tokens[va]), expected_costs(cms, ds.n_tokens[te])
@@ -132,10 +132,11 @@ def head_variants(X, ds, tr, va, te, heads: PassHeads, cms, dim: int) -> tuple[d
     for label, h, extra in (("knn", knn, {**knn.validation, "fit_seconds": knn_s}),
                             ("lr_knn_blend", blend, {"w_lr": blend.w, "fit_seconds": blend_s})):
         Pv, Kv = h.p_pass(X[va]), h.p_ok(X[va])
-        fams = choose_policy(Pv, Kv, Ev, ds.passed[va], ds.cost[va], ds.models).families
+        fams = choose_policy(Pv, Kv, Ev, passed=ds.passed[va], cost=ds.cost[va], models=ds.models).families
         kind = max(fams, key=lambda k: fams[k]["val_aiq"])
         Pt, Kt = h.p_pass(X[te])[keep_t], h.p_ok(X[te])[keep_t]
-        sweeps[f"{label}_{kind}"] = sweep(kind, Pt, Kt, Et[keep_t], ds.passed[te][keep_t], ds.cost[te][keep_t])
+        sweeps[f"{label}_{kind}"] = sweep(kind, Pt, Kt, est_cost=Et[keep_t], passed=ds.passed[te][keep_t],
+                                          cost=ds.cost[te][keep_t])
         info[label] = {**extra, "rule": kind, "val_aiq_by_rule": {k: v["val_aiq"] for k, v in fams.items()}}
     return sweeps, info
 
@@ -153,12 +154,12 @@ def run(name: str, path: Path, shared: Path, cache: Path, max_rows: int | None, 
     emb = embedder.embed(ds.texts)
     embed_stats = dict(embedder.last_stats)
     embedder.close()
-    X = feature_matrix(emb, ds.texts, ds.n_tokens, DEFAULT_FEATURES)
+    X = feature_matrix(emb, ds.texts, ds.n_tokens, features=DEFAULT_FEATURES)
     tr, va, te = ds.rows("train"), ds.rows("val"), ds.rows("test")
     say(f"[{name}] {len(ds.texts)} rows, {len(ds.models)} models, split {ds.split_counts()}"
         + (f", {matched} MMLU-derived questions keyed to routellm-mmlu" if name == "mmlu-pro" else ""))
     t1 = time.perf_counter()
-    heads: PassHeads = fit_heads(X, ds.passed, ds.models, tr, va, say=lambda _: None)
+    heads: PassHeads = fit_heads(X, ds.passed, ds.models, train_rows=tr, val_rows=va, say=lambda _: None)
     fit_s = time.perf_counter() - t1
     cms = fit_cost_models(ds.n_tokens[tr], ds.cost[tr], ds.models)
 
@@ -166,11 +167,12 @@ def run(name: str, path: Path, shared: Path, cache: Path, max_rows: int | None, 
         return heads.p_pass(X[rows]), heads.p_ok(X[rows]), expected_costs(cms, ds.n_tokens[rows])
 
     Pv, Kv, Ev = scored(va)
-    choice = choose_policy(Pv, Kv, Ev, ds.passed[va], ds.cost[va], ds.models, MultiGoal("quality_floor", 0.95))
+    choice = choose_policy(Pv, Kv, Ev, passed=ds.passed[va], cost=ds.cost[va], models=ds.models,
+                           goal=MultiGoal("quality_floor", 0.95))
     Pt, Kt, Et = scored(te)
     keep = eval_rows(ds.passed[te])
     Y, C = ds.passed[te][keep], ds.cost[te][keep]
-    sweeps = {k: sweep(k, Pt[keep], Kt[keep], Et[keep], Y, C) for k in POLICY_KINDS}
+    sweeps = {k: sweep(k, Pt[keep], Kt[keep], est_cost=Et[keep], passed=Y, cost=C) for k in POLICY_KINDS}
     base_sweep, base_ece = issue_baseline(X, ds, tr, te)
     variant_sweeps, variants = head_variants(X, ds, tr, va, te, heads, cms, emb.shape[1])
     sweeps = {"issue_baseline": base_sweep, **sweeps, **variant_sweeps}
@@ -178,7 +180,7 @@ def run(name: str, path: Path, shared: Path, cache: Path, max_rows: int | None, 
     rows = np.arange(len(Y))
     chosen = {"kind": choice.kind, "value": float(choice.value), "cost": float(C[rows, pick].sum()),
               "quality": float(Y[rows, pick].mean())}
-    rep = evaluate_multi(ds.models, ds.passed[te], ds.cost[te], sweeps, chosen)
+    rep = evaluate_multi(ds.models, ds.passed[te], ds.cost[te], router_sweeps=sweeps, chosen=chosen)
     rep["ece_per_model"] = ece_per_model(Pt, ds.passed[te], ds.models)
     rep["ece_per_model_issue_baseline"] = base_ece
     rep["head_variants"] = variants

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, model in variants.items():
             d = Path(tmp) / name
             shutil.copytree(args.model_dir, d)
-            merged = merge_router_graph(model, head, int(meta["embedder"]["dim"]), len(meta["features"]))
+            merged = merge_router_graph(model, head, int(meta["embedder"]["dim"]), n_features=len(meta["features"]))
             onnx.save(merged, str(d / GRAPH_FILES[INT8]))
             write_metadata(d, ArtifactMetadata.from_dict(meta))
             r8 = Router.load(d, graph=INT8, threads=2)

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     n_tokens = np.array([emb.encoder.count_tokens(r.full_text) for r in recs])
     E = emb.embed(texts, progress=True)
     print(f"{len(recs)} prompts; embedding {emb.last_stats}", flush=True)
-    XF = feature_matrix(E, texts, n_tokens, DEFAULT_FEATURES)
+    XF = feature_matrix(E, texts, n_tokens, features=DEFAULT_FEATURES)
 
     groupings = {
         "prompt_text": [normalize_prompt(t) for t in texts],

@@ -154,7 +154,7 @@ def paired_bootstrap(p_a: np.ndarray, p_b: np.ndarray, w, s, groups: list[str], 
         if ss.mean() == ww.mean():
             continue
         d_apgr.append(M.apgr(1 - p_b[idx], ww, ss) - M.apgr(1 - p_a[idx], ww, ss))
-        c_b, c_a = M.cpt(1 - p_b[idx], ww, ss, 50), M.cpt(1 - p_a[idx], ww, ss, 50)
+        c_b, c_a = M.cpt(1 - p_b[idx], ww, ss, pct=50), M.cpt(1 - p_a[idx], ww, ss, pct=50)
         if np.isfinite(c_a) and np.isfinite(c_b):
             d_cpt.append(c_b - c_a)
     q = lambda v, x: float(np.percentile(v, x)) if v else float("nan")  # noqa: E731
@@ -210,7 +210,7 @@ def run_dataset(name: str, cfg: dict, embedders, args) -> dict:
             res["long_share_by_source"][src] = {"rows": int(m.sum()), "long_share": float(long[m].mean())}
     oof = {}
     for p in POLICIES:
-        X = feature_matrix(emb[p], texts, n_tok, features)
+        X = feature_matrix(emb[p], texts, n_tok, features=features)
         oof[p] = oof_scores(X, y, folds, target, args.seed)
         res["policies"][p] = {"all": block(oof[p], w, s)}
         if long.any() and len(np.unique(s[long] - w[long])) > 1:

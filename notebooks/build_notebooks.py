@@ -220,8 +220,8 @@ NB02 = build(
             rng = np.random.default_rng(SEED)
             train_idx = np.sort(rng.choice(np.flatnonzero(split == "train"), N_TRAIN, replace=False))
             test_idx = np.flatnonzero(split == "test")
-            w = np.array([float(r.passed[read.cheap_model]) for r in read.records])
-            s = np.array([float(r.passed[read.strong_model]) for r in read.records])
+            cheap_passed = np.array([float(r.passed[read.cheap_model]) for r in read.records])
+            strong_passed = np.array([float(r.passed[read.strong_model]) for r in read.records])
             print(f"{len(texts)} MMLU rows: training on {len(train_idx)} (of {int((split == 'train').sum())} train rows), "
                   f"testing on {len(test_idx)} held-out rows")
         '''),
@@ -233,15 +233,15 @@ NB02 = build(
             idx = np.concatenate([train_idx, test_idx])
             emb = embedder.embed([texts[i] for i in idx])
             n_tokens = [embedder.encoder.count_tokens(read.records[i].full_text) for i in idx]
-            X = feature_matrix(emb, [texts[i] for i in idx], n_tokens, DEFAULT_FEATURES)
+            X = feature_matrix(emb, [texts[i] for i in idx], n_tokens, features=DEFAULT_FEATURES)
             print(f"embedded {len(idx)} texts in {time.perf_counter() - t0:.0f}s "
                   f"({int(embedder.last_stats['from_cache'])} from the cache at {cache})")
             embedder.close()
             X_tr, X_te = X[: len(train_idx)], X[len(train_idx):]
             target = make_target("joint")
-            y_tr = target.labels(w[train_idx] >= 0.5, s[train_idx] >= 0.5)
-            w_te, s_te = w[test_idx], s[test_idx]
-            cheap_ok_te = cheap_loses_nothing(w_te, s_te)  # observed: the cheap model lost nothing
+            y_tr = target.labels(cheap_passed[train_idx] >= 0.5, strong_passed[train_idx] >= 0.5)
+            cheap_te, strong_te = cheap_passed[test_idx], strong_passed[test_idx]
+            cheap_ok_te = cheap_loses_nothing(cheap_te, strong_te)  # observed: the cheap model lost nothing
         '''),
         ("md", "## Before and after calibration"),
         ("code", '''
@@ -286,15 +286,15 @@ NB02 = build(
                 "router (plain)": 1.0 - probs["before (plain logistic regression)"],
                 "random (one draw)": random_scores(len(test_idx), seed=SEED),
                 "heuristic (length/keywords)": heuristic_scores([texts[i] for i in test_idx]),
-                "oracle": oracle_scores(w_te, s_te),
+                "oracle": oracle_scores(cheap_te, strong_te),
             }
             table = pd.DataFrame([
-                {"routing": name, "APGR": M.apgr(r, w_te, s_te), "CPT(50%)": M.cpt(r, w_te, s_te, 50),
-                 "CPT(80%)": M.cpt(r, w_te, s_te, 80)}
+                {"routing": name, "APGR": M.apgr(r, cheap_te, strong_te),
+                 "CPT(50%)": M.cpt(r, cheap_te, strong_te, pct=50), "CPT(80%)": M.cpt(r, cheap_te, strong_te, pct=80)}
                 for name, r in scores.items()
             ])
             display(table.round(3))
-            print(f"n = {len(test_idx)} test prompts; cheap pass rate {w_te.mean():.3f}, strong {s_te.mean():.3f}. "
+            print(f"n = {len(test_idx)} test prompts; cheap pass rate {cheap_te.mean():.3f}, strong {strong_te.mean():.3f}. "
                   "Random routing's APGR is 0.5 in expectation (std about 0.02 at this size).")
         '''),
         ("md", """
@@ -386,9 +386,11 @@ NB03 = build(
             VOLUME = 1_000_000
             rep = compute_report(sc, requests_per_month=VOLUME)
             shares = np.linspace(0, 1, 401)
-            q_strong = sc.s.mean()
-            curves = {name: expected_at_shares(r, sc.w, sc.s, sc.cost_cheap, sc.cost_strong, shares)
-                      for name, r in {"router": 1 - sc.p, "random": np.zeros(len(sc.p)), "oracle": sc.s - sc.w}.items()}
+            q_strong = sc.strong_passed.mean()
+            routers = {"router": 1 - sc.p, "random": np.zeros(len(sc.p)), "oracle": sc.strong_passed - sc.cheap_passed}
+            curves = {name: expected_at_shares(r, sc.cheap_passed, sc.strong_passed, cost_cheap=sc.cost_cheap,
+                                               cost_strong=sc.cost_strong, shares=shares)
+                      for name, r in routers.items()}
 
             def share_for(name, floor=0.95):
                 """Smallest strong-call share whose quality is at least `floor` x always-strong."""

@@ -33,6 +33,7 @@ from router_model.artifact_records import (
 )
 from router_model.encoder import EncoderSettings
 from router_model.errors import ArtifactError
+from router_model.features import FEATURES
 from router_model.settings import FP32, GRAPHS, INT8
 
 __all__ = [
@@ -258,8 +259,6 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
         _check_policy(policy, classes, cheap_ok)
     if (version >= MULTI_FORMAT_VERSION) != (multi is not None):
         raise _fail(f"format_version {version} {'needs' if multi is None else 'cannot have'} a multi section")
-    from router_model.features import FEATURES
-
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
         raise _fail(f"request features {unknown} are unknown to this router-model version; upgrade it")

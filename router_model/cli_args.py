@@ -7,6 +7,8 @@ import argparse
 import logging
 import math
 
+from router_model.cost import parse_price_as
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -14,6 +16,21 @@ def setup_logging(level: str = "warning", *, timestamps: bool = False) -> None:
     """The one logging setup of every console script: servers log with timestamps, batch tools without."""
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if timestamps else "%(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level.upper(), format=fmt)
+
+
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_http_client_logs() -> None:
+    """Keep httpx (one INFO line per request) and httpcore at WARNING, so a server logs nothing per
+    request on its success path. Left alone when the root logger is at DEBUG (debugging wants them)
+    or when a logger's level was set explicitly (an embedding application's choice)."""
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in HTTP_CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
 
 
 def non_negative_number(text: str) -> float:
@@ -44,8 +61,6 @@ def positive_int(text: str) -> int:
 
 def price_as_arg(text: str) -> tuple[str, str]:
     """`NAME=PRICED`: cost a model without a price as a priced one (router_model.cost.parse_price_as)."""
-    from router_model.cost import parse_price_as
-
     try:
         return parse_price_as(text)
     except ValueError as e:

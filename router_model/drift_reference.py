@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from router_model.artifact import verify_file
 from router_model.errors import ArtifactError
 
 REFERENCE_FILE = "drift_reference.json"
@@ -244,8 +245,6 @@ def read_reference(model_dir: str | Path, files: Mapping[str, str]) -> DriftRefe
 
     NoReferenceError when the artifact has none (older than drift references): retrain it.
     """
-    from router_model.artifact import verify_file
-
     if REFERENCE_FILE not in files:
         raise NoReferenceError(
             f"the model in {model_dir} has no drift reference: it was trained before router-model recorded one. "

@@ -91,6 +91,7 @@ __all__ = [
     "DEFAULT_POLICY_ROUTES",
     "JOINT_CHEAP_OK",
     "JOINT_CLASSES",
+    "REFERENCE_PROMPTS",
     "STRONG_WORDS",
     "WORD_WEIGHT",
     "mean_strength",
@@ -142,7 +143,7 @@ DEFAULT_POLICY_ROUTES: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "code": ("strong", ("debug", "refactor", "bug", "code", "python")),
 }
 
-# Prompts the drift reference describes (its "training data").
+# Prompts the drift reference describes (its "training data"): traffic made of them shows no drift.
 _REFERENCE_PROMPTS = (
     "Translate this sentence into French.",
     "Translate the following email into Spanish.",
@@ -165,6 +166,7 @@ _REFERENCE_PROMPTS = (
     "Describe the image.",
     "Why is the sky blue?",
 )
+REFERENCE_PROMPTS = _REFERENCE_PROMPTS
 
 
 # ------------------------------------------------------------------------------ tokenizer

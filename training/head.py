@@ -35,13 +35,13 @@ SELECT_BY = ("apgr", "log_loss")
 DEFAULT_SELECT_BY = "apgr"
 
 
-def cheap_loses_nothing(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+def cheap_loses_nothing(cheap_passed: np.ndarray, strong_passed: np.ndarray) -> np.ndarray:
     """1.0 where the cheap model loses nothing against the strong one (not: cheap fails, strong passes).
 
     The event `p_cheap_ok` predicts; calibration (ECE, Brier, reliability) is measured against it.
     """
-    w_, s_ = np.asarray(w, dtype=float), np.asarray(s, dtype=float)
-    return 1.0 - ((w_ < 0.5) & (s_ >= 0.5)).astype(float)
+    cheap, strong = np.asarray(cheap_passed, dtype=float), np.asarray(strong_passed, dtype=float)
+    return 1.0 - ((cheap < 0.5) & (strong >= 0.5)).astype(float)
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def calibration_folds(n_splits: int, seed: int):
     return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
 
 
-def _calibrated(base, method: str, cv: int, seed: int):
+def _calibrated(base, method: str, cv: int, *, seed: int):
     from sklearn.calibration import CalibratedClassifierCV
 
     return CalibratedClassifierCV(base, method=method, cv=calibration_folds(cv, seed))
@@ -94,7 +94,7 @@ def candidate_heads(seed: int = 0, calibration: str = "sigmoid", cv: int = 5) ->
     from sklearn.neural_network import MLPClassifier
 
     def lr(c: float):
-        return lambda: _calibrated(LogisticRegression(C=c, max_iter=2000), calibration, cv, seed)
+        return lambda: _calibrated(LogisticRegression(C=c, max_iter=2000), calibration, cv, seed=seed)
 
     return {
         "logreg_c0.03": lr(0.03),
@@ -112,7 +112,7 @@ def candidate_heads(seed: int = 0, calibration: str = "sigmoid", cv: int = 5) ->
             ),
             calibration,
             cv,
-            seed,
+            seed=seed,
         ),
     }
 
@@ -128,10 +128,10 @@ def p_strong_ok(model, X: np.ndarray, target: Target) -> np.ndarray:
     return np.clip(1.0 - col, 0.0, 1.0)
 
 
-def strong_loses_nothing(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+def strong_loses_nothing(cheap_passed: np.ndarray, strong_passed: np.ndarray) -> np.ndarray:
     """1.0 where the strong model does at least as well as the cheap one (not: cheap passes, strong fails)."""
-    w_, s_ = np.asarray(w, dtype=float), np.asarray(s, dtype=float)
-    return 1.0 - ((w_ >= 0.5) & (s_ < 0.5)).astype(float)
+    cheap, strong = np.asarray(cheap_passed, dtype=float), np.asarray(strong_passed, dtype=float)
+    return 1.0 - ((cheap >= 0.5) & (strong < 0.5)).astype(float)
 
 
 def p_cheap_ok(model, X: np.ndarray, target: Target) -> np.ndarray:
@@ -160,11 +160,11 @@ class FittedHead:
 
 def select_head(
     X: np.ndarray,
-    w: np.ndarray,
-    s: np.ndarray,
+    cheap_passed: np.ndarray,
+    strong_passed: np.ndarray,
+    *,
     train_rows: np.ndarray,
     val_rows: np.ndarray,
-    *,
     target: Target,
     names: tuple[str, ...] = (),
     calibration: str = "sigmoid",
@@ -176,7 +176,7 @@ def select_head(
     if select_by not in SELECT_BY:
         raise ValueError(f"unknown head selection {select_by!r}; expected one of {SELECT_BY}")
     tr, va = train_rows, val_rows
-    y = target.labels(w >= 0.5, s >= 0.5)
+    y = target.labels(cheap_passed >= 0.5, strong_passed >= 0.5)
     factories = candidate_heads(seed=seed, calibration=calibration)
     names = tuple(names) or DEFAULT_HEADS
     unknown = [n for n in names if n not in factories]
@@ -188,7 +188,9 @@ def select_head(
     best: tuple[float, str, object] | None = None
     y_val = y[va]
     min_class = int(np.bincount(y[tr]).min()) if len(tr) else 0
-    val_has_gap = len(np.unique(s[va] - w[va])) > 1 and float(s[va].mean()) != float(w[va].mean())  # else APGR is undefined
+    cheap_val, strong_val = cheap_passed[va], strong_passed[va]
+    # else APGR is undefined
+    val_has_gap = len(np.unique(strong_val - cheap_val)) > 1 and float(strong_val.mean()) != float(cheap_val.mean())
     for name in names:
         t0 = time.perf_counter()
         model: Any = factories[name]()
@@ -196,7 +198,7 @@ def select_head(
             model.set_params(cv=calibration_folds(max(2, min(5, min_class or 2)), seed))
         model.fit(X[tr], y[tr])
         p_val = p_cheap_ok(model, X[va], target)
-        val = routing_scores(1.0 - p_val, w[va], s[va]) if val_has_gap else {"apgr": float("nan")}
+        val = routing_scores(1.0 - p_val, cheap_val, strong_val) if val_has_gap else {"apgr": float("nan")}
         val["log_loss"] = head_log_loss(model, X[va], y_val)
         val["fit_seconds"] = time.perf_counter() - t0
         scores[name] = val
@@ -220,16 +222,17 @@ def head_log_loss(model: Any, X: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p, 1e-15, 1.0))))
 
 
-def _factory(name: str, calibration: str, seed: int, n_min_class: int) -> Any:
+def _factory(name: str, calibration: str, seed: int, *, n_min_class: int) -> Any:
     model: Any = candidate_heads(seed=seed, calibration=calibration)[name]()
     if n_min_class < 5:  # tiny logs: fewer calibration folds than the rarest class size
         model.set_params(cv=calibration_folds(max(2, min(5, n_min_class or 2)), seed))
     return model
 
 
-def can_cross_fit(target: Target, w: np.ndarray, s: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]) -> bool:
+def can_cross_fit(target: Target, cheap_passed: np.ndarray, strong_passed: np.ndarray, *,
+                  folds: list[tuple[np.ndarray, np.ndarray]]) -> bool:
     """Whether every fold's training rows hold at least 2 of each class they contain (calibration needs it)."""
-    y = target.labels(w >= 0.5, s >= 0.5)
+    y = target.labels(cheap_passed >= 0.5, strong_passed >= 0.5)
     for tr, _ in folds:
         counts = np.bincount(y[tr])
         if len(tr) == 0 or counts[counts > 0].min() < 2:
@@ -240,10 +243,10 @@ def can_cross_fit(target: Target, w: np.ndarray, s: np.ndarray, folds: list[tupl
 def out_of_fold_p(
     head: FittedHead,
     X: np.ndarray,
-    w: np.ndarray,
-    s: np.ndarray,
-    folds: list[tuple[np.ndarray, np.ndarray]],
     *,
+    cheap_passed: np.ndarray,
+    strong_passed: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
     calibration: str = "sigmoid",
     seed: int = 0,
 ) -> np.ndarray:
@@ -252,10 +255,10 @@ def out_of_fold_p(
     `folds` index into X (e.g. `group_kfold` over the train + validation prompts). These scores
     are what the threshold is chosen on when it uses every labelled row (docs/guarantee.md).
     """
-    y = head.target.labels(w >= 0.5, s >= 0.5)
+    y = head.target.labels(cheap_passed >= 0.5, strong_passed >= 0.5)
     p = np.full(len(X), np.nan)
     for tr, te in folds:
-        model = _factory(head.name, calibration, seed, int(np.bincount(y[tr]).min()) if len(tr) else 0)
+        model = _factory(head.name, calibration, seed, n_min_class=int(np.bincount(y[tr]).min()) if len(tr) else 0)
         model.fit(X[tr], y[tr])
         p[te] = p_cheap_ok(model, X[te], head.target)
     if np.isnan(p).any():
@@ -263,10 +266,10 @@ def out_of_fold_p(
     return p
 
 
-def refit_head(head: FittedHead, X: np.ndarray, w: np.ndarray, s: np.ndarray, *, calibration: str = "sigmoid",
-               seed: int = 0) -> FittedHead:
+def refit_head(head: FittedHead, X: np.ndarray, *, cheap_passed: np.ndarray, strong_passed: np.ndarray,
+               calibration: str = "sigmoid", seed: int = 0) -> FittedHead:
     """The chosen head fitted again on these rows (all the labelled rows), with the same calibration."""
-    y = head.target.labels(w >= 0.5, s >= 0.5)
-    model = _factory(head.name, calibration, seed, int(np.bincount(y).min()))
+    y = head.target.labels(cheap_passed >= 0.5, strong_passed >= 0.5)
+    model = _factory(head.name, calibration, seed, n_min_class=int(np.bincount(y).min()))
     model.fit(X, y)
     return FittedHead(head.name, model, head.target, head.validation)

@@ -25,18 +25,11 @@ from router_model.offline.row import write_log
 from router_model.offline.split import normalize_prompt, sample_groups
 from router_model.prompt_digest import PromptDigest
 from router_model.summary import LEGEND, format_evaluation
+from training.artifact.pair import HeldOut, TrainingRecord, stage_model_dir
 from training.artifact.reference import build_reference
-from training.artifact.writer import (
-    HeldOut,
-    StagedArtifact,
-    TrainingRecord,
-    check_replaceable,
-    discard,
-    publish,
-    stage_model_dir,
-)
+from training.artifact.writer import StagedArtifact, check_replaceable, discard, publish
 from training.cache import default_cache_dir
-from training.data.dataset import Dataset, build_dataset
+from training.data.dataset import build_dataset
 from training.embedding.common import DEFAULT_EMBEDDER
 from training.embedding.export import export_embedder
 from training.embedding.features import feature_matrix
@@ -129,10 +122,6 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _slice(ds: Dataset, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    return ds.w[idx], ds.s[idx], ds.cost_cheap[idx], ds.cost_strong[idx]
-
-
 def train(config: TrainConfig) -> TrainResult:
     """Run the stages in order; see the module docstring."""
     t_start = time.perf_counter()
@@ -178,19 +167,22 @@ def train(config: TrainConfig) -> TrainResult:
     st = embedder.last_stats
     _say(f"embedding: {int(st['embedded'])} new, {int(st['from_cache'])} cached, {st['texts_per_second']:.0f} texts/s")
     embedder.close()
-    X = feature_matrix(emb, ds.texts, ds.n_tokens, config.features)
+    X = feature_matrix(emb, ds.texts, ds.n_tokens, features=config.features)
 
     # 3. head, chosen on validation (log-loss or APGR)
     target = make_target(config.target)
     tr, va, te = ds.rows("train"), ds.rows("val"), ds.rows("test")
     _say(f"fitting heads (target {target.name}, {config.calibration} calibration):")
-    head = select_head(X, ds.w, ds.s, tr, va, target=target, names=config.heads, calibration=config.calibration,
-                       seed=config.seed, say=_say, select_by=config.select_by)
+    head = select_head(X, ds.cheap_passed, ds.strong_passed, train_rows=tr, val_rows=va, target=target,
+                       names=config.heads, calibration=config.calibration, seed=config.seed, say=_say,
+                       select_by=config.select_by)
     _say(f"chosen head: {head.name} (best validation {'APGR' if config.select_by == 'apgr' else 'log-loss'})")
 
     # 4. threshold for the goal: certified at the goal's risk (training/risk.py), refit head when cross-fitted
-    stage = threshold_stage(head, X, ds.texts, ds.w, ds.s, ds.cost_cheap, ds.cost_strong, tr, va, config.goal,
-                            rows=config.threshold_rows, calibration=config.calibration, seed=config.seed)
+    stage = threshold_stage(head, X, ds.texts, cheap_passed=ds.cheap_passed, strong_passed=ds.strong_passed,
+                            cost_cheap=ds.cost_cheap, cost_strong=ds.cost_strong, train_rows=tr, val_rows=va,
+                            goal=config.goal, rows=config.threshold_rows, calibration=config.calibration,
+                            seed=config.seed)
     head, choice = stage.head, stage.choice
     if not choice.met:
         log.warning("the goal %s cannot be met (or certified) on the labelled rows; using the safe end", config.goal)
@@ -199,7 +191,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 5. evaluation on the held-out test split, beside the baselines
     p_test = head.p_cheap_ok(X[te])
-    evaluation = evaluate(p_test, choice.threshold, *_slice(ds, te), [ds.texts[i] for i in te],
+    evaluation = evaluate(p_test, choice.threshold, cheap_passed=ds.cheap_passed[te], strong_passed=ds.strong_passed[te],
+                          cost_cheap=ds.cost_cheap[te], cost_strong=ds.cost_strong[te], texts=[ds.texts[i] for i in te],
                           p_strong_ok=head.p_strong_ok(X[te]), seed=config.seed)
     _say(format_evaluation(evaluation))
     for line in LEGEND:
@@ -214,11 +207,12 @@ def train(config: TrainConfig) -> TrainResult:
                             trained_prompts=PromptDigest.build(ds.texts[i] for i in np.concatenate([tr, va])),
                             drift_reference=build_reference([read.records[i].request for i in held],
                                                             [read.records[i].tags for i in held], ds.n_tokens[held],
-                                                            head.p_cheap_ok(X[held]), emb[held], choice.threshold,
-                                                            fit_embeddings=emb[tr], seed=config.seed))
-    held_out = HeldOut([read.records[i].request for i in te], X[te], ds.w[te], ds.s[te])
-    staged = stage_model_dir(config.out_dir, record, exported, ds, X, held_out, seed=config.seed,
-                             default_graph=config.default_graph)
+                                                            p_cheap_ok=head.p_cheap_ok(X[held]), embeddings=emb[held],
+                                                            threshold=choice.threshold, fit_embeddings=emb[tr],
+                                                            seed=config.seed))
+    held_out = HeldOut([read.records[i].request for i in te], X[te], ds.cheap_passed[te], ds.strong_passed[te])
+    staged = stage_model_dir(config.out_dir, record, exported, X_val=X[va], train_texts=[ds.texts[i] for i in tr],
+                             held_out=held_out, seed=config.seed, default_graph=config.default_graph)
     try:
         meta = staged.metadata
         par = meta.parity
@@ -231,11 +225,13 @@ def train(config: TrainConfig) -> TrainResult:
         from training.evaluate.plots import save_plots
 
         plot_dir = report_dir(config.out_dir)
-        plots = save_plots(plot_dir, [ds.texts[i] for i in te], ds.w[te], ds.s[te], p_test, evaluation)
+        plots = save_plots(plot_dir, [ds.texts[i] for i in te], p_test, cheap_passed=ds.cheap_passed[te],
+                           strong_passed=ds.strong_passed[te], evaluation=evaluation)
         (plot_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
         # The held-out rows as a log of their own: what `router-cost savings` should be run on.
         write_log([read.records[i] for i in te], (read.cheap_model, read.strong_model), plot_dir / TEST_LOG)
-        run_id = _track(config, staged, read, choice, plots, head, st, time.perf_counter() - t_start)
+        run_id = _track(config, staged, read, choice=choice, plots=plots, head=head, embed_stats=st,
+                        elapsed=time.perf_counter() - t_start)
     except BaseException:
         discard(staged)
         raise
@@ -270,7 +266,7 @@ def report_dir(out_dir: Path) -> Path:
     return out_dir.parent / (out_dir.name + "-report")
 
 
-def _track(config: TrainConfig, staged: StagedArtifact, read, choice, plots, head, embed_stats, elapsed) -> str | None:
+def _track(config: TrainConfig, staged: StagedArtifact, read, *, choice, plots, head, embed_stats, elapsed) -> str | None:
     if not config.track:
         return None
     from training.tracking import RunRecord, TrackingTarget, track_run

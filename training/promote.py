@@ -152,7 +152,7 @@ def _overlap_allowance(n: int, fp_rate: float) -> int:
     return int(math.floor(mean + 3.0 * math.sqrt(mean) + 1.0))
 
 
-def _goal_holds(kind: str, value: float, res: M.RoutingResult, tolerance: float) -> bool:
+def _goal_holds(kind: str, value: float, res: M.RoutingResult, *, tolerance: float) -> bool:
     if kind == "quality_floor":
         return res.quality_vs_strong >= value - tolerance - 1e-12
     if kind == "max_strong_share":
@@ -162,12 +162,13 @@ def _goal_holds(kind: str, value: float, res: M.RoutingResult, tolerance: float)
     return False
 
 
-def score_model(model_dir: Path, eval_log: Path, version: str, tolerance: float):
+def score_model(model_dir: Path, eval_log: Path, version: str, *, tolerance: float):
     """(ModelScore, the per-row arrays) of one model directory on the eval log."""
     sc = score_log(model_dir, [eval_log])
     meta = read_metadata(model_dir)
-    res = M.evaluate_routing(sc.p < sc.threshold, sc.w, sc.s, sc.cost_cheap, sc.cost_strong)
-    scores = M.routing_scores(1.0 - sc.p, sc.w, sc.s)
+    res = M.evaluate_routing(sc.p < sc.threshold, sc.cheap_passed, sc.strong_passed, cost_cheap=sc.cost_cheap,
+                             cost_strong=sc.cost_strong)
+    scores = M.routing_scores(1.0 - sc.p, sc.cheap_passed, sc.strong_passed)
     digest = meta.data.trained_prompts if meta.data else None
     n = len(sc.p)
     seen = int(sc.info.get("rows_seen_in_training", 0))
@@ -181,36 +182,38 @@ def score_model(model_dir: Path, eval_log: Path, version: str, tolerance: float)
         apgr=scores["apgr"],
         cpt50=scores["cpt50"],
         cpt80=scores["cpt80"],
-        ece=M.ece(sc.p, cheap_loses_nothing(sc.w, sc.s), n_bins=15),
+        ece=M.ece(sc.p, cheap_loses_nothing(sc.cheap_passed, sc.strong_passed), n_bins=15),
         quality=res.quality,
         quality_vs_strong=res.quality_vs_strong,
         strong_share=res.strong_share,
         cost_saved=res.cost_saved_fraction,
         cost_per_request=res.cost_per_request,
         goal=f"{meta.goal.kind}={meta.goal.value:g}",
-        goal_holds=_goal_holds(meta.goal.kind, meta.goal.value, res, tolerance),
+        goal_holds=_goal_holds(meta.goal.kind, meta.goal.value, res, tolerance=tolerance),
         rows_seen_in_training=seen,
         overlap_allowance=allowance,
     )
     return score, sc
 
 
-def paired_bootstrap_apgr(p_candidate: np.ndarray, p_champion: np.ndarray, w: np.ndarray, s: np.ndarray, *,
-                          resamples: int = 2000, seed: int = 0, level: float = INTERVAL) -> tuple[float, float, float]:
+def paired_bootstrap_apgr(p_candidate: np.ndarray, p_champion: np.ndarray, *, cheap_passed: np.ndarray,
+                          strong_passed: np.ndarray, resamples: int = 2000, seed: int = 0,
+                          level: float = INTERVAL) -> tuple[float, float, float]:
     """(APGR difference, lower, upper): the same resampled rows score both models (a paired interval).
 
     Percentile interval; a resample where both models' mean quality ties (PGR undefined) is skipped.
     """
-    diff = M.apgr(1.0 - p_candidate, w, s) - M.apgr(1.0 - p_champion, w, s)
+    diff = (M.apgr(1.0 - p_candidate, cheap_passed, strong_passed)
+            - M.apgr(1.0 - p_champion, cheap_passed, strong_passed))
     rng = np.random.default_rng(seed)
-    n = len(w)
+    n = len(cheap_passed)
     out = []
     for _ in range(resamples):
         idx = rng.integers(0, n, n)
-        ww, ss = w[idx], s[idx]
-        if ww.mean() == ss.mean():
+        cheap, strong = cheap_passed[idx], strong_passed[idx]
+        if cheap.mean() == strong.mean():
             continue
-        out.append(M.apgr(1.0 - p_candidate[idx], ww, ss) - M.apgr(1.0 - p_champion[idx], ww, ss))
+        out.append(M.apgr(1.0 - p_candidate[idx], cheap, strong) - M.apgr(1.0 - p_champion[idx], cheap, strong))
     if len(out) < resamples // 2:
         raise PromotionUsageError("the eval log is too small or too uniform for a bootstrap interval of APGR")
     tail = (1.0 - level) / 2.0 * 100.0
@@ -246,10 +249,12 @@ def format_table(result: PromotionResult, eval_log: Path | None, n_rows: int | N
         lines.append(f"eval log {eval_log} (sha256 {result.eval_log_sha256[:16]}...{rows})")
     if cols:
         width = max(len(label) for label, _, _ in _ROWS) + 2
-        lines.append(" " * width + "".join(f"{label:>18}" for label, _ in cols))
-        for label, key, fmt in _ROWS:
-            cells = "".join(f"{fmt.format(getattr(m, key)):>18}" for _, m in cols)
-            lines.append(f"{label:<{width}}{cells}")
+        cells = {key: [fmt.format(getattr(m, key)) for _, m in cols] for _, key, fmt in _ROWS}
+        # Each column as wide as its widest cell, and always two spaces from its neighbour.
+        col = max(18, *(len(label) + 2 for label, _ in cols), *(len(c) + 2 for row in cells.values() for c in row))
+        lines.append(" " * width + "".join(f"{label:>{col}}" for label, _ in cols))
+        for label, key, _ in _ROWS:
+            lines.append(f"{label:<{width}}" + "".join(f"{c:>{col}}" for c in cells[key]))
     if result.interval is not None and result.apgr_diff is not None:
         lo, hi = result.interval
         lines.append(f"APGR candidate - champion: {result.apgr_diff:+.4f}, paired bootstrap {INTERVAL:.0%} interval "
@@ -348,11 +353,11 @@ def promote(config: PromoteConfig) -> PromotionResult:
 
     try:
         cand_dir = fetch_version(reg, cand_v, config.cache_dir)
-        cand, cand_sc = score_model(cand_dir, eval_log, cand_v.version, config.tolerance)
+        cand, cand_sc = score_model(cand_dir, eval_log, cand_v.version, tolerance=config.tolerance)
         champ = champ_sc = None
         if champ_v is not None:
             champ_dir = fetch_version(reg, champ_v, config.cache_dir)
-            champ, champ_sc = score_model(champ_dir, eval_log, champ_v.version, config.tolerance)
+            champ, champ_sc = score_model(champ_dir, eval_log, champ_v.version, tolerance=config.tolerance)
     except LogFormatError as e:
         raise PromotionUsageError(f"the eval log cannot be read: {e}") from None
     if champ_sc is not None and (champ_sc.cheap_model, champ_sc.strong_model) != (cand_sc.cheap_model, cand_sc.strong_model):
@@ -371,7 +376,8 @@ def promote(config: PromoteConfig) -> PromotionResult:
                        f"{cand.threshold:.4f} (quality vs strong {cand.quality_vs_strong:.4f}, strong share "
                        f"{cand.strong_share:.3f}; tolerance {config.tolerance:g})")
     if champ is not None and champ_sc is not None:
-        diff, lo, hi = paired_bootstrap_apgr(cand_sc.p, champ_sc.p, cand_sc.w, cand_sc.s,
+        diff, lo, hi = paired_bootstrap_apgr(cand_sc.p, champ_sc.p, cheap_passed=cand_sc.cheap_passed,
+                                             strong_passed=cand_sc.strong_passed,
                                              resamples=config.bootstrap, seed=config.seed)
         result.apgr_diff, result.interval = diff, (lo, hi)
         if lo < -config.tolerance:

@@ -88,7 +88,7 @@ def hb_pvalue(mean: np.ndarray, n: int, mu: np.ndarray) -> np.ndarray:
     return np.minimum(np.minimum(hoeffding, bentkus), 1.0)
 
 
-def hb_upper(mean: np.ndarray | float, n: int, delta: float, iters: int = 50) -> np.ndarray:
+def hb_upper(mean: np.ndarray | float, n: int, delta: float, *, iters: int = 50) -> np.ndarray:
     """Upper confidence bound on E[X] (X in [0, 1]) at level delta: the smallest mu H_mu rejects."""
     m = np.atleast_1d(np.asarray(mean, dtype=float))
     lo, hi = m.copy(), np.ones_like(m)
@@ -122,7 +122,7 @@ def _cheap_counts(p: np.ndarray, columns: list[np.ndarray], grid: np.ndarray) ->
     return m, sums
 
 
-def _quality_margin(kp: np.ndarray, km: np.ndarray, ks: np.ndarray, n: np.ndarray | int, floor: float,
+def _quality_margin(kp: np.ndarray, km: np.ndarray, ks: np.ndarray, *, n: np.ndarray | int, floor: float,
                     delta: float) -> np.ndarray:
     """upper(loss) - lower(gain) - (1 - F) * bound(strong): <= 0 certifies the floor at that threshold."""
     d = delta / 3.0
@@ -136,7 +136,7 @@ def last_before_failure(ok: np.ndarray) -> int:
     return (int(bad[0]) if len(bad) else len(ok)) - 1
 
 
-def quality_lower_bound(kp: np.ndarray, km: np.ndarray, ks: float, n: int, risk: float) -> np.ndarray:
+def quality_lower_bound(kp: np.ndarray, km: np.ndarray, ks: float, *, n: int, risk: float) -> np.ndarray:
     """Lower bound on quality / reference of routings with kp losses and km wins against it (same 3 bounds)."""
     lcb_ref = float(binomial_lower(ks, n, risk / 3.0))
     if lcb_ref <= 0:
@@ -146,7 +146,7 @@ def quality_lower_bound(kp: np.ndarray, km: np.ndarray, ks: float, n: int, risk:
     return np.asarray(1.0 - net / lcb_ref, dtype=float)
 
 
-def floor_sequence(kp: np.ndarray, km: np.ndarray, ks: float, n: int, floor: float,
+def floor_sequence(kp: np.ndarray, km: np.ndarray, ks: float, *, n: int, floor: float,
                    risk: float) -> tuple[int, float]:
     """Fixed-sequence test of routings ordered safest first, against a reference (the strong model).
 
@@ -155,14 +155,14 @@ def floor_sequence(kp: np.ndarray, km: np.ndarray, ks: float, n: int, floor: flo
     the lower bound on quality / reference there (1.0 when none).
     """
     ok = _quality_margin(np.asarray(kp, dtype=float), np.asarray(km, dtype=float),
-                         np.full(len(kp), float(ks)), n, floor, risk) <= 0.0
+                         np.full(len(kp), float(ks)), n=n, floor=floor, delta=risk) <= 0.0
     last = last_before_failure(ok)
     if last < 0:
         return last, 1.0
-    return last, float(quality_lower_bound(kp[last: last + 1], km[last: last + 1], ks, n, risk)[0])
+    return last, float(quality_lower_bound(kp[last: last + 1], km[last: last + 1], ks, n=n, risk=risk)[0])
 
 
-def budget_sequence(spend: np.ndarray, n: int, cap: float, risk: float, binary: bool) -> tuple[np.ndarray, str]:
+def budget_sequence(spend: np.ndarray, n: int, cap: float, *, risk: float, binary: bool) -> tuple[np.ndarray, str]:
     """Upper confidence bounds on the mean spend of routings (spend: each routing's total over n rows).
 
     Spends per row lie in [0, cap] (cap: the largest per-request spend in the log, the assumption
@@ -177,24 +177,25 @@ def budget_sequence(spend: np.ndarray, n: int, cap: float, risk: float, binary: 
     return hb_upper(spend / n / cap, n, risk) * cap, METHOD_BUDGET_HB
 
 
-def certify_quality_floor(p: np.ndarray, w: np.ndarray, s: np.ndarray, floor: float, risk: float) -> RiskChoice:
+def certify_quality_floor(p: np.ndarray, cheap_passed: np.ndarray, strong_passed: np.ndarray, *, floor: float,
+                          risk: float) -> RiskChoice:
     """The cheapest threshold of GRID whose floor is certified by fixed-sequence testing; else all strong."""
-    _check_binary("w", w)
-    _check_binary("s", s)
+    _check_binary("cheap_passed", cheap_passed)
+    _check_binary("strong_passed", strong_passed)
     n = len(p)
-    loss = ((w < 0.5) & (s >= 0.5)).astype(float)  # cheap routed here loses a pass
-    gain = ((w >= 0.5) & (s < 0.5)).astype(float)  # cheap routed here wins one
+    loss = ((cheap_passed < 0.5) & (strong_passed >= 0.5)).astype(float)  # cheap routed here loses a pass
+    gain = ((cheap_passed >= 0.5) & (strong_passed < 0.5)).astype(float)  # cheap routed here wins one
     m, (kp, km) = _cheap_counts(p, [loss, gain], GRID)
-    ks = float(s.sum())
-    last, bound = floor_sequence(kp, km, ks, n, floor, risk)
+    ks = float(strong_passed.sum())
+    last, bound = floor_sequence(kp, km, ks, n=n, floor=floor, risk=risk)
     if last >= 1:
         return RiskChoice(float(GRID[last]), True, n, risk, METHOD, bound, None)
     # Nothing cheap certified: all strong, and how many rows the best observed gap would need.
     return RiskChoice(ALL_STRONG, False, n, risk, METHOD, 1.0,
-                      n_needed(m > 0, kp / n, km / n, ks / n, floor, risk))
+                      n_needed(m > 0, kp / n, km / n, rate_s=ks / n, floor=floor, risk=risk))
 
 
-def n_needed(some_cheap: np.ndarray, rate_p: np.ndarray, rate_m: np.ndarray, rate_s: float, floor: float,
+def n_needed(some_cheap: np.ndarray, rate_p: np.ndarray, rate_m: np.ndarray, *, rate_s: float, floor: float,
               risk: float) -> int | None:
     """Smallest n at which the fixed sequence would certify some cheap routing if the observed rates
     held (None: no observed gap would ever do).
@@ -214,7 +215,7 @@ def n_needed(some_cheap: np.ndarray, rate_p: np.ndarray, rate_m: np.ndarray, rat
         for _ in range(40):  # bisection on log n, every candidate at once
             mid = (lo + hi) / 2
             nn = np.exp(mid)
-            ok = _quality_margin(rp * nn, rm * nn, np.full_like(nn, rate_s) * nn, nn, floor, risk) <= 0
+            ok = _quality_margin(rp * nn, rm * nn, np.full_like(nn, rate_s) * nn, n=nn, floor=floor, delta=risk) <= 0
             hi = np.where(ok, mid, hi)
             lo = np.where(ok, lo, mid)
         need[cand] = np.where(hi < math.log(MAX_N_NEEDED) - 1e-9, np.exp(hi), np.inf)
@@ -224,8 +225,8 @@ def n_needed(some_cheap: np.ndarray, rate_p: np.ndarray, rate_m: np.ndarray, rat
     return int(math.ceil(float(reach.min())))
 
 
-def certify_budget(p: np.ndarray, w: np.ndarray, s: np.ndarray, spend_cheap: np.ndarray, spend_strong: np.ndarray,
-                   budget: float, risk: float) -> RiskChoice:
+def certify_budget(p: np.ndarray, cheap_passed: np.ndarray, strong_passed: np.ndarray, *, spend_cheap: np.ndarray,
+                   spend_strong: np.ndarray, budget: float, risk: float) -> RiskChoice:
     """The best-quality threshold of GRID whose mean spend is certified <= budget; else all cheap.
 
     Tested from the cheap end (the safe end of a budget) upward; spends are scaled to [0, 1] by the
@@ -233,12 +234,13 @@ def certify_budget(p: np.ndarray, w: np.ndarray, s: np.ndarray, spend_cheap: np.
     """
     n = len(p)
     grid = GRID[::-1]  # 0.000 (all cheap) ... 1.000, then all strong
-    _, (sc, ss, cw, cs) = _cheap_counts(p, [spend_cheap, spend_strong, w, s], grid)
+    # Over the rows routed cheap at each threshold: the spends and the passes, cheap and strong.
+    _, (sc, ss, pc, ps) = _cheap_counts(p, [spend_cheap, spend_strong, cheap_passed, strong_passed], grid)
     spend = sc + float(spend_strong.sum()) - ss
-    quality = (float(s.sum()) - cs + cw) / n
+    quality = (float(strong_passed.sum()) - ps + pc) / n
     cap = float(max(np.max(spend_cheap), np.max(spend_strong)))
     binary = bool(np.all(np.isin(spend_cheap, (0.0, 1.0))) and np.all(np.isin(spend_strong, (0.0, 1.0))))
-    upper, method = budget_sequence(spend, n, cap, risk, binary)
+    upper, method = budget_sequence(spend, n, cap, risk=risk, binary=binary)
     ok = upper <= budget + 1e-12
     last = last_before_failure(ok)
     if last < 0:

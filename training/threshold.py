@@ -142,8 +142,9 @@ def _vec(name: str, a: float | np.ndarray, n: int) -> np.ndarray:
 
 def choose_threshold(
     p_cheap_ok: np.ndarray,
-    w: np.ndarray,
-    s: np.ndarray,
+    cheap_passed: np.ndarray,
+    strong_passed: np.ndarray,
+    *,
     cost_cheap: float | np.ndarray,
     cost_strong: float | np.ndarray,
     goal: Goal = DEFAULT_GOAL,
@@ -164,19 +165,20 @@ def choose_threshold(
     n = len(p)
     if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
         raise ValueError("p_cheap_ok must be probabilities in [0, 1]")
-    w_, s_ = _vec("w", w, n), _vec("s", s, n)
+    # Short local names for the arithmetic: w / s the cheap ("weak") / strong outcomes, cc / cs their costs.
+    w, s = _vec("cheap_passed", cheap_passed, n), _vec("strong_passed", strong_passed, n)
     cc, cs = _vec("cost_cheap", cost_cheap, n), _vec("cost_strong", cost_strong, n)
-    q_strong = float(s_.mean())
+    q_strong = float(s.mean())
     if q_strong <= 0:
         raise ValueError("quality_vs_strong is undefined: the strong model's mean quality is 0")
     if goal.risk is not None:
-        return _risk_controlled(p, w_, s_, cc, cs, goal)
+        return _risk_controlled(p, cheap_passed=w, strong_passed=s, cost_cheap=cc, cost_strong=cs, goal=goal)
 
     # Most confident first: the top j rows by p go cheap. Candidates only at tie-block boundaries.
-    blocks = cumulative_by_score(p, w_ - s_, cc - cs)
+    blocks = cumulative_by_score(p, w - s, cc - cs)
     bounds, ps = blocks.k, blocks.sorted_scores
     d_q, d_c = blocks.sums
-    quality = (s_.sum() + d_q) / n
+    quality = (s.sum() + d_q) / n
     cost = (cs.sum() + d_c) / n
     share = (n - bounds) / n
     # Thresholds: above 1 for j=0, midpoints between consecutive unique values, 0.0 for all cheap.
@@ -217,18 +219,18 @@ def choose_threshold(
     )
 
 
-def _at(p: np.ndarray, w: np.ndarray, s: np.ndarray, cc: np.ndarray, cs: np.ndarray, threshold: float,
-        goal: Goal, **extra) -> ThresholdChoice:
+def _at(p: np.ndarray, threshold: float, goal: Goal, *, cheap_passed: np.ndarray, strong_passed: np.ndarray,
+        cost_cheap: np.ndarray, cost_strong: np.ndarray, **extra) -> ThresholdChoice:
     """What routing at `threshold` (cheap iff p >= threshold) achieves on these rows."""
     cheap = p >= threshold
-    quality = float(np.where(cheap, w, s).mean())
-    cost = float(np.where(cheap, cc, cs).mean())
-    always = float(cs.mean())
+    quality = float(np.where(cheap, cheap_passed, strong_passed).mean())
+    cost = float(np.where(cheap, cost_cheap, cost_strong).mean())
+    always = float(cost_strong.mean())
     return ThresholdChoice(
         threshold=float(threshold),
         goal=goal,
         strong_share=float(1.0 - cheap.mean()),
-        quality_vs_strong=quality / float(s.mean()),
+        quality_vs_strong=quality / float(strong_passed.mean()),
         cost_per_request=cost,
         cost_saved_fraction=(always - cost) / always if always > 0 else 0.0,
         quality=quality,
@@ -237,17 +239,20 @@ def _at(p: np.ndarray, w: np.ndarray, s: np.ndarray, cc: np.ndarray, cs: np.ndar
     )
 
 
-def _risk_controlled(p: np.ndarray, w: np.ndarray, s: np.ndarray, cc: np.ndarray, cs: np.ndarray,
-                     goal: Goal) -> ThresholdChoice:
+def _risk_controlled(p: np.ndarray, *, cheap_passed: np.ndarray, strong_passed: np.ndarray, cost_cheap: np.ndarray,
+                     cost_strong: np.ndarray, goal: Goal) -> ThresholdChoice:
     assert goal.risk is not None
+    outcomes = {"cheap_passed": cheap_passed, "strong_passed": strong_passed}
     if goal.kind == "quality_floor":
-        rc = certify_quality_floor(p, w, s, goal.value, goal.risk)
+        rc = certify_quality_floor(p, **outcomes, floor=goal.value, risk=goal.risk)
     elif goal.kind == "max_strong_share":
-        rc = certify_budget(p, w, s, np.zeros(len(p)), np.ones(len(p)), goal.value, goal.risk)
+        rc = certify_budget(p, **outcomes, spend_cheap=np.zeros(len(p)), spend_strong=np.ones(len(p)),
+                            budget=goal.value, risk=goal.risk)
     else:
-        rc = certify_budget(p, w, s, cc, cs, goal.value, goal.risk)
-    return _at(p, w, s, cc, cs, rc.threshold, goal, met=rc.certified, method=rc.method, certified=rc.certified,
-               bound=rc.bound, n_needed=rc.n_needed)
+        rc = certify_budget(p, **outcomes, spend_cheap=cost_cheap, spend_strong=cost_strong, budget=goal.value,
+                            risk=goal.risk)
+    return _at(p, rc.threshold, goal, **outcomes, cost_cheap=cost_cheap, cost_strong=cost_strong,
+               met=rc.certified, method=rc.method, certified=rc.certified, bound=rc.bound, n_needed=rc.n_needed)
 
 
 THRESHOLD_ROWS = ("oof", "validation")
@@ -262,9 +267,10 @@ class ThresholdStage:
     rows: str  # "oof" (cross-fitted over train + validation) or "validation"
 
 
-def threshold_stage(head: Any, X: np.ndarray, texts: list[str], w: np.ndarray, s: np.ndarray, cc: np.ndarray,
-                    cs: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, goal: Goal, *, rows: str = "oof",
-                    calibration: str = "sigmoid", seed: int = 0, folds: int = 5) -> ThresholdStage:
+def threshold_stage(head: Any, X: np.ndarray, texts: list[str], *, cheap_passed: np.ndarray, strong_passed: np.ndarray,
+                    cost_cheap: np.ndarray, cost_strong: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
+                    goal: Goal, rows: str = "oof", calibration: str = "sigmoid", seed: int = 0,
+                    folds: int = 5) -> ThresholdStage:
     """Choose the threshold on validation scores, or on cross-fitted scores over train + validation.
 
     "oof" gives the bound about 5x the rows on a 70/15/15 split; the head is then refit on all of
@@ -279,13 +285,16 @@ def threshold_stage(head: Any, X: np.ndarray, texts: list[str], w: np.ndarray, s
     k = min(folds, len(set(keys)))
     splits = group_kfold(keys, k=k, seed=seed) if k >= 2 else []
     # A log too small to cross-fit (a class with a single row in some fold) uses validation, and says so.
-    if rows == "validation" or goal.risk is None or not splits or not can_cross_fit(head.target, w[lab], s[lab], splits):
-        return ThresholdStage(head, choose_threshold(head.p_cheap_ok(X[va]), w[va], s[va], cc[va], cs[va], goal),
-                              "validation")
-    oof = out_of_fold_p(head, X[lab], w[lab], s[lab], splits, calibration=calibration, seed=seed)
-    choice = replace(choose_threshold(oof, w[lab], s[lab], cc[lab], cs[lab], goal), rows="oof")
-    refit = refit_head(head, X[lab], w[lab], s[lab], calibration=calibration, seed=seed)
-    return ThresholdStage(refit, choice, "oof")
+    if (rows == "validation" or goal.risk is None or not splits
+            or not can_cross_fit(head.target, cheap_passed[lab], strong_passed[lab], folds=splits)):
+        choice = choose_threshold(head.p_cheap_ok(X[va]), cheap_passed[va], strong_passed[va],
+                                  cost_cheap=cost_cheap[va], cost_strong=cost_strong[va], goal=goal)
+        return ThresholdStage(head, choice, "validation")
+    labelled = {"cheap_passed": cheap_passed[lab], "strong_passed": strong_passed[lab]}
+    oof = out_of_fold_p(head, X[lab], **labelled, folds=splits, calibration=calibration, seed=seed)
+    choice = choose_threshold(oof, **labelled, cost_cheap=cost_cheap[lab], cost_strong=cost_strong[lab], goal=goal)
+    refit = refit_head(head, X[lab], **labelled, calibration=calibration, seed=seed)
+    return ThresholdStage(refit, replace(choice, rows="oof"), "oof")
 
 
 def goal_record_fields(choice: ThresholdChoice) -> dict[str, Any]:

@@ -104,12 +104,13 @@ def track_run(target: TrackingTarget, run: RunRecord) -> str:
             mlflow.log_artifact(str(path), artifact_path="analysis")
         run_id = active.info.run_id
         source = f"{active.info.artifact_uri}/model"
-    _register(target, uri, str(run_id), source, {"artifact_version": meta.artifact_version, "default_graph": meta.default_graph},
-              f"cheap={read.cheap_model} strong={read.strong_model} threshold={choice.threshold:.4f}")
+    _register(target, uri, str(run_id), source=source,
+              tags={"artifact_version": meta.artifact_version, "default_graph": meta.default_graph},
+              description=f"cheap={read.cheap_model} strong={read.strong_model} threshold={choice.threshold:.4f}")
     return str(run_id)
 
 
-def _register(target: TrackingTarget, uri: str, run_id: str, source: str, tags: dict[str, str], description: str) -> None:
+def _register(target: TrackingTarget, uri: str, run_id: str, *, source: str, tags: dict[str, str], description: str) -> None:
     """Register the run's model directory as a new version (a convenience: the run itself is tracked)."""
     import mlflow
 
@@ -140,7 +141,7 @@ def goal_metrics(goal: GoalRecord) -> dict[str, float]:
     return {f"goal.{k}": float(v) for k, v in fields if v is not None}
 
 
-def track_multi_run(target: TrackingTarget, params: dict[str, Any], metrics: dict[str, float], evaluation: dict[str, Any],
+def track_multi_run(target: TrackingTarget, params: dict[str, Any], metrics: dict[str, float], *, evaluation: dict[str, Any],
                     model_dir: Path, meta: ArtifactMetadata, plots: Sequence[Path]) -> str:
     """An N-model run (training/multi): params, held-out frontier figures, plots, the model dir, a version."""
     import mlflow
@@ -162,7 +163,8 @@ def track_multi_run(target: TrackingTarget, params: dict[str, Any], metrics: dic
         run_id = str(active.info.run_id)
         source = f"{active.info.artifact_uri}/model"
     assert meta.multi is not None
-    _register(target, target.uri, run_id, source,
-              {"artifact_version": meta.artifact_version, "default_graph": meta.default_graph, "models": str(len(meta.multi.models))},
-              f"N-model router: {', '.join(meta.multi.models)}; policy {meta.multi.policy}={meta.multi.value:g}")
+    _register(target, target.uri, run_id, source=source,
+              tags={"artifact_version": meta.artifact_version, "default_graph": meta.default_graph,
+                    "models": str(len(meta.multi.models))},
+              description=f"N-model router: {', '.join(meta.multi.models)}; policy {meta.multi.policy}={meta.multi.value:g}")
     return run_id

@@ -72,8 +72,7 @@ class Accounting:
 
     @staticmethod
     def router_headers(call: Call) -> dict[str, str]:
-        served = call.final.model if call.final else call.target
-        h = {"x-router-model": served, "x-router-reason": call.reason, "x-router-mode": call.mode,
+        h = {"x-router-model": call.served, "x-router-reason": call.reason, "x-router-mode": call.mode,
              "x-router-request-id": call.request_id}
         d = call.decision
         if d is not None:
@@ -119,7 +118,7 @@ class Accounting:
             source="gateway",
             mode=call.mode,
             requested_model=call.requested,
-            served_model=final.model if final else call.target,
+            served_model=call.served,
             upstream_model=final.response_model if final else None,
             stream=call.stream,
             status=status,

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from router_model.batching import Batcher
+from router_model.cli_args import quiet_http_client_logs
 from router_model.cost import PriceTable
 from router_model.gateway.accounting import Accounting
 from router_model.gateway.call import request_tags  # noqa: F401 - re-exported: the gateway's tag rule
@@ -129,6 +130,7 @@ async def _internal_error(request: HTTPRequest, exc: Exception) -> Response:
 
 def create_app(config: GatewayConfig, *, router: Router | None = None, prices: PriceTable | None = None) -> Starlette:
     """The gateway as an ASGI app; `app.state.gateway` is its `Gateway`. Pass `router` to skip loading."""
+    quiet_http_client_logs()  # no httpx line per upstream call (docs/gateway.md: nothing per request on success)
     gw = Gateway(config, router=router, prices=prices)
     routes = [
         Route("/v1/chat/completions", gw.chat.handle, methods=["POST"]),

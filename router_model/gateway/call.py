@@ -84,6 +84,32 @@ class Call:
         return self.mode == "route" and self.decision is not None
 
 
+# Nesting deeper than this is refused (400 invalid_json), as in serde_json: far beyond any real chat
+# completion (a response_format schema included), and well inside what json, the decision log and
+# the answer checks can walk again without hitting Python's recursion limit.
+MAX_JSON_DEPTH = 128
+
+
+def _nested_deeper_than(raw: bytes, value: Any, limit: int) -> bool:
+    """True when `value` (parsed from `raw`) nests more than `limit` arrays/objects deep."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:  # fast path: too few brackets to be that deep
+        return False
+    level: list[Any] = [value] if type(value) in (dict, list) else []
+    depth = 1
+    while level:  # one nesting level at a time (json.loads makes plain dicts and lists only)
+        if depth > limit:
+            return True
+        inner: list[Any] = []
+        for item in level:
+            for child in item.values() if type(item) is dict else item:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    inner.append(child)
+        level = inner
+        depth += 1
+    return False
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -94,8 +120,10 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJSONError(f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:  # thousands of nested arrays or objects: json's recursion limit
-        raise InvalidJSONError("the request body is nested too deeply") from None
+    except RecursionError:  # thousands of nested arrays or objects: past json's recursion limit
+        raise InvalidJSONError(f"the request body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if _nested_deeper_than(raw, body, MAX_JSON_DEPTH):
+        raise InvalidJSONError(f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(body, dict):
         raise InvalidJSONError(f"the request body must be a JSON object, got {type(body).__name__}")
     model = body.get("model")

@@ -19,7 +19,16 @@ from starlette.responses import JSONResponse, Response
 
 from router_model.answer_checks import failed_check
 from router_model.gateway.accounting import Accounting
-from router_model.gateway.call import CHAT_ENDPOINT, Attempt, Call, parse_body, read_body, request_mode, request_tags
+from router_model.gateway.call import (
+    CHAT_ENDPOINT,
+    Attempt,
+    Call,
+    all_request_tags,
+    parse_body,
+    read_body,
+    request_mode,
+    request_tags,
+)
 from router_model.gateway.config import GatewayConfig
 from router_model.gateway.deciding import Decider
 from router_model.gateway.errors import GatewayError, UpstreamFailedError
@@ -79,6 +88,14 @@ class ChatCompletions:
             else:
                 self.metrics.requests.labels(CHAT_ENDPOINT, str(err.status)).inc()
             return out
+        except Exception:  # a bug: answered 500 by the app's handler, and counted here like every answer
+            if call is None or not call.finished:
+                self.metrics.requests.labels(CHAT_ENDPOINT, "500").inc()
+            if call is not None:
+                call.finished = True
+                if call.pending is not None:
+                    call.pending.cancel()
+            raise
         finally:
             self.metrics.in_flight.dec()
 
@@ -113,12 +130,13 @@ class ChatCompletions:
         strong = router.strong_model
         log.info("request %s: the cheap answer failed the %s check; asking %s", call.request_id, check, strong)
         try:
-            answer = await self.sender.send(call, strong, stream=False)
+            answer, body = await self.sender.send(call, strong, stream=False)
+            assert body is not None
             if answer.status_code != 200:
                 call.attempts.append(Attempt(strong, answer.status_code))
                 raise UpstreamFailedError(f"the strong model answered {answer.status_code}")
-            self.accounting.accept(call, strong, answer, answer.content)
-            return answer, answer.content
+            self.accounting.accept(call, strong, answer, body)
+            return answer, body
         except GatewayError as exc:  # the cheap answer is better than none
             log.warning("request %s: escalation failed (%s); returning the cheap answer", call.request_id, exc)
             call.escalated = f"{check}:failed"
@@ -168,7 +186,8 @@ class ChatCompletions:
             return
         tags: tuple[Any, ...] = tuple(request_tags(call.in_headers, call.body) or ())
         self.shadow.offer(ShadowJob(
-            body=call.body, tags=tags, headers=dict(call.in_headers),
+            body=call.body, tags=tags, all_tags=tuple(all_request_tags(call.in_headers, call.body)),  # drop_tags: every tag
+            headers=dict(call.in_headers),
             served_model=final.model, served_content=content, cheap_model=router.cheap_model,
             strong_model=router.strong_model, artifact_version=router.version, mode=call.mode, request_id=call.request_id,
         ))

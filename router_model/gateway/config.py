@@ -64,6 +64,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "graph": {"enum": list(GRAPHS)},
         "threads": {"type": "integer", "minimum": 1},
         "max_body_bytes": {"type": "integer", "minimum": 1024},
+        "max_response_bytes": {"type": "integer", "minimum": 1024},
         "max_connections": {"type": "integer", "minimum": 1},
         "host": {"type": "string", "minLength": 1},
         "port": {"type": "integer", "minimum": 0, "maximum": 65535},
@@ -72,7 +73,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                k: {"type": "number", "exclusiveMinimum": 0} for k in ("connect", "read", "write", "pool", "readiness")
+                k: {"type": "number", "exclusiveMinimum": 0}
+                for k in ("connect", "read", "write", "pool", "total", "readiness")
             },
         },
         "shadow": SHADOW_SCHEMA,
@@ -116,16 +118,22 @@ class Upstream:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds. `read` bounds the wait for each piece of the answer (the whole answer when not streamed)."""
+    """Seconds, for each upstream call: `connect` to open a connection, `write` for each piece of the
+    request sent, `pool` to wait for a free pooled connection, `read` for each piece of the answer
+    (the gap between two reads, not the whole answer). `total` bounds a non-streamed request as a
+    whole, from its arrival to the last byte of the upstream's answer, fallback and escalation
+    included (a stream has no total: it may run as long as its pieces keep coming). `readiness`
+    bounds /readyz's probe of the upstream."""
 
     connect: float = 5.0
     read: float = 120.0
     write: float = 30.0
     pool: float = 10.0
     readiness: float = 2.0
+    total: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("connect", "read", "write", "pool", "readiness"):
+        for name in ("connect", "read", "write", "pool", "readiness", "total"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise GatewayConfigError(f"expected a positive number of seconds, got {value!r}", key=f"timeouts.{name}")
@@ -149,6 +157,7 @@ class GatewayConfig(ServingConfig):
     checks: Checks = field(default_factory=Checks)
     prices: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
+    max_response_bytes: int = 64 * 1024 * 1024  # a larger non-streamed upstream answer: 502 (streams are not buffered)
     max_connections: int = 256
     port: int = 8080
     grace_seconds: float = 30.0
@@ -160,6 +169,10 @@ class GatewayConfig(ServingConfig):
             raise GatewayConfigError(f"expected one of {list(MODES)}, got {self.mode!r}", key="mode")
         if self.prices is not None:
             object.__setattr__(self, "prices", Path(self.prices))
+        for name in ("max_body_bytes", "max_response_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
+                raise GatewayConfigError(f"expected a whole number of bytes of at least 1024, got {value!r}", key=name)
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
         object.__setattr__(self, "aliases", frozenset(a.strip() for a in self.aliases))
         object.__setattr__(self, "routes", MappingProxyType({k.strip(): tuple(v) for k, v in self.routes.items()}))
@@ -248,7 +261,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> GatewayConf
             kwargs[key] = Path(data[key])
     for key in (
         "mode", "fallback_to_strong", "log_prompts", "watch_interval", "graph", "threads", "model_uri", "follow",
-        "max_body_bytes", "max_connections", "host", "port", "grace_seconds",
+        "max_body_bytes", "max_response_bytes", "max_connections", "host", "port", "grace_seconds",
     ):
         if key in data:
             kwargs[key] = data[key]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
+import anyio
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 
 from router_model.gateway.chat import error_response
-from router_model.gateway.config import GatewayConfig
+from router_model.gateway.config import GatewayConfig, Upstream
 from router_model.gateway.errors import (
     GatewayError,
     RouterNotReadyError,
@@ -16,9 +19,10 @@ from router_model.gateway.errors import (
     UpstreamFailedError,
     UpstreamInvalidError,
     UpstreamTimeoutError,
+    UpstreamTooLargeError,
 )
 from router_model.gateway.metrics import GatewayMetrics
-from router_model.gateway.upstream import UpstreamSender, client_error, response_headers
+from router_model.gateway.upstream import UpstreamSender, client_error, read_capped, response_headers
 from router_model.serving.holder import ModelHolder
 
 
@@ -35,22 +39,16 @@ class InfoEndpoints:
         upstream = self.config.upstream
         status = 502
         try:
-            try:
-                resp = await self.sender.client.get(f"{upstream.base_url}/models",
-                                                    headers=self.sender.out_headers(request.headers, upstream))
-            except httpx.TimeoutException:
-                raise UpstreamTimeoutError("the upstream did not answer in time") from None
-            except httpx.HTTPError as exc:
-                raise UpstreamError(f"cannot reach the upstream ({exc.__class__.__name__})") from None
+            resp, content = await self._get_models(request, upstream)
             status = resp.status_code
             if status >= 500:
                 status = 502
                 raise UpstreamFailedError(f"the upstream answered {resp.status_code}")
             if status >= 400:
-                return client_error(resp, resp.content)
+                return client_error(resp, content)
             try:
-                data = resp.json()
-            except ValueError:
+                data = json.loads(content)
+            except (ValueError, RecursionError):
                 status = 502
                 raise UpstreamInvalidError("the upstream's model list is not JSON") from None
             if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -65,6 +63,28 @@ class InfoEndpoints:
         finally:
             self.metrics.requests.labels("models", str(status)).inc()
 
+    async def _get_models(self, request: HTTPRequest, upstream: Upstream) -> tuple[httpx.Response, bytes]:
+        """The upstream's GET /models and its body: at most `max_response_bytes`, within `timeouts.total`."""
+        client = self.sender.client
+        limit = self.config.max_response_bytes
+        try:
+            with anyio.fail_after(self.config.timeouts.total):
+                resp = await client.send(client.build_request(
+                    "GET", f"{upstream.base_url}/models", headers=self.sender.out_headers(request.headers, upstream),
+                ), stream=True)
+                try:
+                    content, over = await read_capped(resp, limit)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await resp.aclose()
+        except (httpx.TimeoutException, TimeoutError):
+            raise UpstreamTimeoutError("the upstream did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"cannot reach the upstream ({exc.__class__.__name__})") from None
+        if over and resp.status_code < 400:
+            raise UpstreamTooLargeError(f"the upstream's model list is larger than max_response_bytes ({limit} bytes)")
+        return resp, content
+
     async def healthz(self, request: HTTPRequest) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -74,11 +94,17 @@ class InfoEndpoints:
             detail = f": {self.holder.error}" if self.holder.error else " yet"
             return error_response(RouterNotReadyError(f"no router is loaded{detail}"))
         upstream = self.config.upstream
+        client = self.sender.client
         try:
-            resp = await self.sender.client.get(
-                f"{upstream.base_url}/models", headers=self.sender.out_headers(request.headers, upstream),
-                timeout=self.config.timeouts.readiness,
-            )
+            with anyio.fail_after(self.config.timeouts.readiness):  # the probe as a whole; its body is not read
+                resp = await client.send(client.build_request(
+                    "GET", f"{upstream.base_url}/models", headers=self.sender.out_headers(request.headers, upstream),
+                    timeout=self.config.timeouts.readiness,
+                ), stream=True)
+                with anyio.CancelScope(shield=True):
+                    await resp.aclose()
+        except TimeoutError:
+            return error_response(UpstreamError("the upstream does not answer (ReadTimeout)"))
         except httpx.HTTPError as exc:
             return error_response(UpstreamError(f"the upstream does not answer ({exc.__class__.__name__})"))
         if resp.status_code >= 500:

@@ -81,6 +81,12 @@ class UpstreamInvalidError(UpstreamError):
     code = "upstream_invalid_response"
 
 
+class UpstreamTooLargeError(UpstreamError):
+    """The upstream's non-streamed answer is larger than `max_response_bytes` (not buffered further)."""
+
+    code = "upstream_response_too_large"
+
+
 class UpstreamTimeoutError(GatewayError):
     """The upstream did not answer within the configured timeout (504)."""
 

@@ -30,7 +30,8 @@ class GatewayMetrics:
             ["model", "status"], registry=r,
         )
         self.upstream_errors = Counter(
-            f"{PREFIX}_upstream_errors", "Upstream failures: connect, timeout, status_5xx, invalid_response, stream_interrupted",
+            f"{PREFIX}_upstream_errors",
+            "Upstream failures: connect, timeout, status_5xx, invalid_response, response_too_large, stream_interrupted",
             ["kind"], registry=r,
         )
         self.escalations = Counter(f"{PREFIX}_escalations", "Cheap answers retried on the strong model, by failed check", ["check"], registry=r)

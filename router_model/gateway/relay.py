@@ -50,7 +50,13 @@ OnClose = Callable[[bool, bool, UsageScanner], Awaitable[None]]
 
 class RelayResponse(StreamingResponse):
     """Starlette's StreamingResponse over the upstream's SSE bytes; always closes the upstream and
-    accounts the call when it ends, whether the stream completed, broke, or the client left."""
+    accounts the call when it ends, whether the stream completed, broke, or the client left.
+
+    A stream the upstream breaks off (its connection cut, a read past `timeouts.read`) is not
+    ended cleanly: the gateway returns without the response's last message, so the server closes
+    the connection without the end of the chunked body and the client sees a broken stream (the
+    `openai` SDK raises APIConnectionError), as it would talking to the upstream directly.
+    """
 
     def __init__(self, upstream: httpx.Response, on_close: OnClose, headers: Mapping[str, str]) -> None:
         self._upstream = upstream
@@ -67,9 +73,17 @@ class RelayResponse(StreamingResponse):
                 yield chunk
         except httpx.HTTPError as exc:
             self._interrupted = True
-            log.warning("upstream stream broke off: %s", exc.__class__.__name__)
+            log.warning("upstream stream broke off (%s); closing the client's stream unfinished", exc.__class__.__name__)
             return
         self._completed = True
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if self._interrupted:
+            return  # no final message: the connection is closed without the chunked body's end
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

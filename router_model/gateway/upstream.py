@@ -11,15 +11,18 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 
+import anyio
 import httpx
 from starlette.responses import JSONResponse, Response
 
 from router_model.gateway.call import Attempt, Call
 from router_model.gateway.config import GatewayConfig, Upstream
 from router_model.gateway.errors import (
+    GatewayError,
     UpstreamError,
     UpstreamFailedError,
     UpstreamTimeoutError,
+    UpstreamTooLargeError,
     error_body,
 )
 from router_model.gateway.metrics import GatewayMetrics
@@ -34,15 +37,41 @@ _DROP_REQUEST_HEADERS = HOP_BY_HOP | {"host", "content-length", "accept-encoding
 _DROP_RESPONSE_HEADERS = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
 
 
+# An upstream's error text quoted in one of the gateway's own error messages is cut to this many characters.
+QUOTE_LIMIT = 500
+
+
 def upstream_message(content: bytes) -> str | None:
-    """The `error.message` of an upstream's JSON error body, if it has one."""
+    """The `error.message` of an upstream's JSON error body, if it has one (cut to QUOTE_LIMIT characters)."""
     try:
         data = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     err = data.get("error") if isinstance(data, dict) else None
     msg = err.get("message") if isinstance(err, dict) else None
-    return msg if isinstance(msg, str) else None
+    return msg[:QUOTE_LIMIT] if isinstance(msg, str) else None
+
+
+async def read_capped(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of an unread (streamed) response's body, and whether it holds more.
+
+    Stops reading at the limit: the rest is never buffered (the caller closes the response).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        if size + len(chunk) > limit:
+            chunks.append(chunk[: limit - size])
+            return b"".join(chunks), True
+        size += len(chunk)
+        chunks.append(chunk)
+    return b"".join(chunks), False
+
+
+def declared_length(resp: httpx.Response) -> int | None:
+    """The response's Content-Length, when it states one."""
+    text = resp.headers.get("content-length", "")
+    return int(text) if text.isdigit() else None
 
 
 def response_headers(headers: httpx.Headers) -> dict[str, str]:
@@ -56,12 +85,12 @@ def client_error(resp: httpx.Response, content: bytes) -> Response:
     try:
         data = json.loads(content)
         ok = isinstance(data, dict) and isinstance(data.get("error"), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         ok = False
     if ok:
         headers["content-type"] = "application/json"
         return Response(content, status_code=resp.status_code, headers=headers)
-    text = content.decode("utf-8", "replace")[:500] or resp.reason_phrase
+    text = content.decode("utf-8", "replace")[:QUOTE_LIMIT] or resp.reason_phrase
     body = error_body(f"upstream answered {resp.status_code}: {text}", "upstream_error", f"upstream_{resp.status_code}")
     headers.pop("content-type", None)
     return JSONResponse(body, status_code=resp.status_code, headers=headers)
@@ -106,30 +135,83 @@ class UpstreamSender:
             url = self._chat_urls[upstream.base_url] = httpx.URL(f"{upstream.base_url}/chat/completions")
         return url
 
-    async def send(self, call: Call, model: str, *, stream: bool) -> httpx.Response:
-        """Send the call to `model`'s upstream; the response is unread when `stream`."""
+    async def open(self, call: Call, model: str) -> httpx.Response:
+        """Send the call to `model`'s upstream and return once its headers are in: the body is unread
+        (the caller reads it and closes the response). Failures become UpstreamError/UpstreamTimeoutError."""
         upstream = self.config.upstream_for(model)
         client = self.client
         request = client.build_request(
             "POST", self.chat_url(upstream), content=call.payload(model), headers=self.out_headers(call.in_headers, upstream),
         )
-        m = self.metrics
         try:
-            resp = await client.send(request, stream=stream)
-        except httpx.TimeoutException:
+            return await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._failed(call, model, exc) from None
+
+    def _failed(self, call: Call, model: str, exc: httpx.HTTPError | None) -> GatewayError:
+        """Count a failed upstream call (None: the total deadline passed) and the error it becomes."""
+        m = self.metrics
+        if exc is None or isinstance(exc, httpx.TimeoutException):
             m.upstream_errors.labels("timeout").inc()
             m.upstream_requests.labels(self._label(model), "timeout").inc()
             call.attempts.append(Attempt(model, 504))
-            raise UpstreamTimeoutError(f"the upstream did not answer in time for model {model!r}") from None
-        except httpx.HTTPError as exc:
-            m.upstream_errors.labels("connect").inc()
-            m.upstream_requests.labels(self._label(model), "unreachable").inc()
-            call.attempts.append(Attempt(model, 502))
-            raise UpstreamError(f"cannot reach the upstream for model {model!r} ({exc.__class__.__name__})") from None
+            return UpstreamTimeoutError(f"the upstream did not answer in time for model {model!r}")
+        m.upstream_errors.labels("connect").inc()
+        m.upstream_requests.labels(self._label(model), "unreachable").inc()
+        call.attempts.append(Attempt(model, 502))
+        return UpstreamError(f"cannot reach the upstream for model {model!r} ({exc.__class__.__name__})")
+
+    def _answered(self, model: str, resp: httpx.Response) -> None:
+        m = self.metrics
         m.upstream_requests.labels(self._label(model), str(resp.status_code)).inc()
         if resp.status_code >= 500:
             m.upstream_errors.labels("status_5xx").inc()
-        return resp
+
+    async def send(self, call: Call, model: str, *, stream: bool) -> tuple[httpx.Response, bytes | None]:
+        """Send the call to `model`'s upstream: the response and its body, read and closed (at most
+        `max_response_bytes`, within the call's `timeouts.total`), except a 200 stream, which is left
+        open and unread (body None). An error status's body is read (capped) and the response closed."""
+        if stream:
+            resp = await self.open(call, model)
+            self._answered(model, resp)
+            if resp.status_code == 200:
+                return resp, None
+            try:
+                content, _ = await read_capped(resp, self.config.max_response_bytes)
+            except httpx.HTTPError:
+                content = b""
+            finally:
+                await resp.aclose()
+            return resp, content
+        left = call.remaining(self.config.timeouts.total)
+        try:
+            with anyio.fail_after(max(left, 0.0)):
+                return await self._fetch(call, model)
+        except TimeoutError:
+            raise self._failed(call, model, None) from None
+
+    async def _fetch(self, call: Call, model: str) -> tuple[httpx.Response, bytes]:
+        resp = await self.open(call, model)
+        try:
+            limit = self.config.max_response_bytes
+            length = declared_length(resp)
+            if resp.status_code < 400 and length is not None and length > limit:
+                content, over = b"", True
+            else:
+                content, over = await read_capped(resp, limit)
+        except httpx.HTTPError as exc:
+            raise self._failed(call, model, exc) from None
+        finally:
+            with anyio.CancelScope(shield=True):  # also when the deadline cancelled the read
+                await resp.aclose()
+        self._answered(model, resp)
+        if over and resp.status_code < 400:
+            self.metrics.upstream_errors.labels("response_too_large").inc()
+            call.attempts.append(Attempt(model, 502))
+            raise UpstreamTooLargeError(
+                f"the upstream's answer for model {model!r} is larger than max_response_bytes ({limit} bytes)"
+            )
+        return resp, content
 
     def _can_fall_back(self, call: Call, model: str) -> bool:
         router = call.router
@@ -142,28 +224,21 @@ class UpstreamSender:
         """Send to the target; on a cheap-model 5xx/timeout/connect failure retry once on the strong model.
 
         Returns the response, its body (None for a 200 stream, which is left open) and the model
-        that answered. A 5xx that is not retried becomes UpstreamFailedError (502).
+        that answered. A 5xx that is not retried becomes UpstreamFailedError (502). A non-streamed
+        call whose `timeouts.total` has passed is not retried.
         """
         model = call.target
         while True:
             fall_back = self._can_fall_back(call, model)
             try:
-                resp = await self.send(call, model, stream=stream)
+                resp, content = await self.send(call, model, stream=stream)
             except (UpstreamError, UpstreamTimeoutError) as exc:
-                if not fall_back:
+                if not fall_back or isinstance(exc, UpstreamTooLargeError) or (
+                    not stream and call.remaining(self.config.timeouts.total) <= 0
+                ):
                     raise
                 cause = exc.code
             else:
-                content: bytes | None = None
-                if not stream:
-                    content = resp.content
-                elif resp.status_code != 200:
-                    try:
-                        content = await resp.aread()
-                    except httpx.HTTPError:
-                        content = b""
-                    finally:
-                        await resp.aclose()
                 if resp.status_code < 500:
                     return resp, content, model
                 call.attempts.append(Attempt(model, resp.status_code))

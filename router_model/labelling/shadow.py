@@ -43,6 +43,9 @@ class ShadowJob:
     artifact_version: str
     mode: str
     request_id: str
+    # Every tag the request carries (header and body): what `drop_tags` is checked against; `tags`
+    # are the routing tags (the header's when present), stored in the row.
+    all_tags: tuple[str, ...] = ()
 
 
 class ShadowGrader:
@@ -73,7 +76,7 @@ class ShadowGrader:
 
     def offer(self, job: ShadowJob) -> bool:
         """Sample and enqueue without waiting; False when the job is not taken (not sampled, tagged, queue full)."""
-        if self.config.drop_tags and any(t.lower() in self.config.drop_tags for t in job.tags):
+        if self.config.drop_tags and any(t.lower() in self.config.drop_tags for t in (*job.tags, *job.all_tags)):
             self.metrics.shadow_dropped.labels("tag").inc()
             return False
         if self.config.sample_rate < 1.0 and self._rng.random() >= self.config.sample_rate:

@@ -98,7 +98,10 @@ class ChatCaller:
         """POST `body` (with `model` set, not streamed) until a 200, a final error, or the retries run out."""
         payload = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         payload["model"] = model
-        content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        try:
+            content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from the client's JSON ("\ud800"): send it escaped
+            content = json.dumps(payload, ensure_ascii=True, separators=(",", ":")).encode("ascii")
         headers = self._headers_for(model)
         headers["content-type"] = "application/json"
         last = ""

@@ -29,6 +29,7 @@ import hmac
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -40,6 +41,10 @@ from router_model.errors import RouterError
 from router_model.request import Request
 
 log = logging.getLogger(__name__)
+
+# A new decision log (and one recreated after a rotation) is readable by its owner only: it holds
+# request ids, and prompts with --log-prompts. An existing file keeps its mode (logrotate's `create`).
+FILE_MODE = 0o600
 
 # While writes keep failing, say so at most this often (seconds), with the count lost meanwhile.
 WARN_INTERVAL_SECONDS = 60.0
@@ -155,8 +160,10 @@ class DecisionLogWriter:
     seconds while failures go on; the request goes on. A partially written line is fenced off
     by a newline before the next record, so one bad line never corrupts the next.
 
+    The file is created with mode 0600 (owner only); an existing file keeps its mode.
+
     Rotation: before each write the path is compared with the open file (device and inode); when
-    logrotate (or anyone) renamed or removed it, the writer reopens the path, creating it if
+    logrotate (or anyone) renamed or removed it, the writer reopens the path, creating it (0600) if
     needed. `reopen()` does the same on demand (router-serve calls it on SIGHUP).
 
     `prompt_hash_key`: with a key, records get `prompt_hmac` (HMAC-SHA256 of the prompt) and
@@ -191,8 +198,17 @@ class DecisionLogWriter:
             raise DecisionLogError(f"cannot open the decision log for appending: {exc}", path=str(path)) from None
 
     def _open(self) -> Any:
-        """Open the path for appending and note whether its last line is unfinished."""
-        f = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        """Open the path for appending (created 0600) and note whether its last line is unfinished."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            f = os.fdopen(fd, "ab", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if self.include_prompt and mode & 0o077:
+            log.warning("decision log %s: mode %o lets others read the logged prompts (a new log is created 600)",
+                        self.path, mode)
         self._identity = self._id(os.fstat(f.fileno()))
         # A previous run may have died mid-line; start on a fresh line so ours stay readable.
         try:

@@ -1,7 +1,9 @@
 """Routing and calibration metrics (numpy only), as defined in shared/notes/METRICS.md.
 
 Conventions: `r` is the router score, higher = more reason to call the strong model;
-`w` and `s` are the cheap ("weak") and strong model's quality per prompt, in [0, 1].
+`cheap_passed` and `strong_passed` are the cheap and the strong model's quality per prompt, in
+[0, 1] (inside a function, where the formulas are easier to read short: `w` for the cheap ("weak")
+model and `s` for the strong one).
 
 Ties in `r` are scored as the expectation over random tie-breaking: inside a block of tied
 scores the gain (s - w) accrues linearly, so the expected gain curve is the piecewise-linear
@@ -84,21 +86,28 @@ def cumulative_by_score(score: np.ndarray, *columns: np.ndarray) -> ScoreBlocks:
     return ScoreBlocks(k, sums, ranked)
 
 
-def _gain_breakpoints(r: np.ndarray, w: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(k at tie-block boundaries, cumulative gain sum(s - w) of the top-k there), k from 0 to n."""
-    blocks = cumulative_by_score(r, s - w)
+def _gain_breakpoints(r: np.ndarray, cheap_passed: np.ndarray, strong_passed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(k at tie-block boundaries, cumulative gain sum(strong - cheap) of the top-k there), k from 0 to n."""
+    blocks = cumulative_by_score(r, strong_passed - cheap_passed)
     return blocks.k.astype(float), blocks.sums[0]
 
 
 def expected_at_shares(
-    r: ArrayLike, w: ArrayLike, s: ArrayLike, cost_cheap: ArrayLike, cost_strong: ArrayLike, shares: ArrayLike
+    r: ArrayLike,
+    cheap_passed: ArrayLike,
+    strong_passed: ArrayLike,
+    *,
+    cost_cheap: ArrayLike,
+    cost_strong: ArrayLike,
+    shares: ArrayLike,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mean quality, mean cost per request) when the top share*n rows by `r` go to the strong model.
 
     Ties in `r` and a fractional k = share * n are taken in expectation over random tie-breaking
     (linear interpolation between tie-block boundaries), as in `quality_curve`.
     """
-    r_, w_, s_, cc, cs = _arrays(("r", r), ("w", w), ("s", s), ("cost_cheap", cost_cheap), ("cost_strong", cost_strong))
+    r_, w_, s_, cc, cs = _arrays(("r", r), ("cheap_passed", cheap_passed), ("strong_passed", strong_passed),
+                                 ("cost_cheap", cost_cheap), ("cost_strong", cost_strong))
     x = np.asarray(shares, dtype=float)
     if np.any((x < 0) | (x > 1)) or not np.all(np.isfinite(x)):
         raise ValueError("shares must lie in [0, 1]")
@@ -110,13 +119,14 @@ def expected_at_shares(
     return quality, cost
 
 
-def routing_scores(r: ArrayLike, w: ArrayLike, s: ArrayLike) -> dict[str, float]:
+def routing_scores(r: ArrayLike, cheap_passed: ArrayLike, strong_passed: ArrayLike) -> dict[str, float]:
     """The field's summary of a router score: APGR, CPT(50%) and CPT(80%)."""
-    return {"apgr": apgr(r, w, s), "cpt50": cpt(r, w, s, 50), "cpt80": cpt(r, w, s, 80)}
+    w, s = cheap_passed, strong_passed
+    return {"apgr": apgr(r, w, s), "cpt50": cpt(r, w, s, pct=50), "cpt80": cpt(r, w, s, pct=80)}
 
 
-def _pgr_breakpoints(r: ArrayLike, w: ArrayLike, s: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    r_, w_, s_ = _arrays(("r", r), ("w", w), ("s", s))
+def _pgr_breakpoints(r: ArrayLike, cheap_passed: ArrayLike, strong_passed: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    r_, w_, s_ = _arrays(("r", r), ("cheap_passed", cheap_passed), ("strong_passed", strong_passed))
     n = len(r_)
     q_weak, q_strong = float(w_.mean()), float(s_.mean())
     if q_strong == q_weak:
@@ -127,9 +137,10 @@ def _pgr_breakpoints(r: ArrayLike, w: ArrayLike, s: ArrayLike) -> tuple[np.ndarr
     return ks / n, (g / n) / (q_strong - q_weak)
 
 
-def quality_curve(r: ArrayLike, w: ArrayLike, s: ArrayLike, n_points: int = 201) -> tuple[np.ndarray, np.ndarray]:
+def quality_curve(r: ArrayLike, cheap_passed: ArrayLike, strong_passed: ArrayLike, *,
+                  n_points: int = 201) -> tuple[np.ndarray, np.ndarray]:
     """(x, q(x)): mean quality when the top x share (by r) goes to the strong model."""
-    r_, w_, s_ = _arrays(("r", r), ("w", w), ("s", s))
+    r_, w_, s_ = _arrays(("r", r), ("cheap_passed", cheap_passed), ("strong_passed", strong_passed))
     if n_points < 2:
         raise ValueError(f"n_points must be >= 2, got {n_points}")
     n = len(r_)
@@ -138,22 +149,23 @@ def quality_curve(r: ArrayLike, w: ArrayLike, s: ArrayLike, n_points: int = 201)
     return x, (w_.sum() + np.interp(x * n, ks, g)) / n
 
 
-def pgr_curve(r: ArrayLike, w: ArrayLike, s: ArrayLike, n_points: int = 201) -> tuple[np.ndarray, np.ndarray]:
+def pgr_curve(r: ArrayLike, cheap_passed: ArrayLike, strong_passed: ArrayLike, *,
+              n_points: int = 201) -> tuple[np.ndarray, np.ndarray]:
     """(x, PGR(x)): share of the strong-vs-cheap quality gap recovered at strong-call share x."""
-    xb, pb = _pgr_breakpoints(r, w, s)
+    xb, pb = _pgr_breakpoints(r, cheap_passed, strong_passed)
     if n_points < 2:
         raise ValueError(f"n_points must be >= 2, got {n_points}")
     x = np.linspace(0.0, 1.0, n_points)
     return x, np.interp(x, xb, pb)
 
 
-def apgr(r: ArrayLike, w: ArrayLike, s: ArrayLike, n_points: int = 201) -> float:
+def apgr(r: ArrayLike, cheap_passed: ArrayLike, strong_passed: ArrayLike, *, n_points: int = 201) -> float:
     """Average PGR over x in [0, 1] (trapezoid rule on an n_points grid); random routing = 0.5."""
-    x, p = pgr_curve(r, w, s, n_points)
+    x, p = pgr_curve(r, cheap_passed, strong_passed, n_points=n_points)
     return float(np.sum((p[1:] + p[:-1]) * np.diff(x)) / 2.0)
 
 
-def cpt(r: ArrayLike, w: ArrayLike, s: ArrayLike, pct: float) -> float:
+def cpt(r: ArrayLike, cheap_passed: ArrayLike, strong_passed: ArrayLike, *, pct: float) -> float:
     """Smallest strong-call share x with PGR(x) >= pct/100 (NaN if never reached).
 
     PGR is piecewise linear between tie-block boundaries, so the crossing is found exactly by
@@ -161,7 +173,7 @@ def cpt(r: ArrayLike, w: ArrayLike, s: ArrayLike, pct: float) -> float:
     """
     if not math.isfinite(pct):
         raise ValueError(f"pct must be a finite percentage, got {pct!r}")
-    xb, pb = _pgr_breakpoints(r, w, s)
+    xb, pb = _pgr_breakpoints(r, cheap_passed, strong_passed)
     target = pct / 100.0
     hit = np.flatnonzero(pb >= target - 1e-12)
     if len(hit) == 0:
@@ -256,11 +268,11 @@ class RoutingResult:
 
 def evaluate_routing(
     route_strong: ArrayLike,
-    w: ArrayLike,
-    s: ArrayLike,
+    cheap_passed: ArrayLike,
+    strong_passed: ArrayLike,
+    *,
     cost_cheap: float | ArrayLike,
     cost_strong: float | ArrayLike,
-    *,
     pass_threshold: float = 0.8,
 ) -> RoutingResult:
     """Quality, pass rate (quality >= pass_threshold) and cost of sending `route_strong` rows to strong.
@@ -270,9 +282,9 @@ def evaluate_routing(
     rs = np.asarray(route_strong)
     if rs.dtype != bool:
         raise ValueError(f"route_strong must be a boolean array, got dtype {rs.dtype}")
-    w_, s_ = _arrays(("w", w), ("s", s))
+    w_, s_ = _arrays(("cheap_passed", cheap_passed), ("strong_passed", strong_passed))
     if len(rs) != len(w_):
-        raise ValueError(f"length mismatch: route_strong={len(rs)}, w={len(w_)}")
+        raise ValueError(f"length mismatch: route_strong={len(rs)}, cheap_passed={len(w_)}")
     n = len(w_)
     cc = np.broadcast_to(np.asarray(cost_cheap, dtype=float), (n,))
     cs = np.broadcast_to(np.asarray(cost_strong, dtype=float), (n,))

@@ -62,7 +62,7 @@ def hull_at(hc: np.ndarray, hq: np.ndarray, c: float) -> float:
     return float(np.interp(c, hc, hq))
 
 
-def aiq(cost: Floats, quality: Floats, c_min: float, c_max: float) -> float:
+def aiq(cost: Floats, quality: Floats, *, c_min: float, c_max: float) -> float:
     """Area under the non-decreasing convex hull over [c_min, c_max], divided by the range."""
     hc, hq = hull(cost, quality)
     if len(hc) == 0:
@@ -89,7 +89,8 @@ def random_point(passed: np.ndarray, cost: np.ndarray) -> dict[str, float]:
     return {"cost": float(cost.sum(axis=1).mean() * len(cost) / cost.shape[1]), "quality": float(passed.mean())}
 
 
-def frontier_figures(cost: np.ndarray, quality: np.ndarray, best: dict[str, Any], c_min: float, c_max: float) -> dict[str, Any]:
+def frontier_figures(cost: np.ndarray, quality: np.ndarray, best: dict[str, Any], *, c_min: float,
+                     c_max: float) -> dict[str, Any]:
     """A frontier's figures against the best single model: cost at its quality, quality at budgets, AIQ.
 
     Both the measured operating points (`points`: a router setting that was run) and the hull
@@ -97,7 +98,7 @@ def frontier_figures(cost: np.ndarray, quality: np.ndarray, best: dict[str, Any]
     """
     hc, hq = hull(cost, quality)
     qb, cb = best["quality"], best["cost"]
-    out: dict[str, Any] = {"aiq": aiq(cost, quality, c_min, c_max)}
+    out: dict[str, Any] = {"aiq": aiq(cost, quality, c_min=c_min, c_max=c_max)}
     for label, target in (("cost_at_best_quality", qb), ("cost_at_best_quality_within_0.005", qb - MATCH_TOLERANCE)):
         ok = cost[quality >= target - 1e-12]
         out[f"{label}_points"] = float(ok.min() / cb) if len(ok) else float("nan")
@@ -123,6 +124,7 @@ def evaluate_multi(
     models: Sequence[str],
     passed: np.ndarray,
     cost: np.ndarray,
+    *,
     router_sweeps: dict[str, Any],
     chosen: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -146,7 +148,7 @@ def evaluate_multi(
         "cost_range": [c_min, c_max],
         "oracle": oracle_point(Y, C),
         "random": random_point(Y, C),
-        "best_two_model_mix": frontier_figures(sc, sq, best, c_min, c_max),
+        "best_two_model_mix": frontier_figures(sc, sq, best, c_min=c_min, c_max=c_max),
         "routers": {},
     }
     best_under = {}
@@ -155,7 +157,7 @@ def evaluate_multi(
         best_under[f"{int(f * 100)}pct"] = max(under, key=lambda s: s["quality"]) if under else None
     report["best_single_under_budget"] = best_under
     for label, sw in router_sweeps.items():
-        report["routers"][label] = frontier_figures(np.asarray(sw.cost), np.asarray(sw.quality), best, c_min, c_max)
+        report["routers"][label] = frontier_figures(np.asarray(sw.cost), np.asarray(sw.quality), best, c_min=c_min, c_max=c_max)
     if chosen is not None:
         report["chosen"] = {**chosen, "cost_vs_best": chosen["cost"] / best["cost"],
                             "quality_vs_best": chosen["quality"] / best["quality"]}

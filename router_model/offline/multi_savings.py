@@ -19,13 +19,12 @@ from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable
 from router_model.offline.log import ReadOptions
 from router_model.offline.multi_data import build_multi_dataset, read_multi
 from router_model.offline.multi_evaluation import eval_rows, oracle_point, single_points
+from router_model.router import Router
 
 
 def multi_report(model_dir: str | Path, logs: list[Path], *, requests_per_month: float, prices: str | Path | None = None,
                  price_as: dict[str, str] | None = None, output_tokens: int | None = None,
                  skip_invalid: bool = False) -> dict[str, Any]:
-    from router_model.router import Router
-
     router = Router.load(model_dir)
     if router.multi is None:
         raise ValueError(f"{model_dir} is a cheap/strong router, not an N-model one")

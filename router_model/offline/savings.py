@@ -42,6 +42,7 @@ from router_model.offline.costs import request_costs
 from router_model.offline.log import LogFormatError, ReadOptions, read_logs
 from router_model.offline.metrics import expected_at_shares
 from router_model.request import has_text
+from router_model.router import Router
 
 __all__ = [
     "DEFAULT_REQUESTS_PER_MONTH",
@@ -65,8 +66,8 @@ class LabelledScores:
     """Everything the report needs, one entry per log row (arrays aligned)."""
 
     p: np.ndarray  # classifier p_cheap_ok
-    w: np.ndarray  # cheap model passed (0/1)
-    s: np.ndarray  # strong model passed (0/1)
+    cheap_passed: np.ndarray  # cheap model passed (0/1)
+    strong_passed: np.ndarray  # strong model passed (0/1)
     cost_cheap: np.ndarray  # dollars per request on the cheap model
     cost_strong: np.ndarray
     input_tokens: np.ndarray  # the token counts the costs were computed from
@@ -81,7 +82,8 @@ class LabelledScores:
 # ------------------------------------------------------------------------------ arithmetic
 
 
-def _point(name_share: float, quality: float, cost_per_request: float, base: dict[str, float], volume: float) -> dict[str, float]:
+def _point(name_share: float, quality: float, cost_per_request: float, *, base: dict[str, float],
+           volume: float) -> dict[str, float]:
     monthly = cost_per_request * volume
     return {
         "strong_share": float(name_share),
@@ -109,7 +111,8 @@ def compute_report(
     """
     if not (math.isfinite(requests_per_month) and requests_per_month >= 0):
         raise ValueError(f"requests_per_month must be a finite non-negative number, got {requests_per_month!r}")
-    w, s, cc, cs, p = sc.w, sc.s, sc.cost_cheap, sc.cost_strong, sc.p
+    # Short names for the arithmetic below: w / s the cheap ("weak") / strong outcomes, cc / cs their costs.
+    w, s, cc, cs, p = sc.cheap_passed, sc.strong_passed, sc.cost_cheap, sc.cost_strong, sc.p
     n = len(p)
     q_weak, q_strong = float(w.mean()), float(s.mean())
     if q_strong <= 0:
@@ -123,15 +126,15 @@ def compute_report(
     grid_shares = sorted(set(float(x) for x in shares) | {chosen_share})
 
     def at(name: str, xs: Sequence[float]) -> list[dict[str, float]]:
-        q, c = expected_at_shares(scores[name], w, s, cc, cs, xs)
-        return [_point(x, qi, ci, base, V) for x, qi, ci in zip(xs, q, c)]
+        q, c = expected_at_shares(scores[name], w, s, cost_cheap=cc, cost_strong=cs, shares=xs)
+        return [_point(x, qi, ci, base=base, volume=V) for x, qi, ci in zip(xs, q, c)]
 
     # The router at its own threshold: the exact decision p < threshold (no tie expectation).
     q_ch = float(np.where(strong_chosen, s, w).mean())
     c_ch = float(np.where(strong_chosen, cs, cc).mean())
     chosen = {
         "threshold": float(sc.threshold),
-        "router": _point(chosen_share, q_ch, c_ch, base, V),
+        "router": _point(chosen_share, q_ch, c_ch, base=base, volume=V),
         "random": at("random", [chosen_share])[0],
         "oracle": at("oracle", [chosen_share])[0],
     }
@@ -145,8 +148,8 @@ def compute_report(
             **{name: rows[name][i] for name in scores},
         })
 
-    always_strong = _point(1.0, q_strong, float(cs.mean()), base, V)
-    always_cheap = _point(0.0, q_weak, float(cc.mean()), base, V)
+    always_strong = _point(1.0, q_strong, float(cs.mean()), base=base, volume=V)
+    always_cheap = _point(0.0, q_weak, float(cc.mean()), base=base, volume=V)
     rules_total = int(sum(sc.rule_reasons.values()))
     extra = list(sc.info.get("notes", []))
     warnings = [n for n in extra if n.startswith("WARNING")]
@@ -198,8 +201,6 @@ def score_log(
     threads: int | None = None,
 ) -> LabelledScores:
     """Read the labelled log(s), score every row with the router and cost it on both models."""
-    from router_model.router import Router
-
     if (cheap is None) != (strong is None):
         raise ValueError("name both --cheap and --strong, or neither (the router's pair is used)")
     router = Router.load(model_dir, threads=threads or os.cpu_count() or 1)
@@ -290,7 +291,7 @@ def score_log(
         "output_tokens_default": out_tok,
         "notes": notes,
     }
-    w = np.array([float(r.passed[read.cheap_model]) for r in records])
-    s = np.array([float(r.passed[read.strong_model]) for r in records])
-    return LabelledScores(p, w, s, np.asarray(cc, float), np.asarray(cs, float), inp, out, router.threshold,
-                          read.cheap_model, read.strong_model, dict(reasons), info)
+    cheap_passed = np.array([float(r.passed[read.cheap_model]) for r in records])
+    strong_passed = np.array([float(r.passed[read.strong_model]) for r in records])
+    return LabelledScores(p, cheap_passed, strong_passed, np.asarray(cc, float), np.asarray(cs, float), inp, out,
+                          router.threshold, read.cheap_model, read.strong_model, dict(reasons), info)

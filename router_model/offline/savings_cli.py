@@ -89,7 +89,7 @@ def format_report(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save_plot(rep: dict[str, Any], sc: LabelledScores, path: str | Path, n_points: int = 101) -> Path:
+def save_plot(rep: dict[str, Any], sc: LabelledScores, path: str | Path, *, n_points: int = 101) -> Path:
     """PNG of quality (relative to always-strong) against monthly cost: router, random, oracle."""
     try:
         import matplotlib
@@ -106,9 +106,10 @@ def save_plot(rep: dict[str, Any], sc: LabelledScores, path: str | Path, n_point
     for name, r, style in (
         ("router", 1.0 - sc.p, "-"),
         ("random", np.zeros(len(sc.p)), "--"),
-        ("oracle", sc.s - sc.w, ":"),
+        ("oracle", sc.strong_passed - sc.cheap_passed, ":"),
     ):
-        q, c = expected_at_shares(r, sc.w, sc.s, sc.cost_cheap, sc.cost_strong, xs)
+        q, c = expected_at_shares(r, sc.cheap_passed, sc.strong_passed, cost_cheap=sc.cost_cheap,
+                                  cost_strong=sc.cost_strong, shares=xs)
         ax.plot(c * V, q / q_strong, style, label=name)
     ch = rep["chosen"]["router"]
     ax.plot([ch["monthly_cost"]], [ch["quality_vs_strong"]], "o", color="black", zorder=5,

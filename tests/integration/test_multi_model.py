@@ -1,15 +1,39 @@
-"""N-model routing (issue 16): an N-model artifact trained on real data (routerbench-subset), and served.
-
-The masking, the policy and the frontier on hand-made numbers are tests/unit/test_multi_model.py.
+"""N-model routing (issue 16): the heads fitted (sklearn) with masked outcomes, and an N-model artifact
+trained on real data (routerbench-subset), and served. The masking rule, the policy and the frontier
+on hand-made numbers are tests/unit/test_multi_model.py.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from training.multi.heads import fit_heads
+
 from .conftest import MULTI_MODELS
+
+# ------------------------------------------------------------------ masking, fitted
+
+
+def test_missing_outcome_is_masked_not_a_fail() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    X = rng.normal(size=(n, 5)).astype(np.float32)
+    passed = np.column_stack([(X[:, 0] > 0).astype(float), np.ones(n)])
+    passed[: n // 2, 1] = np.nan  # model b has outcomes on half the rows only, and passes all of them
+    rows = np.arange(n)
+    heads = fit_heads(X, passed, ("a", "b"), train_rows=rows[:300], val_rows=rows[300:], c_values=(0.3,), say=lambda _: None)
+    assert heads.validation["pass:b"]["n_train"] == 100  # train rows 200..299: the masked ones were not used
+    # Counted as fails, the missing rows would pull P(b passes) to ~0.5; masked, it stays ~1.
+    assert heads.p_pass(X)[:, 1].mean() > 0.95
+    # The informative model's head learned its feature.
+    p_a = heads.p_pass(X)[:, 0]
+    assert p_a[X[:, 0] > 1].mean() > 0.8 and p_a[X[:, 0] < -1].mean() < 0.2
+
+
+# ------------------------------------------------------------------ an N-model artifact, trained and served
 
 MODELS = MULTI_MODELS
 

@@ -59,7 +59,7 @@ def _pipeline_inputs(trained, cache_dir: Path):
     assert exported.spec == meta.embedder
     embedder = OnnxEmbedder(exported, threads=2)  # no embedding cache: computed afresh
     ds = build_dataset(read, embedder.encoder, PriceTable.load(config.prices), fractions=config.split, seed=config.seed)
-    X = feature_matrix(embedder.embed_uncached(ds.texts), ds.texts, ds.n_tokens, config.features)
+    X = feature_matrix(embedder.embed_uncached(ds.texts), ds.texts, ds.n_tokens, features=config.features)
     return read, ds, X, trained.head
 
 

@@ -30,14 +30,6 @@ from training.artifact.quantize import (
 MMLU = "routellm-evals/routellm-mmlu.normalized.jsonl"
 
 
-@pytest.fixture(scope="module")
-def exported(cache_dir: Path):
-    from training.embedding.common import DEFAULT_EMBEDDER
-    from training.embedding.export import export_embedder
-
-    return export_embedder(DEFAULT_EMBEDDER, cache_dir)
-
-
 def _example_prompts() -> list[str]:
     rows = [json.loads(line) for line in EXAMPLE_LOG.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [r["prompt"] for r in rows if "prompt" in r]

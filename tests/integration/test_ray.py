@@ -24,14 +24,6 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def exported(cache_dir: Path):
-    from training.embedding.common import DEFAULT_EMBEDDER
-    from training.embedding.export import export_embedder
-
-    return export_embedder(DEFAULT_EMBEDDER, cache_dir)
-
-
 def _requests_file(path: Path, copies: int = 3) -> Path:
     """The example log several times, with ids, a blank line and a line the scorer refuses."""
     rows = [line for line in EXAMPLE_LOG.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,8 +1,9 @@
 """`RouteRequest.candidates` (gRPC) and the gateway's `routes` through the dynamic batcher.
 
-Real parts only: an N-model artifact trained on a 160-row sample of routerbench-subset (the same
-4 models and rows as tests/test_multi_model.py, so the embedding cache is shared), the session's
-cheap/strong pair artifact, real gRPC and HTTP servers, the real Batcher.
+Real parts, toy models: a 4-model toy artifact over routerbench's model names (tests/toy_artifact.py
+`write_toy_multi`: "Translate ..." goes to the cheapest model, neutral text to the second, "Prove
+the theorem." to the priciest), the toy cheap/strong pair, real gRPC and HTTP servers, the real
+Batcher. A trained N-model artifact served: tests/integration/test_multi_model.py.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from conftest import MULTI_MODELS
 from gateway_upstream import FakeUpstream
 from service_helpers import channel, router_stub, serve
+from toy_artifact import write_toy_multi
 
 from router_model.batching import Batcher, BatchingConfig
 from router_model.errors import InvalidRequestError
@@ -30,14 +31,13 @@ from router_model.service.config import ServerConfig
 from router_model.service.gen.router.v1 import router_pb2 as pb
 from router_model.service.status import FIELD_METADATA_KEY
 
-pytestmark = pytest.mark.slow  # every test trains or loads a real router
-
-MODELS = MULTI_MODELS
+# Cheapest first (four of routerbench's models, as the trained N-model artifact of the integration tier).
+MODELS = ("mistralai/mistral-7b-chat", "mistralai/mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "gpt-4-1106-preview")
 TWO = MODELS[:2]  # the two cheapest: neither is the best single model the artifact sends everything to
-PROMPTS = [
-    "Which gas do plants absorb from the air?\nA) oxygen\nB) carbon dioxide\nC) helium\nD) argon\nAnswer:",
+PROMPTS = [  # on the toy: the cheapest model, the second, the priciest
+    "Translate this sentence into French.",
     "Write a python function that returns the n-th prime number.",
-    "Is the sky blue? Answer yes or no.",
+    "Prove the theorem.",
 ]
 IMAGE = pb.RouteRequest(messages=[pb.ChatMessage(role="user", parts=[
     pb.ContentPart(type="text", text="what is this?"),
@@ -46,9 +46,9 @@ IMAGE = pb.RouteRequest(messages=[pb.ChatMessage(role="user", parts=[
 
 
 @pytest.fixture(scope="module")
-def multi_dir(multi_trained) -> Path:
-    """The session's small N-model artifact (tests/conftest.py) over MODELS."""
-    return multi_trained.model_dir
+def multi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A toy N-model artifact over MODELS (policy cheapest_ok at 0.5, best single model MODELS[-1])."""
+    return write_toy_multi(tmp_path_factory.mktemp("toy-multi-4") / "router", MODELS)
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +123,10 @@ def test_grpc_route_batch_has_candidates_per_item(multi, multi_dir) -> None:
 # ---------------------------------------------------------------- gRPC, pair artifact
 
 
-def test_grpc_pair_accepts_no_candidates_or_exactly_its_two_models(model_dir) -> None:
-    pair = Router.load(model_dir)
+def test_grpc_pair_accepts_no_candidates_or_exactly_its_two_models(toy_model_dir) -> None:
+    pair = Router.load(toy_model_dir)
     both = [pair.strong_model, pair.cheap_model]
-    with serve(ServerConfig(model_dir=model_dir, port=0)) as running, channel(running) as ch:
+    with serve(ServerConfig(model_dir=toy_model_dir, port=0)) as running, channel(running) as ch:
         stub = router_stub(ch)
         for p in PROMPTS:
             plain = stub.Route(pb.RouteRequest(prompt=p), timeout=30)
@@ -150,7 +150,7 @@ def test_grpc_pair_accepts_no_candidates_or_exactly_its_two_models(model_dir) ->
 
 
 class GatedRouter(Router):
-    """The real router; a run (the choice among candidates included) waits for `gate`."""
+    """The (toy) router; a run (the choice among candidates included) waits for `gate`."""
 
     gate: threading.Event
 
@@ -159,7 +159,7 @@ class GatedRouter(Router):
         return super()._route(prepared, candidates)
 
 
-def test_batcher_runs_one_candidate_set_per_batch(multi, multi_dir, model_dir) -> None:
+def test_batcher_runs_one_candidate_set_per_batch(multi, multi_dir, toy_model_dir) -> None:
     gated = GatedRouter.load(multi_dir)
     assert isinstance(gated, GatedRouter)
     gated.gate = threading.Event()
@@ -189,7 +189,7 @@ def test_batcher_runs_one_candidate_set_per_batch(multi, multi_dir, model_dir) -
         with pytest.raises(InvalidRequestError, match="unknown candidate"):
             batcher.submit(multi, prompt, candidates=["no-such-model"])
         with pytest.raises(InvalidRequestError, match="N-model router"):
-            batcher.submit(Router.load(model_dir), prompt, candidates=["gpt-4o"])
+            batcher.submit(Router.load(toy_model_dir), prompt, candidates=["gpt-4o"])
     finally:
         batcher.close()
 

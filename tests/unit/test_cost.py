@@ -15,7 +15,7 @@ from router_model.cost_cli import main
 from router_model.cost_projection import blended_price, monthly_cost, routed_monthly_cost
 from router_model.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from router_model.observe.decision_log import (
 )
 from router_model.observe.report import build_report, format_report, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEY = b"prompt-hash-key-for-tests-0123"
 T0 = datetime(2026, 11, 26, 7, 30, tzinfo=UTC)
 

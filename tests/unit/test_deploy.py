@@ -20,7 +20,7 @@ from router_model.service.cli import build_parser, config_from_args
 from router_model.service.config import ServerConfig
 from router_model.service.server import SERVICE_NAME
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "deploy" / "kubernetes" / "router.yaml"
 
 

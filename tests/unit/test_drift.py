@@ -1,12 +1,13 @@
-"""Drift: PSI and its bands against hand-computed cases, the reference in the artifact, the
-distance the router logs, `router-drift` on real MMLU and RouterBench traffic, and the rolling
-gauges on the service's and the gateway's /metrics (real servers, real HTTP GETs)."""
+"""Drift: PSI and its bands against hand-computed cases, `router-drift`'s usage errors and old
+artifacts, and the rolling gauges on the service's and the gateway's /metrics (real servers, real
+HTTP GETs), on a toy router whose artifact carries a drift reference (tests/toy_artifact.py; its
+traffic is the reference's own prompts). The reference a router trained on MMLU records, and
+`router-drift` on real MMLU and RouterBench traffic: tests/integration/test_drift.py."""
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import _train, require_shared
+from toy_artifact import REFERENCE_PROMPTS
 
 from router_model.observe.decision_log import (
     DecisionLogWriter,
@@ -46,13 +47,6 @@ from router_model.observe.drift import (
 )
 from router_model.observe.drift_cli import EXIT_DRIFT, EXIT_OK, EXIT_USAGE, main, window_arg
 from router_model.router import Router
-
-MMLU = "routellm-evals/routellm-mmlu.normalized.jsonl"
-ROUTERBENCH = "routerbench-subset/routerbench-subset.normalized.jsonl"
-CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-STRONG = "gpt-4-1106-preview"
-TRAIN_ROWS, LIVE_ROWS, DRIFT_ROWS = 600, 200, 150
-
 
 # --- statistics, by hand --------------------------------------------------------------------
 
@@ -215,33 +209,18 @@ def test_window_argument() -> None:
             window_arg(bad)
 
 
-# --- a real router trained on MMLU rows -----------------------------------------------------
-
-
-def _rows(relative: str) -> list[dict]:
-    with require_shared(relative).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+# --- router-drift on a toy router ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def mmlu_router(tmp_path_factory, cache_dir: Path):
-    """A router trained on 600 MMLU rows, and 200 other MMLU prompts as in-distribution traffic."""
-    rows = _rows(MMLU)
-    picked = random.Random(15).sample(range(len(rows)), TRAIN_ROWS + LIVE_ROWS)
-    base = tmp_path_factory.mktemp("drift")
-    log = base / "mmlu-train.jsonl"
-    log.write_text("".join(json.dumps(rows[i]) + "\n" for i in picked[:TRAIN_ROWS]), encoding="utf-8")
-    from training.data.public import PUBLIC_PRICE_AS
-
-    result = _train(base / "router", cache_dir, seed=0, logs=(log,), cheap_model=CHEAP, strong_model=STRONG,
-                    price_as=tuple(PUBLIC_PRICE_AS.items()))
-    live = [rows[i]["prompt"] for i in picked[TRAIN_ROWS:]]
-    return result.model_dir, live
+def toy_traffic(toy_model_dir: Path) -> tuple[Path, list[str]]:
+    """The toy pair, and 120 in-distribution prompts: its drift reference's own, six times over."""
+    return toy_model_dir, list(REFERENCE_PROMPTS) * 6
 
 
 @pytest.fixture(scope="module")
-def router(mmlu_router) -> Router:
-    return Router.load(mmlu_router[0])
+def router(toy_model_dir: Path) -> Router:
+    return Router.load(toy_model_dir)
 
 
 def _write_log(router: Router, prompts: list[str], path: Path) -> Path:
@@ -253,63 +232,8 @@ def _write_log(router: Router, prompts: list[str], path: Path) -> Path:
     return path
 
 
-def test_artifact_records_the_reference_and_the_router_logs_distances(mmlu_router, router: Router, tmp_path) -> None:
-    model_dir, live = mmlu_router
-    meta = router.meta
-    assert REFERENCE_FILE in meta.files  # listed, so sha256-verified like every artifact file
-    ref = router.drift_reference
-    assert ref is not None and ref.embedding is not None
-    # centroids fitted on the training split; distributions on the rows the fit never saw
-    assert ref.n == meta.data.split_rows["val"] + meta.data.split_rows["test"] and ref.split == "validation+test"
-    assert ref.threshold == pytest.approx(meta.threshold)
-    assert ref.embedding.centroids.shape == (16, meta.embedding_dim)
-    assert 0.005 <= ref.embedding.far_share <= 0.02
-    assert sum(ref.p_cheap_ok.shares) == pytest.approx(1.0)
-    decisions = router.predict_batch(live[:20])
-    assert all(d.centroid_distance is not None and 0 <= d.centroid_distance < 2 for d in decisions)
-    # the distance comes from the graph's own embedding output: the same as embedding the text apart
-    from router_model.artifact import EMBEDDING_OUTPUT
-    from training.embedding.common import EMBEDDING_OUTPUT as EXPORTED
-
-    assert EMBEDDING_OUTPUT == EXPORTED
-    one = router.predict(live[0])
-    assert one.centroid_distance == pytest.approx(decisions[0].centroid_distance, abs=1e-5)
-    records = list(read_decision_log(_write_log(router, live[:5], tmp_path / "d.jsonl")))
-    assert all("prompt" not in r and "prompt_hmac" in r for r in records)
-    assert [r["centroid_distance"] for r in records] == pytest.approx([d.centroid_distance for d in decisions[:5]])
-    assert all(r["prompt_tokens"] > 0 and r["reason"] == "classifier" for r in records)
-
-
-def test_mmlu_traffic_shows_no_drift(mmlu_router, router: Router, tmp_path, capsys) -> None:
-    model_dir, live = mmlu_router
-    log = _write_log(router, live, tmp_path / "mmlu.jsonl")
-    code = main(["--log", str(log), "--model-dir", str(model_dir), "--json"])
-    out = json.loads(capsys.readouterr().out)
-    print(json.dumps(out, indent=1))
-    assert code == EXIT_OK, out
-    assert out["status"] in (STABLE, MODERATE) and out["n_records"] == LIVE_ROWS
-    assert all(q["band"] != DRIFT and q["n"] > 0 for q in out["quantities"])
-    assert not any(s["drifted"] for s in out["shares"])
-
-
-def test_routerbench_traffic_shows_drift(mmlu_router, router: Router, tmp_path) -> None:
-    model_dir, _ = mmlu_router
-    code_prompts = [r["prompt"] for r in _rows(ROUTERBENCH) if r["source"] == "routerbench/mbpp"][:DRIFT_ROWS]
-    log = _write_log(router, code_prompts, tmp_path / "mbpp.jsonl")
-    # the installed console script, as an alert job would run it
-    done = subprocess.run([shutil.which("router-drift") or "router-drift", "--log", str(log), "--model-dir", str(model_dir)],
-                          capture_output=True, text=True, timeout=120)
-    print(done.stdout)
-    assert done.returncode == EXIT_DRIFT, done.stdout + done.stderr
-    assert "status: drift (exit 3)" in done.stdout
-    bands = {line.split()[0]: line.split()[-1] for line in done.stdout.splitlines()
-             if line.split() and line.split()[0] in ("p_cheap_ok", "prompt_tokens", "centroid_distance")}
-    assert bands["centroid_distance"] == DRIFT and bands["prompt_tokens"] == DRIFT
-    assert "far_share" in done.stdout and "DRIFT" in done.stdout
-
-
-def test_too_few_records_and_other_versions_are_usage_errors(mmlu_router, router: Router, tmp_path, capsys) -> None:
-    model_dir, live = mmlu_router
+def test_too_few_records_and_other_versions_are_usage_errors(toy_traffic, router: Router, tmp_path, capsys) -> None:
+    model_dir, live = toy_traffic
     log = _write_log(router, live[:30], tmp_path / "few.jsonl")
     assert main(["--log", str(log), "--model-dir", str(model_dir)]) == EXIT_USAGE
     assert "30 decision(s)" in capsys.readouterr().err
@@ -322,8 +246,8 @@ def test_too_few_records_and_other_versions_are_usage_errors(mmlu_router, router
     assert "cannot read the decision log" in capsys.readouterr().err
 
 
-def test_old_artifact_without_reference_loads_and_drift_says_so(mmlu_router, router: Router, tmp_path, capsys) -> None:
-    model_dir, live = mmlu_router
+def test_old_artifact_without_reference_loads_and_drift_says_so(toy_traffic, router: Router, tmp_path, capsys) -> None:
+    model_dir, live = toy_traffic
     old = tmp_path / "old-router"
     shutil.copytree(model_dir, old)
     (old / REFERENCE_FILE).unlink()
@@ -359,13 +283,13 @@ def _scrape(url: str) -> dict[str, float]:
     return out
 
 
-def test_service_exports_rolling_drift_gauges(mmlu_router, router: Router) -> None:
+def test_service_exports_rolling_drift_gauges(toy_traffic, router: Router) -> None:
     from service_helpers import channel, router_stub, serve
 
     from router_model.service.config import ServerConfig
     from router_model.service.gen.router.v1 import router_pb2 as pb
 
-    model_dir, live = mmlu_router
+    model_dir, live = toy_traffic
     prompts = live[:40]
     with serve(ServerConfig(model_dir=model_dir, port=0, metrics_port=0)) as running, channel(running) as ch:
         stub = router_stub(ch)
@@ -378,13 +302,13 @@ def test_service_exports_rolling_drift_gauges(mmlu_router, router: Router) -> No
     p = [a.p_cheap_ok for a in answers]
     assert got["router_drift_decisions"] == len(prompts)
     assert got["router_drift_psi_p_cheap_ok"] == pytest.approx(ref.p_cheap_ok.psi(p), rel=1e-6)
-    assert got["router_drift_strong_share"] == pytest.approx(np.mean([a.model == STRONG for a in answers]))
+    assert got["router_drift_strong_share"] == pytest.approx(np.mean([a.model == router.strong_model for a in answers]))
     assert got["router_drift_expected_strong_share"] == pytest.approx(ref.strong_share)
     assert 0 <= got["router_drift_far_share"] <= 1
     assert got["router_drift_expected_far_share"] == pytest.approx(ref.embedding.far_share)
 
 
-def test_gateway_exports_rolling_drift_gauges(mmlu_router, router: Router) -> None:
+def test_gateway_exports_rolling_drift_gauges(toy_traffic, router: Router) -> None:
     import httpx
     from gateway_upstream import FakeUpstream
 
@@ -392,14 +316,14 @@ def test_gateway_exports_rolling_drift_gauges(mmlu_router, router: Router) -> No
     from router_model.gateway.config import GatewayConfig, Upstream
     from router_model.gateway.server import ServerThread
 
-    _, live = mmlu_router
+    _, live = toy_traffic
     fake = FakeUpstream()
     upstream = ServerThread(fake.app()).start()
     gateway = ServerThread(create_app(GatewayConfig(upstream=Upstream(upstream.url + "/v1")), router=router)).start()
     try:
         with httpx.Client(base_url=gateway.url, timeout=30) as client:
             for prompt in live[:8]:
-                resp = client.post("/v1/chat/completions", json={"model": STRONG, "messages": [{"role": "user", "content": prompt}]})
+                resp = client.post("/v1/chat/completions", json={"model": router.strong_model, "messages": [{"role": "user", "content": prompt}]})
                 assert resp.status_code == 200, resp.text
         got = _scrape(gateway.url + "/metrics")
     finally:

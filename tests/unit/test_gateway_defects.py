@@ -171,7 +171,7 @@ class RawUpstream:
                 sock.sendall(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
                 return
             status = b"500 Internal Server Error" if fault == "huge500" else b"200 OK"
-            body = json.dumps({"error": {"message": "x" * size, "type": "server_error"}}).encode() if fault == "huge500" \
+            body = json.dumps({"error": {"message": "x" * 200_000, "type": "server_error"}}).encode() if fault == "huge500" \
                 else json.dumps({"id": "c", "object": "chat.completion", "model": "raw-model", "choices": [],
                                  "padding": "y" * size}).encode()
             sock.sendall(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
@@ -281,12 +281,32 @@ def test_deeply_nested_json_is_a_counted_400(route_gw, caplog):
     assert _post(route_gw.url, lists).json()["error"]["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize("where", ["field", "message"])
+def test_json_that_parses_but_is_too_deep_to_forward_is_a_400(route_gw, where):
+    # 970 levels parse, but re-serialising the body for the routed model (or logging it) went past
+    # Python's recursion limit: a 500. The gateway caps nesting where it parses.
+    inner = b'{"a":' * 970 + b"1" + b"}" * 970
+    message = b'{"role": "user", "content": "' + CHEAP_PROMPT.encode() + b'"' + (b', "x": ' + inner if where == "message" else b"") + b"}"
+    body = b'{"model": "auto", "messages": [' + message + b"]" + (b', "x": ' + inner if where == "field" else b"") + b"}"
+    resp = _post(route_gw.url, body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == "invalid_json" and "nested" in resp.json()["error"]["message"]
+    # a body nested as deep as real requests get is untouched
+    schema: dict = {"type": "string"}
+    for _ in range(20):
+        schema = {"type": "object", "properties": {"a": schema}}
+    ok = {"model": "auto", "messages": MESSAGES,
+          "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}}
+    assert _post(route_gw.url, ok).status_code == 200
+
+
 # ---------------------------------------------------------------- 4: a lone surrogate outside the routed text
 
 
 def test_a_lone_surrogate_in_another_field_is_forwarded_in_route_mode(route_gw, upstream):
     tid = _tid()
-    raw = ('{"model": "auto", "messages": [{"role": "user", "content": "%s"}], "user": "abc\\ud800"}' % CHEAP_PROMPT).encode()
+    messages = json.dumps(MESSAGES)
+    raw = ('{"model": "auto", "messages": ' + messages + ', "user": "abc\\ud800"}').encode()  # the JSON escape, as sent
     resp = _post(route_gw.url, raw, x_test_id=tid)
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-router-model"] == "gpt-4o-mini"
@@ -296,6 +316,18 @@ def test_a_lone_surrogate_in_another_field_is_forwarded_in_route_mode(route_gw, 
     tid = _tid()
     resp = _post(route_gw.url, {"model": "auto", "messages": MESSAGES, "user": "café"}, x_test_id=tid)
     assert resp.status_code == 200 and "café".encode() in upstream.for_test(tid)[0].raw
+
+
+def test_a_lone_surrogate_does_not_fail_shadow_grading(upstream, toy_router, tmp_path):
+    shadow = ShadowConfig(out=tmp_path / "labels.jsonl", grading=GradingSpec(judge="gpt-4o"))
+    gw = _Gw(GatewayConfig(upstream=Upstream(upstream.url), shadow=shadow), toy_router)
+    try:
+        raw = ('{"model": "auto", "messages": ' + json.dumps(MESSAGES) + ', "user": "abc\\udc00"}').encode()
+        assert _post(gw.url, raw).status_code == 200
+        assert wait_for(lambda: _metric(gw.url, "router_gateway_shadow_rows_total", result="labelled") == 1)
+        assert _metric(gw.url, "router_gateway_shadow_rows_total", result="failed") == 0
+    finally:
+        gw.stop()
 
 
 # ---------------------------------------------------------------- 5: a total deadline for a non-streamed answer
@@ -330,9 +362,11 @@ def test_a_huge_answer_is_refused_not_buffered(raw_gw):
     assert resp.status_code == 502, resp.text[:200]
     assert resp.json()["error"]["code"] == "upstream_response_too_large"
     assert _metric(raw_gw.url, "router_gateway_upstream_errors_total", kind="response_too_large") >= 1
+    listing = httpx.get(f"{raw_gw.url}/v1/models", headers={"x-raw": "huge"}, timeout=20)  # the model list too
+    assert listing.status_code == 502 and listing.json()["error"]["code"] == "upstream_response_too_large"
 
 
-def test_a_huge_5xx_message_is_cut(raw_gw):
+def test_a_huge_5xx_message_is_cut(raw_gw):  # 200,000 characters, under max_response_bytes: quoted, cut to 500
     resp = _post(raw_gw.url, {"model": "raw-model", "messages": MESSAGES}, x_raw="huge500")
     assert resp.status_code == 502
     message = resp.json()["error"]["message"]
@@ -398,3 +432,34 @@ def test_the_decision_log_is_created_0600(tmp_path):
     docs = Path(__file__).resolve().parents[2] / "docs"
     assert "0600" in (docs / "gateway.md").read_text().split("## Decision log", 1)[1].split("##", 1)[0]
     assert "0600" in (docs / "service.md").read_text()
+
+
+# ---------------------------------------------------------------- the paths these fixes touched still work
+
+
+def test_clean_streams_errors_and_escalations_are_unchanged(route_gw, upstream):
+    sdk = route_gw.sdk()
+    chunks = list(sdk.chat.completions.create(model="auto", messages=MESSAGES, stream=True,
+                                              stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "part0 part1 part2 "
+    with pytest.raises(openai.RateLimitError):  # a 4xx passes through with its body
+        sdk.chat.completions.create(model="auto", messages=MESSAGES, extra_headers={"x-fake-fault": "429"})
+    resp = _post(route_gw.url, {"model": "auto", "messages": MESSAGES}, x_fake_fault="gpt-4o-mini=500")
+    assert resp.status_code == 200 and resp.headers["x-router-model"] == "gpt-4o"  # a fallback that worked
+    resp = _post(route_gw.url, {"model": "auto", "messages": MESSAGES, "response_format": {"type": "json_object"}},
+                 x_fake_fault="gpt-4o-mini=invalid_json")
+    assert resp.status_code == 200 and resp.headers["x-router-escalated"] == "json"
+    assert resp.headers["x-router-model"] == "gpt-4o" and json.loads(resp.json()["choices"][0]["message"]["content"])
+    listing = httpx.get(f"{route_gw.url}/v1/models").json()
+    assert {m["id"] for m in listing["data"]} >= {"gpt-4o", "gpt-4o-mini", "auto"}
+    assert httpx.get(f"{route_gw.url}/readyz").json()["status"] == "ready"
+
+
+def test_a_client_leaving_a_stream_still_closes_the_upstream(route_gw, upstream):
+    tid = _tid()
+    body = {"model": "auto", "messages": MESSAGES, "stream": True}
+    headers = {"x-test-id": tid, "x-fake-chunks": "100", "x-fake-chunk-delay": "0.05", "content-type": "application/json"}
+    with httpx.stream("POST", f"{route_gw.url}/v1/chat/completions", json=body, headers=headers, timeout=20) as resp:
+        for _ in resp.iter_raw():
+            break
+    assert wait_for(lambda: tid in upstream.streams_cut)

@@ -62,7 +62,7 @@ def test_floor_certified_on_a_hand_case() -> None:
     # No losses, no gains, all strong pass. At any threshold routing rows cheap, the test is
     # (1 - (d/3)^(1/n)) - 0 - (1 - F) (d/3)^(1/n) <= 0. n=200, d=0.05, F=0.95: 0.0203 - 0.0490 < 0.
     p, w, s = _all_agree(200)
-    rc = certify_quality_floor(p, w, s, 0.95, 0.05)
+    rc = certify_quality_floor(p, w, s, floor=0.95, risk=0.05)
     assert rc.certified and rc.threshold == 0.0 and rc.method == METHOD and rc.n_needed is None
     d3 = 0.05 / 3
     assert rc.bound == pytest.approx(1 - (1 - d3 ** (1 / 200)) / d3 ** (1 / 200), rel=1e-9)
@@ -72,13 +72,13 @@ def test_cannot_certify_goes_all_strong_and_says_how_many_rows() -> None:
     # Same rows at F = 0.99: 0.0203 > 0.01 * 0.9797 fails. Needed: (d/3)^(1/n) >= 1/1.01, i.e.
     # n >= ln(d/3) / ln(1/1.01) = 411.5 -> 412 rows.
     p, w, s = _all_agree(200)
-    rc = certify_quality_floor(p, w, s, 0.99, 0.05)
+    rc = certify_quality_floor(p, w, s, floor=0.99, risk=0.05)
     assert not rc.certified and rc.threshold == ALL_STRONG and rc.bound == 1.0
     assert rc.n_needed == math.ceil(math.log(0.05 / 3) / math.log(1 / 1.01)) == 412
     # At the needed size it certifies.
-    assert certify_quality_floor(*_all_agree(412), 0.99, 0.05).certified
+    assert certify_quality_floor(*_all_agree(412), floor=0.99, risk=0.05).certified
     # Through choose_threshold: met False, all strong, floor 1.0, the message names the size.
-    c = choose_threshold(p, w, s, 0.1, 1.0, Goal.quality_floor(0.99, 0.05))
+    c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.quality_floor(0.99, 0.05))
     assert (c.met, c.certified, c.threshold, c.strong_share, c.certified_floor) == (False, False, ALL_STRONG, 1.0, 1.0)
     text = "\n".join(describe_choice(c))
     assert "cannot certify" in text and "about 412 labelled rows" in text and "strong model" in text
@@ -89,7 +89,7 @@ def test_no_gap_at_all_says_no_size_helps() -> None:
     # 0.2% of quality, more than the 0.1% a 99.9% floor allows, so no size would certify anything.
     n = 500
     p, w, s = np.linspace(0, 1, n), np.zeros(n), np.ones(n)
-    c = choose_threshold(p, w, s, 0.1, 1.0, Goal.quality_floor(0.999))
+    c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.quality_floor(0.999))
     assert not c.certified and c.n_needed is None and c.threshold == ALL_STRONG
     assert "no cheap routing observed here keeps the floor" in "\n".join(describe_choice(c))
 
@@ -103,7 +103,7 @@ def test_fixed_sequence_stops_at_the_first_failure() -> None:
     w[:150] = 0.0  # the top 150 by p: cheap fails, strong passes (7.5% of quality, over the 5% allowed)
     s[200:800] = 0.0  # lower down: only cheap passes (600 rows: all cheap nets a gain)
     assert np.where(p >= 0.0, w, s).mean() > s.mean()
-    rc = certify_quality_floor(p, w, s, 0.95, 0.05)
+    rc = certify_quality_floor(p, w, s, floor=0.95, risk=0.05)
     assert rc.certified and p[150] < p[70] < rc.threshold < 1.0
 
 
@@ -113,16 +113,16 @@ def test_budget_certified_from_the_cheap_end() -> None:
     p = rng.random(n)
     w = (rng.random(n) < p).astype(float)
     s = np.ones(n)
-    c = choose_threshold(p, w, s, 0.1, 1.0, Goal.max_strong_share(0.3, 0.05))
+    c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.max_strong_share(0.3, 0.05))
     assert c.certified and c.bound is not None and c.bound <= 0.3
     # Observed share sits below the budget by about the confidence margin.
     assert 0.2 < c.strong_share < 0.3 and c.bound == pytest.approx(binomial_upper(c.strong_share * n, n, 0.05))
-    c = choose_threshold(p, w, s, 0.1, 1.0, Goal.max_cost_per_request(0.5, 0.05))
+    c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.max_cost_per_request(0.5, 0.05))
     assert c.certified and c.cost_per_request < c.bound <= 0.5 and c.method.endswith("hoeffding-bentkus")
     # A budget below the all-cheap cost cannot be certified: all cheap, not met.
-    c = choose_threshold(p, w, s, 0.1, 1.0, Goal.max_cost_per_request(0.1, 0.05))
+    c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.max_cost_per_request(0.1, 0.05))
     assert not c.met and c.threshold == 0.0
-    rc = certify_budget(p, w, s, np.zeros(n), np.ones(n), 1.0, 0.05)
+    rc = certify_budget(p, w, s, spend_cheap=np.zeros(n), spend_strong=np.ones(n), budget=1.0, risk=0.05)
     # Budget 100%: the best quality (that of all strong), at the cheapest threshold reaching it.
     assert rc.certified and np.where(p >= rc.threshold, w, s).mean() == s.mean() and rc.threshold < 1.0
 
@@ -143,13 +143,14 @@ def test_violation_rate_on_a_synthetic_population() -> None:
     held, cheap = [], []
     for _ in range(200):
         idx = rng.choice(pop, 600, replace=False)
-        c = choose_threshold(p[idx], w[idx], s[idx], 0.1, 1.0, goal)
+        c = choose_threshold(p[idx], w[idx], s[idx], cost_cheap=0.1, cost_strong=1.0, goal=goal)
         routed = np.where(p >= c.threshold, w, s)
         held.append(routed.mean() / s.mean() >= 0.95)
         cheap.append((p >= c.threshold).mean())
+    empirical = Goal.quality_floor(0.95, None)
     old = [
-        np.where(p >= choose_threshold(p[i], w[i], s[i], 0.1, 1.0, Goal.quality_floor(0.95, None)).threshold, w, s).mean()
-        / s.mean() >= 0.95
+        np.where(p >= choose_threshold(p[i], w[i], s[i], cost_cheap=0.1, cost_strong=1.0, goal=empirical).threshold,
+                 w, s).mean() / s.mean() >= 0.95
         for i in (rng.choice(pop, 600, replace=False) for _ in range(100))
     ]
     violations = 1 - float(np.mean(held))

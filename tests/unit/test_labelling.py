@@ -19,6 +19,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
+from gateway_upstream import FakeUpstream, serve_fake_upstream
 
 from router_model.cost import PriceTable, request_cost
 from router_model.encoder import estimate_tokens
@@ -31,10 +32,7 @@ from router_model.labelling.rubric import Rubric
 from router_model.labelling.upstream import retry_after_seconds
 from router_model.labelling.writer import LabelsWriter, existing_hashes, request_hash, ungraded_path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from gateway_upstream import FakeUpstream, serve_fake_upstream  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
 
 

@@ -13,7 +13,7 @@ from router_model.errors import ConfigError, RouterError
 from router_model.offline.log import LogFormatError, LogProblem, ReadOptions, read_logs
 from router_model.offline.row import LabelledRecord
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("ROUTER_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"

@@ -33,12 +33,12 @@ R = np.array([0.9, 0.2, 0.5, 0.1])
 
 def test_hand_example_apgr_cpt_curves() -> None:
     assert apgr(R, W, S) == pytest.approx(1.125, abs=1e-12)
-    assert cpt(R, W, S, 50) == pytest.approx(0.125)
-    assert cpt(R, W, S, 80) == pytest.approx(0.2)
-    assert cpt(R, W, S, 100) == pytest.approx(0.25)
-    assert cpt(R, W, S, 150) == pytest.approx(0.625)
-    assert cpt(R, W, S, 0) == 0.0
-    assert np.isnan(cpt(R, W, S, 250))
+    assert cpt(R, W, S, pct=50) == pytest.approx(0.125)
+    assert cpt(R, W, S, pct=80) == pytest.approx(0.2)
+    assert cpt(R, W, S, pct=100) == pytest.approx(0.25)
+    assert cpt(R, W, S, pct=150) == pytest.approx(0.625)
+    assert cpt(R, W, S, pct=0) == 0.0
+    assert np.isnan(cpt(R, W, S, pct=250))
     x, q = quality_curve(R, W, S, n_points=5)
     assert np.allclose(x, [0, 0.25, 0.5, 0.75, 1])
     assert np.allclose(q, [0.5, 0.75, 0.75, 1.0, 0.75])
@@ -64,8 +64,8 @@ def test_constant_score_is_exactly_the_random_line() -> None:
     x, q = quality_curve(r, w, s)
     assert np.allclose(q, w.mean() + x * (s.mean() - w.mean()), atol=1e-12)
     assert apgr(r, w, s) == pytest.approx(0.5, abs=1e-12)
-    assert cpt(r, w, s, 50) == pytest.approx(0.5, abs=1e-12)
-    assert cpt(r, w, s, 80) == pytest.approx(0.8, abs=1e-12)
+    assert cpt(r, w, s, pct=50) == pytest.approx(0.5, abs=1e-12)
+    assert cpt(r, w, s, pct=80) == pytest.approx(0.8, abs=1e-12)
 
 
 def test_oracle_beats_router_beats_random() -> None:
@@ -80,7 +80,7 @@ def test_oracle_beats_router_beats_random() -> None:
     assert a_oracle > a_router > a_random
     assert a_oracle > 1.0  # the oracle also avoids prompts where cheap wins
     assert a_random == pytest.approx(0.5, abs=0.05)
-    assert cpt(oracle_scores(w, s), w, s, 50) < cpt(router, w, s, 50) < cpt(random_scores(n, 2), w, s, 80)
+    assert cpt(oracle_scores(w, s), w, s, pct=50) < cpt(router, w, s, pct=50) < cpt(random_scores(n, 2), w, s, pct=80)
 
 
 def test_scores_in_judge_units() -> None:
@@ -142,10 +142,10 @@ def test_evaluate_routing() -> None:
     assert (res.cost, res.cost_always_strong) == (32.0, 50.0)
     assert res.cost_per_request == 8.0 and res.cost_saved_fraction == pytest.approx(18 / 50)
     with pytest.raises(ValueError, match="boolean"):
-        evaluate_routing(np.array([1, 0, 0, 1]), W, S, 1.0, 10.0)
+        evaluate_routing(np.array([1, 0, 0, 1]), W, S, cost_cheap=1.0, cost_strong=10.0)
 
 
-@pytest.mark.parametrize("fn", [apgr, lambda r, w, s: cpt(r, w, s, 50), quality_curve, pgr_curve])
+@pytest.mark.parametrize("fn", [apgr, lambda r, w, s: cpt(r, w, s, pct=50), quality_curve, pgr_curve])
 def test_errors(fn) -> None:
     with pytest.raises(ValueError, match="length mismatch"):
         fn(R[:3], W, S)
@@ -157,4 +157,4 @@ def test_equal_quality_is_an_error() -> None:
     with pytest.raises(ValueError, match="same mean quality"):
         apgr(R, W, W)
     with pytest.raises(ValueError, match="same mean quality"):
-        cpt([0.2, 0.1], [1, 0], [0, 1], 50)
+        cpt([0.2, 0.1], [1, 0], [0, 1], pct=50)

@@ -1,6 +1,7 @@
 """N-model routing (issue 16): masking, the policy, RouterBench's frontier/AIQ, on hand-made numbers.
 
-The N-model artifact trained on real data, and served, is tests/integration/test_multi_model.py.
+Fitting the heads (sklearn) and the N-model artifact trained on real data, and served, are
+tests/integration/test_multi_model.py.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ import pytest
 
 from router_model.multi import CostModel, choose
 from router_model.offline.multi_evaluation import aiq, evaluate_multi, hull, oracle_point
-from training.multi.heads import fit_heads, ok_labels
+from training.multi.heads import ok_labels
 from training.multi.policy import MultiGoal, Sweep, choose_policy
-
 
 # ------------------------------------------------------------------ masking
 
@@ -31,22 +31,6 @@ def test_ok_labels_mask_what_cannot_be_known() -> None:
     assert np.isnan(ok[2, 0]) and np.isnan(ok[4, 0])
     assert ok[1, 1] == 1.0 and np.isnan(ok[2, 1])  # middle: passes / fails with the priciest unknown
     assert ok[3, 2] == 1.0  # the priciest is ok whenever its outcome is known
-
-
-def test_missing_outcome_is_masked_not_a_fail() -> None:
-    rng = np.random.default_rng(0)
-    n = 400
-    X = rng.normal(size=(n, 5)).astype(np.float32)
-    passed = np.column_stack([(X[:, 0] > 0).astype(float), np.ones(n)])
-    passed[: n // 2, 1] = np.nan  # model b has outcomes on half the rows only, and passes all of them
-    rows = np.arange(n)
-    heads = fit_heads(X, passed, ("a", "b"), rows[:300], rows[300:], cs=(0.3,), say=lambda _: None)
-    assert heads.validation["pass:b"]["n_train"] == 100  # train rows 200..299: the masked ones were not used
-    # Counted as fails, the missing rows would pull P(b passes) to ~0.5; masked, it stays ~1.
-    assert heads.p_pass(X)[:, 1].mean() > 0.95
-    # The informative model's head learned its feature.
-    p_a = heads.p_pass(X)[:, 0]
-    assert p_a[X[:, 0] > 1].mean() > 0.8 and p_a[X[:, 0] < -1].mean() < 0.2
 
 
 # ------------------------------------------------------------------ policy
@@ -73,13 +57,14 @@ def test_policy_picks_lowest_cost_meeting_the_floor() -> None:
     cost = np.column_stack([np.full(n, 1.0), np.full(n, 2.0), np.full(n, 10.0)])
     p_pass = np.column_stack([np.where(easy, 0.95, 0.05), np.where(easy, 0.95, 0.05), np.full(n, 0.99)])
     p_ok = np.column_stack([np.where(easy, 0.95, 0.05), np.where(easy, 0.95, 0.05), np.ones(n)])
-    choice = choose_policy(p_pass, p_ok, cost, passed, cost, ("a", "b", "c"), MultiGoal("quality_floor", 0.95, None))
+    choice = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=("a", "b", "c"),
+                           goal=MultiGoal("quality_floor", 0.95, None))
     assert choice.met and choice.val_best_single == "c" and choice.method == "empirical"
     # easy rows -> a, the rest -> c: quality 1.0 at (120 * 1 + 80 * 10) / 200 = $4.6 per request
     assert choice.val_quality == 1.0
     assert choice.val_cost_per_request == pytest.approx(4.6)
-    budget = choose_policy(p_pass, p_ok, cost, passed, cost, ("a", "b", "c"),
-                           MultiGoal("max_cost_per_request", 1.0, None))
+    budget = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=("a", "b", "c"),
+                           goal=MultiGoal("max_cost_per_request", 1.0, None))
     assert budget.val_cost_per_request <= 1.0 and budget.val_quality == pytest.approx(0.6)
 
 
@@ -99,18 +84,20 @@ def _three_models(n: int, seed: int = 0) -> tuple[np.ndarray, ...]:
 def test_risk_controlled_policy_certifies_or_falls_back_to_the_reference() -> None:
     p_pass, p_ok, cost, passed = _three_models(400)
     models = ("a", "b", "c")
-    choice = choose_policy(p_pass, p_ok, cost, passed, cost, models, MultiGoal("quality_floor", 0.95, 0.05),
+    choice = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
+                           goal=MultiGoal("quality_floor", 0.95, 0.05),
                            reference=2)
     # 400 rows certify routing the easy rows cheap: the lower bound on quality / c clears the floor
     assert choice.certified is True and choice.kind != "single"
     assert choice.bound is not None and 0.95 <= choice.bound <= 1.0
     assert choice.val_cost_per_request < 10.0 * 0.8 and choice.method.startswith("ltt-fixed-sequence")
     # the empirical rule on the same rows is at least as cheap: the guarantee costs something, never saves
-    emp = choose_policy(p_pass, p_ok, cost, passed, cost, models, MultiGoal("quality_floor", 0.95, None), reference=2)
+    emp = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
+                        goal=MultiGoal("quality_floor", 0.95, None), reference=2)
     assert emp.val_cost_per_request <= choice.val_cost_per_request + 1e-9
     # 25 rows cannot certify anything: every request to the reference, and how many rows would
-    small = choose_policy(*(a[:25] for a in (p_pass, p_ok, cost, passed)), cost[:25], models,
-                          MultiGoal("quality_floor", 0.95, 0.05), reference=2)
+    small = choose_policy(p_pass[:25], p_ok[:25], cost[:25], passed=passed[:25], cost=cost[:25], models=models,
+                          goal=MultiGoal("quality_floor", 0.95, 0.05), reference=2)
     assert small.kind == "single" and small.value == 2.0 and small.certified is False
     assert small.n_needed is not None and small.n_needed > 25
     assert choose("single", small.value, p_pass[:3], p_ok[:3], cost[:3]).tolist() == [2, 2, 2]
@@ -120,12 +107,15 @@ def test_risk_controlled_policy_certifies_or_falls_back_to_the_reference() -> No
 def test_risk_controlled_budget_is_an_upper_bound() -> None:
     p_pass, p_ok, cost, passed = _three_models(400, seed=1)
     models = ("a", "b", "c")
-    b = choose_policy(p_pass, p_ok, cost, passed, cost, models, MultiGoal("max_cost_per_request", 5.0, 0.05))
+    b = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
+                      goal=MultiGoal("max_cost_per_request", 5.0, 0.05))
     assert b.certified is True and b.bound is not None and b.val_cost_per_request <= b.bound <= 5.0
-    emp = choose_policy(p_pass, p_ok, cost, passed, cost, models, MultiGoal("max_cost_per_request", 5.0, None))
+    emp = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
+                        goal=MultiGoal("max_cost_per_request", 5.0, None))
     assert emp.val_quality >= b.val_quality - 1e-9  # the empirical rule may spend up to the budget itself
     # a budget at the cheapest model's own price cannot be certified with a margin: all to the cheapest
-    tight = choose_policy(p_pass, p_ok, cost, passed, cost, models, MultiGoal("max_cost_per_request", 1.0, 0.05))
+    tight = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
+                          goal=MultiGoal("max_cost_per_request", 1.0, 0.05))
     assert tight.kind == "single" and tight.value == 0.0 and tight.certified is False
 
 
@@ -139,10 +129,10 @@ def test_hull_and_aiq_on_a_hand_computed_frontier() -> None:
     # (3, 0.7) is dominated (dearer than (2, 0.8) and worse); (1.5, 0.55) lies under the chord 1 -> 2 (0.65).
     assert hc.tolist() == [1.0, 2.0, 4.0] and hq.tolist() == [0.5, 0.8, 0.9]
     # area: (0.5 + 0.8) / 2 * 1 + (0.8 + 0.9) / 2 * 2 = 2.35 over the cost range 3
-    assert aiq(cost, quality, 1.0, 4.0) == pytest.approx(2.35 / 3)
+    assert aiq(cost, quality, c_min=1.0, c_max=4.0) == pytest.approx(2.35 / 3)
     # below the cheapest measured point the hull is 0; after the best one it is flat
-    assert aiq(cost, quality, 0.0, 4.0) == pytest.approx(2.35 / 4)
-    assert aiq(cost, quality, 1.0, 6.0) == pytest.approx((2.35 + 2 * 0.9) / 5)
+    assert aiq(cost, quality, c_min=0.0, c_max=4.0) == pytest.approx(2.35 / 4)
+    assert aiq(cost, quality, c_min=1.0, c_max=6.0) == pytest.approx((2.35 + 2 * 0.9) / 5)
 
 
 def test_frontier_report_singles_oracle_and_router() -> None:
@@ -151,7 +141,7 @@ def test_frontier_report_singles_oracle_and_router() -> None:
     o = oracle_point(passed, cost)
     assert o == {"cost": 1 + 4 + 1 + 1, "quality": 0.75}  # row 3: nobody passes -> the cheapest
     sweep = Sweep("lambda", np.array([0.0, 1.0]), np.array([4.0, 7.0]), np.array([0.5, 0.75]))
-    rep = evaluate_multi(("cheap", "strong"), passed, cost, {"r": sweep}, None)
+    rep = evaluate_multi(("cheap", "strong"), passed, cost, router_sweeps={"r": sweep}, chosen=None)
     assert rep["best_single"]["name"] == "cheap" and rep["best_single"]["quality"] == 0.5  # tie: the cheaper one
     assert rep["routers"]["r"]["cost_at_best_quality_points"] == pytest.approx(1.0)
     assert rep["random"]["quality"] == pytest.approx(0.5)

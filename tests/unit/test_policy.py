@@ -1,4 +1,7 @@
-"""The day-0 policy: policy.yaml validation, the built artifact in Router and in a real router-serve."""
+"""The day-0 policy: policy.yaml validation, and a policy artifact in Router, in a real router-serve and
+in the gateway. The artifact is a toy policy (tests/toy_artifact.py `write_toy_policy`: routes
+translation, extraction (cheap), maths, code (strong); "Extract ..." goes to extraction, "Prove ...
+theorem" to maths). The shipped default policy built for real: tests/integration/test_policy.py."""
 
 from __future__ import annotations
 
@@ -13,26 +16,18 @@ import grpc
 import pytest
 from service_helpers import SERVING, clone_artifact, health_status, router_stub, wait_for
 
-from router_model.artifact import read_metadata
 from router_model.errors import ArtifactError
 from router_model.observe.decision_log import read_decision_log
 from router_model.router import Router
 from router_model.service.gen.router.v1 import router_pb2 as pb
-from training.policy.builder import POLICY_FILE, BuildConfig, build_policy
+from training.policy.builder import BuildConfig, build_policy
 from training.policy.cli import main as policy_main
 from training.policy.schema import DEFAULT_POLICY, PolicyError, load_policy, parse_policy
 
-ROOT = Path(__file__).resolve().parent.parent
-# Neither is an example of the default policy (tests/test_policy.py checks that below).
+ROOT = Path(__file__).resolve().parents[2]
+# Neither is an example of the default policy (checked below); on the toy policy: extraction, maths.
 EXTRACTION = "Extract the sender's name, the shipment ID and the pickup address from this message: 'Hi, Dana here, shipment SHP-20931 is ready at 14 Quay Street.'"
 PROOF = "Prove that a continuous function on a closed bounded interval attains its maximum, stating each theorem you use."
-
-
-@pytest.fixture(scope="session")
-def policy_dir(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    """The shipped default policy, built once (real embedder export, int8 quantisation, checks)."""
-    out = tmp_path_factory.mktemp("policy") / "router"
-    return build_policy(BuildConfig(policy=DEFAULT_POLICY, out_dir=out, cache_dir=cache_dir)).model_dir
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -127,36 +122,11 @@ def test_build_never_replaces_a_user_directory(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs"]  # refused before any work: no cache, no staging
 
 
-# --- the built artifact ---------------------------------------------------------------------
+# --- a policy artifact (toy) -----------------------------------------------------------------
 
 
-def test_default_policy_builds_a_verified_artifact(policy_dir: Path) -> None:
-    meta = read_metadata(policy_dir)
-    policy = load_policy(DEFAULT_POLICY)
-    assert meta.policy is not None and meta.policy.name == "default"
-    assert list(meta.classes) == [r.name for r in policy.ordered_routes]
-    assert set(meta.cheap_ok_classes) == {r.name for r in policy.routes if r.tier == "cheap"}
-    assert meta.features == () and meta.target == "policy" and meta.data is None
-    assert (policy_dir / POLICY_FILE).read_text() == DEFAULT_POLICY.read_text()
-    assert POLICY_FILE in meta.files and set(meta.graphs.values()) <= set(meta.files)
-    checks = meta.metrics["policy_parity"]
-    assert checks["fp32_graph_vs_reference_max_abs"] < 1e-4 and checks["head_vs_reference_max_abs"] < 1e-4
-    assert meta.default_graph == ("int8" if checks["int8_decision_agreement"] >= 0.99 else "fp32")
-
-
-@pytest.mark.parametrize("graph", ["fp32", "int8"])
-def test_router_routes_extraction_cheap_and_proof_strong(policy_dir: Path, graph: str) -> None:
-    router = Router.load(policy_dir, graph=graph)
-    cheap, strong = router.predict_batch([EXTRACTION, PROOF])
-    assert (cheap.model, cheap.reason) == ("gpt-4o-mini", "policy:extraction")
-    assert (strong.model, strong.reason) == ("gpt-4o", "policy:proofs-and-math")
-    assert cheap.p_cheap_ok is not None and cheap.p_cheap_ok >= router.threshold > strong.p_cheap_ok  # type: ignore[operator]
-    alone = router.predict(PROOF)  # one at a time as in a batch (padding moves the score by ~1e-4)
-    assert (alone.model, alone.reason) == (strong.model, strong.reason)
-    assert alone.p_cheap_ok == pytest.approx(strong.p_cheap_ok, abs=1e-3)
-
-
-def test_policy_rules_apply_before_the_examples(policy_dir: Path, tmp_path: Path) -> None:
+def test_policy_rules_apply_before_the_examples(toy_policy_dir: Path, tmp_path: Path) -> None:
+    policy_dir = toy_policy_dir
     router = Router.load(policy_dir)
     assert router.predict(EXTRACTION, tags=["high-accuracy"]).reason == "tag:high-accuracy"
     image = [{"role": "user", "content": [{"type": "text", "text": EXTRACTION},
@@ -172,7 +142,8 @@ def test_policy_rules_apply_before_the_examples(policy_dir: Path, tmp_path: Path
     assert custom.predict(EXTRACTION + " " + "word " * 80).reason == "long-context"
 
 
-def test_policy_record_must_match_the_classes(policy_dir: Path, tmp_path: Path) -> None:
+def test_policy_record_must_match_the_classes(toy_policy_dir: Path, tmp_path: Path) -> None:
+    policy_dir = toy_policy_dir
     meta = json.loads((policy_dir / "metadata.json").read_text())
     routes = dict(meta["policy"]["routes"])
     routes["extraction"] = "strong"
@@ -185,7 +156,8 @@ def test_policy_record_must_match_the_classes(policy_dir: Path, tmp_path: Path) 
     assert Router.load(plain).predict(PROOF).reason == "classifier"
 
 
-def test_router_serve_serves_the_policy(policy_dir: Path, tmp_path: Path) -> None:
+def test_router_serve_serves_the_policy(toy_policy_dir: Path, tmp_path: Path) -> None:
+    policy_dir = toy_policy_dir
     """The real `router-serve` command on a loopback port, a real grpc client, the decision log."""
     decisions = tmp_path / "decisions.jsonl"
     proc = subprocess.Popen(
@@ -205,19 +177,19 @@ def test_router_serve_serves_the_policy(policy_dir: Path, tmp_path: Path) -> Non
             strong = stub.Route(pb.RouteRequest(prompt=PROOF, request_id="p1"), timeout=10)
             info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
         assert (cheap.model, cheap.reason) == ("gpt-4o-mini", "policy:extraction")
-        assert (strong.model, strong.reason) == ("gpt-4o", "policy:proofs-and-math")
-        assert info.metadata["policy"]["name"] == "default"
+        assert (strong.model, strong.reason) == ("gpt-4o", "policy:maths")
+        assert info.metadata["policy"]["name"] == "toy"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         logged = {r["request_id"]: r["reason"] for r in read_decision_log(decisions)}
-        assert logged == {"x1": "policy:extraction", "p1": "policy:proofs-and-math"}
+        assert logged == {"x1": "policy:extraction", "p1": "policy:maths"}
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
-def test_gateway_serves_the_policy(policy_dir: Path, tmp_path: Path) -> None:
+def test_gateway_serves_the_policy(toy_policy_dir: Path, tmp_path: Path) -> None:
     """The OpenAI-compatible gateway in route mode in front of the local test upstream, a real httpx client."""
     import httpx
     from gateway_upstream import FakeUpstream
@@ -230,7 +202,7 @@ def test_gateway_serves_the_policy(policy_dir: Path, tmp_path: Path) -> None:
     up = ServerThread(fake.app()).start()
     log = tmp_path / "gw.jsonl"
     config = GatewayConfig(upstream=Upstream(up.url + "/v1"), mode="route", decision_log=log)
-    gw = ServerThread(create_app(config, router=Router.load(policy_dir))).start()
+    gw = ServerThread(create_app(config, router=Router.load(toy_policy_dir))).start()
     try:
         got = {}
         for name, prompt in (("x", EXTRACTION), ("p", PROOF)):
@@ -238,7 +210,7 @@ def test_gateway_serves_the_policy(policy_dir: Path, tmp_path: Path) -> None:
                               json={"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]})
             assert resp.status_code == 200, resp.text
             got[name] = (resp.headers["x-router-model"], resp.headers["x-router-reason"])
-        assert got == {"x": ("gpt-4o-mini", "policy:extraction"), "p": ("gpt-4o", "policy:proofs-and-math")}
+        assert got == {"x": ("gpt-4o-mini", "policy:extraction"), "p": ("gpt-4o", "policy:maths")}
         assert [r.body["model"] for r in fake.received] == ["gpt-4o-mini", "gpt-4o"]
     finally:
         gw.stop()

@@ -17,7 +17,6 @@ from router_model.offline.log import LogFormatError, ReadOptions, read_logs
 from router_model.request import parse_request
 from training.artifact.writer import remove_stale_temporaries
 
-
 # ---------------------------------------------------------------- 1-3: failed runs
 
 

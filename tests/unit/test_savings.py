@@ -28,8 +28,9 @@ def test_expected_at_shares_matches_metrics_quality_curve() -> None:
     rng = np.random.default_rng(1)
     sc = _synthetic(np.round(rng.random(300), 2))  # rounded: many ties
     x = np.linspace(0, 1, 51)
-    q, c = expected_at_shares(1 - sc.p, sc.w, sc.s, sc.cost_cheap, sc.cost_strong, x)
-    _, q_ref = M.quality_curve(1 - sc.p, sc.w, sc.s, n_points=51)
+    q, c = expected_at_shares(1 - sc.p, sc.cheap_passed, sc.strong_passed, cost_cheap=sc.cost_cheap,
+                              cost_strong=sc.cost_strong, shares=x)
+    _, q_ref = M.quality_curve(1 - sc.p, sc.cheap_passed, sc.strong_passed, n_points=51)
     np.testing.assert_allclose(q, q_ref, atol=1e-12)
     assert c[0] == pytest.approx(sc.cost_cheap.mean()) and c[-1] == pytest.approx(sc.cost_strong.mean())
 

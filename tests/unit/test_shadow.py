@@ -1,23 +1,22 @@
-"""Shadow grading in the gateway, end to end: real router, real uvicorn servers, the `openai` SDK.
+"""Shadow grading in the gateway: a toy router (tests/toy_artifact.py), real uvicorn servers, the `openai` SDK.
 
 Traffic goes through a gateway in observe mode in front of the local upstream (which also plays
-the judge, tests/gateway_upstream.py); the labels file it writes is trained on with the real
-`router-train`, and the gateway hot-reloads the model directory that produces.
+the judge, tests/gateway_upstream.py). That the labels file it writes trains a router the gateway
+then hot-reloads (the real `router-train`) is tests/integration/test_shadow.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import stat
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from gateway_upstream import serve_fake_upstream, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_model import Router
@@ -30,10 +29,7 @@ from router_model.labelling.config import GradingSpec, ShadowConfig
 from router_model.labelling.errors import LabellingConfigError
 from router_model.labelling.shadow import ShadowGrader, ShadowJob
 
-sys.path.insert(0, str(Path(__file__).parent))
-from gateway_upstream import serve_fake_upstream, wait_for  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JUDGE = "gpt-4o"
 
 
@@ -152,12 +148,12 @@ def test_sample_rate_samples_that_share(tmp_path):
     grader.close()
 
 
-# ---------------------------------------------------------------- through the gateway (slow: a real router)
+# ---------------------------------------------------------------- through the gateway (a toy router)
 
 
 @pytest.fixture(scope="module")
-def router(model_dir) -> Router:
-    return Router.load(model_dir)
+def router(toy_model_dir) -> Router:
+    return Router.load(toy_model_dir)
 
 
 def test_shadow_grading_after_the_response_never_delays_it(upstream, router, tmp_path):
@@ -233,64 +229,3 @@ def test_unparsable_verdicts_in_the_gateway_are_no_outcome(upstream, router, tmp
         gw.stop()
 
 
-EASY = ("Classify the sentiment of review {i} as positive or negative: 'works fine, day {i}'.",
-        "Extract the invoice number from: 'Invoice INV-{i:04d}, total ${i}.50'.",
-        "Translate 'order {i} has shipped' into French.",
-        "Is ticket {i} about billing or shipping? 'I was charged for order {i} twice.'")
-HARD = ("Prove that for every n >= {i} the sum 1 + 2 + ... + n equals n(n+1)/2.",
-        "Prove that the square root of {p} is irrational.",
-        "Prove that there are infinitely many primes congruent to {j} mod 4.",
-        "Prove by induction that 3 divides n^3 + 2n for n = {i} and beyond.")
-
-
-def _traffic(n: int) -> list[str]:
-    out = []
-    for i in range(n):
-        group = EASY if i % 2 == 0 else HARD
-        out.append(group[(i // 2) % len(group)].format(i=i, p=(2, 3, 5, 7, 11, 13)[i % 6], j=1 + 2 * (i // 2 % 2)) + f" (#{i})")
-    return out
-
-
-def test_end_to_end_traffic_to_labels_to_router_train_to_hot_reload(upstream, model_dir, cache_dir, tmp_path):
-    """observe mode + shadow grading -> labels -> router-train --log labels.jsonl -> the gateway reloads it."""
-    from router_model.offline.log import read_logs
-
-    live = tmp_path / "router"
-    shutil.copytree(model_dir, live)
-    first = Router.load(live)
-    out = tmp_path / "labels.jsonl"
-    config = GatewayConfig(upstream=Upstream(upstream.url), model_dir=live, watch_interval=0.2, mode="observe",
-                           shadow=_shadow(out))
-    gw = _Gw(config, first)
-    try:
-        prompts = _traffic(40)
-        client = gw.sdk()
-        for p in prompts:
-            resp = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": p}])
-            assert resp.choices[0].message.content == f"answer from {first.strong_model}"  # observe: unchanged
-        assert _wait_for(lambda: len(_rows(out)) == len(prompts), timeout=30)
-        read = read_logs([out], models=(first.cheap_model, first.strong_model))
-        assert read.rows_used == 40
-        assert sum(not r.passed[first.cheap_model] for r in read.records) == 20  # the 'prove' prompts
-
-        # router-train's own argument parsing, in this process (torch is already imported by the session's fixtures).
-        from training.cli import build_parser, config_from_args
-        from training.pipeline import train
-
-        train(config_from_args(build_parser().parse_args(
-            ["--log", str(out), "--out", str(live), "--no-track", "--no-progress", "--heads", "logreg_c1",
-             "--cache-dir", str(cache_dir)])))
-        trained = json.loads((live / "metadata.json").read_text())
-        assert trained["artifact_version"] != first.version
-
-        def reloaded() -> bool:
-            ready = httpx.get(f"{gw.url}/readyz").json()
-            return ready.get("artifact_version") == trained["artifact_version"]
-
-        assert _wait_for(reloaded, timeout=30), "the gateway did not hot-reload the new model directory"
-        # The new router serves: a routed request is decided by it and logged with its version.
-        resp = client.chat.completions.with_raw_response.create(
-            model="auto", messages=[{"role": "user", "content": "Prove that the square root of 17 is irrational."}])
-        assert resp.headers["x-router-artifact"] == trained["artifact_version"]
-    finally:
-        gw.stop()

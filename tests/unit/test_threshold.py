@@ -31,7 +31,7 @@ CC, CS = 1.0, 10.0
 
 def choose(goal: Goal):
     """The empirical rule on the four hand rows (no risk: 4 rows can certify nothing)."""
-    return choose_threshold(P, W, S, CC, CS, replace(goal, risk=None))
+    return choose_threshold(P, W, S, cost_cheap=CC, cost_strong=CS, goal=replace(goal, risk=None))
 
 
 def test_default_goal_is_risk_controlled() -> None:
@@ -82,8 +82,8 @@ def test_serving_rule_matches_choice_and_per_row_costs() -> None:
     cc, cs = rng.uniform(0.1, 1, n), rng.uniform(5, 10, n)
     goals = [Goal.quality_floor(0.97), Goal.max_strong_share(0.4), Goal.max_cost_per_request(4.0)]
     for goal in goals + [replace(g, risk=None) for g in goals]:
-        c = choose_threshold(p, w, s, cc, cs, goal)
-        res = evaluate_routing(~(p >= c.threshold), w, s, cc, cs)
+        c = choose_threshold(p, w, s, cost_cheap=cc, cost_strong=cs, goal=goal)
+        res = evaluate_routing(~(p >= c.threshold), w, s, cost_cheap=cc, cost_strong=cs)
         assert res.strong_share == pytest.approx(c.strong_share)
         assert res.quality_vs_strong == pytest.approx(c.quality_vs_strong)
         assert res.cost_per_request == pytest.approx(c.cost_per_request)
@@ -91,9 +91,9 @@ def test_serving_rule_matches_choice_and_per_row_costs() -> None:
 
 
 def test_tied_probabilities_only_all_or_nothing() -> None:
-    c = choose_threshold(np.full(4, 0.5), W, S, CC, CS, Goal.quality_floor(0.6, risk=None))
+    c = choose_threshold(np.full(4, 0.5), W, S, cost_cheap=CC, cost_strong=CS, goal=Goal.quality_floor(0.6, risk=None))
     assert c.threshold == ALL_STRONG and c.met and c.strong_share == 1.0
-    c = choose_threshold(np.full(4, 0.5), W, S, CC, CS, Goal.quality_floor(0.5, risk=None))
+    c = choose_threshold(np.full(4, 0.5), W, S, cost_cheap=CC, cost_strong=CS, goal=Goal.quality_floor(0.5, risk=None))
     assert c.threshold == 0.0 and c.met
 
 
@@ -104,9 +104,9 @@ def test_fast_on_100k_rows() -> None:
     w = (rng.random(n) < p).astype(float)
     s = np.ones(n)
     t0 = time.perf_counter()
-    choose_threshold(p, w, s, 0.1, 1.0, Goal.quality_floor(0.95, risk=None))
-    choose_threshold(p, w, s, 0.1, 1.0, Goal.quality_floor(0.95))
-    choose_threshold(p, w, s, 0.1, np.linspace(0.5, 1.5, n), Goal.max_cost_per_request(0.9))
+    choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.quality_floor(0.95, risk=None))
+    choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.quality_floor(0.95))
+    choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=np.linspace(0.5, 1.5, n), goal=Goal.max_cost_per_request(0.9))
     assert time.perf_counter() - t0 < 2.0
 
 
@@ -128,8 +128,8 @@ def test_risk_validation(risk: float) -> None:
 
 def test_input_validation() -> None:
     with pytest.raises(ValueError, match="length mismatch"):
-        choose_threshold(P, W[:3], S, CC, CS)
+        choose_threshold(P, W[:3], S, cost_cheap=CC, cost_strong=CS)
     with pytest.raises(ValueError):
-        choose_threshold(P + 1, W, S, CC, CS)
+        choose_threshold(P + 1, W, S, cost_cheap=CC, cost_strong=CS)
     with pytest.raises(ValueError):
-        choose_threshold(np.array([]), [], [], CC, CS)
+        choose_threshold(np.array([]), [], [], cost_cheap=CC, cost_strong=CS)

@@ -46,7 +46,7 @@ def input_moments(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarra
     return {name: s / max(tokens, 1) for name, s in sums.items()}
 
 
-def gptq_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray, damping: float = 0.01) -> np.ndarray:
+def gptq_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray, *, damping: float = 0.01) -> np.ndarray:
     """Symmetric int8 for w (K x N, scale per column N) minimising ||x (w - q * scale)|| under E[x x^T] = h."""
     w, h = w.astype(np.float64).copy(), h.astype(np.float64).copy()
     dead = np.diag(h) == 0  # channels never active (e.g. zeroed outliers): their rows do not matter
@@ -66,7 +66,7 @@ def gptq_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray, damping: float =
     return out
 
 
-def gptq_requantize(fp32_model: onnx.ModelProto, q_model: onnx.ModelProto, feeds, damping: float = 0.01) -> onnx.ModelProto:
+def gptq_requantize(fp32_model: onnx.ModelProto, q_model: onnx.ModelProto, feeds, *, damping: float = 0.01) -> onnx.ModelProto:
     """`q_model` (quantize_dynamic of `fp32_model`) with its int8 MatMul weights re-rounded by GPTQ."""
     q_model = onnx.ModelProto.FromString(q_model.SerializeToString())
     weights = {i.name: i for i in fp32_model.graph.initializer}
@@ -87,5 +87,6 @@ def gptq_requantize(fp32_model: onnx.ModelProto, q_model: onnx.ModelProto, feeds
                 raise GPTQError(f"{name}: expected symmetric int8 weights with one scale per column, got "
                                 f"{q.dtype} with scales of shape {scale.shape}")
             w = numpy_helper.to_array(weights[name])
-            qinit[name + "_quantized"].CopyFrom(numpy_helper.from_array(gptq_round(w, scale, moments[x], damping), name + "_quantized"))
+            requantized = gptq_round(w, scale, moments[x], damping=damping)
+            qinit[name + "_quantized"].CopyFrom(numpy_helper.from_array(requantized, name + "_quantized"))
     return q_model

@@ -55,7 +55,7 @@ def _identity_model(dim: int, ir_version: int) -> onnx.ModelProto:
     return m
 
 
-def merge_router_graph(embedder: onnx.ModelProto, head: onnx.ModelProto, dim: int, n_features: int,
+def merge_router_graph(embedder: onnx.ModelProto, head: onnx.ModelProto, dim: int, *, n_features: int,
                        output: str = PROBABILITIES_OUTPUT) -> onnx.ModelProto:
     """One graph from the embedder's inputs (+ features) to the head's `output` (default `probabilities`;
     an N-model head's is `pass_probabilities`) and the embedding."""

@@ -58,7 +58,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.ModelProto.FromString(model.SerializeToString())
 
 
-def _insert(model: onnx.ModelProto, nodes: list, before: Mapping[int, list], after: Mapping[int, list]) -> None:
+def _insert(model: onnx.ModelProto, nodes: list, *, before: Mapping[int, list], after: Mapping[int, list]) -> None:
     """Insert new nodes before/after the nodes at the given positions, keeping topological order."""
     ordered: list[onnx.NodeProto] = []
     for i, node in enumerate(nodes):
@@ -113,7 +113,7 @@ def split_outlier_channels(model: onnx.ModelProto, outliers: Mapping[str, np.nda
             after[position[id(node)]] += [side, add]
             fp32_nodes.append(side.name)
         fp32_nodes.append(f"{stem}_gather")
-    _insert(model, nodes, before, after)
+    _insert(model, nodes, before=before, after=after)
     return model, fp32_nodes
 
 
@@ -160,7 +160,7 @@ def normalise_layernorm_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
                 model.graph.initializer.append(numpy_helper.from_array(folded.astype(np.float32), name))
                 node.output[0] = f"{stem}_{j}_unshifted"
                 after[position[id(node)]].append(helper.make_node("Add", [node.output[0], name], [out], name=f"{name}_add"))
-    _insert(model, nodes, {}, after)
+    _insert(model, nodes, before={}, after=after)
     return model
 
 
@@ -197,7 +197,7 @@ def scale_per_token(model: onnx.ModelProto, skip_nodes: Collection[str] = ()) ->
             node.input[0], node.output[0] = f"{stem}_x", f"{stem}_{j}_scaled"
             after[position[id(node)]].append(
                 helper.make_node("Mul", [node.output[0], f"{stem}_scale"], [out], name=f"{stem}_{j}_unscale"))
-    _insert(model, nodes, before, after)
+    _insert(model, nodes, before=before, after=after)
     return model
 
 
@@ -237,7 +237,7 @@ def row_scaled_tables(model: onnx.ModelProto) -> onnx.ModelProto:
             helper.make_node("Cast", [node.output[0]], [f"{out}_cast"], to=TensorProto.FLOAT, name=f"{node.name}_cast"),
             helper.make_node("Mul", [f"{out}_cast", f"{out}_scale"], [out], name=f"{node.name}_dequantize"),
         ]
-    _insert(model, nodes, {}, after)
+    _insert(model, nodes, before={}, after=after)
     return model
 
 

@@ -149,7 +149,7 @@ def quantize_embedder(
             logging.getLogger().removeFilter(advice)
         quantized = onnx.load(str(out))
     if calibration_feeds and settings.gptq_damping is not None:
-        quantized = gptq_requantize(model, quantized, calibration_feeds, settings.gptq_damping)
+        quantized = gptq_requantize(model, quantized, calibration_feeds, damping=settings.gptq_damping)
     if settings.per_token_scaling and settings.static_activations:
         quantized = static_unit_activations(quantized)
     return QuantizedEmbedder(
@@ -158,7 +158,8 @@ def quantize_embedder(
     )
 
 
-def calibration_feeds(encoder, texts: Sequence[str], n: int = CALIBRATION_PROMPTS, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(encoder, texts: Sequence[str], n: int = CALIBRATION_PROMPTS, *,
+                      seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Model inputs for up to `n` of `texts` (a seeded sample), one unpadded prompt per feed."""
     if not texts:
         return []

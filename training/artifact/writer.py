@@ -1,13 +1,20 @@
-"""Write, verify and publish the model directory the inference package loads.
+"""Write, verify and publish a model directory: one path for every kind of artifact.
 
-Three steps, each with typed inputs and outputs:
+A kind (the pair router: training/artifact/pair.py, the N-model router: training/multi/artifact.py,
+the day-0 policy: training/policy/builder.py) supplies three things: its head as an ONNX graph
+(`HeadGraph`, already compared with the kind's own computation), its metadata, and its parity
+check. `stage_artifact` does the rest, the same way for each:
 
-1. `stage_model_dir` builds the directory beside the target (`.NAME.tmp-*`): fp32 and int8 graphs,
-   tokenizer, metadata.json (an `ArtifactMetadata`), then loads it back through the inference
-   package and holds it to the sklearn pipeline (`check_parity`), which also picks the default graph;
-2. the pipeline does whatever else can fail (plots, tracking) against the staged directory;
-3. `publish` moves it into place, last. So a failed run never replaces a good model, and a
-   service watching the directory only ever sees finished, verified artifacts.
+1. stage a directory beside the target (`.NAME.tmp-*`);
+2. merge the head with the fp32 and the int8 embedder (`build_router_graphs`; a static embedder
+   has no MatMul to calibrate, so its int8 graph is the row-scaled table alone) and write both
+   graphs, the tokenizer, the kind's extra files and metadata.json;
+3. hand the staged directory to the kind's parity check (which loads it back through the
+   inference package), pick the default graph from its verdict, and rewrite metadata.json.
+
+The caller then does whatever else can fail (plots, tracking) against the staged directory and
+`publish`es it, last. So a failed run never replaces a good model, and a service watching the
+directory only ever sees finished, verified artifacts.
 
 A directory at the target that is not a router artifact is never replaced (nor deleted): the
 run is refused, naming it. Temporaries of runs that died (a signal, a power cut) are removed on
@@ -22,11 +29,12 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import onnx
 
 from router_model.artifact import (
@@ -34,26 +42,16 @@ from router_model.artifact import (
     GRAPH_FILES,
     INT8,
     METADATA_FILE,
+    PROBABILITIES_OUTPUT,
     TOKENIZER_FILE,
     ArtifactMetadata,
-    DataRecord,
-    GoalRecord,
-    ParityRecord,
     write_metadata,
 )
 from router_model.errors import ArtifactError
-from router_model.observe.drift import DriftReference, write_reference
-from router_model.offline import metrics as M
-from router_model.offline.log import LogReadResult
-from router_model.prompt_digest import PromptDigest
-from router_model.request import Request
-from training.artifact.graph import head_parity, head_to_onnx, merge_router_graph
+from training.artifact.graph import merge_router_graph
 from training.artifact.quantize import QuantizedEmbedder, calibration_feeds, quantize_embedder
-from training.data.dataset import Dataset
 from training.embedding.onnx_embedder import ExportedEmbedder
 from training.embedding.static import is_static
-from training.head import FittedHead
-from training.threshold import Goal, ThresholdChoice, goal_record_fields
 
 # int8 is served by default when, on the held-out split, at least 99% of its decisions agree with
 # fp32 and its APGR is within 0.005. The int8 graph (training/artifact/quantize.py) agrees on ~99.3%
@@ -62,6 +60,7 @@ INT8_MIN_AGREEMENT = 0.99
 INT8_MAX_APGR_DIFF = 0.005
 FP32_MAX_DIFF = 1e-4
 FP32_PARITY_ROWS = 512  # test rows the fp32 graph is checked on (int8: all of them)
+DEFAULT_GRAPH_CHOICES = ("auto", *GRAPH_FILES)
 
 
 def _versions() -> dict[str, str]:
@@ -75,136 +74,93 @@ def _versions() -> dict[str, str]:
     return out
 
 
+# ------------------------------------------------------------------------------ what a kind supplies
+
+
+@dataclass(frozen=True)
+class HeadGraph:
+    """A kind's head as ONNX (`head_input` -> `output`), with its largest difference from the kind's own
+    computation (sklearn, the numpy heads, the policy's reference scoring), which must stay within FP32_MAX_DIFF."""
+
+    model: onnx.ModelProto
+    vs_reference: float
+    reference: str  # what it was compared with, named if it differs
+    n_features: int = 0  # request features concatenated after the embedding
+    output: str = PROBABILITIES_OUTPUT
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What every artifact's metadata takes from the writer: version, time, graph files and the int8 recipe."""
+
+    artifact_version: str
+    created_at: str
+    quantization: Mapping[str, Any]
+
+    def fields(self) -> dict[str, Any]:
+        """Keyword arguments of `ArtifactMetadata` (the default graph is fp32 until the parity check has run)."""
+        return {
+            "artifact_version": self.artifact_version,
+            "created_at": self.created_at,
+            "graphs": dict(GRAPH_FILES),
+            "default_graph": FP32,
+            "quantization": dict(self.quantization),
+            "versions": _versions(),
+        }
+
+
+@dataclass(frozen=True)
+class ParityCheck:
+    """A kind's verdict on the staged directory: may int8 be served, and what metadata.json records of the
+    check (fields of `ArtifactMetadata`, e.g. {"parity": ParityRecord(...)})."""
+
+    int8_ok: bool
+    record: Mapping[str, Any]
+
+
+MetadataFn = Callable[[Stamp], ArtifactMetadata]
+ParityFn = Callable[[Path, ArtifactMetadata], ParityCheck]
+
+
+# ------------------------------------------------------------------------------ graphs
+
+
 @dataclass(frozen=True)
 class RouterGraphs:
-    """The head in ONNX (checked against sklearn) and the two merged router graphs."""
+    """The head merged with the fp32 and with the int8 embedder."""
 
-    head: onnx.ModelProto
-    head_vs_sklearn: float
     fp32: onnx.ModelProto
     int8: onnx.ModelProto
     quantized: QuantizedEmbedder
 
 
-def build_graphs(
-    head: FittedHead, exported: ExportedEmbedder, n_features: int, X_val: np.ndarray, train_texts: list[str], *, seed: int
-) -> RouterGraphs:
-    """Convert the head, merge it with the fp32 and the int8 embedder (calibrated on training prompts only)."""
-    n_inputs = exported.spec.dim + n_features
-    head_onnx = head_to_onnx(head.model, n_inputs)
-    diff = head_parity(head.model, head_onnx, X_val)
-    if diff > FP32_MAX_DIFF:
-        raise ArtifactError(f"the ONNX head differs from sklearn by {diff:.2e} (> {FP32_MAX_DIFF})")
+def build_router_graphs(head: HeadGraph, exported: ExportedEmbedder, calibration_texts: Sequence[str], *,
+                        seed: int = 0) -> RouterGraphs:
+    """Merge the head with the fp32 and the int8 embedder (int8 calibrated on `calibration_texts` only)."""
+    if not head.vs_reference <= FP32_MAX_DIFF:
+        raise ArtifactError(f"the ONNX head differs from {head.reference} by {head.vs_reference:.2e} (> {FP32_MAX_DIFF})")
     dim = exported.spec.dim
-    fp32 = merge_router_graph(onnx.load(str(exported.onnx_path)), head_onnx, dim, n_features)
+    fp32 = merge_router_graph(onnx.load(str(exported.onnx_path)), head.model, dim, n_features=head.n_features, output=head.output)
     # A static embedder has no MatMul to calibrate: its int8 graph is the row-scaled int8 table alone.
-    feeds = [] if is_static(exported.spec.name) else calibration_feeds(exported.text_encoder(), train_texts, seed=seed)
+    if is_static(exported.spec.name):
+        feeds = []
+    else:
+        feeds = calibration_feeds(exported.text_encoder(), calibration_texts, seed=seed)
     quantized = quantize_embedder(exported.onnx_path, feeds)
-    int8 = merge_router_graph(quantized.model, head_onnx, dim, n_features)
-    return RouterGraphs(head_onnx, diff, fp32, int8, quantized)
+    int8 = merge_router_graph(quantized.model, head.model, dim, n_features=head.n_features, output=head.output)
+    return RouterGraphs(fp32, int8, quantized)
 
 
-@dataclass(frozen=True)
-class TrainingRecord:
-    """What metadata.json records of the run, beside the graphs."""
-
-    read: LogReadResult
-    head: FittedHead
-    choice: ThresholdChoice
-    goal: Goal
-    evaluation: dict
-    split_rows: dict[str, int]
-    logs: tuple[Path, ...]
-    features: tuple[str, ...]
-    calibration: str
-    pass_threshold: float
-    price_as: dict[str, str]
-    trained_prompts: PromptDigest
-    drift_reference: DriftReference | None = None  # written as drift_reference.json (router_model/observe/drift.py)
+def choose_default_graph(default_graph: str, int8_ok: bool) -> str:
+    """`auto`: int8 when the kind's parity check passed it, else fp32; `fp32` / `int8`: as asked."""
+    if default_graph not in DEFAULT_GRAPH_CHOICES:
+        raise ValueError(f"default_graph must be auto or one of {sorted(GRAPH_FILES)}, got {default_graph!r}")
+    if default_graph != "auto":
+        return default_graph
+    return INT8 if int8_ok else FP32
 
 
-def build_metadata(record: TrainingRecord, exported: ExportedEmbedder, graphs: RouterGraphs, stamp: datetime) -> ArtifactMetadata:
-    target = record.head.target
-    classes = tuple(target.classes[int(c)] for c in record.head.model.classes_)
-    read = record.read
-    return ArtifactMetadata(
-        artifact_version=f"{stamp:%Y%m%dT%H%M%SZ}-{hashlib.sha256(graphs.head.SerializeToString()).hexdigest()[:8]}",
-        created_at=stamp.isoformat(),
-        cheap_model=read.cheap_model,
-        strong_model=read.strong_model,
-        threshold=float(record.choice.threshold),
-        goal=GoalRecord(**goal_record_fields(record.choice)),
-        target=target.name,
-        classes=classes,
-        cheap_ok_classes=tuple(c for c in classes if c in target.cheap_ok_classes),
-        head=record.head.name,
-        calibration=record.calibration,
-        embedder=exported.spec,
-        features=record.features,
-        graphs=dict(GRAPH_FILES),
-        default_graph=FP32,  # until check_parity has compared the int8 graph
-        quantization=graphs.quantized.summary(),
-        metrics={"test": record.evaluation, "validation_heads": record.head.validation},
-        data=DataRecord(
-            files=tuple(str(p) for p in record.logs),
-            sha256=read.data_sha256,
-            rows_read=read.rows_read,
-            rows_used=read.rows_used,
-            skipped=dict(read.skipped),
-            split_rows=record.split_rows,
-            pass_threshold=record.pass_threshold,
-            trained_prompts=record.trained_prompts,
-        ),
-        versions=_versions(),
-        price_as=record.price_as,
-    )
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """The test split as the parity check needs it: requests, the sklearn inputs and the outcomes."""
-
-    requests: list[Request]
-    X: np.ndarray
-    w: np.ndarray
-    s: np.ndarray
-
-
-def check_parity(model_dir: Path, meta: ArtifactMetadata, head: FittedHead, held_out: HeldOut, head_vs_sklearn: float,
-                 default_graph: str = "auto") -> tuple[ParityRecord, str]:
-    """Load the staged directory through the inference package; hold fp32 to sklearn, int8 to fp32.
-
-    The fp32 graph is checked on an even spread of FP32_PARITY_ROWS test rows (it is the same
-    computation as sklearn's, so a difference shows on any row) and the int8 graph on all of them
-    against the sklearn probabilities, which equal fp32's to within that check. Both runs use every
-    core: this is offline work, and it was half of a quickstart's training time.
-    """
-    from router_model.router import Router
-
-    threads = max(1, os.cpu_count() or 1)
-    p_sklearn = head.p_cheap_ok(held_out.X)
-    n = len(held_out.requests)
-    some = np.unique(np.linspace(0, n - 1, min(n, FP32_PARITY_ROWS)).astype(int)) if n else np.zeros(0, dtype=int)
-    p32 = Router.load(model_dir, graph=FP32, threads=threads).p_cheap_ok([held_out.requests[i] for i in some])
-    fp32_diff = float(np.abs(p32 - p_sklearn[some]).max()) if len(some) else 0.0
-    if fp32_diff > FP32_MAX_DIFF:
-        raise ArtifactError(f"the exported fp32 graph differs from the sklearn pipeline by {fp32_diff:.2e}")
-    p8 = Router.load(model_dir, graph=INT8, threads=threads).p_cheap_ok(held_out.requests)
-    t = meta.threshold
-    agreement = float(np.mean((p8 >= t) == (p_sklearn >= t)))
-    w, s = held_out.w, held_out.s
-    apgr_diff = abs(M.apgr(1 - p8, w, s) - M.apgr(1 - p_sklearn, w, s))
-    int8_ok = agreement >= INT8_MIN_AGREEMENT and apgr_diff <= INT8_MAX_APGR_DIFF
-    chosen = default_graph if default_graph != "auto" else (INT8 if int8_ok else FP32)
-    parity = ParityRecord(
-        head_onnx_vs_sklearn_max_abs=head_vs_sklearn,
-        fp32_graph_vs_sklearn_max_abs=fp32_diff,
-        int8_decision_agreement=agreement,
-        int8_apgr_abs_diff=apgr_diff,
-        int8_max_abs_diff=float(np.abs(p8 - p_sklearn).max()),
-        n=len(held_out.requests),
-    )
-    return parity, chosen
+# ------------------------------------------------------------------------------ staging
 
 
 @dataclass(frozen=True)
@@ -216,32 +172,41 @@ class StagedArtifact:
     metadata: ArtifactMetadata
 
 
-def stage_model_dir(
+def stage_artifact(
     out_dir: Path,
-    record: TrainingRecord,
-    exported: ExportedEmbedder,
-    ds: Dataset,
-    X: np.ndarray,
-    held_out: HeldOut,
     *,
-    seed: int,
+    head: HeadGraph,
+    exported: ExportedEmbedder,
+    calibration_texts: Sequence[str],
+    metadata: MetadataFn,
+    check_parity: ParityFn,
     default_graph: str = "auto",
+    extra_files: Callable[[Path], object] | None = None,
+    seed: int = 0,
 ) -> StagedArtifact:
-    """Build and verify the directory in a temporary beside `out_dir` (removed again on any failure)."""
+    """Build, write and verify a model directory in a temporary beside `out_dir` (removed again on any failure).
+
+    `metadata(stamp)` returns the kind's metadata (built with `**stamp.fields()`); `extra_files(dir)` writes
+    the kind's own files (the drift reference, the source policy) before metadata.json hashes them;
+    `check_parity(dir, metadata)` loads the staged directory back and returns its verdict.
+    """
     out_dir = Path(out_dir)
-    stamp = datetime.now(UTC)
-    tmp = new_staging_dir(out_dir, stamp)
+    choose_default_graph(default_graph, True)  # a bad value fails before any work
+    now = datetime.now(UTC)
+    tmp = new_staging_dir(out_dir, now)
     try:
-        train_texts = [ds.texts[i] for i in ds.rows("train")]
-        graphs = build_graphs(record.head, exported, len(record.features), X[ds.rows("val")], train_texts, seed=seed)
+        graphs = build_router_graphs(head, exported, calibration_texts, seed=seed)
         onnx.save(graphs.fp32, str(tmp / GRAPH_FILES[FP32]))
         onnx.save(graphs.int8, str(tmp / GRAPH_FILES[INT8]))
         shutil.copyfile(exported.tokenizer_path, tmp / TOKENIZER_FILE)
-        if record.drift_reference is not None:
-            write_reference(tmp, record.drift_reference)
-        meta = write_metadata(tmp, build_metadata(record, exported, graphs, stamp))
-        parity, chosen = check_parity(tmp, meta, record.head, held_out, graphs.head_vs_sklearn, default_graph)
-        meta = write_metadata(tmp, meta.replace(parity=parity, default_graph=chosen))
+        if extra_files is not None:
+            extra_files(tmp)
+        digest = hashlib.sha256(head.model.SerializeToString()).hexdigest()[:8]
+        stamp = Stamp(f"{now:%Y%m%dT%H%M%SZ}-{digest}", now.isoformat(), graphs.quantized.summary())
+        meta = write_metadata(tmp, metadata(stamp))
+        check = check_parity(tmp, meta)
+        chosen = choose_default_graph(default_graph, check.int8_ok)
+        meta = write_metadata(tmp, meta.replace(**check.record, default_graph=chosen))
         return StagedArtifact(tmp, out_dir, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,12 +15,12 @@ from router_model.offline.split import SPLIT_NAMES, assign_splits, normalize_pro
 
 @dataclass(frozen=True)
 class Dataset:
-    """One row per log record. `w` / `s`: the cheap / strong model passed (0 or 1)."""
+    """One row per log record. `cheap_passed` / `strong_passed`: the cheap / strong model passed (0 or 1)."""
 
     texts: list[str]
     n_tokens: np.ndarray
-    w: np.ndarray
-    s: np.ndarray
+    cheap_passed: np.ndarray
+    strong_passed: np.ndarray
     split: np.ndarray
     cost_cheap: np.ndarray
     cost_strong: np.ndarray
@@ -45,7 +45,7 @@ def build_dataset(
     texts = [r.classifier_text for r in read.records]
     n_tokens = np.array([encoder.count_tokens(r.full_text) for r in read.records], dtype=np.int64)
     split = assign_splits([normalize_prompt(t) for t in texts], fractions=fractions, seed=seed)
-    w = np.array([float(r.passed[read.cheap_model]) for r in read.records])
-    s = np.array([float(r.passed[read.strong_model]) for r in read.records])
+    cheap_passed = np.array([float(r.passed[read.cheap_model]) for r in read.records])
+    strong_passed = np.array([float(r.passed[read.strong_model]) for r in read.records])
     costs = request_costs(read, prices, output_tokens)
-    return Dataset(texts, n_tokens, w, s, split, costs.cheap, costs.strong)
+    return Dataset(texts, n_tokens, cheap_passed, strong_passed, split, costs.cheap, costs.strong)

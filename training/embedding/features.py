@@ -11,7 +11,7 @@ from router_model.features import request_features
 
 
 def feature_matrix(
-    embeddings: np.ndarray, texts: Sequence[str], n_tokens: Sequence[int] | np.ndarray, features: Sequence[str]
+    embeddings: np.ndarray, texts: Sequence[str], n_tokens: Sequence[int] | np.ndarray, *, features: Sequence[str]
 ) -> np.ndarray:
     """[embedding | request features] as float32, in the column order the exported graph uses."""
     if len(embeddings) != len(texts) or len(texts) != len(n_tokens):

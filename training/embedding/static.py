@@ -106,7 +106,7 @@ def static_graph(table: np.ndarray, keep: np.ndarray, *, normalize: bool, output
     return model
 
 
-def static_cache_dir(path: str, cache_dir: Path, pca_dims: int, model2vec_version: str) -> Path:
+def static_cache_dir(path: str, cache_dir: Path, pca_dims: int, *, model2vec_version: str) -> Path:
     """Where the distillation of the model at `path` is cached: keyed by its weights and the recipe."""
     key = hashlib.sha256(f"{STATIC_FORMAT}:{_source_digest(path)}:{pca_dims}:{model2vec_version}".encode()).hexdigest()[:24]
     return cache_dir / "embedders" / f"static-{key}"
@@ -128,7 +128,7 @@ def export_static_embedder(
     except ImportError as e:
         raise EmbedderError(f"--embedder {name} needs model2vec: pip install 'router-model[train]' ({e})") from None
     settings = EncoderSettings(max_length=int(max_length or MAX_LENGTH), truncation=truncation, model_inputs=STATIC_INPUTS)
-    out_dir = static_cache_dir(path, cache_dir, pca_dims, model2vec.__version__)
+    out_dir = static_cache_dir(path, cache_dir, pca_dims, model2vec_version=model2vec.__version__)
     onnx_path, tok_path, spec_path = out_dir / "embedder.onnx", out_dir / "tokenizer.json", out_dir / "embedder.json"
     if onnx_path.exists() and tok_path.exists() and spec_path.exists():
         cached = EmbedderSpec.from_dict(json.loads(spec_path.read_text()))
@@ -141,10 +141,10 @@ def export_static_embedder(
         raise EmbedderError(f"model2vec distillation needs skeletoken and torch ({e})") from None
     log.warning("distilling a static embedder from %s with model2vec (once; a few minutes on two cores)", path)
     model = distill(path, pca_dims=pca_dims, quantize_to="float32", device="cpu")
-    return write_static_embedder(model, name, out_dir, settings)
+    return write_static_embedder(model, name, out_dir, settings=settings)
 
 
-def write_static_embedder(model, name: str, out_dir: Path, settings: EncoderSettings) -> ExportedEmbedder:
+def write_static_embedder(model, name: str, out_dir: Path, *, settings: EncoderSettings) -> ExportedEmbedder:
     """A distilled `StaticModel` as the ONNX graph + tokenizer + spec in `out_dir`, checked against it."""
     import onnx
 

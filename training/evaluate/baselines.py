@@ -21,17 +21,17 @@ def random_scores(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random(n)
 
 
-def oracle_scores(w: Sequence[float] | np.ndarray, s: Sequence[float] | np.ndarray) -> np.ndarray:
-    """The best possible router in hindsight: score = s - w (the gain from calling strong).
+def oracle_scores(cheap_passed: Sequence[float] | np.ndarray, strong_passed: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The best possible router in hindsight: score = strong - cheap outcome (the gain from calling strong).
 
     Ties toward cheap: rows where strong is no better score <= 0, below every row where strong
     helps, so any threshold above 0 keeps them on the cheap model; where the cheap model wins
-    (s < w) the score is negative, which is why the oracle's APGR can exceed 1.
+    (strong < cheap) the score is negative, which is why the oracle's APGR can exceed 1.
     """
-    w_, s_ = np.asarray(w, dtype=float), np.asarray(s, dtype=float)
-    if w_.shape != s_.shape:
-        raise ValueError(f"length mismatch: w={w_.shape}, s={s_.shape}")
-    return s_ - w_
+    cheap, strong = np.asarray(cheap_passed, dtype=float), np.asarray(strong_passed, dtype=float)
+    if cheap.shape != strong.shape:
+        raise ValueError(f"length mismatch: cheap_passed={cheap.shape}, strong_passed={strong.shape}")
+    return strong - cheap
 
 
 # The keyword/length heuristic often quoted for routing ("long prompts and coding/maths/reasoning

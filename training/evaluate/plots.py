@@ -14,7 +14,13 @@ from training.head import cheap_loses_nothing
 
 
 def save_plots(
-    out_dir: Path, texts: Sequence[str], w: np.ndarray, s: np.ndarray, p_test: np.ndarray, evaluation: dict[str, Any]
+    out_dir: Path,
+    texts: Sequence[str],
+    p_test: np.ndarray,
+    *,
+    cheap_passed: np.ndarray,
+    strong_passed: np.ndarray,
+    evaluation: dict[str, Any],
 ) -> list[Path]:
     """The cost-quality curve (router beside the baselines) and the reliability diagram, on held-out rows."""
     import matplotlib
@@ -29,15 +35,15 @@ def save_plots(
     curves = {
         "router": 1.0 - p_test,
         "heuristic (length/keywords)": heuristic_scores(texts),
-        "oracle": oracle_scores(w, s),
+        "oracle": oracle_scores(cheap_passed, strong_passed),
         "random": np.zeros(len(p_test)),
     }
     for name, r in curves.items():
-        x, q = M.quality_curve(r, w, s)
+        x, q = M.quality_curve(r, cheap_passed, strong_passed)
         ax.plot(x * 100, q, label=name, linestyle="--" if name == "random" else "-")
     share = evaluation["router"]["strong_share"]
     ax.axvline(share * 100, color="grey", linewidth=0.8)
-    ax.annotate(f"chosen threshold\n{share:.0%} strong", (share * 100, float(w.mean())), fontsize=8)
+    ax.annotate(f"chosen threshold\n{share:.0%} strong", (share * 100, float(cheap_passed.mean())), fontsize=8)
     ax.set_xlabel("share of calls sent to the strong model (%)")
     ax.set_ylabel("quality (pass rate)")
     ax.set_title(f"Quality vs strong-call share (test, n={len(p_test)})")
@@ -48,7 +54,7 @@ def save_plots(
     plt.close(fig)
     paths.append(p)
 
-    ok = cheap_loses_nothing(w, s)
+    ok = cheap_loses_nothing(cheap_passed, strong_passed)
     bins = M.reliability_bins(p_test, ok, n_bins=15)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")

@@ -9,10 +9,8 @@ to fp32 (int8) before anything may publish it (training/artifact/writer.py `publ
 
 from __future__ import annotations
 
-import hashlib
-import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +19,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from router_model.artifact import (
     FP32,
-    GRAPH_FILES,
     INT8,
     MULTI_FORMAT_VERSION,
-    TOKENIZER_FILE,
     ArtifactMetadata,
     DataRecord,
     GoalRecord,
     MultiModelRecord,
     ParityRecord,
-    write_metadata,
 )
 from router_model.errors import ArtifactError
 from router_model.multi import PASS_OUTPUT, CostModel, choose
@@ -38,9 +33,16 @@ from router_model.offline.log import LogReadResult
 from router_model.offline.multi_evaluation import finite
 from router_model.prompt_digest import PromptDigest
 from router_model.request import Request
-from training.artifact.graph import HEAD_INPUT, merge_router_graph
-from training.artifact.quantize import calibration_feeds, quantize_embedder
-from training.artifact.writer import FP32_MAX_DIFF, INT8_MIN_AGREEMENT, StagedArtifact, _versions, new_staging_dir
+from training.artifact.graph import HEAD_INPUT
+from training.artifact.writer import (
+    FP32_MAX_DIFF,
+    INT8_MIN_AGREEMENT,
+    HeadGraph,
+    ParityCheck,
+    StagedArtifact,
+    Stamp,
+    stage_artifact,
+)
 from training.embedding.common import OPSET
 from training.embedding.onnx_embedder import ExportedEmbedder
 from training.multi.heads import PassHeads
@@ -123,14 +125,12 @@ def goal_record(choice: PolicyChoice) -> GoalRecord:
                       n_labelled=choice.n_labelled or None, n_needed=choice.n_needed)
 
 
-def build_metadata(rec: MultiRecord, exported: ExportedEmbedder, head_onnx: onnx.ModelProto, quantization: dict,
-                   stamp: datetime) -> ArtifactMetadata:
+def build_metadata(rec: MultiRecord, exported: ExportedEmbedder, stamp: Stamp) -> ArtifactMetadata:
     models = rec.heads.models
     choice = rec.choice
     read = rec.read
     return ArtifactMetadata(
-        artifact_version=f"{stamp:%Y%m%dT%H%M%SZ}-{hashlib.sha256(head_onnx.SerializeToString()).hexdigest()[:8]}",
-        created_at=stamp.isoformat(),
+        **stamp.fields(),
         cheap_model=models[0],
         strong_model=choice.val_best_single,  # what rules (image, tags, long context) route to
         threshold=float(np.clip(choice.value, 0.0, 1.0)) if choice.kind.startswith("cheapest") else 0.0,
@@ -142,9 +142,6 @@ def build_metadata(rec: MultiRecord, exported: ExportedEmbedder, head_onnx: onnx
         calibration="sigmoid",
         embedder=exported.spec,
         features=rec.features,
-        graphs=dict(GRAPH_FILES),
-        default_graph=FP32,
-        quantization=quantization,
         metrics=finite({
             "multi_test": rec.evaluation,
             "validation_heads": rec.heads.validation,
@@ -157,7 +154,6 @@ def build_metadata(rec: MultiRecord, exported: ExportedEmbedder, head_onnx: onnx
             rows_used=read.rows_used, skipped=dict(read.skipped), split_rows=rec.split_rows,
             pass_threshold=rec.pass_threshold, trained_prompts=rec.trained_prompts,
         ),
-        versions=_versions(),
         multi=MultiModelRecord(models=models, policy=choice.kind, value=float(choice.value), cost_models=rec.cost_models,
                                best_single=choice.val_best_single, cost_source=rec.cost_source),
         format_version=MULTI_FORMAT_VERSION,
@@ -174,8 +170,8 @@ class MultiHeldOut:
     n_tokens: np.ndarray
 
 
-def check_parity(model_dir: Path, meta: ArtifactMetadata, heads: PassHeads, held: MultiHeldOut, head_vs_numpy: float,
-                 default_graph: str = "auto") -> tuple[ParityRecord, str]:
+def check_parity(model_dir: Path, meta: ArtifactMetadata, *, heads: PassHeads, held: MultiHeldOut,
+                 head_vs_numpy: float) -> ParityCheck:
     """fp32 graph vs the numpy heads; int8 vs fp32 on the decisions the served rule makes."""
     from router_model.router import Router
 
@@ -194,8 +190,6 @@ def check_parity(model_dir: Path, meta: ArtifactMetadata, heads: PassHeads, held
     rows = np.arange(len(d32))
     y = np.nan_to_num(held.passed, nan=0.0)
     q_diff = float(abs(y[rows, d8].mean() - y[rows, d32].mean())) if len(d32) else 0.0
-    ok = agreement >= INT8_MIN_AGREEMENT and q_diff <= INT8_MAX_QUALITY_DIFF
-    chosen = default_graph if default_graph != "auto" else (INT8 if ok else FP32)
     parity = ParityRecord(
         head_onnx_vs_sklearn_max_abs=head_vs_numpy,
         fp32_graph_vs_sklearn_max_abs=diff,
@@ -204,31 +198,23 @@ def check_parity(model_dir: Path, meta: ArtifactMetadata, heads: PassHeads, held
         int8_max_abs_diff=float(max(np.abs(p8 - p32).max(), np.abs(o8 - o32).max())),
         n=len(held.requests),
     )
-    return parity, chosen
+    return ParityCheck(agreement >= INT8_MIN_AGREEMENT and q_diff <= INT8_MAX_QUALITY_DIFF, {"parity": parity})
 
 
-def stage_multi_dir(out_dir: Path, rec: MultiRecord, exported: ExportedEmbedder, X_val: np.ndarray,
-                    train_texts: list[str], held: MultiHeldOut, *, seed: int, default_graph: str = "auto") -> StagedArtifact:
-    """Build, write and verify the N-model directory beside `out_dir` (removed again on any failure)."""
-    stamp = datetime.now(UTC)
-    tmp = new_staging_dir(Path(out_dir), stamp)
-    try:
-        dim = exported.spec.dim
-        n_features = len(rec.features)
-        head_onnx = heads_to_onnx(rec.heads, dim + n_features)
-        diff = head_parity(rec.heads, head_onnx, X_val)
-        if diff > FP32_MAX_DIFF:
-            raise ArtifactError(f"the ONNX heads differ from numpy by {diff:.2e} (> {FP32_MAX_DIFF})")
-        fp32 = merge_router_graph(onnx.load(str(exported.onnx_path)), head_onnx, dim, n_features, output=PASS_OUTPUT)
-        quantized = quantize_embedder(exported.onnx_path, calibration_feeds(exported.text_encoder(), train_texts, seed=seed))
-        int8 = merge_router_graph(quantized.model, head_onnx, dim, n_features, output=PASS_OUTPUT)
-        onnx.save(fp32, str(tmp / GRAPH_FILES[FP32]))
-        onnx.save(int8, str(tmp / GRAPH_FILES[INT8]))
-        shutil.copyfile(exported.tokenizer_path, tmp / TOKENIZER_FILE)
-        meta = write_metadata(tmp, build_metadata(rec, exported, head_onnx, quantized.summary(), stamp))
-        parity, chosen = check_parity(tmp, meta, rec.heads, held, diff, default_graph)
-        meta = write_metadata(tmp, meta.replace(parity=parity, default_graph=chosen))
-        return StagedArtifact(tmp, Path(out_dir), meta)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def stage_multi_dir(out_dir: Path, rec: MultiRecord, exported: ExportedEmbedder, *, X_val: np.ndarray,
+                    train_texts: Sequence[str], held: MultiHeldOut, seed: int, default_graph: str = "auto") -> StagedArtifact:
+    """The N-model directory, staged and verified beside `out_dir` (training/artifact/writer.py `stage_artifact`)."""
+    n_features = len(rec.features)
+    onx = heads_to_onnx(rec.heads, exported.spec.dim + n_features)
+    head = HeadGraph(onx, head_parity(rec.heads, onx, X_val), "the numpy heads", n_features=n_features, output=PASS_OUTPUT)
+    return stage_artifact(
+        out_dir,
+        head=head,
+        exported=exported,
+        calibration_texts=train_texts,
+        metadata=lambda stamp: build_metadata(rec, exported, stamp),
+        check_parity=lambda model_dir, meta: check_parity(model_dir, meta, heads=rec.heads, held=held,
+                                                          head_vs_numpy=head.vs_reference),
+        default_graph=default_graph,
+        seed=seed,
+    )

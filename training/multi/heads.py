@@ -101,7 +101,7 @@ class PassHeads:
         return [*self.pass_heads, *self.ok_heads]
 
 
-def _fit_one(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, cs: Sequence[float], seed: int,
+def _fit_one(X: np.ndarray, y: np.ndarray, *, tr: np.ndarray, va: np.ndarray, c_values: Sequence[float], seed: int,
              name: str) -> tuple[LinearHead, dict[str, float]]:
     """Fit one masked head for each C on training rows; keep the best validation log-loss."""
     from sklearn.calibration import CalibratedClassifierCV
@@ -117,7 +117,7 @@ def _fit_one(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, cs: S
         return LinearHead.constant(rate, dim, name), {"C": float("nan"), "val_logloss": float("nan"), "n_train": float(len(tr)), "constant": 1.0}
     folds = max(2, min(CV_FOLDS, int(counts.min())))
     best: tuple[float, LinearHead, float] | None = None
-    for c in cs:
+    for c in c_values:
         model = CalibratedClassifierCV(LogisticRegression(C=c, max_iter=2000), method="sigmoid",
                                        cv=calibration_folds(folds, seed))
         model.fit(X[tr], yt)
@@ -130,7 +130,7 @@ def _fit_one(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, cs: S
             loss = float(-np.mean(yv * np.log(p) + (1 - yv) * np.log(1 - p)))
         if best is None or loss < best[0]:
             best = (loss, head, c)
-        if len(cs) > 1 and len(va) == 0:
+        if len(c_values) > 1 and len(va) == 0:
             break
     assert best is not None
     return best[1], {"C": float(best[2]), "val_logloss": best[0], "n_train": float(len(tr)), "constant": 0.0}
@@ -140,10 +140,10 @@ def fit_heads(
     X: np.ndarray,
     passed: np.ndarray,
     models: Sequence[str],
+    *,
     train_rows: np.ndarray,
     val_rows: np.ndarray,
-    *,
-    cs: Sequence[float] = DEFAULT_C,
+    c_values: Sequence[float] = DEFAULT_C,
     seed: int = 0,
     say: Callable[[str], None] = print,
 ) -> PassHeads:
@@ -155,13 +155,13 @@ def fit_heads(
     pass_heads, ok_heads, val = [], [], {}
     for j, m in enumerate(models):
         t0 = time.perf_counter()
-        h, info = _fit_one(X, passed[:, j], train_rows, val_rows, cs, seed, f"pass:{m}")
+        h, info = _fit_one(X, passed[:, j], tr=train_rows, va=val_rows, c_values=c_values, seed=seed, name=f"pass:{m}")
         pass_heads.append(h)
         val[f"pass:{m}"] = info
         if j == len(models) - 1:
             ok_heads.append(LinearHead.constant(1.0, dim, f"ok:{m}"))
         else:
-            h2, info2 = _fit_one(X, ok[:, j], train_rows, val_rows, cs, seed, f"ok:{m}")
+            h2, info2 = _fit_one(X, ok[:, j], tr=train_rows, va=val_rows, c_values=c_values, seed=seed, name=f"ok:{m}")
             ok_heads.append(h2)
             val[f"ok:{m}"] = info2
         say(f"  {m:<40} pass C={info['C']:<5g} val logloss {info['val_logloss']:.4f}  "
@@ -169,7 +169,8 @@ def fit_heads(
     return PassHeads(tuple(models), tuple(pass_heads), tuple(ok_heads), val)
 
 
-def ece_per_model(p_pass: np.ndarray, passed: np.ndarray, models: Sequence[str], n_bins: int = 15) -> dict[str, dict[str, float]]:
+def ece_per_model(p_pass: np.ndarray, passed: np.ndarray, models: Sequence[str], *,
+                  n_bins: int = 15) -> dict[str, dict[str, float]]:
     """ECE (15 equal-width bins) and Brier of each model's P(pass), on the rows that have its outcome."""
     out = {}
     for j, m in enumerate(models):

@@ -33,7 +33,7 @@ def _unit(E: np.ndarray) -> np.ndarray:
     return E / np.where(n > 0, n, 1.0)
 
 
-def knn_mean(Uq: np.ndarray, Um: np.ndarray, Ym: np.ndarray, prior: np.ndarray, k: int, temperature: float,
+def knn_mean(Uq: np.ndarray, Um: np.ndarray, Ym: np.ndarray, *, prior: np.ndarray, k: int, temperature: float,
              alpha: float) -> np.ndarray:
     """(n, N) similarity-weighted mean of Ym (NaN = unknown) over each query's k nearest rows, shrunk to prior."""
     S = Uq @ Um.T
@@ -78,15 +78,17 @@ class KnnHeads:
         return _unit(np.asarray(X, dtype=np.float64)[:, : self.memory.shape[1]])
 
     def p_pass(self, X: np.ndarray) -> np.ndarray:
-        return knn_mean(self._q(X), self.memory, self.passed, _rate(self.passed), self.k, self.temperature, self.alpha)
+        return knn_mean(self._q(X), self.memory, self.passed, prior=_rate(self.passed), k=self.k,
+                        temperature=self.temperature, alpha=self.alpha)
 
     def p_ok(self, X: np.ndarray) -> np.ndarray:
-        p = knn_mean(self._q(X), self.memory, self.ok, _rate(self.ok), self.k, self.temperature, self.alpha)
+        p = knn_mean(self._q(X), self.memory, self.ok, prior=_rate(self.ok), k=self.k, temperature=self.temperature,
+                     alpha=self.alpha)
         p[:, -1] = 1.0  # the priciest model loses nothing against a pricier one
         return p
 
 
-def fit_knn_heads(X: np.ndarray, passed: np.ndarray, models: Sequence[str], train_rows: np.ndarray,
+def fit_knn_heads(X: np.ndarray, passed: np.ndarray, models: Sequence[str], *, train_rows: np.ndarray,
                   val_rows: np.ndarray, dim: int) -> KnnHeads:
     """k, T and a by validation log-loss (pass + ok heads, all models); memory = the training rows."""
     ok = ok_labels(passed)
@@ -95,8 +97,8 @@ def fit_knn_heads(X: np.ndarray, passed: np.ndarray, models: Sequence[str], trai
     yp, yo = passed[train_rows], ok[train_rows]
     best: tuple[float, int, float, float] | None = None
     for k, t, a in itertools.product(K_GRID, T_GRID, A_GRID):
-        loss = (_logloss(knn_mean(Uv, Um, yp, _rate(yp), k, t, a), passed[val_rows])
-                + _logloss(knn_mean(Uv, Um, yo, _rate(yo), k, t, a)[:, :-1], ok[val_rows][:, :-1]))
+        loss = (_logloss(knn_mean(Uv, Um, yp, prior=_rate(yp), k=k, temperature=t, alpha=a), passed[val_rows])
+                + _logloss(knn_mean(Uv, Um, yo, prior=_rate(yo), k=k, temperature=t, alpha=a)[:, :-1], ok[val_rows][:, :-1]))
         if best is None or loss < best[0]:
             best = (loss, k, t, a)
     assert best is not None
@@ -120,7 +122,7 @@ class BlendHeads:
         return self.w * self.lr.p_ok(X) + (1 - self.w) * self.knn.p_ok(X)
 
 
-def fit_blend(lr: PassHeads, knn: KnnHeads, X: np.ndarray, passed: np.ndarray, val_rows: np.ndarray,
+def fit_blend(lr: PassHeads, knn: KnnHeads, X: np.ndarray, *, passed: np.ndarray, val_rows: np.ndarray,
               weights: Sequence[float] = W_GRID) -> BlendHeads:
     """The LR weight with the lowest validation log-loss (pass + ok heads)."""
     ok = ok_labels(passed)[val_rows]

@@ -78,7 +78,7 @@ class Scored:
     cost: np.ndarray
 
 
-def score_rows(heads: PassHeads, X: np.ndarray, ds: MultiDataset, cost_models, rows: np.ndarray) -> Scored:
+def score_rows(heads: PassHeads, X: np.ndarray, ds: MultiDataset, *, cost_models, rows: np.ndarray) -> Scored:
     return Scored(rows, heads.p_pass(X[rows]), heads.p_ok(X[rows]), expected_costs(cost_models, ds.n_tokens[rows]),
                   ds.passed[rows], ds.cost[rows])
 
@@ -87,18 +87,18 @@ def held_out_report(sc: Scored, models, choice: PolicyChoice) -> tuple[dict[str,
     """The test frontier of each rule family, the chosen point run on test, and ECE per model."""
     keep = eval_rows(sc.passed)
     P, K, E, Y, C = sc.p_pass[keep], sc.p_ok[keep], sc.est[keep], sc.passed[keep], sc.cost[keep]
-    sweeps = {kind: sweep(kind, P, K, E, Y, C) for kind in POLICY_KINDS}
+    sweeps = {kind: sweep(kind, P, K, est_cost=E, passed=Y, cost=C) for kind in POLICY_KINDS}
     pick = choose(choice.kind, choice.value, P, K, E)
     rows = np.arange(len(Y))
     chosen = {"kind": choice.kind, "value": float(choice.value), "cost": float(C[rows, pick].sum()),
               "quality": float(Y[rows, pick].mean()) if len(Y) else 0.0,
               "share_by_model": {m: float(np.mean(pick == j)) for j, m in enumerate(models)}}
-    rep = evaluate_multi(models, sc.passed, sc.cost, sweeps, chosen)
+    rep = evaluate_multi(models, sc.passed, sc.cost, router_sweeps=sweeps, chosen=chosen)
     rep["ece_per_model"] = ece_per_model(sc.p_pass, sc.passed, models)
     return rep, sweeps
 
 
-def write_test_log(log: MultiLog, ds: MultiDataset, rows: np.ndarray, path: Path) -> Path:
+def write_test_log(log: MultiLog, ds: MultiDataset, rows: np.ndarray, *, path: Path) -> Path:
     """The held-out rows as a team-format log with their outcomes and dollars (`router-cost savings`)."""
     recs = log.records
     col = {m: j for j, m in enumerate(ds.models)}
@@ -144,22 +144,22 @@ def train_multi(config) -> MultiTrainResult:
     st = dict(embedder.last_stats)
     _say(f"embedding: {int(st['embedded'])} new, {int(st['from_cache'])} cached")
     embedder.close()
-    X = feature_matrix(emb, ds.texts, ds.n_tokens, config.features)
+    X = feature_matrix(emb, ds.texts, ds.n_tokens, features=config.features)
     tr, va, te = ds.rows("train"), ds.rows("val"), ds.rows("test")
 
     _say("fitting a calibrated pass head and ok head per model (masked outcomes):")
-    heads = fit_heads(X, ds.passed, ds.models, tr, va, seed=config.seed, say=_say)
+    heads = fit_heads(X, ds.passed, ds.models, train_rows=tr, val_rows=va, seed=config.seed, say=_say)
     cost_models = fit_cost_models(ds.n_tokens[tr], ds.cost[tr], ds.models)
-    val = score_rows(heads, X, ds, cost_models, va)
+    val = score_rows(heads, X, ds, cost_models=cost_models, rows=va)
     ref = reference_model(ds.passed[tr], ds.cost[tr])
-    choice = choose_policy(val.p_pass, val.p_ok, val.est, val.passed, val.cost, ds.models, goal, reference=ref,
-                           lambda_scale=max(cm.mean for cm in cost_models) or None)
+    choice = choose_policy(val.p_pass, val.p_ok, val.est, passed=val.passed, cost=val.cost, models=ds.models, goal=goal,
+                           reference=ref, lambda_scale=max(cm.mean for cm in cost_models) or None)
     _say(f"goal: {goal.kind}={goal.value:g} at " + ("no risk control" if goal.risk is None else f"risk {goal.risk:g}")
          + f", relative to {ds.models[ref]} (the best single model on the training rows)")
     _say(f"policy: {choice.kind} = {choice.value:.6g}  ({choice.why}); validation AIQ by rule: " + ", ".join(
         f"{k} {v['val_aiq']:.4f}" for k, v in choice.families.items()))
 
-    test = score_rows(heads, X, ds, cost_models, te)
+    test = score_rows(heads, X, ds, cost_models=cost_models, rows=te)
     evaluation, sweeps = held_out_report(test, ds.models, choice)
     evaluation = finite(evaluation)
     _say(format_report(evaluation))
@@ -171,8 +171,8 @@ def train_multi(config) -> MultiTrainResult:
                       pass_threshold=config.pass_threshold,
                       trained_prompts=PromptDigest.build(ds.texts[i] for i in np.concatenate([tr, va])))
     held = MultiHeldOut([log.records[i].request for i in te], X[te], ds.passed[te], ds.n_tokens[te])
-    staged = stage_multi_dir(config.out_dir, rec, exported, X[va], [ds.texts[i] for i in tr], held, seed=config.seed,
-                             default_graph=config.default_graph)
+    staged = stage_multi_dir(config.out_dir, rec, exported, X_val=X[va], train_texts=[ds.texts[i] for i in tr],
+                             held=held, seed=config.seed, default_graph=config.default_graph)
     try:
         meta = staged.metadata
         par = meta.parity
@@ -180,9 +180,9 @@ def train_multi(config) -> MultiTrainResult:
         _say(f"export parity: fp32 graph vs heads {par.fp32_graph_vs_sklearn_max_abs:.1e}; int8 vs fp32: "
              f"{par.int8_decision_agreement:.1%} decisions agree, quality differs by {par.int8_apgr_abs_diff:.4f}")
         plot_dir = report_dir(config.out_dir)
-        plots = save_plots(plot_dir, evaluation, sweeps, test.p_pass, test.passed, ds.models)
+        plots = save_plots(plot_dir, evaluation, sweeps, p_pass=test.p_pass, passed=test.passed, models=ds.models)
         (plot_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-        write_test_log(log, ds, te, plot_dir / TEST_LOG)
+        write_test_log(log, ds, te, path=plot_dir / TEST_LOG)
         run_id = None
         if config.track:
             from training.tracking import TrackingTarget, track_multi_run
@@ -192,7 +192,7 @@ def train_multi(config) -> MultiTrainResult:
             metrics = {"train_seconds": time.perf_counter() - t0, "val_quality": choice.val_quality,
                        "val_cost_per_request": choice.val_cost_per_request}
             run_id = track_multi_run(TrackingTarget(config.tracking_uri, config.experiment, config.registered_model),
-                                     params, metrics, evaluation, staged.path, meta, plots)
+                                     params, metrics, evaluation=evaluation, model_dir=staged.path, meta=meta, plots=plots)
     except BaseException:
         discard(staged)
         raise

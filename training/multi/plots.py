@@ -16,7 +16,7 @@ from router_model.offline import metrics as M
 from router_model.offline.multi_evaluation import hull
 
 
-def save_plots(out_dir: Path, rep: dict[str, Any], router_sweeps: dict[str, Any], p_pass: np.ndarray,
+def save_plots(out_dir: Path, rep: dict[str, Any], router_sweeps: dict[str, Any], *, p_pass: np.ndarray,
                passed: np.ndarray, models: Sequence[str]) -> list[Path]:
     """The cost-quality frontier and the per-model reliability diagrams, as PNG."""
     import matplotlib

@@ -123,7 +123,7 @@ class Sweep:
     picks: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))  # (len(params), rows)
 
 
-def sweep(kind: str, p_pass: np.ndarray, p_ok: np.ndarray, est_cost: np.ndarray, passed: np.ndarray,
+def sweep(kind: str, p_pass: np.ndarray, p_ok: np.ndarray, *, est_cost: np.ndarray, passed: np.ndarray,
           cost: np.ndarray, params: np.ndarray | None = None) -> Sweep:
     """Route every row for each parameter value; quality and dollars are the chosen models' real ones."""
     params = param_grid(kind, est_cost) if params is None else params
@@ -170,6 +170,7 @@ def choose_policy(
     p_pass: np.ndarray,
     p_ok: np.ndarray,
     est_cost: np.ndarray,
+    *,
     passed: np.ndarray,
     cost: np.ndarray,
     models: Sequence[str],
@@ -199,9 +200,9 @@ def choose_policy(
     fam_risk = None if goal.risk is None else goal.risk / len(kinds)
     need: list[int] = []
     for kind in kinds:
-        sw = sweep(kind, P, K, E, Y, C, param_grid(kind, E, lambda_scale))
+        sw = sweep(kind, P, K, est_cost=E, passed=Y, cost=C, params=param_grid(kind, E, lambda_scale))
         params, picks, cs, qs = sw.params, sw.picks, sw.cost, sw.quality
-        families[kind] = {"val_aiq": aiq(cs, qs, c_lo, c_hi)}
+        families[kind] = {"val_aiq": aiq(cs, qs, c_min=c_lo, c_max=c_hi)}
         if fam_risk is None:
             points += [_Point(kind, float(v), c, q) for v, c, q in zip(params, cs, qs)]
         elif goal.kind == "quality_floor":
@@ -210,17 +211,17 @@ def choose_policy(
             kp = (yr & ~yp).sum(axis=1).astype(float)  # the reference passes, the pick fails
             km = (~yr & yp).sum(axis=1).astype(float)  # the pick passes where the reference fails
             ks = float(yr.sum())
-            last, _ = floor_sequence(kp, km, ks, n, goal.value, fam_risk)
-            lb = quality_lower_bound(kp[: last + 1], km[: last + 1], ks, n, fam_risk)
+            last, _ = floor_sequence(kp, km, ks, n=n, floor=goal.value, risk=fam_risk)
+            lb = quality_lower_bound(kp[: last + 1], km[: last + 1], ks, n=n, risk=fam_risk)
             points += [_Point(kind, float(params[i]), float(cs[i]), float(qs[i]), True, float(lb[i]))
                        for i in range(last + 1)]
             some = (picks != reference).any(axis=1)
-            nn = n_needed(some, kp / n, km / n, ks / n, goal.value, fam_risk)
+            nn = n_needed(some, kp / n, km / n, rate_s=ks / n, floor=goal.value, risk=fam_risk)
             if nn is not None:
                 need.append(nn)
         else:
             cap = float(C.max())
-            up, _ = budget_sequence(cs[::-1], n, cap, fam_risk, binary=False)  # cheapest first
+            up, _ = budget_sequence(cs[::-1], n, cap, risk=fam_risk, binary=False)  # cheapest first
             last = last_before_failure(up <= goal.value + 1e-12)
             rev = len(params) - 1 - np.arange(last + 1)
             points += [_Point(kind, float(params[i]), float(cs[i]), float(qs[i]), True, float(up[j]))

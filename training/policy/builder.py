@@ -2,19 +2,17 @@
 
 policy.yaml -> examples embedded through the exported embedder -> the policy head (scoring.py) merged
 with the fp32 and the int8 embedder (training/artifact/graph.py, quantize.py) -> metadata.json with a
-`policy` record -> loaded back through `Router` and held to the numpy reference -> published with the
-training writer's staging and publish (a directory that is not a router artifact is never replaced).
+`policy` record -> loaded back through `Router` and held to the numpy reference -> published. The policy
+supplies its head, metadata and check; staging and publishing are the training writer's, shared with the
+trained routers (training/artifact/writer.py: a directory that is not a router artifact is never replaced).
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -23,30 +21,29 @@ from router_model.artifact import (
     FP32,
     GRAPH_FILES,
     INT8,
-    TOKENIZER_FILE,
     ArtifactMetadata,
     GoalRecord,
     PolicyRecord,
     sha256_file,
-    write_metadata,
 )
 from router_model.errors import ArtifactError
 from router_model.request import parse_request
-from training.artifact.graph import merge_router_graph
-from training.artifact.quantize import calibration_feeds, quantize_embedder
 from training.artifact.writer import (
+    DEFAULT_GRAPH_CHOICES,
     FP32_MAX_DIFF,
     INT8_MIN_AGREEMENT,
-    StagedArtifact,
-    _versions,
+    HeadGraph,
+    ParityCheck,
+    Stamp,
     check_replaceable,
-    new_staging_dir,
+    discard,
     publish,
+    stage_artifact,
 )
 from training.cache import default_cache_dir
 from training.embedding.common import DEFAULT_EMBEDDER
 from training.embedding.export import export_embedder
-from training.embedding.onnx_embedder import OnnxEmbedder
+from training.embedding.onnx_embedder import ExportedEmbedder, OnnxEmbedder
 from training.policy.schema import Policy, load_policy
 from training.policy.scoring import PolicyMatrix, head_onnx, head_parity, policy_matrix, reference_probabilities
 
@@ -94,7 +91,7 @@ class BuildConfig:
     cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.default_graph not in ("auto", *GRAPH_FILES):
+        if self.default_graph not in DEFAULT_GRAPH_CHOICES:
             raise ValueError(f"default_graph must be auto or one of {sorted(GRAPH_FILES)}, got {self.default_graph!r}")
 
 
@@ -110,8 +107,7 @@ def _examples(policy: Policy) -> list[str]:
     return [parse_request(e).classifier_text for r in policy.ordered_routes for e in r.examples]
 
 
-def _metadata(policy: Policy, source: Path, exported, head: onnx.ModelProto, quantization: dict[str, Any],
-              stamp: datetime) -> ArtifactMetadata:
+def _metadata(policy: Policy, source: Path, exported: ExportedEmbedder, *, stamp: Stamp) -> ArtifactMetadata:
     routes = policy.ordered_routes
     classes = tuple(r.name for r in routes)
     record = PolicyRecord(
@@ -124,8 +120,7 @@ def _metadata(policy: Policy, source: Path, exported, head: onnx.ModelProto, qua
         source_sha256=sha256_file(source),
     )
     return ArtifactMetadata(
-        artifact_version=f"{stamp:%Y%m%dT%H%M%SZ}-{hashlib.sha256(head.SerializeToString()).hexdigest()[:8]}",
-        created_at=stamp.isoformat(),
+        **stamp.fields(),
         cheap_model=policy.cheap_model,
         strong_model=policy.strong_model,
         threshold=policy.threshold,
@@ -137,16 +132,12 @@ def _metadata(policy: Policy, source: Path, exported, head: onnx.ModelProto, qua
         calibration="none (a written policy: scores are not calibrated probabilities)",
         embedder=exported.spec,
         features=(),
-        graphs=dict(GRAPH_FILES),
-        default_graph=FP32,  # until the int8 graph has been compared
-        quantization=quantization,
-        versions=_versions(),
         policy=record,
     )
 
 
-def _verify(model_dir: Path, m: PolicyMatrix, policy: Policy, texts: list[str], emb: np.ndarray,
-            default_graph: str) -> tuple[dict[str, float], str]:
+def _verify(model_dir: Path, m: PolicyMatrix, policy: Policy, *, texts: list[str], emb: np.ndarray,
+            head_vs_reference: float) -> ParityCheck:
     """Load the staged directory through the router; hold fp32 to the reference, int8 to fp32."""
     from router_model.router import Router
 
@@ -158,13 +149,14 @@ def _verify(model_dir: Path, m: PolicyMatrix, policy: Policy, texts: list[str], 
     p8 = Router.load(model_dir, graph=INT8).p_cheap_ok(texts)
     t = policy.threshold
     agreement = float(np.mean((p8 >= t) == (p32 >= t)))
-    chosen = default_graph if default_graph != "auto" else (INT8 if agreement >= INT8_MIN_AGREEMENT else FP32)
-    return {
+    checks = {
+        "head_vs_reference_max_abs": head_vs_reference,
         "fp32_graph_vs_reference_max_abs": fp32_diff,
         "int8_decision_agreement": agreement,
         "int8_max_abs_diff": float(np.abs(p8 - p32).max()),
         "n": float(len(texts)),
-    }, chosen
+    }
+    return ParityCheck(agreement >= INT8_MIN_AGREEMENT, {"metrics": {"policy_parity": checks}})
 
 
 def build_policy(config: BuildConfig, say: Callable[[str], None] = lambda _m: None) -> PolicyBuild:
@@ -188,32 +180,28 @@ def build_policy(config: BuildConfig, say: Callable[[str], None] = lambda _m: No
     m = policy_matrix(policy, emb[: len(examples)])
     say(f"policy {policy.name}: {m.n_routes} routes ({m.n_cheap} cheap), {len(examples)} examples, "
         f"cheap={policy.cheap_model} strong={policy.strong_model}")
-    base = onnx.load(str(exported.onnx_path))
-    head = head_onnx(m, policy.scoring, base.ir_version)
-    diff = head_parity(head, m, policy.scoring, emb)
-    if diff > FP32_MAX_DIFF:
-        raise ArtifactError(f"the ONNX policy head differs from the reference scoring by {diff:.2e}")
-    dim = exported.spec.dim
-    fp32 = merge_router_graph(base, head, dim, 0)
-    quantized = quantize_embedder(exported.onnx_path, calibration_feeds(exported.text_encoder(), examples))
-    int8 = merge_router_graph(quantized.model, head, dim, 0)
-
-    stamp = datetime.now(UTC)
-    tmp = new_staging_dir(out_dir, stamp)
+    onx = head_onnx(m, policy.scoring, onnx.load(str(exported.onnx_path)).ir_version)
+    head = HeadGraph(onx, head_parity(onx, m, policy.scoring, embeddings=emb), "the reference scoring")
+    texts = examples + probes
+    staged = stage_artifact(
+        out_dir,
+        head=head,
+        exported=exported,
+        calibration_texts=examples,
+        metadata=lambda stamp: _metadata(policy, config.policy, exported, stamp=stamp),
+        check_parity=lambda model_dir, _meta: _verify(model_dir, m, policy, texts=texts, emb=emb,
+                                                      head_vs_reference=head.vs_reference),
+        default_graph=config.default_graph,
+        extra_files=lambda model_dir: shutil.copyfile(config.policy, model_dir / POLICY_FILE),
+    )
+    meta = staged.metadata
     try:
-        onnx.save(fp32, str(tmp / GRAPH_FILES[FP32]))
-        onnx.save(int8, str(tmp / GRAPH_FILES[INT8]))
-        shutil.copyfile(exported.tokenizer_path, tmp / TOKENIZER_FILE)
-        shutil.copyfile(config.policy, tmp / POLICY_FILE)
-        meta = write_metadata(tmp, _metadata(policy, config.policy, exported, head, quantized.summary(), stamp))
-        checks, chosen = _verify(tmp, m, policy, examples + probes, emb, config.default_graph)
-        checks = {"head_vs_reference_max_abs": diff, **checks}
-        meta = write_metadata(tmp, meta.replace(default_graph=chosen, metrics={"policy_parity": checks}))
+        checks = meta.metrics["policy_parity"]
         say(f"checks: fp32 graph vs reference {checks['fp32_graph_vs_reference_max_abs']:.1e}; int8 vs fp32: "
-            f"{checks['int8_decision_agreement']:.1%} of {int(checks['n'])} decisions agree; default graph {chosen}")
-        publish(StagedArtifact(tmp, out_dir, meta))
+            f"{checks['int8_decision_agreement']:.1%} of {int(checks['n'])} decisions agree; default graph {meta.default_graph}")
+        publish(staged)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(staged)
         raise
     say(f"model directory: {out_dir}")
     return PolicyBuild(out_dir, meta, policy)

@@ -82,7 +82,7 @@ class Policy:
         return RoutingRules(**{**self.rules, **({"strong_tags": frozenset(tags)} if tags is not None else {})})
 
 
-def _unknown(d: Mapping[str, Any], allowed: tuple[str, ...], file: Path | str, prefix: str) -> None:
+def _unknown(d: Mapping[str, Any], allowed: tuple[str, ...], file: Path | str, *, prefix: str) -> None:
     for k in d:
         if k not in allowed:
             raise PolicyError(f"unknown key (expected one of {', '.join(allowed)})", file=file, field=f"{prefix}{k}")
@@ -109,7 +109,7 @@ def _route(raw: Any, i: int, file: Path | str) -> Route:
     at = f"routes[{i}]"
     if not isinstance(raw, Mapping):
         raise PolicyError(f"expected a mapping with name, tier, examples; got {type(raw).__name__}", file=file, field=at)
-    _unknown(raw, ROUTE_KEYS, file, f"{at}.")
+    _unknown(raw, ROUTE_KEYS, file, prefix=f"{at}.")
     for k in ("name", "tier", "examples"):
         if k not in raw:
             raise PolicyError("missing", file=file, field=f"{at}.{k}")
@@ -141,7 +141,7 @@ def _route(raw: Any, i: int, file: Path | str) -> Route:
 def _rules(raw: Any, file: Path | str) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise PolicyError(f"expected a mapping, got {type(raw).__name__}", file=file, field="rules")
-    _unknown(raw, RULE_KEYS, file, "rules.")
+    _unknown(raw, RULE_KEYS, file, prefix="rules.")
     out: dict[str, Any] = {}
     if "image_to_strong" in raw:
         if not isinstance(raw["image_to_strong"], bool):
@@ -164,7 +164,7 @@ def parse_policy(raw: Any, file: Path | str = "policy.yaml") -> Policy:
     """Validate a policy's parsed YAML; raise PolicyError naming the field."""
     if not isinstance(raw, Mapping):
         raise PolicyError(f"expected a mapping at the top level, got {type(raw).__name__}", file=file)
-    _unknown(raw, TOP_KEYS, file, "")
+    _unknown(raw, TOP_KEYS, file, prefix="")
     for k in ("cheap_model", "strong_model", "routes"):
         if k not in raw:
             raise PolicyError("missing", file=file, field=k)
@@ -189,7 +189,7 @@ def parse_policy(raw: Any, file: Path | str = "policy.yaml") -> Policy:
     sc = raw.get("scoring", {}) or {}
     if not isinstance(sc, Mapping):
         raise PolicyError(f"expected a mapping, got {type(sc).__name__}", file=file, field="scoring")
-    _unknown(sc, SCORING_KEYS, file, "scoring.")
+    _unknown(sc, SCORING_KEYS, file, prefix="scoring.")
     d = Scoring()
     scoring = Scoring(
         sharpness=_number(sc.get("sharpness", d.sharpness), file, "scoring.sharpness", positive=True),

@@ -129,7 +129,7 @@ def head_onnx(m: PolicyMatrix, scoring: Scoring, ir_version: int) -> onnx.ModelP
     return model
 
 
-def head_parity(head: onnx.ModelProto, m: PolicyMatrix, scoring: Scoring, embeddings: np.ndarray) -> float:
+def head_parity(head: onnx.ModelProto, m: PolicyMatrix, scoring: Scoring, *, embeddings: np.ndarray) -> float:
     """Max abs difference between the ONNX head and the numpy reference."""
     from router_model.onnx_session import make_session
 
