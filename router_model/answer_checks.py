@@ -126,3 +126,41 @@ def failed_check(request: Mapping[str, Any], response: Mapping[str, Any], checks
         if problem:
             return problem
     return None
+
+
+def _responses_format(request: Mapping[str, Any]) -> Any:
+    """The Responses API's `text.format` as chat's `response_format` (`json_schema` keeps its schema)."""
+    text = request.get("text")
+    fmt = text.get("format") if isinstance(text, Mapping) else None
+    if not isinstance(fmt, Mapping) or fmt.get("type") not in ("json_object", "json_schema"):
+        return None
+    return {"type": fmt["type"], "json_schema": {"schema": fmt.get("schema")}}
+
+
+def failed_response_check(request: Mapping[str, Any], response: Mapping[str, Any], checks: Checks) -> str | None:
+    """The Responses API's answer through the same checks: `status: incomplete` for want of output
+    tokens is `length`; the `output_text` parts are the content, `refusal` parts the refusal,
+    `function_call` items the tool calls (any other tool item counts as a call for `empty`)."""
+    incomplete = response.get("status") == "incomplete"
+    details = response.get("incomplete_details")
+    cut = incomplete and (not isinstance(details, Mapping) or details.get("reason") in (None, "max_output_tokens"))
+    texts: list[str] = []
+    refusals: list[str] = []
+    calls: list[Any] = []
+    output = response.get("output")
+    for item in output if isinstance(output, list) else ():
+        kind = item.get("type") if isinstance(item, Mapping) else None
+        if kind == "message":
+            content = item.get("content")
+            for part in content if isinstance(content, list) else ():
+                if isinstance(part, Mapping) and part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                elif isinstance(part, Mapping) and part.get("type") == "refusal":
+                    refusals.append(str(part.get("refusal") or "refusal"))
+        elif kind == "function_call":
+            calls.append({"function": {"arguments": item.get("arguments")}})
+        elif isinstance(kind, str) and kind.endswith("_call"):  # a built-in tool's call (web search, files, ...)
+            calls.append({"function": {"arguments": "{}"}})
+    message = {"content": "".join(texts), "refusal": " ".join(refusals) or None, "tool_calls": calls}
+    choice = {"message": message, "finish_reason": "length" if cut else "stop"}
+    return _choice_problem(choice, _responses_format(request), checks)

@@ -34,7 +34,7 @@ _CURRENCY = "USD"
 _UNIT = "per 1M tokens"
 _TOP_KEYS = frozenset({"version", "as_of", "source", "currency", "unit", "notes", "models", "aliases"})
 _PROVENANCE_KEYS = frozenset({"as_of", "source"})  # per-model date and source of a price (strings, not used in arithmetic)
-_MODEL_KEYS = frozenset({"input", "output", "cached_input", "context_window"}) | _PROVENANCE_KEYS
+_MODEL_KEYS = frozenset({"input", "output", "cached_input", "cache_write_input", "context_window"}) | _PROVENANCE_KEYS
 _SUPPORTED_VERSION = 1
 
 
@@ -77,12 +77,14 @@ def _context_problem(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class ModelPrice:
-    """One model's list prices in USD per 1M tokens; `cached_input` bills prompt-cache hits."""
+    """One model's list prices in USD per 1M tokens; `cached_input` bills prompt-cache hits,
+    `cache_write_input` prompt-cache writes (Anthropic's `cache_creation_input_tokens`; None: `input`)."""
 
     input: float
     output: float
     cached_input: float
     context_window: int | None = None
+    cache_write_input: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("input", "output", "cached_input"):
@@ -93,6 +95,11 @@ class ModelPrice:
         problem = _context_problem(self.context_window)
         if problem:
             raise ConfigError(f"context_window: {problem}")
+        if self.cache_write_input is not None:
+            problem = _amount_problem(self.cache_write_input)
+            if problem:
+                raise ConfigError(f"cache_write_input: {problem}")
+            object.__setattr__(self, "cache_write_input", float(self.cache_write_input))
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,7 @@ class PriceTable:
                 output=fields["output"],
                 cached_input=fields.get("cached_input", fields["input"]),
                 context_window=fields.get("context_window"),
+                cache_write_input=fields.get("cache_write_input"),
             )
         for alias, target in raw_aliases.items():
             if target not in models:
@@ -350,30 +358,60 @@ def _token_count(value: Any) -> int:
 
 @dataclass(frozen=True)
 class Usage:
-    """Token counts of one answer; `cached_tokens` is the part of `prompt_tokens` billed at the cached price."""
+    """Token counts of one answer; `cached_tokens` is the part of `prompt_tokens` billed at the cached price,
+    `cache_write_tokens` the part written to the prompt cache (Anthropic; billed at the cache-write price)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @classmethod
+    def from_anthropic(cls, usage: Any) -> Usage | None:
+        """Read an Anthropic Messages `usage` object; None when there is none. Its `input_tokens`
+        exclude the cache reads and writes, which are added here to make `prompt_tokens` the whole input."""
+        if not isinstance(usage, Mapping):
+            return None
+        fresh = _token_count(usage.get("input_tokens"))
+        read = _token_count(usage.get("cache_read_input_tokens"))
+        write = _token_count(usage.get("cache_creation_input_tokens"))
+        return cls(fresh + read + write, _token_count(usage.get("output_tokens")), read, write)
 
     @classmethod
     def from_response(cls, usage: Any) -> Usage | None:
-        """Read an OpenAI `usage` object; None when there is none."""
+        """Read an OpenAI chat-completion `usage` object; None when there is none."""
+        return cls._openai(usage, "prompt_tokens", "completion_tokens", "prompt_tokens_details")
+
+    @classmethod
+    def from_responses_usage(cls, usage: Any) -> Usage | None:
+        """Read the Responses API's `usage` (`input_tokens`, `output_tokens`,
+        `input_tokens_details.cached_tokens`); None when there is none."""
+        return cls._openai(usage, "input_tokens", "output_tokens", "input_tokens_details")
+
+    @classmethod
+    def _openai(cls, usage: Any, prompt_key: str, completion_key: str, details_key: str) -> Usage | None:
         if not isinstance(usage, Mapping):
             return None
-        details = usage.get("prompt_tokens_details")
-        prompt = _token_count(usage.get("prompt_tokens"))
+        details = usage.get(details_key)
+        prompt = _token_count(usage.get(prompt_key))
         cached = _token_count(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
-        return cls(prompt, _token_count(usage.get("completion_tokens")), min(cached, prompt))
+        return cls(prompt, _token_count(usage.get(completion_key)), min(cached, prompt))
 
     def to_dict(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens}
+        out = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens}
+        if self.cache_write_tokens:
+            out["cache_write_tokens"] = self.cache_write_tokens
+        return out
 
 
 def usage_cost(prices: PriceTable, model: str, usage: Usage) -> float | None:
-    """USD for `usage` on `model`: uncached input, cached input and output at their prices; None if unpriced."""
+    """USD for `usage` on `model`: uncached input, cached input (cache reads), cache writes and output
+    at their prices (a cache write at `cache_write_input`, else the input price); None if unpriced."""
     if model not in prices:
         return None
     p = prices.price(model)
-    uncached = usage.prompt_tokens - usage.cached_tokens
-    return (uncached * p.input + usage.cached_tokens * p.cached_input + usage.completion_tokens * p.output) / TOKENS_PER_UNIT
+    written = usage.cache_write_tokens
+    uncached = usage.prompt_tokens - usage.cached_tokens - written
+    write_price = p.cache_write_input if p.cache_write_input is not None else p.input
+    return (uncached * p.input + usage.cached_tokens * p.cached_input + written * write_price
+            + usage.completion_tokens * p.output) / TOKENS_PER_UNIT

@@ -3,8 +3,9 @@
 `router-train` logs every model directory as an MLflow run artifact (`model/`) and registers it
 as a version of the registered model; `router-promote` moves aliases (`@champion`, `@previous`)
 between versions. This module is the serving side of that: resolve a URI to a version, download
-the version's model directory into a local cache keyed by version (downloaded beside its final
-place, verified, then renamed in: a cached directory is always whole), and follow an alias.
+the version's model directory into a local cache keyed by the store and the version's source
+(downloaded beside its final place, verified, then renamed in: a cached directory is always
+whole, and is the artifact the version is registered as), and follow an alias.
 
 MLflow is optional here: with the `[train]` extra installed its client is used (imported lazily,
 inside the functions that need it), which reads any store, the embedded sqlite one included.
@@ -15,6 +16,7 @@ inference-only install can follow an MLflow server. A plain `--model-dir` never 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -35,15 +37,18 @@ from router_model.errors import ArtifactError, ConfigError, RouterError
 from router_model.settings import cache_root
 
 __all__ = [
+    "ARTIFACT_VERSION_TAG",
     "DEFAULT_TRACKING_URI",
     "AliasFollower",
     "ModelUri",
     "RegistryClient",
     "RegistryError",
     "RegistryVersion",
+    "cache_key",
     "default_registry_cache",
     "fetch_version",
     "open_registry",
+    "registry_identity",
     "tracking_uri",
     "verify_directory",
 ]
@@ -54,6 +59,9 @@ MODEL_URI_PREFIX = "models:/"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 # The same default as router-train's tracking (training/tracking.py imports it from here).
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# The tag of a registered version naming its directory's artifact_version (set by router-train,
+# training/tracking.py version_tags; checked against what is downloaded, fetch_version).
+ARTIFACT_VERSION_TAG = "artifact_version"
 REST_TIMEOUT_SECONDS = 30.0
 _NAME = re.compile(r"^[^/@]+$")
 
@@ -116,7 +124,12 @@ class RegistryVersion:
 
 
 class RegistryClient(Protocol):
-    """What serving needs from a registry: resolve a URI, download a version's files."""
+    """What serving needs from a registry: resolve a URI, download a version's files.
+
+    `uri` is the tracking URI the client reads: with the version's source it keys the local cache.
+    """
+
+    uri: str
 
     def resolve(self, uri: ModelUri) -> RegistryVersion: ...
 
@@ -265,16 +278,68 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
 
 
+def registry_identity(uri: str) -> str:
+    """The store a tracking URI names, spelled one way: a sqlite or file store by its absolute path
+    (resolved against the working directory, as MLflow opens it), a server by its lower-cased scheme
+    and host, port and path without credentials, query or trailing slash. Two spellings of one store
+    get the same identity; two stores never do."""
+    text = uri.strip()
+    parts = urllib.parse.urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme.startswith("sqlite"):
+        path = text.split(":///", 1)[1] if ":///" in text else parts.path
+        path = path.split("?", 1)[0]
+        return f"{scheme}:///{Path(path).expanduser().resolve()}" if path and path != ":memory:" else text
+    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):  # a plain path, or file:// (a file store)
+        path = urllib.parse.unquote(parts.path) if scheme == "file" else text
+        return f"file://{Path(path).expanduser().resolve()}"
+    if parts.hostname is None:  # databricks, databricks://profile, ...: only the spelling identifies it
+        return text.rstrip("/")
+    host = parts.hostname.lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    port = f":{parts.port}" if parts.port is not None and parts.port != default else ""
+    return f"{scheme}://{host}{port}{parts.path.rstrip('/')}"
+
+
+def cache_key(registry_uri: str, version: RegistryVersion) -> str:
+    """16 hex digits naming one registered version of one store: sha256 of the store's identity
+    (`registry_identity`), the version's run id and its source (artifact URI). Version numbers
+    repeat across stores (staging and production, a store reset), so they are not a key."""
+    text = json.dumps([registry_identity(registry_uri), version.name, version.version, version.run_id, version.source])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _check_registered_version(path: Path, registry_uri: str, version: RegistryVersion) -> None:
+    """Refuse a directory that is not the artifact the registry says the version is (its tag
+    `artifact_version`, recorded by router-train); a version registered without the tag is
+    identified by its cache key only."""
+    expected = dict(version.tags).get(ARTIFACT_VERSION_TAG)
+    if not expected:
+        return
+    actual = read_metadata(path).artifact_version
+    if actual != expected:
+        raise ArtifactError(
+            f"{version.uri} in {registry_uri} is registered as artifact_version {expected!r}, but its source "
+            f"{version.source} (run {version.run_id or '?'}) holds {actual!r}; refusing to use it",
+            file=METADATA_FILE,
+        )
+
+
 def fetch_version(registry: RegistryClient, version: RegistryVersion, cache: Path | None = None) -> Path:
     """The version's model directory in the local cache, downloaded and verified on first use.
 
-    `<cache>/<name>/<version>/` is written as a temporary sibling, verified, then renamed into
+    `<cache>/<name>/<version>/<key>/`, where `key` (`cache_key`) names the registry's identity and
+    the version's run id and source: the same version number in another store (or in a store
+    reset since) is another directory. It is written as a temporary sibling, verified (every
+    file's sha256, and the artifact_version the version is registered with), then renamed into
     place, so a reader (another server sharing the cache) never sees half a directory. Versions
-    are immutable in the registry, so a cached one is reused as it is (Router.load verifies it).
+    are immutable in the registry, so a cached one is reused (its artifact_version checked again;
+    Router.load verifies its files).
     """
     root = (cache or default_registry_cache()) / _safe(version.name)
-    final = root / _safe(version.version)
+    final = root / _safe(version.version) / cache_key(registry.uri, version)
     if (final / METADATA_FILE).is_file():
+        _check_registered_version(final, registry.uri, version)
         return final
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{_safe(version.version)}.", dir=root))
@@ -287,6 +352,8 @@ def fetch_version(registry: RegistryClient, version: RegistryVersion, cache: Pat
                 raise ArtifactError(f"{version.uri} ({version.source}) holds no router-model directory", file=METADATA_FILE)
             src = inner[0]
         verify_directory(src)
+        _check_registered_version(src, registry.uri, version)
+        final.parent.mkdir(exist_ok=True)  # only now: a refused version leaves nothing under its number
         try:
             src.rename(final)
         except OSError:

@@ -11,6 +11,7 @@ long-context rule), because the LLM will read all of it.
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,14 @@ Request = str | ChatMessages
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
-TEXT_PART_TYPES = frozenset({"text", "input_text"})
+TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
+TOOL_USE_PART_TYPES = frozenset({"tool_use", "server_tool_use"})  # Anthropic: the model calls a tool
+TOOL_RESULT_PART_TYPES = frozenset({"tool_result", "web_search_tool_result"})  # Anthropic: a tool's answer
+# Parts the router does not read but that do not make a request unreadable (reasoning, files, refusals).
+SKIPPED_PART_TYPES = frozenset({"thinking", "redacted_thinking", "document", "input_file", "file", "refusal", "reasoning"})
+# Responses API input items without a role: what role they play in a conversation.
+ITEM_ROLES = {"function_call": "assistant", "function_call_output": "tool", "custom_tool_call": "assistant",
+              "custom_tool_call_output": "tool", "reasoning": "assistant"}
 CONTEXT_CHARS = 1000
 CONTEXT_SEPARATOR = "\n\n[context]\n"
 
@@ -59,30 +67,41 @@ class ParsedRequest:
     has_image: bool
 
 
-def _message_text(message: Mapping[str, Any], index: int) -> tuple[str, bool]:
-    field = f"messages[{index}]"
-    if not isinstance(message, Mapping):
-        raise InvalidRequestError(
-            f"expected an object with 'role' and 'content', got {type(message).__name__}", field=field
-        )
-    role = message.get("role")
-    if role not in ROLES:
-        raise InvalidRequestError(
-            f"unknown role {role!r}; expected one of {sorted(ROLES)}", field=f"{field}.role"
-        )
-    content = message.get("content")
-    if content is None:
-        return "", False
+@dataclass(frozen=True)
+class _Turn:
+    text: str
+    has_image: bool
+    role: str
+    tool_only: bool  # carries only tool results (role `tool`, or a user turn of Anthropic `tool_result` blocks)
+
+
+def _tool_call_text(name: Any, arguments: Any, field: str) -> str:
+    """A tool call as the model wrote it: `name(arguments)` (the arguments' JSON text)."""
+    label = name if isinstance(name, str) else ""
+    if isinstance(arguments, str):
+        args = arguments
+    elif arguments is None:
+        args = ""
+    else:
+        try:
+            args = json.dumps(arguments, ensure_ascii=False)
+        except (TypeError, ValueError):
+            args = ""
+    return _valid_text(f"{label}({args})" if label or args else "", field)
+
+
+def _parts_text(content: Any, field: str) -> tuple[list[str], bool, bool]:
+    """The texts of a content value (a string or a list of parts), whether it has an image, and
+    whether every part is a tool result."""
     if isinstance(content, str):
-        return _valid_text(content, f"{field}.content"), False
+        return [_valid_text(content, field)], False, False
     if not isinstance(content, Sequence) or isinstance(content, (bytes, bytearray)):
-        raise InvalidRequestError(
-            f"expected a string or a list of parts, got {type(content).__name__}", field=f"{field}.content"
-        )
+        raise InvalidRequestError(f"expected a string or a list of parts, got {type(content).__name__}", field=field)
     texts: list[str] = []
     has_image = False
+    results = 0
     for j, part in enumerate(content):
-        pfield = f"{field}.content[{j}]"
+        pfield = f"{field}[{j}]"
         if not isinstance(part, Mapping):
             raise InvalidRequestError(f"expected an object part, got {type(part).__name__}", field=pfield)
         ptype = part.get("type")
@@ -93,11 +112,68 @@ def _message_text(message: Mapping[str, Any], index: int) -> tuple[str, bool]:
             texts.append(_valid_text(text, f"{pfield}.text"))
         elif ptype in IMAGE_PART_TYPES:
             has_image = True
+        elif ptype in TOOL_USE_PART_TYPES:
+            texts.append(_tool_call_text(part.get("name"), part.get("input"), f"{pfield}.input"))
+        elif ptype in TOOL_RESULT_PART_TYPES:
+            results += 1
+            inner = part.get("content")
+            if inner is not None:
+                got, image, _ = _parts_text(inner, f"{pfield}.content")
+                texts.extend(got)
+                has_image = has_image or image
+        elif ptype in SKIPPED_PART_TYPES:
+            continue
         else:
             raise InvalidRequestError(
                 f"unknown part type {ptype!r}; expected 'text' or 'image_url'", field=f"{pfield}.type"
             )
-    return "\n".join(texts), has_image
+    return texts, has_image, bool(content) and results == len(content)
+
+
+def _message_text(message: Mapping[str, Any], index: int) -> _Turn:
+    field = f"messages[{index}]"
+    if not isinstance(message, Mapping):
+        raise InvalidRequestError(
+            f"expected an object with 'role' and 'content', got {type(message).__name__}", field=field
+        )
+    role = message.get("role")
+    item = message.get("type")
+    if role is None and item in ITEM_ROLES:  # a Responses API item: a tool call, its output, reasoning
+        role = ITEM_ROLES[item]
+        if item in ("function_call", "custom_tool_call"):
+            args = message.get("arguments", message.get("input"))
+            return _Turn(_tool_call_text(message.get("name"), args, f"{field}.arguments"), False, role, False)
+        if item == "reasoning":
+            return _Turn("", False, role, False)
+        output = message.get("output")
+        texts, image, _ = _parts_text(output, f"{field}.output") if output is not None else ([], False, False)
+        return _Turn("\n".join(texts), image, role, True)
+    if role not in ROLES:
+        raise InvalidRequestError(
+            f"unknown role {role!r}; expected one of {sorted(ROLES)}", field=f"{field}.role"
+        )
+    content = message.get("content")
+    texts, has_image, all_results = ([], False, False) if content is None else _parts_text(content, f"{field}.content")
+    calls = message.get("tool_calls") if role == "assistant" else None
+    if isinstance(calls, Sequence) and not isinstance(calls, (str, bytes, bytearray)):
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(fn, Mapping):
+                texts.append(_tool_call_text(fn.get("name"), fn.get("arguments"), f"{field}.tool_calls[{j}].function"))
+    tool_only = role == "tool" or (role == "user" and all_results)
+    return _Turn("\n".join(t for t in texts if t), has_image, role, tool_only)
+
+
+def is_tool_result_turn(messages: ChatMessages) -> bool:
+    """True when the request's last message only carries tool results (chat: role `tool`; Anthropic:
+    a user turn of `tool_result` blocks; Responses: `function_call_output` items), so the model that
+    made the tool call should answer it. False for anything unreadable."""
+    if isinstance(messages, (str, bytes, bytearray)) or not isinstance(messages, Sequence) or not messages:
+        return False
+    try:
+        return _message_text(messages[-1], len(messages) - 1).tool_only
+    except InvalidRequestError:
+        return False
 
 
 def parse_request(request: Request) -> ParsedRequest:
@@ -115,10 +191,11 @@ def parse_request(request: Request) -> ParsedRequest:
     messages = cast(ChatMessages, request)  # each item is checked by _message_text
     if len(messages) == 0:
         raise InvalidRequestError("the message list is empty", field="messages")
-    parts = [_message_text(m, i) for i, m in enumerate(messages)]
-    roles = [m["role"] for m in messages]
-    has_image = any(img for _, img in parts)
-    user_idx = [i for i, r in enumerate(roles) if r == "user" and has_text(parts[i][0])]
+    turns = [_message_text(m, i) for i, m in enumerate(messages)]
+    parts = [(t.text, t.has_image) for t in turns]
+    has_image = any(t.has_image for t in turns)
+    # The last user turn that is not only tool results: what the model must answer now.
+    user_idx = [i for i, t in enumerate(turns) if t.role == "user" and not t.tool_only and has_text(t.text)]
     last = user_idx[-1] if user_idx else max(
         (i for i, (t, _) in enumerate(parts) if has_text(t)), default=None
     )

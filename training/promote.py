@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ class PromoteConfig:
     bootstrap: int = 2000
     seed: int = 0
     cache_dir: Path | None = None  # where versions are downloaded (default: the registry cache)
+    prices: Path | None = None  # a price table overriding/extending the packaged one (--prices)
+    price_as: tuple[tuple[str, str], ...] = ()  # (unpriced name, priced model), over each artifact's own mapping
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance) and 0 <= self.tolerance < 1):
@@ -162,10 +165,20 @@ def _goal_holds(kind: str, value: float, res: M.RoutingResult, *, tolerance: flo
     return False
 
 
-def score_model(model_dir: Path, eval_log: Path, version: str, *, tolerance: float):
-    """(ModelScore, the per-row arrays) of one model directory on the eval log."""
-    sc = score_log(model_dir, [eval_log])
+def score_model(model_dir: Path, eval_log: Path, version: str, *, tolerance: float, prices: Path | None = None,
+                price_as: Mapping[str, str] | None = None):
+    """(ModelScore, the per-row arrays) of one model directory on the eval log.
+
+    Costs use the price table (`prices` over the packaged one) and the mapping the router was trained
+    with (`price_as` in its metadata), `price_as` here taking precedence. A router trained on another
+    pair than the log's is refused (PromotionUsageError): its figures would be another pair's.
+    """
+    sc = score_log(model_dir, [eval_log], prices=prices, price_as=price_as)
     meta = read_metadata(model_dir)
+    if (meta.cheap_model, meta.strong_model) != (sc.cheap_model, sc.strong_model):
+        raise PromotionUsageError(
+            f"v{version} routes {meta.cheap_model} / {meta.strong_model} but the eval log {eval_log} has outcomes for "
+            f"{sc.cheap_model} / {sc.strong_model}: score it on a log of its own pair")
     res = M.evaluate_routing(sc.p < sc.threshold, sc.cheap_passed, sc.strong_passed, cost_cheap=sc.cost_cheap,
                              cost_strong=sc.cost_strong)
     scores = M.routing_scores(1.0 - sc.p, sc.cheap_passed, sc.strong_passed)
@@ -279,7 +292,13 @@ def _alias_version(reg: MlflowRegistry, name: str, alias: str) -> RegistryVersio
         mv = reg.client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    return RegistryVersion(mv.name, str(mv.version), mv.source or "", mv.run_id or "", alias)
+    return _registry_version(mv, alias)
+
+
+def _registry_version(mv: Any, alias: str | None = None) -> RegistryVersion:
+    """With the version's tags: fetch_version checks the download against its `artifact_version` tag."""
+    tags = tuple(sorted((str(k), str(v)) for k, v in dict(mv.tags or {}).items()))
+    return RegistryVersion(mv.name, str(mv.version), mv.source or "", mv.run_id or "", alias, tags)
 
 
 def _candidate_version(reg: MlflowRegistry, name: str, candidate: str) -> RegistryVersion:
@@ -299,7 +318,7 @@ def _candidate_version(reg: MlflowRegistry, name: str, candidate: str) -> Regist
             mv = reg.client.get_model_version(name, candidate)
         except MlflowException:
             raise PromotionUsageError(f"{name!r} has no version {candidate} in {reg.uri}") from None
-    return RegistryVersion(mv.name, str(mv.version), mv.source or "", mv.run_id or "")
+    return _registry_version(mv)
 
 
 def _log_run(config: PromoteConfig, result: PromotionResult, params: dict[str, Any]) -> str | None:
@@ -328,6 +347,11 @@ def _log_run(config: PromoteConfig, result: PromotionResult, params: dict[str, A
         return str(run.info.run_id)
 
 
+def _pair(model_dir: Path) -> tuple[str, str]:
+    meta = read_metadata(model_dir)
+    return meta.cheap_model, meta.strong_model
+
+
 def promote(config: PromoteConfig) -> PromotionResult:
     """Score, gate and (maybe) move the alias; raises PromotionUsageError (or ConfigError) on bad input."""
     if config.eval_log is None:
@@ -351,19 +375,25 @@ def promote(config: PromoteConfig) -> PromotionResult:
         reasons.append(f"eval log changed: @{alias} was promoted on {frozen_name} (sha256 {frozen[:16]}...), this file "
                        f"has sha256 {sha[:16]}...; compare on the frozen file (or --force to re-freeze on this one)")
 
+    cand_dir = fetch_version(reg, cand_v, config.cache_dir)
+    champ_dir = fetch_version(reg, champ_v, config.cache_dir) if champ_v is not None else None
+    cand_pair = _pair(cand_dir)
+    if champ_dir is not None and _pair(champ_dir) != cand_pair:
+        champ_pair = _pair(champ_dir)
+        raise PromotionUsageError(
+            f"the candidate v{cand_v.version} routes {cand_pair[0]} / {cand_pair[1]} but @{alias} "
+            f"(v{champ_v.version if champ_v else '?'}) routes {champ_pair[0]} / {champ_pair[1]}: not comparable; "
+            "register it under another name (--registered-model) or retrain it on the champion's pair")
+    price_as = dict(config.price_as)
     try:
-        cand_dir = fetch_version(reg, cand_v, config.cache_dir)
-        cand, cand_sc = score_model(cand_dir, eval_log, cand_v.version, tolerance=config.tolerance)
+        cand, cand_sc = score_model(cand_dir, eval_log, cand_v.version, tolerance=config.tolerance,
+                                    prices=config.prices, price_as=price_as)
         champ = champ_sc = None
-        if champ_v is not None:
-            champ_dir = fetch_version(reg, champ_v, config.cache_dir)
-            champ, champ_sc = score_model(champ_dir, eval_log, champ_v.version, tolerance=config.tolerance)
+        if champ_dir is not None and champ_v is not None:
+            champ, champ_sc = score_model(champ_dir, eval_log, champ_v.version, tolerance=config.tolerance,
+                                          prices=config.prices, price_as=price_as)
     except LogFormatError as e:
         raise PromotionUsageError(f"the eval log cannot be read: {e}") from None
-    if champ_sc is not None and (champ_sc.cheap_model, champ_sc.strong_model) != (cand_sc.cheap_model, cand_sc.strong_model):
-        raise PromotionUsageError(
-            f"the candidate routes {cand_sc.cheap_model} / {cand_sc.strong_model} but @{alias} routes "
-            f"{champ_sc.cheap_model} / {champ_sc.strong_model}: not comparable")
     result.candidate, result.champion = cand, champ
 
     for m in (cand, champ):
@@ -405,7 +435,8 @@ def promote(config: PromoteConfig) -> PromotionResult:
     params = {"registered_model": name, "alias": alias, "candidate": cand_v.version,
               "champion": champ_v.version if champ_v else "", "eval_log": str(eval_log), "eval_log_sha256": sha,
               "eval_rows": len(cand_sc.p), "tolerance": config.tolerance, "force": config.force,
-              "bootstrap": config.bootstrap, "seed": config.seed}
+              "bootstrap": config.bootstrap, "seed": config.seed, "prices": config.prices or "",
+              "price_as": ",".join(f"{k}={v}" for k, v in config.price_as)}
     result.run_id = _log_run(config, result, params)
     return result
 

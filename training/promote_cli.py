@@ -1,7 +1,8 @@
 """`router-promote`: gate a registered router version and move the serving alias to it, or back.
 
 Exit status: 0 promoted (or rolled back), 3 refused (the reasons are printed), 2 usage or data
-error (no such model or version, an unreadable eval log, ...).
+error (no such model or version, an unreadable eval log, a candidate trained on another model
+pair than the champion or the eval log, a model no price covers: --prices / --price-as, ...).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from router_model.cli_args import setup_logging
+from router_model.cli_args import add_price_options, setup_logging
 from router_model.errors import RouterError
 from training.promote import EXIT_USAGE, PROMOTION_EXPERIMENT, PromoteConfig, promote, rollback
 
@@ -25,6 +26,7 @@ must share no prompt with either model's training rows. The old holder is kept a
 Examples:
   router-promote --candidate latest --eval-log eval.jsonl
   router-promote --candidate 7 --eval-log eval.jsonl --tolerance 0.02
+  router-promote --eval-log eval.jsonl --price-as my-ft=gpt-4o-mini   # a model without a list price
   router-promote --rollback
 """
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="where versions are downloaded (default: $ROUTER_CACHE_DIR/registry or ~/.cache/router-model/registry)")
+    add_price_options(p, price_as_default="over the mapping each router was trained with (its metadata's price_as)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object instead of the table")
     return p
 
@@ -63,14 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        if args.rollback and (args.eval_log is not None or args.force or args.candidate != "latest"):
-            raise RouterError("--rollback takes no --candidate, --eval-log or --force")
+        if args.rollback and (args.eval_log is not None or args.force or args.candidate != "latest"
+                              or args.prices is not None or args.price_as):
+            raise RouterError("--rollback takes no --candidate, --eval-log, --force, --prices or --price-as")
         if not args.rollback and args.eval_log is None:
             raise RouterError("--eval-log FILE is required (or --rollback)")
         config = PromoteConfig(eval_log=args.eval_log, candidate=str(args.candidate), alias=args.alias,
                                tolerance=args.tolerance, force=args.force, registered_model=args.registered_model,
                                tracking_uri=args.tracking_uri, experiment=args.experiment, bootstrap=args.bootstrap,
-                               seed=args.seed, cache_dir=args.cache_dir)
+                               seed=args.seed, cache_dir=args.cache_dir,
+                               prices=Path(args.prices) if args.prices is not None else None,
+                               price_as=tuple(args.price_as))
         result = rollback(config) if args.rollback else promote(config)
     except (RouterError, ValueError, OSError) as e:
         print(f"router-promote: error: {e}", file=sys.stderr)

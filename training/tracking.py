@@ -16,7 +16,7 @@ from typing import Any
 
 from router_model.artifact import ArtifactMetadata, GoalRecord
 from router_model.offline.log import LogReadResult
-from router_model.registry import tracking_uri
+from router_model.registry import ARTIFACT_VERSION_TAG, tracking_uri
 from training.head import FittedHead
 from training.threshold import ThresholdChoice
 
@@ -104,27 +104,37 @@ def track_run(target: TrackingTarget, run: RunRecord) -> str:
             mlflow.log_artifact(str(path), artifact_path="analysis")
         run_id = active.info.run_id
         source = f"{active.info.artifact_uri}/model"
-    _register(target, uri, str(run_id), source=source,
-              tags={"artifact_version": meta.artifact_version, "default_graph": meta.default_graph},
-              description=f"cheap={read.cheap_model} strong={read.strong_model} threshold={choice.threshold:.4f}")
+    register_version(uri, target.registered_model, str(run_id), source=source, tags=version_tags(meta),
+                     description=f"cheap={read.cheap_model} strong={read.strong_model} threshold={choice.threshold:.4f}")
     return str(run_id)
 
 
-def _register(target: TrackingTarget, uri: str, run_id: str, *, source: str, tags: dict[str, str], description: str) -> None:
-    """Register the run's model directory as a new version (a convenience: the run itself is tracked)."""
+def version_tags(meta: ArtifactMetadata, **extra: str) -> dict[str, str]:
+    """The tags of a registered version: its artifact_version (which serving and router-promote check the
+    downloaded directory against, router_model.registry.fetch_version) and its default graph."""
+    return {ARTIFACT_VERSION_TAG: meta.artifact_version, "default_graph": meta.default_graph, **extra}
+
+
+def register_version(uri: str, registered_model: str, run_id: str, *, source: str, tags: dict[str, str],
+                     description: str) -> str | None:
+    """Register the run's model directory (`source`, the run's `model/` artifact) as a new version of
+    `registered_model` in the store at `uri`; its version number, or None when registration failed
+    (a convenience: the run itself is tracked)."""
     import mlflow
 
     try:
-        client = mlflow.MlflowClient()
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         try:
-            client.get_registered_model(target.registered_model)
+            client.get_registered_model(registered_model)
         except Exception:  # noqa: BLE001 - MLflow raises its own types for "not found"
-            client.create_registered_model(target.registered_model, description="router-model directories (ONNX + metadata.json)")
-        mv = client.create_model_version(target.registered_model, source=source, run_id=run_id, tags=tags, description=description)
-        print(f"mlflow: run {run_id} in {uri}; registered {target.registered_model} v{mv.version}", flush=True)
+            client.create_registered_model(registered_model, description="router-model directories (ONNX + metadata.json)")
+        mv = client.create_model_version(registered_model, source=source, run_id=run_id, tags=tags, description=description)
+        print(f"mlflow: run {run_id} in {uri}; registered {registered_model} v{mv.version}", flush=True)
+        return str(mv.version)
     except Exception as e:  # noqa: BLE001 - registration is a convenience; the run itself is tracked
         log.warning("could not register the model in MLflow: %s", e)
         print(f"mlflow: run {run_id} in {uri} (not registered: {e})", flush=True)
+        return None
 
 
 def goal_params(goal: GoalRecord) -> dict[str, Any]:
@@ -163,8 +173,7 @@ def track_multi_run(target: TrackingTarget, params: dict[str, Any], metrics: dic
         run_id = str(active.info.run_id)
         source = f"{active.info.artifact_uri}/model"
     assert meta.multi is not None
-    _register(target, target.uri, run_id, source=source,
-              tags={"artifact_version": meta.artifact_version, "default_graph": meta.default_graph,
-                    "models": str(len(meta.multi.models))},
-              description=f"N-model router: {', '.join(meta.multi.models)}; policy {meta.multi.policy}={meta.multi.value:g}")
+    register_version(target.uri, target.registered_model, run_id, source=source,
+                     tags=version_tags(meta, models=str(len(meta.multi.models))),
+                     description=f"N-model router: {', '.join(meta.multi.models)}; policy {meta.multi.policy}={meta.multi.value:g}")
     return run_id

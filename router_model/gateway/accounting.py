@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from router_model.cost import PriceTable, Usage, usage_cost
-from router_model.gateway.call import CHAT_ENDPOINT, Attempt, Call
+from router_model.gateway.call import Attempt, Call
 from router_model.gateway.config import GatewayConfig
 from router_model.gateway.errors import UpstreamInvalidError
 from router_model.gateway.metrics import GatewayMetrics
@@ -63,7 +63,7 @@ class Accounting:
             self.metrics.upstream_errors.labels("invalid_response").inc()
             call.attempts.append(Attempt(model, 502))
             raise UpstreamInvalidError(f"the upstream's answer for model {model!r} is not a JSON object")
-        attempt = Attempt(model, resp.status_code, Usage.from_response(data.get("usage")))
+        attempt = Attempt(model, resp.status_code, call.protocol.usage(data.get("usage")))
         attempt.response_model = data.get("model") if isinstance(data.get("model"), str) else None
         self.record_usage(attempt)
         call.attempts.append(attempt)
@@ -92,8 +92,9 @@ class Accounting:
             return
         call.finished = True
         m = self.metrics
-        m.requests.labels(CHAT_ENDPOINT, str(status)).inc()
-        m.duration.labels(CHAT_ENDPOINT, str(call.stream).lower()).observe(time.perf_counter() - call.started)
+        endpoint = call.protocol.endpoint
+        m.requests.labels(endpoint, str(status)).inc()
+        m.duration.labels(endpoint, str(call.stream).lower()).observe(time.perf_counter() - call.started)
         d, router = call.decision, call.router
         if d is None or router is None:
             return
@@ -114,8 +115,9 @@ class Accounting:
             m.routed_cost.labels(call.mode).inc(cost)
             m.baseline_cost.labels(call.mode).inc(baseline)
             m.add_saving(call.mode, saved)
-        self.plane.log(router, d, request=call.body["messages"], request_id=call.request_id, extra=dict(
+        self.plane.log(router, d, request=call.messages, request_id=call.request_id, extra=dict(
             source="gateway",
+            endpoint=endpoint,
             mode=call.mode,
             requested_model=call.requested,
             served_model=call.served,
@@ -131,4 +133,5 @@ class Accounting:
             baseline_cost_usd=baseline,
             saved_usd=saved,
             saved_is_estimate=call.mode != "route",
+            fresh_model=call.fresh_model,  # affinity kept another model than a fresh decision's (reason affinity:*)
         ))

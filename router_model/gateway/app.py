@@ -26,6 +26,8 @@ from router_model.batching import Batcher
 from router_model.cli_args import quiet_http_client_logs
 from router_model.cost import PriceTable
 from router_model.gateway.accounting import Accounting
+from router_model.gateway.affinity import Affinity
+from router_model.gateway.anthropic import Messages
 from router_model.gateway.call import request_tags  # noqa: F401 - re-exported: the gateway's tag rule
 from router_model.gateway.chat import ChatCompletions
 from router_model.gateway.config import GatewayConfig
@@ -33,6 +35,9 @@ from router_model.gateway.deciding import Decider
 from router_model.gateway.endpoints import InfoEndpoints
 from router_model.gateway.errors import error_body
 from router_model.gateway.metrics import GatewayMetrics
+from router_model.gateway.passthrough import METHODS as PASSTHROUGH_METHODS
+from router_model.gateway.passthrough import PassThrough
+from router_model.gateway.responses import Responses
 from router_model.gateway.upstream import UpstreamSender
 from router_model.labelling.shadow import ShadowGrader
 from router_model.labelling.upstream import ChatCaller, RetryPolicy
@@ -55,9 +60,15 @@ class Gateway:
         self.accounting = Accounting(config, self.metrics, self.plane, self.prices)
         self.sender = UpstreamSender(config, self.metrics, client=lambda: self.client, label=self.accounting.label)
         self.shadow = self._make_shadow() if config.shadow is not None else None
-        self.decider = Decider(config, self.plane, label=self.accounting.label)
+        self.affinity = Affinity(config, self.metrics)  # conversations keep their model (every routed protocol)
+        self.decider = Decider(config, self.plane, label=self.accounting.label, affinity=self.affinity)
         self.chat = ChatCompletions(config, self.metrics, decider=self.decider, sender=self.sender,
                                     accounting=self.accounting, shadow=self.shadow)
+        self.responses = Responses(config, self.metrics, decider=self.decider, sender=self.sender,
+                                   accounting=self.accounting, shadow=self.shadow)
+        self.passthrough = PassThrough(config, self.metrics, sender=self.sender)
+        self.messages = Messages(config, self.metrics, decider=self.decider, sender=self.sender,
+                                 accounting=self.accounting, shadow=self.shadow)
         self.info = InfoEndpoints(config, self.metrics, holder=self.plane.holder, sender=self.sender)
 
     @property
@@ -136,10 +147,15 @@ def create_app(config: GatewayConfig, *, router: Router | None = None, prices: P
         Route("/v1/chat/completions", gw.chat.handle, methods=["POST"]),
         Route("/chat/completions", gw.chat.handle, methods=["POST"]),
         Route("/v1/models", gw.info.models, methods=["GET"]),
+        Route("/v1/messages", gw.messages.handle, methods=["POST"]),  # Anthropic Messages API
         Route("/healthz", gw.info.healthz, methods=["GET"]),
         Route("/readyz", gw.info.readyz, methods=["GET"]),
         Route("/metrics", gw.info.metrics_endpoint, methods=["GET"]),
+        Route("/v1/responses", gw.responses.handle, methods=["POST"]),
+        Route("/responses", gw.responses.handle, methods=["POST"]),
     ]
+    # Last, so that every route above wins: any other method and path under /v1 passes through.
+    routes.append(Route("/v1/{path:path}", gw.passthrough.handle, methods=PASSTHROUGH_METHODS))
     app = Starlette(
         routes=routes,
         lifespan=gw.lifespan,

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from router_model.answer_checks import Checks, failed_check
 from router_model.cost import Usage
 from router_model.decision import RoutingDecision
 from router_model.gateway.errors import BadRequestError, BodyTooLargeError, InvalidJSONError
@@ -22,6 +24,75 @@ REASON_PASSTHROUGH = "passthrough"
 REASON_UNROUTABLE = "unroutable"
 REASON_NO_ROUTER = "no-router"
 CHAT_ENDPOINT = "chat_completions"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What one routed API (chat completions, Responses) does its own way; the flow is shared (routed.py)."""
+
+    endpoint: str  # the metrics' `endpoint` label and the decision log's `endpoint`
+    path: str  # the upstream path under its base_url
+    parse: Callable[[bytes], dict[str, Any]]  # the body, checked (a 400 naming the field)
+    messages: Callable[[Mapping[str, Any]], Any]  # the body as the router's request (chat messages)
+    usage: Callable[[Any], Usage | None]  # an answer's `usage` block
+    stream_usage: Callable[[Mapping[str, Any]], tuple[Usage | None, str | None]]  # one SSE event: (usage, model)
+    check: Callable[[Mapping[str, Any], Mapping[str, Any], Checks], str | None]  # the failed escalation check
+    shadow: bool = True  # shadow grading (chat-completion calls to the other model and the judge)
+    # Affinity (affinity.py): an answer -> its assistant turn when it made tool calls (None: it made none),
+    # and for streams a reader that rebuilds the answer from its SSE events (see `chat_turn`).
+    turn: Callable[[Mapping[str, Any]], list[Any] | None] | None = None
+    stream_answer: Callable[[], StreamAnswer] | None = None
+    provider: str = "openai"  # "anthropic": the `anthropic` upstream, its key sent as x-api-key
+
+
+class StreamAnswer(typing.Protocol):
+    """Rebuilds a streamed answer (enough of it for `Protocol.turn`) from its SSE events."""
+
+    def feed(self, event: Mapping[str, Any]) -> None: ...
+
+    def answer(self) -> Mapping[str, Any] | None: ...
+
+
+def chat_turn(answer: Mapping[str, Any]) -> list[Any] | None:
+    """A chat completion's assistant message when it made tool calls."""
+    choices = answer.get("choices")
+    message = choices[0].get("message") if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else None
+    if isinstance(message, Mapping) and message.get("tool_calls"):
+        return [message]
+    return None
+
+
+class ChatStreamAnswer:
+    """A streamed chat completion's text and tool-call ids, as the message `chat_turn` reads."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        choices = event.get("choices")
+        delta = choices[0].get("delta") if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else None
+        if not isinstance(delta, Mapping):
+            return
+        if isinstance(delta.get("content"), str):
+            self._text.append(delta["content"])
+        for call in delta.get("tool_calls") or ():
+            if isinstance(call, Mapping):
+                index = call.get("index")
+                got = self._calls.setdefault(index if isinstance(index, int) else len(self._calls), {})
+                if isinstance(call.get("id"), str):
+                    got["id"] = call["id"]
+
+    def answer(self) -> Mapping[str, Any] | None:
+        message = {"role": "assistant", "content": "".join(self._text) or None,
+                   "tool_calls": [self._calls[i] for i in sorted(self._calls)]}
+        return {"choices": [{"message": message}]}
+
+
+def chat_stream_usage(event: Mapping[str, Any]) -> tuple[Usage | None, str | None]:
+    """A chat-completion chunk's `usage` and `model`."""
+    model = event.get("model")
+    return Usage.from_response(event.get("usage")), model if isinstance(model, str) else None
 
 
 @dataclass
@@ -55,6 +126,9 @@ class Call:
     final: Attempt | None = None
     finished: bool = False
     pending: asyncio.Task[None] | None = None  # observe mode: the decision, computed while the upstream answers
+    protocol: Protocol = field(default_factory=lambda: CHAT)
+    messages: Any = None  # the router's request form of the body, set when it is decided
+    fresh_model: str | None = None  # the fresh decision's model when affinity kept another (gateway/affinity.py)
 
     def payload(self, model: str) -> bytes:
         """The body for `model`: the client's bytes when unchanged, else the same JSON with `model` replaced."""
@@ -114,8 +188,9 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a chat-completion object; a 400 naming the field when it is not one."""
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object with a non-empty `model` and a boolean `stream` (if any);
+    a 400 naming the field when it is not one (every routed API's common part)."""
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -129,12 +204,24 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequestError("'model' must be a non-empty string", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequestError("'messages' must be a non-empty array", param="messages")
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise BadRequestError("'stream' must be a boolean", param="stream")
     return body
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a chat-completion object; a 400 naming the field when it is not one."""
+    body = parse_json_body(raw)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError("'messages' must be a non-empty array", param="messages")
+    return body
+
+
+CHAT: Protocol = Protocol(
+    CHAT_ENDPOINT, "/chat/completions", parse_body, lambda body: body["messages"], Usage.from_response,
+    chat_stream_usage, failed_check, turn=chat_turn, stream_answer=ChatStreamAnswer,
+)
 
 
 def request_tags(headers: Mapping[str, str], body: Mapping[str, Any]) -> list[str] | None:

@@ -26,6 +26,7 @@ from router_model.serving.config import ServingConfig
 from router_model.settings import GRAPHS
 
 MODES = ("observe", "route")
+AFFINITY_MODES = ("session", "tool-loop", "off")
 
 _UPSTREAM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -57,6 +58,13 @@ CONFIG_SCHEMA: dict[str, Any] = {
             },
         },
         "fallback_to_strong": {"type": "boolean"},
+        # Anthropic Messages API (POST /v1/messages): the default Anthropic-compatible upstream.
+        "anthropic": _UPSTREAM_SCHEMA,
+        # Conversations keep their model (router_model/gateway/affinity.py; docs/gateway.md).
+        "affinity": {"enum": list(AFFINITY_MODES)},
+        "affinity_ttl_seconds": {"type": "number", "exclusiveMinimum": 0},
+        "affinity_max_entries": {"type": "integer", "minimum": 1},
+        "affinity_session_field": {"type": "string", "minLength": 1},
         "decision_log": {"type": "string", "minLength": 1},
         "log_prompts": {"type": "boolean"},
         "watch_interval": {"type": "number", "exclusiveMinimum": 0},
@@ -162,11 +170,24 @@ class GatewayConfig(ServingConfig):
     port: int = 8080
     grace_seconds: float = 30.0
     shadow: ShadowConfig | None = None  # shadow grading: off unless configured (docs/labelling.md)
+    anthropic: Upstream | None = None  # POST /v1/messages: the default Anthropic-compatible upstream
+    affinity: str = "tool-loop"  # "session" | "tool-loop" | "off" (router_model/gateway/affinity.py)
+    affinity_ttl_seconds: float = 3600.0
+    affinity_max_entries: int = 100_000
+    affinity_session_field: str = "user,metadata.user_id"  # body fields (dotted, comma-separated) after x-router-session
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mode not in MODES:
             raise GatewayConfigError(f"expected one of {list(MODES)}, got {self.mode!r}", key="mode")
+        if self.affinity not in AFFINITY_MODES:
+            raise GatewayConfigError(f"expected one of {list(AFFINITY_MODES)}, got {self.affinity!r}", key="affinity")
+        ttl = self.affinity_ttl_seconds
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
+            raise GatewayConfigError(f"expected a positive number of seconds, got {ttl!r}", key="affinity_ttl_seconds")
+        cap = self.affinity_max_entries
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise GatewayConfigError(f"expected a positive whole number, got {cap!r}", key="affinity_max_entries")
         if self.prices is not None:
             object.__setattr__(self, "prices", Path(self.prices))
         for name in ("max_body_bytes", "max_response_bytes"):
@@ -179,7 +200,8 @@ class GatewayConfig(ServingConfig):
         for name, cands in self.routes.items():
             if not cands:
                 raise GatewayConfigError("needs at least one candidate model", key=f"routes.{name}")
-        for key, up in (("upstream", self.upstream), *((f"models.{m}", u) for m, u in self.models.items())):
+        extra = (("anthropic", self.anthropic),) if self.anthropic is not None else ()
+        for key, up in (("upstream", self.upstream), *extra, *((f"models.{m}", u) for m, u in self.models.items())):
             if up.api_key_env and up.api_key_env not in os.environ:
                 raise GatewayConfigError(
                     f"names the environment variable {up.api_key_env!r}, which is not set", key=f"{key}.api_key_env"
@@ -188,6 +210,11 @@ class GatewayConfig(ServingConfig):
     def upstream_for(self, model: str) -> Upstream:
         """The upstream serving `model`: its own entry under `models`, else the default one."""
         return self.models.get(model, self.upstream)
+
+    def anthropic_upstream_for(self, model: str) -> Upstream:
+        """The Anthropic-compatible upstream serving `model` on /v1/messages: its own entry under
+        `models`, else `anthropic`, else the default upstream."""
+        return self.models.get(model) or self.anthropic or self.upstream
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -256,12 +283,15 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> GatewayConf
         kwargs["checks"] = Checks(**checks)
     if "shadow" in data:
         kwargs["shadow"] = shadow_config(data["shadow"])
+    if "anthropic" in data:
+        kwargs["anthropic"] = _upstream(data["anthropic"])
     for key in ("model_dir", "decision_log", "prices"):
         if key in data:
             kwargs[key] = Path(data[key])
     for key in (
         "mode", "fallback_to_strong", "log_prompts", "watch_interval", "graph", "threads", "model_uri", "follow",
         "max_body_bytes", "max_response_bytes", "max_connections", "host", "port", "grace_seconds",
+        "affinity", "affinity_ttl_seconds", "affinity_max_entries", "affinity_session_field",
     ):
         if key in data:
             kwargs[key] = data[key]

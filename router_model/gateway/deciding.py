@@ -8,16 +8,19 @@ forwarded; in observe mode only logged, computed while the upstream answers.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from router_model.errors import InvalidRequestError
-from router_model.gateway.call import REASON_NO_ROUTER, REASON_PASSTHROUGH, REASON_UNROUTABLE, Call, request_tags
+from router_model.gateway.affinity import Affinity
+from router_model.gateway.call import REASON_NO_ROUTER, REASON_PASSTHROUGH, REASON_UNROUTABLE, Call, StreamAnswer, request_tags
 from router_model.gateway.config import GatewayConfig
 from router_model.gateway.errors import RouterNotReadyError
 from router_model.router import Router
@@ -29,9 +32,11 @@ log = logging.getLogger("router_model.gateway")
 class Decider:
     """Resolves a call's target and decides it through the plane, off the event loop."""
 
-    def __init__(self, config: GatewayConfig, plane: DataPlane, *, label: Callable[[str], str]) -> None:
+    def __init__(self, config: GatewayConfig, plane: DataPlane, *, label: Callable[[str], str],
+                 affinity: Affinity | None = None) -> None:
         self.config = config
         self.plane = plane
+        self.affinity = affinity if affinity is not None else Affinity(config)  # conversations keep their model
         self._label = label
         self._aliases = frozenset(a.lower() for a in config.aliases)
         self._routes = {k.lower(): v for k, v in config.routes.items()}  # routable name -> candidates (N-model)
@@ -75,11 +80,11 @@ class Decider:
         """Set the call's decision, and in route mode its target; fail open on an unreadable request."""
         unrouted = call.target
         tags = request_tags(call.in_headers, call.body)
-        messages = call.body["messages"]
         plane = self.plane
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self._slots)
         try:
+            messages = call.messages = call.protocol.messages(call.body)
             cands = plane.candidates(router, self._routes.get(call.requested.strip().lower()))
             if plane.batcher is not None:  # tokenise in a thread, then share a graph run with concurrent calls
                 started = time.perf_counter()
@@ -99,7 +104,31 @@ class Decider:
             call.target = unrouted
             plane.metrics.count_unrouted(self._label(unrouted), REASON_UNROUTABLE, call.mode)
             return
+        decision = self.affinity.apply(call, router, decision, messages)  # a tool loop / session keeps its model
         call.decision = decision
         call.reason = decision.reason
         plane.count(router, [decision], mode=call.mode)
         call.target = decision.model if call.mode == "route" else unrouted
+
+    def _remembers(self, call: Call) -> bool:
+        return self.affinity.enabled and call.protocol.turn is not None and call.decision is not None and call.messages is not None
+
+    def stream_reader(self, call: Call) -> StreamAnswer | None:
+        """For a decided streamed call whose tool calls affinity remembers: the reader of its answer."""
+        factory = call.protocol.stream_answer
+        return factory() if factory is not None and self._remembers(call) else None
+
+    def answered(self, call: Call, answer: Mapping[str, Any] | bytes | None) -> None:
+        """A decided call's answer is complete: remember the model that made its tool calls, if any
+        (`answer`: the JSON answer, its bytes, or a stream reader's rebuilt answer)."""
+        turn = call.protocol.turn
+        if answer is None or turn is None or not self._remembers(call):
+            return
+        if isinstance(answer, bytes):
+            try:
+                answer = json.loads(answer)
+            except (ValueError, RecursionError):
+                return
+            if not isinstance(answer, Mapping):
+                return
+        self.affinity.after_answer(call, turn(answer), call.messages)

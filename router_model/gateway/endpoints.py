@@ -10,7 +10,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 
-from router_model.gateway.chat import error_response
 from router_model.gateway.config import GatewayConfig, Upstream
 from router_model.gateway.errors import (
     GatewayError,
@@ -22,6 +21,7 @@ from router_model.gateway.errors import (
     UpstreamTooLargeError,
 )
 from router_model.gateway.metrics import GatewayMetrics
+from router_model.gateway.routed import error_response
 from router_model.gateway.upstream import UpstreamSender, client_error, read_capped, response_headers
 from router_model.serving.holder import ModelHolder
 

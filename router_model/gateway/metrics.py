@@ -56,6 +56,12 @@ class GatewayMetrics:
         self.shadow_rows = Counter(f"{PREFIX}_shadow_rows", "Shadow-graded requests: labelled, ungraded, failed", ["result"], registry=r)
         self.shadow_cost = Counter(f"{PREFIX}_shadow_cost_usd", "Dollars shadow grading spent (the other answer, the judge calls)", registry=r)
         self.shadow_queue = Gauge(f"{PREFIX}_shadow_queue_depth", "Jobs waiting for a shadow-grading worker", registry=r)
+        # Conversations keep their model (router_model/gateway/affinity.py): kind is tool-loop or session.
+        self.affinity_hits = Counter(f"{PREFIX}_affinity_hits", "Affinity look-ups that found a model", ["kind"], registry=r)
+        self.affinity_misses = Counter(f"{PREFIX}_affinity_misses", "Affinity look-ups that found none", ["kind"], registry=r)
+        self.affinity_evictions = Counter(
+            f"{PREFIX}_affinity_evictions", "Affinity entries dropped: capacity (LRU) or expired (TTL)", ["reason"], registry=r
+        )
         self.serving = ServingMetrics(r, GATEWAY_NAMES)
         self._saved = {"route": 0.0, "observe": 0.0}
         self._lock = threading.Lock()

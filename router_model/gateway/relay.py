@@ -1,10 +1,12 @@
-"""Relaying an upstream's server-sent events to the client, byte for byte, and reading usage on the way."""
+"""Relaying an upstream's body (server-sent events, or any bytes) to the client as it comes, reading usage on the way."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
 import httpx
@@ -12,35 +14,54 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from router_model.cost import Usage
+from router_model.gateway.call import chat_stream_usage
 
 log = logging.getLogger("router_model.gateway")
 
 
-class UsageScanner:
-    """Finds `usage` (and the answer's `model`) in SSE bytes as they pass, without changing them."""
+# One SSE event's JSON -> (its usage, its model), either None (a protocol's `stream_usage`).
+EventReader = Callable[[Mapping[str, Any]], tuple[Usage | None, str | None]]
 
-    def __init__(self) -> None:
+
+class UsageScanner:
+    """Finds `usage` (and the answer's `model`) in SSE bytes as they pass, without changing them.
+
+    `read` takes them out of one event: a chat chunk's own (default), or e.g. the Responses API's
+    `response.completed` event's `response.usage`; None scans nothing.
+    """
+
+    def __init__(self, read: EventReader | None = chat_stream_usage, *,
+                 on_event: Callable[[Mapping[str, Any]], None] | None = None) -> None:
         self._buf = b""
+        self._read = read
+        self._on_event = on_event  # sees every event's JSON (affinity's StreamAnswer); None: only usage is parsed
         self.usage: Usage | None = None
         self.model: str | None = None
 
     def feed(self, chunk: bytes) -> None:
+        if self._read is None:
+            return
         self._buf += chunk
         *lines, self._buf = self._buf.split(b"\n")
         for line in lines:
             if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
-            if (self.model is None and b'"model"' in data) or b'"usage"' in data:
+            if self._on_event is not None or (self.model is None and b'"model"' in data) or b'"usage"' in data:
                 try:
                     obj = json.loads(data)
                 except ValueError:
                     continue
                 if isinstance(obj, dict):
-                    if self.model is None and isinstance(obj.get("model"), str):
-                        self.model = obj["model"]
-                    usage = Usage.from_response(obj.get("usage"))
+                    if self._on_event is not None:
+                        self._on_event(obj)
+                    usage, model = self._read(obj)
+                    if self.model is None and model is not None:
+                        self.model = model
                     if usage is not None:
+                        if self.usage is not None and not usage.prompt_tokens and self.usage.prompt_tokens:
+                            # a later event with output tokens only (Anthropic's message_delta): keep the input's
+                            usage = dataclasses.replace(self.usage, completion_tokens=usage.completion_tokens)
                         self.usage = usage
 
 
@@ -58,17 +79,20 @@ class RelayResponse(StreamingResponse):
     `openai` SDK raises APIConnectionError), as it would talking to the upstream directly.
     """
 
-    def __init__(self, upstream: httpx.Response, on_close: OnClose, headers: Mapping[str, str]) -> None:
+    def __init__(self, upstream: httpx.Response, on_close: OnClose, headers: Mapping[str, str], *,
+                 scanner: UsageScanner | None = None, raw: bool = False) -> None:
         self._upstream = upstream
         self._on_close = on_close
-        self._scanner = UsageScanner()
+        self._scanner = scanner if scanner is not None else UsageScanner()
+        self._raw = raw  # the bytes as received, content-encoding and all (pass-through)
         self._completed = False
         self._interrupted = False
         super().__init__(self._relay(), status_code=upstream.status_code, headers=headers)
 
     async def _relay(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._upstream.aiter_bytes():
+            chunks = self._upstream.aiter_raw() if self._raw else self._upstream.aiter_bytes()
+            async for chunk in chunks:
                 self._scanner.feed(chunk)
                 yield chunk
         except httpx.HTTPError as exc:

@@ -34,6 +34,8 @@ HOP_BY_HOP = frozenset(
      "transfer-encoding", "upgrade"}
 )
 _DROP_REQUEST_HEADERS = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "cookie"}
+_DROP_RAW_REQUEST_HEADERS = HOP_BY_HOP | {"host", "cookie"}  # pass-through: the body's length and encoding as sent
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})  # the caller's, replaced by an upstream's own key
 _DROP_RESPONSE_HEADERS = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
 
 
@@ -105,44 +107,55 @@ class UpstreamSender:
         self.metrics = metrics
         self._client = client
         self._label = label
-        self._chat_urls: dict[str, httpx.URL] = {}
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
 
     @property
     def client(self) -> httpx.AsyncClient:
         return self._client()
 
-    def out_headers(self, headers: Mapping[str, str], upstream: Upstream) -> dict[str, str]:
+    def out_headers(self, headers: Mapping[str, str], upstream: Upstream, *, raw: bool = False,
+                    key_header: str = "authorization") -> dict[str, str]:
+        """The headers sent upstream. `raw` (pass-through): the client's Content-Length,
+        Accept-Encoding and Content-Type go as sent and nothing is added but the upstream's key.
+        The upstream's own key replaces the caller's credentials, sent as `key_header` (`x-api-key`: Anthropic's, bare)."""
         key = upstream.api_key()
+        drop = _DROP_RAW_REQUEST_HEADERS if raw else _DROP_REQUEST_HEADERS
         out: dict[str, str] = {}
         has_type = False
         for k, v in headers.items():
             low = k.lower()
-            if low in _DROP_REQUEST_HEADERS or low.startswith("x-router-") or (key and low == "authorization"):
+            if low in drop or low.startswith("x-router-") or (key and low in _CREDENTIAL_HEADERS):
                 continue
             has_type = has_type or low == "content-type"
             out[k] = v
         if key:
-            out["authorization"] = f"Bearer {key}"
+            out[key_header] = f"Bearer {key}" if key_header == "authorization" else key
+        if raw:
+            return out
         out["accept-encoding"] = "identity"
         if not has_type:
             out["content-type"] = "application/json"
         return out
 
-    def chat_url(self, upstream: Upstream) -> httpx.URL:
-        """`{base_url}/chat/completions`, parsed once per upstream (not for every request)."""
-        url = self._chat_urls.get(upstream.base_url)
+    def url(self, upstream: Upstream, path: str) -> httpx.URL:
+        """`{base_url}{path}` (e.g. `/chat/completions`), parsed once per upstream and path."""
+        url = self._urls.get((upstream.base_url, path))
         if url is None:
-            url = self._chat_urls[upstream.base_url] = httpx.URL(f"{upstream.base_url}/chat/completions")
+            url = self._urls[(upstream.base_url, path)] = httpx.URL(f"{upstream.base_url}{path}")
         return url
+
+    def chat_url(self, upstream: Upstream) -> httpx.URL:
+        """`{base_url}/chat/completions` (shadow grading's calls)."""
+        return self.url(upstream, "/chat/completions")
 
     async def open(self, call: Call, model: str) -> httpx.Response:
         """Send the call to `model`'s upstream and return once its headers are in: the body is unread
         (the caller reads it and closes the response). Failures become UpstreamError/UpstreamTimeoutError."""
-        upstream = self.config.upstream_for(model)
+        anthropic = call.protocol.provider == "anthropic"
+        upstream = self.config.anthropic_upstream_for(model) if anthropic else self.config.upstream_for(model)
+        headers = self.out_headers(call.in_headers, upstream, key_header="x-api-key" if anthropic else "authorization")
         client = self.client
-        request = client.build_request(
-            "POST", self.chat_url(upstream), content=call.payload(model), headers=self.out_headers(call.in_headers, upstream),
-        )
+        request = client.build_request("POST", self.url(upstream, call.protocol.path), content=call.payload(model), headers=headers)
         try:
             return await client.send(request, stream=True)
         except httpx.HTTPError as exc:

@@ -51,6 +51,7 @@ SPLIT_SEED = 1
 # lower bounds down to -0.055. 0.05 still refuses the shuffled v2 by a wide margin (measured:
 # v2 0.397, v2 - v1 = -0.238 [-0.319, -0.166]).
 TOLERANCE = "0.05"
+OVERLAP_EVAL_ROWS = 300  # rows of E in the overlapping and the changed eval logs (refused for what they are)
 NAME = "router-model"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,8 +98,12 @@ def promotion_store(tmp_path_factory, cache_dir: Path) -> dict:
         "A-shuffled": _write(base / "a-shuffled.jsonl", shuffled),
         "P": _write(base / "pool.jsonl", part["P"]),
         "E": _write(base / "eval.jsonl", part["E"]),
-        "E+A": _write(base / "eval-overlap.jsonl", part["E"] + part["A"][:200]),
-        "E-changed": _write(base / "eval-changed.jsonl", part["E"][:-50]),
+        # The two logs refused for what they are (overlapping v1's training rows; not the frozen file)
+        # are small: every promotion scores its eval log with both versions before it judges, and
+        # those scores are not what these refusals check. 300 rows of E + 200 of v1's rows still
+        # overlap far beyond the prompt digest's false-positive allowance.
+        "E+A": _write(base / "eval-overlap.jsonl", part["E"][:OVERLAP_EVAL_ROWS] + part["A"][:200]),
+        "E-changed": _write(base / "eval-changed.jsonl", part["E"][:OVERLAP_EVAL_ROWS]),
     }
 
     def train(label: str, log: Path) -> str:

@@ -1,0 +1,103 @@
+"""POST /v1/responses (the Responses API): the routed flow (routed.py) with the Responses protocol.
+
+The router decides on the request's `input` (a string, or message items) and `instructions`,
+read as chat messages (`responses_messages`); the body goes upstream with only `model` replaced;
+cost comes from the answer's `usage` (`input_tokens`, `output_tokens`,
+`input_tokens_details.cached_tokens`), a stream's from its `response.completed` event. Shadow
+grading is not offered (it asks the other model through chat completions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from router_model.answer_checks import failed_response_check
+from router_model.cost import Usage
+from router_model.gateway.call import Protocol, parse_json_body
+from router_model.gateway.errors import BadRequestError
+from router_model.gateway.routed import RoutedEndpoint
+
+RESPONSES_ENDPOINT = "responses"
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+_IMAGE_PARTS = frozenset({"input_image"})
+
+
+def parse_responses_body(raw: bytes) -> dict[str, Any]:
+    """A Responses API request body; a 400 naming the field when `input` or `instructions` is of the wrong type."""
+    body = parse_json_body(raw)
+    if "input" in body and not isinstance(body["input"], (str, list)):
+        raise BadRequestError("'input' must be a string or an array of items", param="input")
+    if body.get("instructions") is not None and not isinstance(body["instructions"], str):
+        raise BadRequestError("'instructions' must be a string", param="instructions")
+    return body
+
+
+def _content(content: Any) -> Any:
+    """A message item's content as chat content: text parts kept, images flagged, other parts (files, audio) left out."""
+    if not isinstance(content, list):
+        return content
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind in _TEXT_PARTS and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind in _IMAGE_PARTS:
+            parts.append({"type": "input_image"})
+    return parts
+
+
+def _item_message(item: Mapping[str, Any]) -> dict[str, Any] | None:
+    """One input item as a chat message (None: an item the router does not read, e.g. reasoning)."""
+    kind = item.get("type", "message")
+    if kind == "message":
+        return {"role": item.get("role"), "content": _content(item.get("content"))}
+    if kind == "function_call":
+        call = {"id": item.get("call_id"), "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments")}}
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+    if kind == "function_call_output":
+        output = item.get("output")
+        return {"role": "tool", "tool_call_id": item.get("call_id"), "content": _content(output)}
+    return None
+
+
+def responses_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Responses request as the router's chat messages: `instructions` as a system message,
+    then `input` (a string is one user message; message items keep their role, `input_text`
+    parts their text; function calls and their outputs become assistant tool calls and tool
+    messages). The router reads the latest user content first, as for chat."""
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append({"role": "system", "content": instructions})
+    items = body.get("input")
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
+    elif isinstance(items, list):
+        for item in items:
+            message = _item_message(item) if isinstance(item, Mapping) else None
+            if message is not None:
+                messages.append(message)
+    return messages
+
+
+def responses_stream_usage(event: Mapping[str, Any]) -> tuple[Usage | None, str | None]:
+    """A `response.*` event's `response.usage` (set on `response.completed`) and `response.model`."""
+    response = event.get("response")
+    if not isinstance(response, Mapping):
+        return None, None
+    model = response.get("model")
+    return Usage.from_responses_usage(response.get("usage")), model if isinstance(model, str) else None
+
+
+RESPONSES = Protocol(
+    RESPONSES_ENDPOINT, "/responses", parse_responses_body, responses_messages, Usage.from_responses_usage,
+    responses_stream_usage, failed_response_check, shadow=False,
+)
+
+
+class Responses(RoutedEndpoint):
+    """The Responses API endpoint of one gateway."""
+
+    protocol: Protocol = RESPONSES
