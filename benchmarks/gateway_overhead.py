@@ -19,7 +19,13 @@ The streamed latency is until `data: [DONE]` has been read. The router's decisio
 `Router.predict` of the same prompt in this process (one thread), timed before and after the
 traffic. Trains nothing: pass a trained router with --model-dir.
 
+Beside chat completions, `--apis` (default both) adds open-loop runs, at the same rate as the
+chat scenario's, of the Responses API (`POST /v1/responses`, routed: non-streamed and streamed,
+until `response.completed`) and of pass-through (`POST /v1/embeddings`, forwarded byte for byte
+without a decision): the added latency p50/p99 of each beside the bare decision time.
+
     python benchmarks/gateway_overhead.py --model-dir artifacts/router
+    python benchmarks/gateway_overhead.py --model-dir artifacts/router --apis responses   # no pass-through run
 """
 
 from __future__ import annotations
@@ -50,6 +56,13 @@ PROMPT = (
 )
 STREAM_CHUNKS = 10
 PASSTHROUGH_MODEL = "gpt-3.5-turbo"  # not the router's strong model nor an alias: forwarded without a decision
+EMBEDDING_MODEL = "text-embedding-3-small"
+# Each API: its path under /v1, the end of a complete stream, and the key of a complete JSON answer.
+APIS: dict[str, tuple[str, bytes, str]] = {
+    "chat": ("/chat/completions", b"data: [DONE]", "choices"),
+    "responses": ("/responses", b"event: response.completed\n", "output"),
+    "passthrough": ("/embeddings", b"", "data"),
+}
 # The upstream is the fixed reference of every run: plain asyncio + h11 whatever is installed, so a
 # faster HTTP stack in the environment changes only the gateway's side of the comparison.
 UPSTREAM_UVICORN = {"loop": "asyncio", "http": "h11"}
@@ -98,12 +111,13 @@ def _warmup_count(clients: int) -> int:
 
 
 async def _run(
-    base: str, body: dict[str, Any], stream: bool, n: int, clients: int, rate: float | None = None
+    base: str, body: dict[str, Any], stream: bool, n: int, clients: int, rate: float | None = None, api: str = "chat"
 ) -> dict[str, Any]:
     """`n` requests by `clients` concurrent slots: back to back (rate None) or sent at `rate` per second."""
+    path, end, key = APIS[api]
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    payload = json.dumps({**body, "stream": stream}).encode()
+    payload = json.dumps({**body, "stream": stream} if api != "passthrough" else body).encode()
     headers = {"content-type": "application/json", "authorization": "Bearer sk-bench", "x-fake-chunks": str(STREAM_CHUNKS)}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     late = 0
@@ -113,12 +127,12 @@ async def _run(
             t0 = time.perf_counter() if t0 is None else t0
             try:
                 if stream:
-                    async with client.stream("POST", "/chat/completions", content=payload, headers=headers) as resp:
+                    async with client.stream("POST", path, content=payload, headers=headers) as resp:
                         data = await resp.aread()
-                    ok = resp.status_code == 200 and data.rstrip().endswith(b"data: [DONE]")
+                    ok = resp.status_code == 200 and end in data
                 else:
-                    resp = await client.post("/chat/completions", content=payload, headers=headers)
-                    ok = resp.status_code == 200 and bool(resp.json().get("choices"))
+                    resp = await client.post(path, content=payload, headers=headers)
+                    ok = resp.status_code == 200 and bool(resp.json().get(key))
                 kind = "" if ok else f"status_{resp.status_code}"
             except httpx.HTTPError as exc:
                 kind = exc.__class__.__name__
@@ -206,10 +220,10 @@ def _decision_seconds(gateway: str) -> tuple[float, float] | None:
 
 
 def _through_gateway(
-    gateway: str, pid: int, body: dict[str, Any], stream: bool, n: int, clients: int, rate: float | None
+    gateway: str, pid: int, body: dict[str, Any], stream: bool, n: int, clients: int, rate: float | None, api: str = "chat"
 ) -> dict[str, Any]:
     cpu0, dec0 = _cpu_seconds(pid), _decision_seconds(gateway)
-    out = asyncio.run(_run(f"{gateway}/v1", body, stream, n, clients, rate))
+    out = asyncio.run(_run(f"{gateway}/v1", body, stream, n, clients, rate, api))
     cpu1, dec1 = _cpu_seconds(pid), _decision_seconds(gateway)
     total = n + _warmup_count(clients)
     if cpu0 is not None and cpu1 is not None:
@@ -278,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--delay", type=float, default=0.05, help="upstream answer time, seconds")
     p.add_argument("--mode", choices=("route", "observe"), default="route")
+    p.add_argument("--apis", default="responses,passthrough",
+                   help="open-loop runs beside chat completions at the same rate: responses, passthrough (comma-separated; '' for none)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -286,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.model_dir is None:
         p.error("no router: pass --model-dir DIR (artifacts/router is absent)")
+    extra_apis = [a.strip() for a in args.apis.split(",") if a.strip()]
+    unknown = sorted(set(extra_apis) - {"responses", "passthrough"})
+    if unknown:
+        p.error(f"--apis: unknown {unknown}; expected responses, passthrough")
 
     from router_model import Router
 
@@ -326,6 +346,16 @@ def main(argv: list[str] | None = None) -> int:
                 unrouted = {**body, "model": PASSTHROUGH_MODEL}
                 through = _through_gateway(gateway, procs[1].pid, unrouted, stream, n_open, args.clients, rate)
                 runs[f"open_{name}_passthrough"] = _compare(direct, through)
+            if "responses" in extra_apis:  # the Responses API, routed, at the same rate
+                asked = {"model": router.strong_model, "input": PROMPT, "max_output_tokens": 64}
+                direct = asyncio.run(_run(upstream, asked, stream, n_open, args.clients, rate, "responses"))
+                through = _through_gateway(gateway, procs[1].pid, asked, stream, n_open, args.clients, rate, "responses")
+                runs[f"open_responses_{name}"] = _compare(direct, through)
+            if "passthrough" in extra_apis and not stream:  # another endpoint, forwarded byte for byte
+                asked = {"model": EMBEDDING_MODEL, "input": PROMPT}
+                direct = asyncio.run(_run(upstream, asked, False, n_open, args.clients, rate, "passthrough"))
+                through = _through_gateway(gateway, procs[1].pid, asked, False, n_open, args.clients, rate, "passthrough")
+                runs["open_embeddings_passthrough"] = _compare(direct, through)
             print(f"{name}: done ({time.monotonic() - started:.0f} s)", flush=True)
     finally:
         for proc in reversed(procs):
@@ -349,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     # The issue's target, below saturation: added p50 <= decision time + 2 ms, added p99 <= twice that, no errors.
     target_p50 = predict["p50_ms"] + 2.0
     target = {"added_p50_ms_max": round(target_p50, 2), "added_p99_ms_max": round(2 * target_p50, 2), "errors": 0}
-    for name in ("open_non_stream", "open_stream"):
+    for name in ("open_non_stream", "open_stream", "open_responses_non_stream", "open_responses_stream"):
+        if name not in runs:
+            continue
         r = runs[name]
         r["meets_target"] = bool(
             r["added_p50_ms"] <= target["added_p50_ms_max"] and r["added_p99_ms"] <= target["added_p99_ms_max"]
@@ -375,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             "gateway_uvicorn": gateway_stack,
             "stream_chunks": STREAM_CHUNKS,
             "gateway_mode": args.mode,
+            "extra_apis": extra_apis,
             "decision_log": True,
             "router_graph": router.graph,
             "artifact_version": router.version,

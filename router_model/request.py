@@ -7,6 +7,13 @@ matter for follow-ups such as "rewrite your previous answer", so a bounded amoun
 kept. Putting the last turn first means the head of the head+tail truncation always holds it.
 Every text part of every message still counts toward the request's token length (the
 long-context rule), because the LLM will read all of it.
+
+Shapes read: chat messages (`system`, `developer`, `user`, `assistant` with `tool_calls`, `tool`);
+parts `text` / `input_text` / `output_text`, images (`image_url`, `input_image`, Anthropic `image`);
+Anthropic blocks `tool_use` (as `name(input)`) and `tool_result` (its nested content); Responses API
+items `function_call` / `function_call_output`. Reasoning, documents and files are skipped; an
+unknown part type is refused naming its field. A user turn of tool results only is not "the last
+user turn": the question that started the tool loop still leads the classifier text.
 """
 
 from __future__ import annotations

@@ -215,6 +215,7 @@ class FakeUpstream:
 
     async def embeddings(self, request: Request) -> Response:
         got = await self._record(request)
+        await asyncio.sleep(float(got.headers.get("x-fake-delay", self.delay)))
         inputs = got.body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
         data = [{"object": "embedding", "index": i, "embedding": [0.25, -0.5, float(i)]} for i in range(len(items))]

@@ -4,7 +4,10 @@ Both versions are scored on the same labelled log (`router_model.offline.savings
 same scoring as `router-cost savings`). The log is frozen: its sha256 is recorded on the
 registered model at the first promotion, and a later promotion compares only on a file with that
 sha256. A log with prompts either model was trained or validated on (its Bloom filter of
-normalised prompts, `DataRecord.trained_prompts`) is refused: it would flatter that model.
+normalised prompts, `DataRecord.trained_prompts`) is refused: it would flatter that model. Both
+versions must route the eval log's model pair (a candidate trained on another pair is a usage
+error, exit 2), and are priced as every command prices (`--prices`, `--price-as`, over the mapping
+each artifact records).
 
 The candidate takes the alias only if the paired bootstrap 90% interval of its APGR minus the
 champion's has a lower bound >= -tolerance, and the goal it was trained for (its quality floor,

@@ -1,7 +1,8 @@
 """An OpenAI-compatible routing gateway in front of an OpenAI-compatible upstream.
 
-`router-gateway --model-dir DIR --upstream URL` serves `POST /v1/chat/completions` (streamed or
-not), `GET /v1/models`, `/healthz`, `/readyz` and `/metrics`. A request for the router's strong
+`router-gateway --model-dir DIR --upstream URL` serves `POST /v1/chat/completions` and
+`POST /v1/responses` (streamed or not, routed), `GET /v1/models`, `/healthz`, `/readyz` and
+`/metrics`, and passes every other method and path under `/v1` through to the upstream unchanged. A request for the router's strong
 model (or a configured alias such as `auto`) is decided by `Router.predict`; in observation mode
 (the default) the decision is only logged, in route mode the body is forwarded with `model`
 replaced. See docs/gateway.md.

@@ -239,8 +239,12 @@ def score_log(
 
     # Unpriced models are refused unless mapped: by the user here, or by the mapping the router
     # was trained with (recorded in its metadata); either way the report says so.
-    mapping = {**router.meta.price_as, **(price_as or {})}
-    table = PriceTable.load(prices, price_as=mapping)
+    # The mapping the router was trained with, unless a --prices file now prices that name itself;
+    # an explicit --price-as always applies (and is refused if the name has a price of its own).
+    base = PriceTable.load(prices)
+    recorded = {name: target for name, target in router.meta.price_as.items() if name not in base}
+    mapping = {**recorded, **(price_as or {})}
+    table = base.with_price_as(mapping)
     for name, priced in mapping.items():
         if name in (read.cheap_model, read.strong_model):
             source = "--price-as" if price_as and name in price_as else "the mapping the router was trained with"

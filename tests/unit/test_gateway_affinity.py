@@ -292,7 +292,7 @@ def _claude_result(message) -> dict:
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 def test_anthropic_tool_loop_keeps_the_tool_calling_model(claude_gw, claude_router, upstream, stream: bool) -> None:
     tid = _tid()
-    messages: list = [{"role": "user", "content": EASY}]
+    messages: list = [{"role": "user", "content": f"{EASY} {tid}"}]  # a conversation of its own
     store = claude_gw.gateway.affinity.store
     records = []
     for turn in range(3):  # the first turn's cheap call fails: the strong model makes the tool call

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import anthropic
 import pytest
@@ -201,3 +202,34 @@ def test_config_file_anthropic_upstream_and_affinity_keys(tmp_path) -> None:
     assert config.upstream_for(CHEAP).base_url == "https://api.openai.com/v1"
     assert config.affinity == "session" and config.affinity_ttl_seconds == 60 and config.affinity_max_entries == 10
     assert config.affinity_session_field == "metadata.user_id"
+
+
+def _docs_section(heading: str) -> str:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text(encoding="utf-8")
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_docs_example_runs_as_written(route_gw, tmp_path, capsys) -> None:
+    section = _docs_section("The Anthropic Messages API")
+    config = tmp_path / "gateway.toml"
+    config.write_text(section.split("```toml\n", 1)[1].split("```", 1)[0])
+    assert load_config(config).anthropic_upstream_for(CHEAP).base_url == "https://api.anthropic.com/v1"
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "http://127.0.0.1:8080" in code
+    exec(compile(code.replace("http://127.0.0.1:8080", route_gw.url), "docs/gateway.md", "exec"), {})  # noqa: S102
+    out = capsys.readouterr().out
+    assert f"answer from {CHEAP}" in out and f"answer from {STRONG}" in out
+
+
+def test_observe_mode_stream_with_cached_system_blocks(observe_gw, upstream) -> None:
+    tid = _tid()
+    system = [{"type": "text", "text": "You are a careful mathematician.", "cache_control": {"type": "ephemeral"}}]
+    with _client(observe_gw, tid, **{"x-request-id": tid}).messages.stream(
+            model=STRONG, max_tokens=64, system=system, messages=[{"role": "user", "content": HARD}]) as stream:
+        text = "".join(stream.text_stream)
+    assert text == f"answer from {STRONG}"
+    (sent,) = upstream.for_test(tid)
+    assert sent.body["model"] == STRONG and sent.body["system"] == system  # forwarded as sent
+    rec = _record(observe_gw, tid)
+    assert rec["mode"] == "observe" and rec["model"] == STRONG and rec["stream"] is True
+    assert rec["usage"] == USAGE.to_dict() and rec["saved_usd"] == 0

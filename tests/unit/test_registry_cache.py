@@ -8,6 +8,7 @@ written here (router_model/offline/row.py, format A).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,26 @@ CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
 # ------------------------------------------------------------------------------ helpers
 
 
+_TEMPLATE: list[Path] = []  # an empty store's database (creating MLflow's tables takes seconds; a copy does not)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _template_store(tmp_path_factory: pytest.TempPathFactory):
+    import mlflow
+
+    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
+    _TEMPLATE.append(template)
+    yield
+    _TEMPLATE.clear()
+
+
 def _store(base: Path) -> str:
     """A fresh sqlite store whose artifacts live under `base` (never in the working directory)."""
     import mlflow
 
     base.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_TEMPLATE[0], base / "mlflow.db")
     uri = f"sqlite:///{base / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_experiment("router-model", artifact_location=(base / "artifacts").as_uri())
