@@ -190,6 +190,7 @@ NB02 = build(
     pipeline does) and judge on the whole held-out *test* split: the reliability diagram **before**
     (plain logistic regression) and **after** calibration (`CalibratedClassifierCV`, sigmoid, shuffled
     folds), then routing quality (APGR, CPT) beside random, heuristic and oracle routing.
+    (`$ROUTER_NOTEBOOK_ROWS` trains on another number of rows; the test suite runs it on 1,000.)
     """,
     {"mmlu": MMLU},
     [
@@ -213,7 +214,7 @@ NB02 = build(
             from training.evaluate.baselines import heuristic_scores, oracle_scores, random_scores
             from training.head import calibration_folds, cheap_loses_nothing, make_target, p_cheap_ok
 
-            N_TRAIN, SEED = 4000, 0
+            N_TRAIN, SEED = int(os.environ.get("ROUTER_NOTEBOOK_ROWS", 4000)), 0
             read = read_logs([NEEDED["mmlu"]], models=("mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"))
             texts = [r.classifier_text for r in read.records]
             split = assign_splits([normalize_prompt(t) for t in texts], seed=SEED)
@@ -317,6 +318,7 @@ NB03 = build(
     Uses `artifacts/router` (or `$ROUTER_NOTEBOOK_MODEL_DIR`) when it exists (train it with
     `router-train`); otherwise trains a small router here on a 5,000-row sample into a temporary directory. Held-out rows are the pipeline's
     *test* split, recomputed the same way (split by normalised prompt text, seed 0).
+    (`$ROUTER_NOTEBOOK_ROWS` sets another sample size; the test suite runs it on 1,000.)
     """,
     {"mmlu": MMLU, "mtbench": MTBENCH},
     [
@@ -372,7 +374,8 @@ NB03 = build(
                 from training.pipeline import TrainConfig, train
 
                 rng = np.random.default_rng(0)
-                sample = [read.records[i] for i in np.sort(rng.choice(len(read.records), 5000, replace=False))]
+                n_sample = int(os.environ.get("ROUTER_NOTEBOOK_ROWS", 5000))
+                sample = [read.records[i] for i in np.sort(rng.choice(len(read.records), n_sample, replace=False))]
                 print(f"no model directory at {MODEL_DIR}: training a small router on {len(sample)} rows ...")
                 MODEL_DIR = tmp / "router"
                 train(TrainConfig(logs=(write_rows(sample, tmp / "sample.jsonl"),), out_dir=MODEL_DIR,

@@ -28,7 +28,7 @@ from router_model.cost_projection import (
     routed_monthly_cost,
 )
 from router_model.errors import ConfigError
-from router_model.observe import report
+from router_model.observe import report_cli
 from router_model.offline import savings_cli
 
 _DIGITS = 6  # JSON rounding: drops float noise (1111.5000000000002) yet keeps sub-cent figures
@@ -296,9 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     sav = sub.add_parser("savings", help=savings_cli.HELP, **savings_cli.DESCRIPTION)  # type: ignore[arg-type]
     savings_cli.add_arguments(sav)
     sav.set_defaults(run=savings_cli.run, parser=sav)
-    obs = sub.add_parser("observed", help=report.HELP, description=report.DESCRIPTION)
-    report.add_arguments(obs)
-    obs.set_defaults(run=report.run, parser=obs)
+    obs = sub.add_parser("observed", help=report_cli.HELP, description=report_cli.DESCRIPTION)
+    report_cli.add_arguments(obs)
+    obs.set_defaults(run=report_cli.run, parser=obs)
     return parser
 
 

@@ -31,7 +31,9 @@ ran to the end or the client (the gateway) left early.
 Beyond chat completions (the same faults where they apply: 500, 429, refusal, empty, length):
 
 - `POST /v1/responses`: the Responses API, JSON or typed SSE events (`response.created`,
-  `response.output_text.delta` x N, `response.completed` with `usage`);
+  `response.output_text.delta` x N, `response.completed` with `usage`); each answer has an id of
+  its own, and with function `tools` a `function_call` item (after the text) whose `call_id`
+  names the turn;
 - `POST /v1/embeddings`, `POST /v1/files` (multipart, answered with the upload's size and
   sha256), `POST /v1/audio/speech` (binary audio, AUDIO_BYTES), `GET /v1/events` (SSE), and
   `/v1/echo/...` (any method: the request body back, with `x-fake-method`, `x-fake-path`,
@@ -46,6 +48,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -207,6 +210,10 @@ class FakeUpstream:
                     "type": "response.output_text.delta", "sequence_number": i + 1, "item_id": "msg_fake",
                     "output_index": 0, "content_index": 0, "delta": f"part{i} ", "logprobs": [],
                 })
+            for index, item in enumerate(final["output"][1:], start=1):  # a function call, whole
+                for kind in ("response.output_item.added", "response.output_item.done"):
+                    n += 1
+                    yield _event(kind, {"type": kind, "sequence_number": n, "output_index": index, "item": item})
             yield _event("response.completed", {"type": "response.completed", "sequence_number": n + 1, "response": final})
             finished = True
         finally:
@@ -488,11 +495,17 @@ def _response_object(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
     if fault == "refusal":
         part = {"type": "refusal", "refusal": "I'm sorry, but I can't help with that."}
     message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant", "content": [part]}
+    output: list[dict[str, Any]] = [message]
+    tools = [t for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
+    if tools:  # a function call whose call_id names the turn (the function results the input holds so far)
+        turn = sum(1 for i in body.get("input") or () if isinstance(i, dict) and i.get("type") == "function_call_output")
+        output.append({"type": "function_call", "id": f"fc_fake_{turn}", "call_id": f"call_fake_{turn}",
+                       "name": tools[0]["name"], "arguments": '{"city": "Paris"}', "status": "completed"})
     cut = fault == "length"
     return {
-        "id": "resp_fake", "object": "response", "created_at": int(time.time()),
+        "id": "resp_" + uuid.uuid4().hex[:16], "object": "response", "created_at": int(time.time()),
         "status": "incomplete" if cut else "completed",
         "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "error": None,
-        "model": model + SNAPSHOT_SUFFIX, "output": [message], "instructions": body.get("instructions"),
+        "model": model + SNAPSHOT_SUFFIX, "output": output, "instructions": body.get("instructions"),
         "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": responses_usage(),
     }

@@ -18,7 +18,9 @@ The store is per process: keep a session on one replica with consistent hashing 
 session key at the load balancer. Other protocol adapters (the Responses API) use the same
 `Affinity` object: `tool_loop_model(messages)` / `remember_answer(messages, answer, model)`
 with messages in any shape `router_model.request` reads, and `lookup(key)` / `record(key, model)`
-for their own keys (a `previous_response_id`, say).
+for their own keys. A `Protocol` whose upstream keeps conversations (the Responses API) names
+them with `answer_key` (an answer's id, recorded after every decided answer) and `continues`
+(the `previous_response_id` a request continues, looked up in `apply`).
 """
 
 from __future__ import annotations
@@ -203,28 +205,60 @@ class Affinity:
         return f"session:{value}" if isinstance(value, str) and value.strip() else None
 
     # --- the decision step --------------------------------------------------------------------
-    def apply(self, call: Call, router: Router, decision: RoutingDecision, messages: Sequence[Any]) -> RoutingDecision:
-        """The decision the call keeps: a tool-result turn's tool-calling model, a pinned session's
-        model, else `decision` (pinning a new session to it)."""
+    def kept(self, call: Call, router: Router, messages: Sequence[Any]) -> tuple[str, str] | None:
+        """The model this call's conversation is on and the reason (`affinity:*`): a tool-result turn's
+        tool-calling model, a continued answer's model, a pinned session's model; None: decide afresh.
+        Looks up only (records nothing)."""
         if not self.enabled:
-            return decision
-        allowed = set(router.models) | {router.cheap_model, router.strong_model}
+            return None
         kept = self.tool_loop_model(messages)
         reason = REASON_TOOL_LOOP
-        session = self.session_key(call.in_headers, call.body) if self.mode == SESSION else None
-        if kept is None and session is not None:
-            kept = self.lookup(session, kind=SESSION)
-            reason = REASON_SESSION
-            if kept is None:
+        if kept is None:
+            kept, reason = self._continued(call, messages)
+        if kept is None and self.mode == SESSION:
+            session = self.session_key(call.in_headers, call.body)
+            if session is not None:
+                kept, reason = self.lookup(session, kind=SESSION), REASON_SESSION
+        allowed = set(router.models) | {router.cheap_model, router.strong_model}
+        return (kept, reason) if kept is not None and kept in allowed else None
+
+    def apply(self, call: Call, router: Router, decision: RoutingDecision, messages: Sequence[Any]) -> RoutingDecision:
+        """The decision the call keeps: the model its conversation is on (`kept`), else `decision`
+        (pinning a new session to it)."""
+        if not self.enabled:
+            return decision
+        found = self.kept(call, router, messages)
+        if found is None:
+            session = self.session_key(call.in_headers, call.body) if self.mode == SESSION else None
+            if session is not None:
                 self.record(session, decision.model)
-        if kept is None or kept not in allowed:
             return decision
         call.fresh_model = decision.model
-        return dataclasses.replace(decision, model=kept, reason=reason)
+        return dataclasses.replace(decision, model=found[0], reason=found[1])
 
-    def after_answer(self, call: Call, answer: Sequence[Any] | None, messages: Sequence[Any]) -> None:
-        """Record a decided call's answer that made tool calls (answer: its assistant turn/items; None: none)."""
-        if not answer or call.decision is None:
+    def _continued(self, call: Call, messages: Sequence[Any]) -> tuple[str | None, str]:
+        """A request that continues an answer the upstream keeps (`previous_response_id`): the model
+        that gave it. A turn of tool results always goes back to it (`affinity:tool-loop`); a new
+        user turn only in "session" mode (`affinity:session`), else it is decided afresh."""
+        continues = call.protocol.continues
+        key = continues(call.body) if continues is not None else None
+        if key is None:
+            return None, REASON_TOOL_LOOP
+        if is_tool_result_turn(messages):
+            return self.lookup(key), REASON_TOOL_LOOP
+        if self.mode == SESSION:
+            return self.lookup(key, kind=SESSION), REASON_SESSION
+        return None, REASON_TOOL_LOOP
+
+    def after_answer(self, call: Call, answer: Sequence[Any] | None, messages: Sequence[Any],
+                     key: str | None = None) -> None:
+        """Record a decided call's answer: its tool calls (answer: its assistant turn/items; None: none)
+        under the conversation's hash, and the answer's own key (`key`: a Responses answer's id) to the
+        model that gave it."""
+        if call.decision is None or (not answer and key is None):
             return
         model = call.served if call.mode == "route" else call.decision.model
-        self.remember_answer(messages, answer, model)
+        if answer:
+            self.remember_answer(messages, answer, model)
+        if key is not None:
+            self.record(key, model)

@@ -42,6 +42,10 @@ class Protocol:
     # and for streams a reader that rebuilds the answer from its SSE events (see `chat_turn`).
     turn: Callable[[Mapping[str, Any]], list[Any] | None] | None = None
     stream_answer: Callable[[], StreamAnswer] | None = None
+    # Conversations the upstream keeps (the Responses API's `previous_response_id`): the affinity key a
+    # later request names an answer by (None: the answer has none), and the key a request continues.
+    answer_key: Callable[[Mapping[str, Any]], str | None] | None = None
+    continues: Callable[[Mapping[str, Any]], str | None] | None = None
     provider: str = "openai"  # "anthropic": the `anthropic` upstream, its key sent as x-api-key
 
 

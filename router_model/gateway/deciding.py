@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from router_model.decision import RoutingDecision
 from router_model.errors import InvalidRequestError
 from router_model.gateway.affinity import Affinity
 from router_model.gateway.call import REASON_NO_ROUTER, REASON_PASSTHROUGH, REASON_UNROUTABLE, Call, StreamAnswer, request_tags
@@ -98,20 +99,27 @@ class Decider:
                     lambda: plane.decide(router, messages, tags=tags, candidates=cands), limiter=self._limiter,
                 )
         except InvalidRequestError as exc:
-            # The router cannot read this request (e.g. a part type it does not know): fail open.
-            log.info("request %s not routable (%s); forwarding to %s", call.request_id, exc, unrouted)
-            call.reason = REASON_UNROUTABLE
-            call.target = unrouted
-            plane.metrics.count_unrouted(self._label(unrouted), REASON_UNROUTABLE, call.mode)
-            return
-        decision = self.affinity.apply(call, router, decision, messages)  # a tool loop / session keeps its model
+            # The router cannot read this request (e.g. a part type it does not know, a Responses turn of
+            # only an empty function output): its conversation's model if affinity knows it, else fail open.
+            found = self.affinity.kept(call, router, call.messages) if call.messages is not None else None
+            if found is None:
+                log.info("request %s not routable (%s); forwarding to %s", call.request_id, exc, unrouted)
+                call.reason = REASON_UNROUTABLE
+                call.target = unrouted
+                plane.metrics.count_unrouted(self._label(unrouted), REASON_UNROUTABLE, call.mode)
+                return
+            decision = RoutingDecision(found[0], None, 1.0, router.threshold, found[1], router.version, 0)
+        else:
+            decision = self.affinity.apply(call, router, decision, messages)  # a tool loop / session keeps its model
         call.decision = decision
         call.reason = decision.reason
         plane.count(router, [decision], mode=call.mode)
         call.target = decision.model if call.mode == "route" else unrouted
 
     def _remembers(self, call: Call) -> bool:
-        return self.affinity.enabled and call.protocol.turn is not None and call.decision is not None and call.messages is not None
+        protocol = call.protocol
+        return (self.affinity.enabled and (protocol.turn is not None or protocol.answer_key is not None)
+                and call.decision is not None and call.messages is not None)
 
     def stream_reader(self, call: Call) -> StreamAnswer | None:
         """For a decided streamed call whose tool calls affinity remembers: the reader of its answer."""
@@ -119,10 +127,11 @@ class Decider:
         return factory() if factory is not None and self._remembers(call) else None
 
     def answered(self, call: Call, answer: Mapping[str, Any] | bytes | None) -> None:
-        """A decided call's answer is complete: remember the model that made its tool calls, if any
-        (`answer`: the JSON answer, its bytes, or a stream reader's rebuilt answer)."""
-        turn = call.protocol.turn
-        if answer is None or turn is None or not self._remembers(call):
+        """A decided call's answer is complete: remember the model that made its tool calls, if any,
+        and the model under the answer's own key (a Responses id), if any (`answer`: the JSON
+        answer, its bytes, or a stream reader's rebuilt answer)."""
+        turn, answer_key = call.protocol.turn, call.protocol.answer_key
+        if answer is None or not self._remembers(call):
             return
         if isinstance(answer, bytes):
             try:
@@ -131,4 +140,5 @@ class Decider:
                 return
             if not isinstance(answer, Mapping):
                 return
-        self.affinity.after_answer(call, turn(answer), call.messages)
+        self.affinity.after_answer(call, turn(answer) if turn is not None else None, call.messages,
+                                   answer_key(answer) if answer_key is not None else None)

@@ -5,6 +5,11 @@ read as chat messages (`responses_messages`); the body goes upstream with only `
 cost comes from the answer's `usage` (`input_tokens`, `output_tokens`,
 `input_tokens_details.cached_tokens`), a stream's from its `response.completed` event. Shadow
 grading is not offered (it asks the other model through chat completions).
+
+Conversations keep their model (affinity.py): after a decided answer, its `function_call` items
+are remembered under the conversation's hash (a later turn of `function_call_output` items goes
+back to that model) and its `id` under `response:<id>` (a later `previous_response_id` finds it);
+a stream's from its `response.created` / `response.output_item.done` / `response.completed` events.
 """
 
 from __future__ import annotations
@@ -91,9 +96,60 @@ def responses_stream_usage(event: Mapping[str, Any]) -> tuple[Usage | None, str 
     return Usage.from_responses_usage(response.get("usage")), model if isinstance(model, str) else None
 
 
+def responses_turn(answer: Mapping[str, Any]) -> list[Any] | None:
+    """A Responses answer's `output` items as the router's messages (as a later request's `input`
+    holding them reads), when it has `function_call` items; None when it has none."""
+    output = answer.get("output")
+    items = [i for i in output if isinstance(i, Mapping)] if isinstance(output, list) else []
+    if not any(i.get("type") == "function_call" for i in items):
+        return None
+    return [m for m in (_item_message(i) for i in items) if m is not None]
+
+
+_RESPONSE_KEY = "response:"
+
+
+def response_key(answer: Mapping[str, Any]) -> str | None:
+    """The affinity key of a Responses answer: its `id` (what a later `previous_response_id` names)."""
+    rid = answer.get("id")
+    return _RESPONSE_KEY + rid if isinstance(rid, str) and rid else None
+
+
+def continued_key(body: Mapping[str, Any]) -> str | None:
+    """The affinity key of the answer a request continues: its `previous_response_id`."""
+    rid = body.get("previous_response_id")
+    return _RESPONSE_KEY + rid if isinstance(rid, str) and rid else None
+
+
+class ResponsesStreamAnswer:
+    """A streamed response's `id` (from `response.created` on) and `output` items (the finished items of
+    `response.output_item.done`, or `response.completed`'s whole output)."""
+
+    def __init__(self) -> None:
+        self._id: str | None = None
+        self._items: dict[int, Mapping[str, Any]] = {}
+        self._output: list[Any] | None = None
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        kind, response = event.get("type"), event.get("response")
+        if isinstance(response, Mapping):
+            if isinstance(response.get("id"), str):
+                self._id = response["id"]
+            if kind == "response.completed" and isinstance(response.get("output"), list) and response["output"]:
+                self._output = response["output"]
+        elif kind == "response.output_item.done" and isinstance(event.get("item"), Mapping):
+            index = event.get("output_index")
+            self._items[index if isinstance(index, int) else len(self._items)] = event["item"]
+
+    def answer(self) -> Mapping[str, Any] | None:
+        output = self._output if self._output is not None else [self._items[i] for i in sorted(self._items)]
+        return {"id": self._id, "output": output}
+
+
 RESPONSES = Protocol(
     RESPONSES_ENDPOINT, "/responses", parse_responses_body, responses_messages, Usage.from_responses_usage,
-    responses_stream_usage, failed_response_check, shadow=False,
+    responses_stream_usage, failed_response_check, shadow=False, turn=responses_turn,
+    stream_answer=ResponsesStreamAnswer, answer_key=response_key, continues=continued_key,
 )
 
 

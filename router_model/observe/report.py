@@ -6,26 +6,88 @@ numpy's statistics, and the report can grow without touching the line format.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from router_model.cli_args import add_price_options, non_negative_number
-from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable
+from router_model.cost import DEFAULT_OUTPUT_TOKENS, TOKENS_PER_UNIT, PriceTable
 from router_model.cost_projection import DAYS_PER_MONTH, monthly_cost
 from router_model.errors import ConfigError
-from router_model.observe.decision_log import DecisionLogError, parse_timestamp, read_decision_log, record_problem
+from router_model.observe.decision_log import DecisionLogError, parse_timestamp, record_problem
 
 _SECONDS_PER_MONTH = DAYS_PER_MONTH * 86_400
 _SHORT_WINDOW_S = 7 * 86_400
+
+@dataclass(frozen=True)
+class ColdCacheEstimate:
+    """How much of the would-be savings a model switch would lose to cold prompt caches.
+
+    Read from observe-mode gateway records with `usage`: a turn the router would send to another
+    model than the one that answered (`model` != `served_model`) while the answering model read
+    `cached_tokens` of its prompt from the provider's cache. Assumed: the other model's cache is
+    cold for that prompt, so those tokens would be billed at its full input price instead of its
+    cached price (`lost_usd`); the logged `saved_usd` prices them at the cached rate, as if warm.
+    """
+
+    records: int  # observe-mode records with usage (the base of the estimate)
+    switched: int  # of them, turns the router would move to another model
+    switched_cached: int  # of those, turns whose answering model read from its prompt cache
+    cached_tokens: int  # prompt tokens read from cache on those turns
+    saved_usd: float  # the logged would-be savings of these records (cached tokens at the cached rate)
+    lost_usd: float  # what cold caches take back on the switched turns
+    unpriced: int  # switched, cached turns whose target model has no price (not counted in lost_usd)
+
+    @property
+    def lost_fraction(self) -> float | None:
+        return self.lost_usd / self.saved_usd if self.saved_usd > 0 else None
+
+
+def _cached_tokens(usage: Any) -> int:
+    value = usage.get("cached_tokens") if isinstance(usage, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+class _CacheTally:
+    """Builds a `ColdCacheEstimate` from records, one at a time."""
+
+    def __init__(self, prices: PriceTable) -> None:
+        self.prices = prices
+        self.records = self.switched = self.switched_cached = self.cached_tokens = self.unpriced = 0
+        self.saved = self.lost = 0.0
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        if record.get("mode") != "observe" or not isinstance(record.get("usage"), Mapping):
+            return
+        self.records += 1
+        saved = record.get("saved_usd")
+        if isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved):
+            self.saved += float(saved)
+        target, served = record["model"], record.get("served_model")
+        if not isinstance(served, str) or target == served:
+            return
+        self.switched += 1
+        cached = _cached_tokens(record["usage"])
+        if not cached:
+            return
+        self.switched_cached += 1
+        self.cached_tokens += cached
+        if target not in self.prices:
+            self.unpriced += 1
+            return
+        price = self.prices.price(target)
+        self.lost += cached * (price.input - price.cached_input) / TOKENS_PER_UNIT
+
+    def estimate(self) -> ColdCacheEstimate | None:
+        if not self.records:
+            return None
+        return ColdCacheEstimate(self.records, self.switched, self.switched_cached, self.cached_tokens,
+                                 self.saved, self.lost, self.unpriced)
+
 
 @dataclass(frozen=True)
 class ObservationReport:
@@ -65,11 +127,14 @@ class ObservationReport:
     savings_fraction: float | None
     prices_as_of: str
     assumptions: tuple[str, ...]
+    cache: ColdCacheEstimate | None = None  # what a switch would lose to cold prompt caches (gateway records with usage)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         for key in ("p_deciles", "p_histogram", "assumptions"):
             out[key] = list(out[key])
+        if self.cache is not None:
+            out["cache"]["lost_fraction"] = self.cache.lost_fraction
         return out
 
 
@@ -105,6 +170,7 @@ def build_report(
     thresholds: Counter[str] = Counter()
     pairs: Counter[tuple[str, str]] = Counter()
     p_values: list[float] = []
+    cache = _CacheTally(prices)
     first: tuple[datetime, str] | None = None
     last: tuple[datetime, str] | None = None
     for i, record in enumerate(records):
@@ -124,6 +190,7 @@ def build_report(
         pairs[(record["cheap_model"], record["strong_model"])] += 1
         if record.get("p_cheap_ok") is not None:
             p_values.append(float(record["p_cheap_ok"]))
+        cache.add(record)
         when = parse_timestamp(record["ts"])
         if first is None or when < first[0]:
             first = (when, record["ts"])
@@ -170,6 +237,14 @@ def build_report(
         in_strong = tokens[False] / strong_calls if strong_calls else mean_tokens
     assumptions.append(f"output tokens per request: {output_tokens:g} (assumed; the log does not record them)")
     assumptions.append("no cached-input discount")
+    estimate = cache.estimate()
+    if estimate is not None:
+        assumptions.append(
+            "cold caches: a turn the router would move to the other model finds that model's prompt cache cold, "
+            "so the tokens the answering model read from its cache cost the full input price there (an upper bound: "
+            "later turns of a conversation already moved are charged again, and a prefix many conversations share "
+            "would soon be cached on the new model too; a cache write's surcharge is not counted)"
+        )
 
     share = cheap_calls / n
     costs: dict[str, float | None] = dict.fromkeys(("strong", "cheap", "routed", "savings", "fraction"))
@@ -219,6 +294,7 @@ def build_report(
         savings_fraction=costs["fraction"],
         prices_as_of=prices.as_of,
         assumptions=tuple(assumptions),
+        cache=estimate,
     )
 
 
@@ -274,79 +350,16 @@ def format_report(report: ObservationReport) -> str:
             f"  routed ({r.cheap_share:.1%} cheap): ${r.monthly_cost_routed:,.2f}",
             f"  savings vs always {r.strong_model}: ${r.savings:,.2f} ({r.savings_fraction:.1%})",
         ]
+    c = r.cache
+    if c is not None:
+        lines += ["", f"prompt caches (observe-mode records with usage: {c.records:,}):",
+                  f"  would switch model: {c.switched:,} turns, {c.switched_cached:,} of them with cached input "
+                  f"({c.cached_tokens:,} tokens read from the answering model's cache)",
+                  f"  would-be savings logged: ${c.saved_usd:,.4f}; lost to cold caches on the switched turns: "
+                  f"${c.lost_usd:,.4f}" + (f" ({c.lost_fraction:.1%} of the savings)" if c.lost_fraction is not None else "")]
+        if r.savings is not None and c.lost_fraction is not None:
+            lines.append(f"  monthly savings after cold caches: about ${r.savings * (1 - c.lost_fraction):,.2f}")
+        if c.unpriced:
+            lines.append(f"  {c.unpriced:,} switched turns with cached input go to an unpriced model (not counted)")
     lines += ["assumptions:", *(f"  - {a}" for a in r.assumptions)]
     return "\n".join(lines)
-
-
-
-# ---------------------------------------------------------------- CLI
-
-
-HELP = "what routing would have saved on logged traffic (observation mode)"
-DESCRIPTION = (
-    "Summarise an observation-mode decision log (JSON lines, written by router-serve or router-gateway): "
-    "share of calls that would go cheap, p_cheap_ok distribution, rules, and monthly cost with and "
-    f"without routing. Volume defaults to the log's own rate extrapolated to {DAYS_PER_MONTH} days."
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    rep = argparse.ArgumentParser(prog="router-cost observed", description=DESCRIPTION)
-    add_arguments(rep)
-    return rep
-
-
-def add_arguments(rep: argparse.ArgumentParser) -> None:
-    """The options of `router-cost observed` (router-cost's subparser and this module's own parser)."""
-    rep.add_argument("--log", required=True, metavar="FILE", help="the decision log (JSON lines)")
-    rep.add_argument(
-        "--requests-per-month", type=non_negative_number, default=None, metavar="N",
-        help="monthly volume for the cost projection (default: the log's rate x 30 days)",
-    )
-    rep.add_argument(
-        "--output-tokens", type=non_negative_number, default=DEFAULT_OUTPUT_TOKENS, metavar="O",
-        help=f"assumed output tokens per request; the log has none (default {DEFAULT_OUTPUT_TOKENS})",
-    )
-    rep.add_argument(
-        "--input-tokens", type=non_negative_number, default=None, metavar="I",
-        help="input tokens per request (default: the log's mean prompt_tokens, per side)",
-    )
-    add_price_options(rep)
-    rep.add_argument("--skip-malformed", action="store_true", help="skip malformed lines instead of stopping")
-    rep.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`router-cost observed ...`; exit 2 on a bad option, price file or log."""
-    parser = build_parser()
-    return run(parser.parse_args(argv), parser)
-
-
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run parsed `router-cost observed` options (errors through `parser`)."""
-    skipped: list[DecisionLogError] = []
-    try:
-        prices = PriceTable.load(args.prices, price_as=dict(args.price_as))
-        report = build_report(
-            read_decision_log(args.log, skip_malformed=args.skip_malformed, skipped=skipped),
-            prices=prices,
-            requests_per_month=args.requests_per_month,
-            output_tokens=args.output_tokens,
-            input_tokens=args.input_tokens,
-        )
-    except (ConfigError, DecisionLogError) as exc:
-        hint = " (use --skip-malformed to skip such lines)" if getattr(exc, "line", None) else ""
-        parser.error(f"{exc}{hint}")
-    if args.json:
-        out = report.to_dict()
-        out["skipped_lines"] = [e.line for e in skipped]
-        print(json.dumps(out))
-    else:
-        print(format_report(report))
-        if skipped:
-            print(f"skipped {len(skipped)} malformed line(s), first: {skipped[0]}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,7 +27,8 @@ from router_model.observe.decision_log import (
     read_decision_log,
     utc_timestamp,
 )
-from router_model.observe.report import build_report, format_report, main
+from router_model.observe.report import build_report, format_report
+from router_model.observe.report_cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = b"prompt-hash-key-for-tests-0123"

@@ -209,14 +209,16 @@ def _docs_section(heading: str) -> str:
     return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
 
 
-def test_the_docs_example_runs_as_written(route_gw, tmp_path, capsys) -> None:
+def test_the_docs_example_runs_as_written(route_gw, tmp_path, capsys, monkeypatch) -> None:
     section = _docs_section("The Anthropic Messages API")
     config = tmp_path / "gateway.toml"
     config.write_text(section.split("```toml\n", 1)[1].split("```", 1)[0])
     assert load_config(config).anthropic_upstream_for(CHEAP).base_url == "https://api.anthropic.com/v1"
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    assert "http://127.0.0.1:8080" in code
-    exec(compile(code.replace("http://127.0.0.1:8080", route_gw.url), "docs/gateway.md", "exec"), {})  # noqa: S102
+    assert "ROUTER_GATEWAY_URL" in code  # the gateway's address (tests/unit/test_docs_examples.py sets it too)
+    monkeypatch.setenv("ROUTER_GATEWAY_URL", route_gw.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-docs")
+    exec(compile(code, "docs/gateway.md", "exec"), {})  # noqa: S102
     out = capsys.readouterr().out
     assert f"answer from {CHEAP}" in out and f"answer from {STRONG}" in out
 
