@@ -34,7 +34,7 @@ import numpy as np
 
 from router_model.cost import PriceTable
 from router_model.features import DEFAULT_FEATURES
-from router_model.multi import POLICY_KINDS, choose
+from router_model.multi import RULE_FAMILIES, choose
 from router_model.offline.multi_data import build_multi_dataset, read_multi
 from router_model.offline.multi_evaluation import eval_rows, evaluate_multi, finite, format_report
 from router_model.offline.split import normalize_prompt
@@ -45,7 +45,7 @@ from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
 from training.multi.heads import PassHeads, ece_per_model, fit_heads
 from training.multi.knn import fit_blend, fit_knn_heads
-from training.multi.policy import MultiGoal, Sweep, choose_policy, expected_costs, fit_cost_models, sweep
+from training.multi.rule import MultiGoal, Sweep, choose_rule, expected_costs, fit_cost_models, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.35, 0.15, 0.5)
@@ -132,7 +132,7 @@ def head_variants(X, ds, tr, va, te, heads: PassHeads, cms, dim: int) -> tuple[d
     for label, h, extra in (("knn", knn, {**knn.validation, "fit_seconds": knn_s}),
                             ("lr_knn_blend", blend, {"w_lr": blend.w, "fit_seconds": blend_s})):
         Pv, Kv = h.p_pass(X[va]), h.p_ok(X[va])
-        fams = choose_policy(Pv, Kv, Ev, passed=ds.passed[va], cost=ds.cost[va], models=ds.models).families
+        fams = choose_rule(Pv, Kv, Ev, passed=ds.passed[va], cost=ds.cost[va], models=ds.models).families
         kind = max(fams, key=lambda k: fams[k]["val_aiq"])
         Pt, Kt = h.p_pass(X[te])[keep_t], h.p_ok(X[te])[keep_t]
         sweeps[f"{label}_{kind}"] = sweep(kind, Pt, Kt, est_cost=Et[keep_t], passed=ds.passed[te][keep_t],
@@ -167,12 +167,12 @@ def run(name: str, path: Path, shared: Path, cache: Path, max_rows: int | None, 
         return heads.p_pass(X[rows]), heads.p_ok(X[rows]), expected_costs(cms, ds.n_tokens[rows])
 
     Pv, Kv, Ev = scored(va)
-    choice = choose_policy(Pv, Kv, Ev, passed=ds.passed[va], cost=ds.cost[va], models=ds.models,
+    choice = choose_rule(Pv, Kv, Ev, passed=ds.passed[va], cost=ds.cost[va], models=ds.models,
                            goal=MultiGoal("quality_floor", 0.95))
     Pt, Kt, Et = scored(te)
     keep = eval_rows(ds.passed[te])
     Y, C = ds.passed[te][keep], ds.cost[te][keep]
-    sweeps = {k: sweep(k, Pt[keep], Kt[keep], est_cost=Et[keep], passed=Y, cost=C) for k in POLICY_KINDS}
+    sweeps = {k: sweep(k, Pt[keep], Kt[keep], est_cost=Et[keep], passed=Y, cost=C) for k in RULE_FAMILIES}
     base_sweep, base_ece = issue_baseline(X, ds, tr, te)
     variant_sweeps, variants = head_variants(X, ds, tr, va, te, heads, cms, emb.shape[1])
     sweeps = {"issue_baseline": base_sweep, **sweeps, **variant_sweeps}

@@ -246,7 +246,7 @@ class MultiModelRecord:
     """
 
     models: tuple[str, ...]
-    policy: str
+    rule: str  # the serving rule (router_model/multi.py RULE_KINDS); metadata.json key "policy"
     value: float
     cost_models: tuple[CostModel, ...]
     best_single: str
@@ -256,7 +256,7 @@ class MultiModelRecord:
     def to_dict(self) -> dict[str, Any]:
         return {
             "models": list(self.models),
-            "policy": self.policy,
+            "policy": self.rule,
             "value": "inf" if self.value == float("inf") else self.value,
             "cost_models": [c.to_dict() for c in self.cost_models],
             "best_single": self.best_single,
@@ -269,7 +269,7 @@ class MultiModelRecord:
         models = tuple(str(m) for m in d["models"])
         rec = cls(
             models=models,
-            policy=str(d["policy"]),
+            rule=str(d["policy"]),
             value=float(d["value"]),
             cost_models=tuple(CostModel.from_dict(c) for c in d["cost_models"]),
             best_single=str(d["best_single"]),
@@ -278,9 +278,9 @@ class MultiModelRecord:
         )
         if len(models) < 2 or len(set(models)) != len(models):
             raise ValueError(f"multi.models must be at least two distinct names, got {list(models)}")
-        if rec.policy not in RULE_KINDS:
-            raise ValueError(f"multi.policy {rec.policy!r} is not one of {list(RULE_KINDS)}")
-        if rec.policy == SINGLE and not (rec.value == int(rec.value) and 0 <= rec.value < len(models)):
+        if rec.rule not in RULE_KINDS:
+            raise ValueError(f"multi.rule {rec.rule!r} is not one of {list(RULE_KINDS)}")
+        if rec.rule == SINGLE and not (rec.value == int(rec.value) and 0 <= rec.value < len(models)):
             raise ValueError(f"multi.value of policy 'single' must be a model column 0..{len(models) - 1}, "
                              f"got {rec.value}")
         if tuple(c.model for c in rec.cost_models) != models:

@@ -127,6 +127,14 @@ class PairHead:
     def rule_decision(self, reason: str, n_tokens: int, allowed: Allowed) -> RoutingDecision:
         return RoutingDecision(self.models[1], None, 1.0, self.threshold, reason, self.version, n_tokens, None)
 
+    def split(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-model P(pass) and P(ok): an N-model notion; a pair's classes are outcomes, not models."""
+        raise InvalidRequestError("per-model probabilities need an N-model router (artifact format 2)", field="router")
+
+    def expected_costs(self, n_tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Per-model dollars: an N-model notion (a pair is priced by the caller's price table)."""
+        raise InvalidRequestError("expected costs need an N-model router (artifact format 2)", field="router")
+
 
 class PolicyHead(PairHead):
     """A day-0 policy: its classes are routes; the reason names the likeliest route of the chosen tier."""
@@ -191,7 +199,7 @@ class MultiHead:
     def decide(self, probs: np.ndarray, n_tokens: Sequence[int], allowed: Allowed) -> list[RoutingDecision]:
         P, K = self.split(probs)
         est = self.expected_costs(n_tokens) if len(n_tokens) else np.zeros((0, len(self.models)))
-        value, kind = self.multi.value, self.multi.policy
+        value, kind = self.multi.value, self.multi.rule
         picks = choose(kind, value, P, K, est, allowed)
         out = []
         for row, j in enumerate(picks):

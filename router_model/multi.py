@@ -3,7 +3,7 @@
 The graph of an N-model artifact returns, per request, P(pass) for every model and
 P(ok) = P(the model loses nothing against every pricier model), columns cheapest first.
 `choose` applies the artifact's rule; `CostModel` is the per-request dollar estimate the
-`lambda` rule and the decision's expected cost use. Training (`training/multi/policy.py`)
+`lambda` rule and the decision's expected cost use. Training (`training/multi/rule.py`)
 sweeps the same function, so what was measured is what is served.
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-POLICY_KINDS = ("cheapest_ok", "cheapest_pass", "lambda")  # the families training sweeps
+RULE_FAMILIES = ("cheapest_ok", "cheapest_pass", "lambda")  # the families training sweeps
 # Plus one fixed rule: every request to one model (value = its column). What a risk-controlled
-# goal falls back to when the labelled rows certify no routing (training/multi/policy.py).
+# goal falls back to when the labelled rows certify no routing (training/multi/rule.py).
 SINGLE = "single"
-RULE_KINDS = (*POLICY_KINDS, SINGLE)
+RULE_KINDS = (*RULE_FAMILIES, SINGLE)
 PASS_OUTPUT = "pass_probabilities"
 
 

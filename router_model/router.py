@@ -264,14 +264,10 @@ class Router:
 
     def model_probabilities(self, requests: Sequence[Request]) -> tuple[np.ndarray, np.ndarray]:
         """N-model routers: P(pass) and P(ok) per request and model (columns = `models`), rules not applied."""
-        if not isinstance(self.head, MultiHead):
-            raise InvalidRequestError("per-model probabilities need an N-model router (artifact format 2)", field="router")
         return self.head.split(self._outputs(self._prepared_for_scoring(requests)))
 
     def expected_costs(self, n_tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         """N-model routers: (n, N) expected dollars per call from the artifact's cost models."""
-        if not isinstance(self.head, MultiHead):
-            raise InvalidRequestError("expected costs need an N-model router (artifact format 2)", field="router")
         return self.head.expected_costs(n_tokens)
 
     # --- decisions -----------------------------------------------------------------------

@@ -70,7 +70,7 @@ def metadata_summary(meta: ArtifactMetadata, path: str | Path) -> str:
         lines.append(f"data: {d.rows_used} rows used of {d.rows_read} read, split {dict(d.split_rows)}, sha256 {d.sha256[:16]}...")
     if meta.multi is not None:  # an N-model router (format 2): `pair` above is cheapest / best single model
         m = meta.multi
-        lines.append(f"models ({len(m.models)}, cheapest first): {', '.join(m.models)}; rule {m.policy}={m.value:.6g}, "
+        lines.append(f"models ({len(m.models)}, cheapest first): {', '.join(m.models)}; rule {m.rule}={m.value:.6g}, "
                      f"rules send to {m.best_single}")
     test = meta.test_metrics
     if isinstance(test.get("router"), Mapping):

@@ -614,7 +614,7 @@ def write_toy_multi(
             embedder=_embedder_spec(table, max_length, truncation, model_inputs),
             features=tuple(features),
             default_graph=default_graph,
-            multi=MultiModelRecord(models=models, policy=policy, value=float(value), cost_models=cost_models,
+            multi=MultiModelRecord(models=models, rule=policy, value=float(value), cost_models=cost_models,
                                    best_single=best, cost_source={m: "toy" for m in models}),
         )
         write_metadata(tmp, meta)

@@ -175,5 +175,5 @@ def track_multi_run(target: TrackingTarget, params: dict[str, Any], metrics: dic
     assert meta.multi is not None
     register_version(target.uri, target.registered_model, run_id, source=source,
                      tags=version_tags(meta, models=str(len(meta.multi.models))),
-                     description=f"N-model router: {', '.join(meta.multi.models)}; policy {meta.multi.policy}={meta.multi.value:g}")
+                     description=f"N-model router: {', '.join(meta.multi.models)}; policy {meta.multi.rule}={meta.multi.value:g}")
     return run_id

@@ -52,7 +52,7 @@ def multi_report(model_dir: str | Path, logs: list[Path], *, requests_per_month:
     return {
         "model_dir": str(model_dir),
         "artifact_version": router.version,
-        "policy": {"kind": router.multi.policy, "value": router.multi.value},
+        "policy": {"kind": router.multi.rule, "value": router.multi.value},
         "rows": n,
         "rows_without_every_outcome": int((~keep).sum()),
         "requests_per_month": requests_per_month,

@@ -110,7 +110,7 @@ def _multi_info(meta: Any) -> dict[str, Any]:
     m = meta.multi
     if m is None:
         return {}
-    return {"models": list(m.models), "policy": m.policy, "policy_value": m.value, "best_single_model": m.best_single}
+    return {"models": list(m.models), "policy": m.rule, "policy_value": m.value, "best_single_model": m.best_single}
 
 
 def _numeric_metrics(value: Any, prefix: str = "") -> dict[str, float]:

@@ -106,7 +106,7 @@ def test_multi_artifact_served_by_scorer_grpc_and_gateway(multi_trained, tmp_pat
         resp = stub.Route(router_pb2.RouteRequest(prompt=prompts[0]))
         assert resp.model == rows[0]["model"] and set(resp.p_pass) == set(MODELS) and resp.HasField("expected_cost_usd")
         info = stub.GetModelInfo(router_pb2.GetModelInfoRequest())
-        assert list(info.models) == list(router.models) and info.policy == router.multi.policy
+        assert list(info.models) == list(router.models) and info.policy == router.multi.rule
     # gateway: a routable name maps to a set of candidates
     fake = FakeUpstream()
     up = ServerThread(fake.app()).start()

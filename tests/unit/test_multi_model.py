@@ -12,7 +12,7 @@ import pytest
 from router_model.multi import CostModel, choose
 from router_model.offline.multi_evaluation import aiq, evaluate_multi, hull, oracle_point
 from training.multi.heads import ok_labels
-from training.multi.policy import MultiGoal, Sweep, choose_policy
+from training.multi.rule import MultiGoal, Sweep, choose_rule
 
 # ------------------------------------------------------------------ masking
 
@@ -57,13 +57,13 @@ def test_policy_picks_lowest_cost_meeting_the_floor() -> None:
     cost = np.column_stack([np.full(n, 1.0), np.full(n, 2.0), np.full(n, 10.0)])
     p_pass = np.column_stack([np.where(easy, 0.95, 0.05), np.where(easy, 0.95, 0.05), np.full(n, 0.99)])
     p_ok = np.column_stack([np.where(easy, 0.95, 0.05), np.where(easy, 0.95, 0.05), np.ones(n)])
-    choice = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=("a", "b", "c"),
+    choice = choose_rule(p_pass, p_ok, cost, passed=passed, cost=cost, models=("a", "b", "c"),
                            goal=MultiGoal("quality_floor", 0.95, None))
     assert choice.met and choice.val_best_single == "c" and choice.method == "empirical"
     # easy rows -> a, the rest -> c: quality 1.0 at (120 * 1 + 80 * 10) / 200 = $4.6 per request
     assert choice.val_quality == 1.0
     assert choice.val_cost_per_request == pytest.approx(4.6)
-    budget = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=("a", "b", "c"),
+    budget = choose_rule(p_pass, p_ok, cost, passed=passed, cost=cost, models=("a", "b", "c"),
                            goal=MultiGoal("max_cost_per_request", 1.0, None))
     assert budget.val_cost_per_request <= 1.0 and budget.val_quality == pytest.approx(0.6)
 
@@ -84,7 +84,7 @@ def _three_models(n: int, seed: int = 0) -> tuple[np.ndarray, ...]:
 def test_risk_controlled_policy_certifies_or_falls_back_to_the_reference() -> None:
     p_pass, p_ok, cost, passed = _three_models(400)
     models = ("a", "b", "c")
-    choice = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
+    choice = choose_rule(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
                            goal=MultiGoal("quality_floor", 0.95, 0.05),
                            reference=2)
     # 400 rows certify routing the easy rows cheap: the lower bound on quality / c clears the floor
@@ -92,11 +92,11 @@ def test_risk_controlled_policy_certifies_or_falls_back_to_the_reference() -> No
     assert choice.bound is not None and 0.95 <= choice.bound <= 1.0
     assert choice.val_cost_per_request < 10.0 * 0.8 and choice.method.startswith("ltt-fixed-sequence")
     # the empirical rule on the same rows is at least as cheap: the guarantee costs something, never saves
-    emp = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
+    emp = choose_rule(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
                         goal=MultiGoal("quality_floor", 0.95, None), reference=2)
     assert emp.val_cost_per_request <= choice.val_cost_per_request + 1e-9
     # 25 rows cannot certify anything: every request to the reference, and how many rows would
-    small = choose_policy(p_pass[:25], p_ok[:25], cost[:25], passed=passed[:25], cost=cost[:25], models=models,
+    small = choose_rule(p_pass[:25], p_ok[:25], cost[:25], passed=passed[:25], cost=cost[:25], models=models,
                           goal=MultiGoal("quality_floor", 0.95, 0.05), reference=2)
     assert small.kind == "single" and small.value == 2.0 and small.certified is False
     assert small.n_needed is not None and small.n_needed > 25
@@ -107,14 +107,14 @@ def test_risk_controlled_policy_certifies_or_falls_back_to_the_reference() -> No
 def test_risk_controlled_budget_is_an_upper_bound() -> None:
     p_pass, p_ok, cost, passed = _three_models(400, seed=1)
     models = ("a", "b", "c")
-    b = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
+    b = choose_rule(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
                       goal=MultiGoal("max_cost_per_request", 5.0, 0.05))
     assert b.certified is True and b.bound is not None and b.val_cost_per_request <= b.bound <= 5.0
-    emp = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
+    emp = choose_rule(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
                         goal=MultiGoal("max_cost_per_request", 5.0, None))
     assert emp.val_quality >= b.val_quality - 1e-9  # the empirical rule may spend up to the budget itself
     # a budget at the cheapest model's own price cannot be certified with a margin: all to the cheapest
-    tight = choose_policy(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
+    tight = choose_rule(p_pass, p_ok, cost, passed=passed, cost=cost, models=models,
                           goal=MultiGoal("max_cost_per_request", 1.0, 0.05))
     assert tight.kind == "single" and tight.value == 0.0 and tight.certified is False
 

@@ -279,7 +279,7 @@ def test_bad_batch_input_names_the_item(toy_router: Router) -> None:
 # --- N models ------------------------------------------------------------------------------------
 def test_n_model_directory_loads_with_its_models(toy_multi_dir: Path, toy_multi_router: Router) -> None:
     meta = read_metadata(toy_multi_dir)
-    assert meta.format_version == 2 and meta.multi is not None and meta.multi.policy == "cheapest_ok"
+    assert meta.format_version == 2 and meta.multi is not None and meta.multi.rule == "cheapest_ok"
     assert tuple(toy_multi_router.models) == DEFAULT_MULTI_MODELS
     assert toy_multi_router.version == meta.artifact_version
 

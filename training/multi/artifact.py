@@ -46,7 +46,7 @@ from training.artifact.writer import (
 from training.embedding.common import OPSET
 from training.embedding.onnx_embedder import ExportedEmbedder
 from training.multi.heads import PassHeads
-from training.multi.policy import PolicyChoice
+from training.multi.rule import RuleChoice
 
 INT8_MAX_QUALITY_DIFF = 0.005
 
@@ -103,7 +103,7 @@ class MultiRecord:
 
     read: LogReadResult
     heads: PassHeads
-    choice: PolicyChoice
+    choice: RuleChoice
     cost_models: tuple[CostModel, ...]
     cost_source: dict[str, str]
     evaluation: dict
@@ -114,7 +114,7 @@ class MultiRecord:
     trained_prompts: PromptDigest
 
 
-def goal_record(choice: PolicyChoice) -> GoalRecord:
+def goal_record(choice: RuleChoice) -> GoalRecord:
     """metadata.json's goal for an N-model policy: the floor is relative to the reference model."""
     g = choice.goal
     floor = None
@@ -154,7 +154,7 @@ def build_metadata(rec: MultiRecord, exported: ExportedEmbedder, stamp: Stamp) -
             rows_used=read.rows_used, skipped=dict(read.skipped), split_rows=rec.split_rows,
             pass_threshold=rec.pass_threshold, trained_prompts=rec.trained_prompts,
         ),
-        multi=MultiModelRecord(models=models, policy=choice.kind, value=float(choice.value), cost_models=rec.cost_models,
+        multi=MultiModelRecord(models=models, rule=choice.kind, value=float(choice.value), cost_models=rec.cost_models,
                                best_single=choice.val_best_single, cost_source=rec.cost_source),
         format_version=MULTI_FORMAT_VERSION,
     )
@@ -184,8 +184,8 @@ def check_parity(model_dir: Path, meta: ArtifactMetadata, *, heads: PassHeads, h
         raise ArtifactError(f"the exported fp32 graph differs from the heads by {diff:.2e}")
     p8, o8 = Router.load(model_dir, graph=INT8).model_probabilities(held.requests)
     est = np.column_stack([c.estimate(held.n_tokens) for c in meta.multi.cost_models])
-    d32 = choose(meta.multi.policy, meta.multi.value, p32, o32, est)
-    d8 = choose(meta.multi.policy, meta.multi.value, p8, o8, est)
+    d32 = choose(meta.multi.rule, meta.multi.value, p32, o32, est)
+    d8 = choose(meta.multi.rule, meta.multi.value, p8, o8, est)
     agreement = float(np.mean(d32 == d8)) if len(d32) else 1.0
     rows = np.arange(len(d32))
     y = np.nan_to_num(held.passed, nan=0.0)

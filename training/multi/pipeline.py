@@ -18,7 +18,7 @@ import numpy as np
 
 from router_model.artifact import ArtifactMetadata
 from router_model.cost import PriceTable
-from router_model.multi import POLICY_KINDS, choose
+from router_model.multi import RULE_FAMILIES, choose
 from router_model.offline.log import ReadOptions
 from router_model.offline.multi_data import MultiDataset, MultiLog, build_multi_dataset, parse_models, read_multi
 from router_model.offline.multi_evaluation import eval_rows, evaluate_multi, finite, format_report
@@ -31,10 +31,10 @@ from training.embedding.onnx_embedder import OnnxEmbedder
 from training.multi.artifact import MultiHeldOut, MultiRecord, stage_multi_dir
 from training.multi.heads import PassHeads, ece_per_model, fit_heads
 from training.multi.plots import save_plots
-from training.multi.policy import (
+from training.multi.rule import (
     MultiGoal,
-    PolicyChoice,
-    choose_policy,
+    RuleChoice,
+    choose_rule,
     expected_costs,
     fit_cost_models,
     reference_model,
@@ -52,7 +52,7 @@ class MultiTrainResult:
     run_id: str | None
     plots: list[Path]
     heads: PassHeads
-    choice: PolicyChoice
+    choice: RuleChoice
 
 
 def _say(msg: str) -> None:
@@ -83,11 +83,11 @@ def score_rows(heads: PassHeads, X: np.ndarray, ds: MultiDataset, *, cost_models
                   ds.passed[rows], ds.cost[rows])
 
 
-def held_out_report(sc: Scored, models, choice: PolicyChoice) -> tuple[dict[str, Any], dict[str, Any]]:
+def held_out_report(sc: Scored, models, choice: RuleChoice) -> tuple[dict[str, Any], dict[str, Any]]:
     """The test frontier of each rule family, the chosen point run on test, and ECE per model."""
     keep = eval_rows(sc.passed)
     P, K, E, Y, C = sc.p_pass[keep], sc.p_ok[keep], sc.est[keep], sc.passed[keep], sc.cost[keep]
-    sweeps = {kind: sweep(kind, P, K, est_cost=E, passed=Y, cost=C) for kind in POLICY_KINDS}
+    sweeps = {kind: sweep(kind, P, K, est_cost=E, passed=Y, cost=C) for kind in RULE_FAMILIES}
     pick = choose(choice.kind, choice.value, P, K, E)
     rows = np.arange(len(Y))
     chosen = {"kind": choice.kind, "value": float(choice.value), "cost": float(C[rows, pick].sum()),
@@ -152,7 +152,7 @@ def train_multi(config) -> MultiTrainResult:
     cost_models = fit_cost_models(ds.n_tokens[tr], ds.cost[tr], ds.models)
     val = score_rows(heads, X, ds, cost_models=cost_models, rows=va)
     ref = reference_model(ds.passed[tr], ds.cost[tr])
-    choice = choose_policy(val.p_pass, val.p_ok, val.est, passed=val.passed, cost=val.cost, models=ds.models, goal=goal,
+    choice = choose_rule(val.p_pass, val.p_ok, val.est, passed=val.passed, cost=val.cost, models=ds.models, goal=goal,
                            reference=ref, lambda_scale=max(cm.mean for cm in cost_models) or None)
     _say(f"goal: {goal.kind}={goal.value:g} at " + ("no risk control" if goal.risk is None else f"risk {goal.risk:g}")
          + f", relative to {ds.models[ref]} (the best single model on the training rows)")

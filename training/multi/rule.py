@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router_model.multi import POLICY_KINDS, SINGLE, CostModel, choose
+from router_model.multi import RULE_FAMILIES, SINGLE, CostModel, choose
 from router_model.offline.multi_evaluation import aiq, eval_rows, single_points
 from training.risk import (
     METHOD,
@@ -135,7 +135,7 @@ def sweep(kind: str, p_pass: np.ndarray, p_ok: np.ndarray, *, est_cost: np.ndarr
 
 
 @dataclass(frozen=True)
-class PolicyChoice:
+class RuleChoice:
     """The chosen rule and parameter, what it did on validation, how each family compared there, and
     (risk-controlled) what was certified."""
 
@@ -166,7 +166,7 @@ class _Point:
     bound: float = float("nan")
 
 
-def choose_policy(
+def choose_rule(
     p_pass: np.ndarray,
     p_ok: np.ndarray,
     est_cost: np.ndarray,
@@ -175,10 +175,10 @@ def choose_policy(
     cost: np.ndarray,
     models: Sequence[str],
     goal: MultiGoal = MultiGoal(),
-    kinds: Sequence[str] = POLICY_KINDS,
+    kinds: Sequence[str] = RULE_FAMILIES,
     reference: int | None = None,
     lambda_scale: float | None = None,
-) -> PolicyChoice:
+) -> RuleChoice:
     """Sweep each family on validation rows (those with every model's outcome); the goal picks the point.
 
     `reference`: the column the floor is relative to (default: the best single model on these
@@ -186,7 +186,7 @@ def choose_policy(
     """
     keep = eval_rows(passed)
     if keep.sum() == 0:
-        raise ValueError("no validation row has an outcome for every model; the policy cannot be chosen")
+        raise ValueError("no validation row has an outcome for every model; the serving rule cannot be chosen")
     P, K, E, Y, C = p_pass[keep], p_ok[keep], est_cost[keep], passed[keep], cost[keep]
     n = len(Y)
     singles = single_points(Y, C, models)
@@ -250,7 +250,7 @@ def choose_policy(
         where = "the reference" if goal.kind == "quality_floor" else "the cheapest model"
         need_txt = f"; about {min(need):,} validation rows would certify the best gap seen" if need else ""
         why = f"nothing certified ({what}): every request to {where}, {models[col]}{need_txt}"
-        return PolicyChoice(SINGLE, float(col), goal, False, q, c / n, ref["name"], ref["quality"], families, why,
+        return RuleChoice(SINGLE, float(col), goal, False, q, c / n, ref["name"], ref["quality"], families, why,
                             method=_method(goal), certified=False, bound=None, n_labelled=n,
                             n_needed=min(need) if need else None)
     met = pick is not None
@@ -264,7 +264,7 @@ def choose_policy(
     if not met:
         why += " (goal not met on validation; closest point used)"
     bound = pick.bound if fam_risk is not None else None
-    return PolicyChoice(pick.kind, pick.value, goal, met, pick.quality, pick.cost / n, ref["name"], ref["quality"],
+    return RuleChoice(pick.kind, pick.value, goal, met, pick.quality, pick.cost / n, ref["name"], ref["quality"],
                         families, why, method=_method(goal), certified=True if fam_risk is not None else None,
                         bound=bound, n_labelled=n)
 
