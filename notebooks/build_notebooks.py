@@ -6,7 +6,7 @@
 Each notebook's first code cell finds the public data (../shared/data next to the repository, or
 $ROUTER_SHARED_DATA) and sets DATA_OK. Without the data it prints why and every later code cell,
 wrapped here in `if DATA_OK:`, does nothing: the notebook still runs top to bottom without an error.
-CI executes them (tests/test_notebooks.py); outputs are never committed.
+CI executes them (tests/integration/test_notebooks.py); outputs are never committed.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def _pipeline_inputs(trained, cache_dir: Path):
     config = TrainConfig(
         logs=(EXAMPLE_LOG,),
         out_dir=trained.model_dir,
-        seed=0,  # as conftest's `trained`
+        seed=0,  # as tests/integration/conftest.py's `trained`
         heads=(meta.head,),
         target=meta.target,
         features=meta.features,

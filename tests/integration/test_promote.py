@@ -1,6 +1,6 @@
 """Retrain -> gate -> promote -> serve by alias -> follow -> roll back, on a real sqlite MLflow store.
 
-One scenario on a fixed 3,000-row sample of RouteLLM MMLU (the sample tests/test_parity.py
+One scenario on a fixed 3,000-row sample of RouteLLM MMLU (the sample tests/integration/test_parity.py
 trains on, so a session embeds it once), split by normalised prompt into a frozen eval log E
 (EVAL_ROWS rows) and a training pool P (the rest). v1 (the first V1_ROWS rows of P) is the first
 champion; v2 (v1's rows with their outcomes shuffled among them) is refused because it is worse;
@@ -40,7 +40,7 @@ from router_model.service.gen.router.v1 import router_pb2 as pb
 MMLU = "routellm-evals/routellm-mmlu.normalized.jsonl"
 CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
-SUBSET_ROWS = 3000  # the same sample as tests/test_parity.py's public_router (one embedding pass)
+SUBSET_ROWS = 3000  # the same sample as tests/integration/test_parity.py's public_router (one embedding pass)
 EVAL_ROWS = 1700  # the frozen eval log: as large as the sample allows beside the training pool
 V1_ROWS = 650  # v1: half of the training pool; v3: all of it
 SPLIT_SEED = 1
@@ -396,7 +396,8 @@ def test_rest_registry_reads_an_mlflow_server_without_the_client(model_dir: Path
         resolved = registry.resolve(ModelUri.parse(f"models:/{NAME}@champion"))
         assert (resolved.version, resolved.alias) == (version, "champion")
         path = fetch_version(registry, resolved, tmp_path / "cache")
-        assert path == tmp_path / "cache" / NAME / version
+        # <cache>/<name>/<version>/<key of this store and the version's source> (docs/operations.md)
+        assert path.parent == tmp_path / "cache" / NAME / version and len(path.name) == 16
         assert sorted(p.name for p in path.iterdir()) == sorted(p.name for p in model_dir.iterdir() if p.is_file())
         from router_model.router import Router
 

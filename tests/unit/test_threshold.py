@@ -1,6 +1,6 @@
 """training.threshold: each goal on hand cases (the empirical rule, risk=None), infeasible goals, speed.
 
-The risk-controlled rule (the default) is tested in tests/test_guarantee.py.
+The risk-controlled rule (the default) is tested in tests/unit/test_guarantee.py.
 """
 
 from __future__ import annotations
