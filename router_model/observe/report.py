@@ -171,6 +171,7 @@ def build_report(
     pairs: Counter[tuple[str, str]] = Counter()
     p_values: list[float] = []
     cache = _CacheTally(prices)
+    cached_input = billed_input = 0  # prompt tokens read from a provider's cache / all, where usage is logged
     first: tuple[datetime, str] | None = None
     last: tuple[datetime, str] | None = None
     for i, record in enumerate(records):
@@ -191,6 +192,10 @@ def build_report(
         if record.get("p_cheap_ok") is not None:
             p_values.append(float(record["p_cheap_ok"]))
         cache.add(record)
+        usage = record.get("usage")
+        if isinstance(usage, Mapping) and isinstance(usage.get("prompt_tokens"), int):
+            billed_input += usage["prompt_tokens"]
+            cached_input += min(_cached_tokens(usage), usage["prompt_tokens"])
         when = parse_timestamp(record["ts"])
         if first is None or when < first[0]:
             first = (when, record["ts"])
@@ -236,7 +241,12 @@ def build_report(
         in_cheap = tokens[True] / cheap_calls if cheap_calls else mean_tokens
         in_strong = tokens[False] / strong_calls if strong_calls else mean_tokens
     assumptions.append(f"output tokens per request: {output_tokens:g} (assumed; the log does not record them)")
-    assumptions.append("no cached-input discount")
+    cached_share = cached_input / billed_input if billed_input else 0.0
+    if billed_input:
+        assumptions.append(f"cached input: {cached_share:.1%} of input tokens billed at the cached-input price "
+                           "(the share the upstreams' usage reported)")
+    else:
+        assumptions.append("no cached-input discount (the log records no upstream usage)")
     estimate = cache.estimate()
     if estimate is not None:
         assumptions.append(
@@ -249,13 +259,13 @@ def build_report(
     share = cheap_calls / n
     costs: dict[str, float | None] = dict.fromkeys(("strong", "cheap", "routed", "savings", "fraction"))
     if volume is not None:
-        strong = float(monthly_cost(pair.strong, volume, in_all, output_tokens))
+        strong = float(monthly_cost(pair.strong, volume, in_all, output_tokens, cached_share))
         routed = float(
-            monthly_cost(pair.cheap, volume * share, in_cheap, output_tokens)
-            + monthly_cost(pair.strong, volume * (1 - share), in_strong, output_tokens)
+            monthly_cost(pair.cheap, volume * share, in_cheap, output_tokens, cached_share)
+            + monthly_cost(pair.strong, volume * (1 - share), in_strong, output_tokens, cached_share)
         )
         costs["strong"] = strong
-        costs["cheap"] = float(monthly_cost(pair.cheap, volume, in_all, output_tokens))
+        costs["cheap"] = float(monthly_cost(pair.cheap, volume, in_all, output_tokens, cached_share))
         costs["routed"] = routed
         costs["savings"] = strong - routed
         costs["fraction"] = (strong - routed) / strong if strong else 0.0
