@@ -21,6 +21,7 @@ TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:  # unit tests import helpers from tests/ like the other tests do
     sys.path.insert(0, str(TESTS))
 
+from gateway_upstream import serve_fake_upstream  # noqa: E402
 from toy_artifact import write_toy_multi, write_toy_pair, write_toy_policy  # noqa: E402
 
 from router_model.router import Router  # noqa: E402
@@ -82,3 +83,16 @@ def toy_multi_router(toy_multi_dir: Path) -> Router:
 @pytest.fixture(scope="session")
 def toy_policy_router(toy_policy_dir: Path) -> Router:
     return Router.load(toy_policy_dir)
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """A local OpenAI/Anthropic-compatible upstream (tests/gateway_upstream.py), one per test module."""
+    with serve_fake_upstream() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def router(toy_model_dir) -> Router:
+    """The toy pair, loaded afresh for each test module (tests may swap or compare it by identity)."""
+    return Router.load(toy_model_dir)

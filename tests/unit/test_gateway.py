@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gateway_upstream import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, SNAPSHOT_SUFFIX, serve_fake_upstream, wait_for
+from gateway_upstream import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, SNAPSHOT_SUFFIX, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_model import Router
@@ -81,17 +81,6 @@ _wait_for = wait_for
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with serve_fake_upstream() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def router(toy_model_dir) -> Router:
-    return Router.load(toy_model_dir)
 
 
 @pytest.fixture(scope="module")

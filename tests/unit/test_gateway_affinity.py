@@ -16,7 +16,7 @@ import anthropic
 import openai
 import pytest
 from gateway_harness import running_gateway
-from gateway_upstream import serve_fake_upstream, wait_for
+from gateway_upstream import wait_for
 from toy_artifact import write_toy_pair
 
 from router_model import Router
@@ -146,17 +146,6 @@ def test_bad_affinity_settings_name_the_key(key: str, value: object) -> None:
 
 
 # ---------------------------------------------------------------- through the gateway
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with serve_fake_upstream() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def router(toy_model_dir) -> Router:
-    return Router.load(toy_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from gateway_upstream import (
     ANTHROPIC_CACHE_WRITE,
     ANTHROPIC_INPUT_TOKENS,
     ANTHROPIC_OUTPUT_TOKENS,
-    serve_fake_upstream,
     wait_for,
 )
 from toy_artifact import write_toy_pair
@@ -33,12 +32,6 @@ EASY, HARD = "Translate this sentence into French.", "Prove the theorem."
 KEY_ENV = "ROUTER_GATEWAY_TEST_ANTHROPIC_KEY"
 USAGE = Usage(ANTHROPIC_INPUT_TOKENS + ANTHROPIC_CACHE_READ + ANTHROPIC_CACHE_WRITE, ANTHROPIC_OUTPUT_TOKENS,
               ANTHROPIC_CACHE_READ, ANTHROPIC_CACHE_WRITE)
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with serve_fake_upstream() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gateway_upstream import serve_fake_upstream, wait_for
+from gateway_upstream import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_model.gateway.app import create_app
@@ -183,12 +183,6 @@ class RawUpstream:
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with serve_fake_upstream() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")

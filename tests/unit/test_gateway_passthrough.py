@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gateway_upstream import AUDIO_BYTES, serve_fake_upstream
+from gateway_upstream import AUDIO_BYTES
 
 from router_model.gateway.app import create_app
 from router_model.gateway.config import GatewayConfig, Upstream
@@ -28,12 +28,6 @@ KEY_ENV = "ROUTER_GATEWAY_TEST_PASSTHROUGH_KEY"
 
 def _tid() -> str:
     return uuid.uuid4().hex[:12]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with serve_fake_upstream() as fake:
-        yield fake
 
 
 def _serve(config: GatewayConfig, router):

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gateway_upstream import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, SNAPSHOT_SUFFIX, serve_fake_upstream, wait_for
+from gateway_upstream import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, SNAPSHOT_SUFFIX, wait_for
 
 from router_model.answer_checks import Checks, failed_response_check
 from router_model.cost import PriceTable, Usage, usage_cost
@@ -56,12 +56,6 @@ class _Gw:
         assert wait_for(seen, timeout=5), f"no decision-log record for {request_id}"
         (rec,) = found
         return rec
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with serve_fake_upstream() as fake:
-        yield fake
 
 
 def _gateway(upstream, router, tmp_path_factory, mode: str):

@@ -20,9 +20,8 @@ from typing import Any
 import openai
 import pytest
 from gateway_harness import running_gateway
-from gateway_upstream import serve_fake_upstream, wait_for
+from gateway_upstream import wait_for
 
-from router_model import Router
 from router_model.gateway.affinity import REASON_SESSION, REASON_TOOL_LOOP, conversation_key
 from router_model.gateway.config import GatewayConfig, Upstream
 from router_model.gateway.responses import ResponsesStreamAnswer, response_key, responses_messages, responses_turn
@@ -34,17 +33,6 @@ TOOLS: list[Any] = [{"type": "function", "name": "get_weather", "description": "
 
 def _tid() -> str:
     return uuid.uuid4().hex[:12]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with serve_fake_upstream() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def router(toy_model_dir) -> Router:
-    return Router.load(toy_model_dir)
 
 
 def _gateway(upstream, router, tmp_path_factory, **kw):

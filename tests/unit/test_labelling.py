@@ -19,7 +19,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
-from gateway_upstream import FakeUpstream, serve_fake_upstream
+from gateway_upstream import FakeUpstream
 
 from router_model.cost import PriceTable, request_cost
 from router_model.encoder import estimate_tokens
@@ -34,12 +34,6 @@ from router_model.labelling.writer import LabelsWriter, existing_hashes, request
 
 REPO = Path(__file__).resolve().parents[2]
 CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with serve_fake_upstream() as fake:
-        yield fake
 
 
 def _requests(path: Path, rows: list[dict]) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gateway_upstream import serve_fake_upstream, wait_for
+from gateway_upstream import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_model import Router
@@ -51,12 +51,6 @@ def _rows(path: Path) -> list[dict]:
         return []
     data = path.read_bytes()
     return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with serve_fake_upstream() as fake:
-        yield fake
 
 
 class _Gw:
@@ -149,11 +143,6 @@ def test_sample_rate_samples_that_share(tmp_path):
 
 
 # ---------------------------------------------------------------- through the gateway (a toy router)
-
-
-@pytest.fixture(scope="module")
-def router(toy_model_dir) -> Router:
-    return Router.load(toy_model_dir)
 
 
 def test_shadow_grading_after_the_response_never_delays_it(upstream, router, tmp_path):
