@@ -72,10 +72,7 @@ from router_model.artifact import (
     write_metadata,
 )
 from router_model.decision import CHEAP_ONLY_CLASS
-from router_model.encoder import EncoderSettings
-from router_model.features import DEFAULT_FEATURES
-from router_model.multi import PASS_OUTPUT, CostModel
-from router_model.observe.drift import (
+from router_model.drift_reference import (
     FAR_QUANTILE,
     Binned,
     Categorical,
@@ -84,6 +81,9 @@ from router_model.observe.drift import (
     nearest_centroid_distance,
     write_reference,
 )
+from router_model.encoder import EncoderSettings
+from router_model.features import DEFAULT_FEATURES
+from router_model.multi import PASS_OUTPUT, CostModel
 
 __all__ = [
     "CHEAP_WORDS",

@@ -21,8 +21,8 @@ from router_model.artifact import (
     GoalRecord,
     ParityRecord,
 )
+from router_model.drift_reference import DriftReference, write_reference
 from router_model.errors import ArtifactError
-from router_model.observe.drift import DriftReference, write_reference
 from router_model.offline import metrics as M
 from router_model.offline.log import LogReadResult
 from router_model.prompt_digest import PromptDigest

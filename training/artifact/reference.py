@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from router_model.decision import RoutingRules
-from router_model.observe.drift import (
+from router_model.drift_reference import (
     FAR_QUANTILE,
     Binned,
     Categorical,
