@@ -43,6 +43,9 @@ The requests file is JSON lines: "prompt" (or "messages"), optional "tags", "id"
 parameters such as temperature). A labelled log works too: its outcomes are ignored.
 
 Exit status: 0 done, 2 bad input or options, 3 stopped at --max-cost (run again with a higher cap to go on).
+
+router-label split --log labels.jsonl --eval-out eval.jsonl --train-out labels-train.jsonl: carve an evaluation
+log out of a labelled log with no prompt shared with the rest (router-label split --help).
 """
 
 
@@ -225,6 +228,11 @@ class _Run:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["split"]:  # router-label split: carve an eval log out of a labelled log
+        from router_model.labelling.split_cli import main as split_main
+
+        return split_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()

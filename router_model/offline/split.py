@@ -14,7 +14,7 @@ import numpy as np
 
 from router_model.prompt_digest import normalize_prompt
 
-__all__ = ["SPLIT_NAMES", "assign_splits", "group_kfold", "normalize_prompt", "sample_groups"]
+__all__ = ["SPLIT_NAMES", "assign_splits", "group_kfold", "holdout_mask", "normalize_prompt", "sample_groups"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -43,6 +43,25 @@ def assign_splits(
             name = SPLIT_NAMES[int(np.searchsorted(edges, u, side="right"))]
             cache[key] = name
         out[i] = name
+    return out
+
+
+def holdout_mask(group_keys: Sequence[str], share: float, seed: int = 0) -> np.ndarray:
+    """True for the rows of a held-out set of about `share` of the groups (`router-label split`).
+
+    Decided by a hash of the group key alone (salted apart from `assign_splits`, so training on the
+    rest still gets a full train/val/test split): a group is wholly in or wholly out, and a log that
+    grows keeps every old row on the same side.
+    """
+    if not (math.isfinite(share) and 0.0 < share < 1.0):
+        raise ValueError(f"the held-out share must be in (0, 1), got {share!r}")
+    cache: dict[str, bool] = {}
+    out = np.zeros(len(group_keys), dtype=bool)
+    for i, key in enumerate(group_keys):
+        held = cache.get(key)
+        if held is None:
+            held = cache[key] = _unit_hash("holdout\x00" + key, seed) < share
+        out[i] = held
     return out
 
 
