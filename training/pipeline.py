@@ -36,6 +36,7 @@ from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
 from training.evaluate.evaluation import evaluate
 from training.head import DEFAULT_SELECT_BY, FittedHead, make_target, select_head
+from training.heartbeat import Heartbeat
 from training.threshold import DEFAULT_GOAL, Goal, describe_choice, threshold_stage
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,8 @@ def train(config: TrainConfig) -> TrainResult:
         read = replace(read, records=tuple(read.records[i] for i in keep), rows_used=len(keep),
                        skipped={**read.skipped, "not_in_sample": read.rows_used - len(keep)})
     _say(f"pair: cheap={read.cheap_model}  strong={read.strong_model}")
-    exported = export_embedder(config.embedder, cache_dir, truncation=config.truncation)
+    with Heartbeat("embedder export (first run only)", say=_say):
+        exported = export_embedder(config.embedder, cache_dir, truncation=config.truncation)
     if config.ray:
         from training.embedding.ray_embed import RayOnnxEmbedder
 
@@ -173,16 +175,18 @@ def train(config: TrainConfig) -> TrainResult:
     target = make_target(config.target)
     tr, va, te = ds.rows("train"), ds.rows("val"), ds.rows("test")
     _say(f"fitting heads (target {target.name}, {config.calibration} calibration):")
-    head = select_head(X, ds.cheap_passed, ds.strong_passed, train_rows=tr, val_rows=va, target=target,
-                       names=config.heads, calibration=config.calibration, seed=config.seed, say=_say,
-                       select_by=config.select_by)
+    with Heartbeat("fitting heads", say=_say):
+        head = select_head(X, ds.cheap_passed, ds.strong_passed, train_rows=tr, val_rows=va, target=target,
+                           names=config.heads, calibration=config.calibration, seed=config.seed, say=_say,
+                           select_by=config.select_by)
     _say(f"chosen head: {head.name} (best validation {'APGR' if config.select_by == 'apgr' else 'log-loss'})")
 
     # 4. threshold for the goal: certified at the goal's risk (training/risk.py), refit head when cross-fitted
-    stage = threshold_stage(head, X, ds.texts, cheap_passed=ds.cheap_passed, strong_passed=ds.strong_passed,
-                            cost_cheap=ds.cost_cheap, cost_strong=ds.cost_strong, train_rows=tr, val_rows=va,
-                            goal=config.goal, rows=config.threshold_rows, calibration=config.calibration,
-                            seed=config.seed)
+    with Heartbeat("threshold (cross-fitting, certification)", say=_say):
+        stage = threshold_stage(head, X, ds.texts, cheap_passed=ds.cheap_passed, strong_passed=ds.strong_passed,
+                                cost_cheap=ds.cost_cheap, cost_strong=ds.cost_strong, train_rows=tr, val_rows=va,
+                                goal=config.goal, rows=config.threshold_rows, calibration=config.calibration,
+                                seed=config.seed)
     head, choice = stage.head, stage.choice
     if not choice.met:
         log.warning("the goal %s cannot be met (or certified) on the labelled rows; using the safe end", config.goal)
@@ -211,8 +215,9 @@ def train(config: TrainConfig) -> TrainResult:
                                                             threshold=choice.threshold, fit_embeddings=emb[tr],
                                                             seed=config.seed))
     held_out = HeldOut([read.records[i].request for i in te], X[te], ds.cheap_passed[te], ds.strong_passed[te])
-    staged = stage_model_dir(config.out_dir, record, exported, X_val=X[va], train_texts=[ds.texts[i] for i in tr],
-                             held_out=held_out, seed=config.seed, default_graph=config.default_graph)
+    with Heartbeat("export (fp32 and int8 graphs, parity checks)", say=_say):
+        staged = stage_model_dir(config.out_dir, record, exported, X_val=X[va], train_texts=[ds.texts[i] for i in tr],
+                                 held_out=held_out, seed=config.seed, default_graph=config.default_graph)
     try:
         meta = staged.metadata
         par = meta.parity
@@ -230,8 +235,9 @@ def train(config: TrainConfig) -> TrainResult:
         (plot_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
         # The held-out rows as a log of their own: what `router-cost savings` should be run on.
         write_log([read.records[i] for i in te], (read.cheap_model, read.strong_model), plot_dir / TEST_LOG)
-        run_id = _track(config, staged, read, choice=choice, plots=plots, head=head, embed_stats=st,
-                        elapsed=time.perf_counter() - t_start)
+        with Heartbeat("MLflow tracking", say=_say):
+            run_id = _track(config, staged, read, choice=choice, plots=plots, head=head, embed_stats=st,
+                            elapsed=time.perf_counter() - t_start)
     except BaseException:
         discard(staged)
         raise
@@ -239,26 +245,48 @@ def train(config: TrainConfig) -> TrainResult:
     publish(staged)
     _say(f"model directory: {config.out_dir}  (default graph {meta.default_graph}, {time.perf_counter() - t_start:.0f}s in all)")
     _say(f"report (plots, evaluation.json, the held-out rows as {TEST_LOG}): {plot_dir}")
-    _say(next_steps(config.out_dir, config.price_as))
+    _say(next_steps(config.out_dir, config.price_as, pair=(read.cheap_model, read.strong_model)))
     return TrainResult(config.out_dir, meta, evaluation, run_id, plots, head)
 
 
 TEST_LOG = "test.jsonl"
 
 
-def next_steps(out_dir: Path, price_as: tuple[tuple[str, str], ...] = ()) -> str:
+def next_steps(out_dir: Path, price_as: tuple[tuple[str, str], ...] = (), pair: tuple[str, str] | None = None) -> str:
     """What to run next with this model directory (the decision log names the log's models, so the
-    observed report needs the same --price-as mapping the router was trained with)."""
+    observed report needs the same --price-as mapping the router was trained with).
+
+    The gateway forwards an alias (`auto`) as the router's strong model. A router of the public pair
+    would send real traffic to gpt-4-1106-preview under a label of Mixtral vs GPT-4 outcomes, so for
+    it the gateway line serves the day-0 policy for gpt-4o-mini / gpt-4o instead (docs/policy.md)."""
+    from training.data.public import STRONG_MODEL, WEAK_MODEL
+
     d = str(out_dir)
     mapping = "".join(f" --price-as {shlex.quote(f'{name}={priced}')}" for name, priced in price_as)
-    return "\n".join([
+    lines = [
         "next:",
         f"  python -m router_model route --model-dir {d} --table \"Summarise this email in one sentence: ...\"",
         f"  router-cost savings --model-dir {d} --log {report_dir(out_dir) / TEST_LOG}   # dollars, on held-out rows",
         f"  router-serve --model-dir {d} --observe --decision-log decisions.jsonl            # gRPC, observation mode",
-        f"  router-gateway --model-dir {d} --upstream https://api.openai.com/v1 --decision-log decisions.jsonl",
-        f"  router-cost observed --log decisions.jsonl{mapping}   # after some traffic",
-    ])
+    ]
+    gateway = "router-gateway --model-dir {} --upstream https://api.openai.com/v1 --decision-log decisions.jsonl"
+    if pair == (WEAK_MODEL, STRONG_MODEL):
+        lines += [
+            "  # Not this router in a gateway to OpenAI: the gateway forwards model \"auto\" as the router's strong model,",
+            f"  # here {STRONG_MODEL} (the public data's pair, Mixtral vs GPT-4). For real traffic serve the day-0",
+            "  # policy for gpt-4o-mini / gpt-4o (docs/policy.md): observe mode (the default) forwards every call",
+            "  # unchanged (\"auto\" as gpt-4o) and logs what the policy would have done:",
+            "  router-policy build --out artifacts/policy",
+            "  " + gateway.format("artifacts/policy"),
+        ]
+    else:
+        strong = f"its strong model, {pair[1]}" if pair is not None else "the router's strong model"
+        lines += [
+            f"  # observe mode (the default): every call is forwarded unchanged, model \"auto\" as {strong}; decisions are logged",
+            "  " + gateway.format(d),
+        ]
+    lines.append(f"  router-cost observed --log decisions.jsonl{mapping}   # after some traffic")
+    return "\n".join(lines)
 
 
 def report_dir(out_dir: Path) -> Path:

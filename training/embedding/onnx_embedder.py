@@ -23,6 +23,7 @@ import numpy as np
 from router_model.artifact import EmbedderSpec
 from router_model.encoder import TextEncoder
 from router_model.onnx_session import make_session
+from training.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,20 @@ class OnnxEmbedder:
         lengths = np.array([len(t) for t in texts])
         order = np.argsort(lengths, kind="stable")
         bar = _progress(len(texts), "embedding", enabled=progress)
-        i = 0
-        while i < len(order):
-            # Character length is a proxy for token length; cap the padded batch area.
-            approx_tokens = min(self.encoder.settings.max_length, max(8, int(lengths[order[min(i + MAX_BATCH, len(order)) - 1]] / 3)))
-            size = max(1, min(MAX_BATCH, MAX_BATCH_TOKENS // approx_tokens))
-            idx = order[i : i + size]
-            feeds, _ = self.encoder.encode_batch([texts[j] for j in idx])
-            out[idx] = self.session.run(None, feeds)[0]
-            i += size
-            if bar is not None:
-                bar.update(len(idx))
+        # Without a bar, a line every DEFAULT_INTERVAL seconds (count, rate, time left): never silent for minutes.
+        with Heartbeat("embedding", total=len(texts), unit="texts", enabled=bar is None) as beat:
+            i = 0
+            while i < len(order):
+                # Character length is a proxy for token length; cap the padded batch area.
+                approx_tokens = min(self.encoder.settings.max_length, max(8, int(lengths[order[min(i + MAX_BATCH, len(order)) - 1]] / 3)))
+                size = max(1, min(MAX_BATCH, MAX_BATCH_TOKENS // approx_tokens))
+                idx = order[i : i + size]
+                feeds, _ = self.encoder.encode_batch([texts[j] for j in idx])
+                out[idx] = self.session.run(None, feeds)[0]
+                i += size
+                beat.advance(len(idx))
+                if bar is not None:
+                    bar.update(len(idx))
         if bar is not None:
             bar.close()
         return out

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from training.embedding.onnx_embedder import MAX_BATCH, ExportedEmbedder, OnnxEmbedder
+from training.heartbeat import Heartbeat
 
 # Texts per Ray batch: big enough that the per-batch overhead (a few ms) is noise beside the graph,
 # small enough that a batch is a few seconds of work and the actors stay evenly loaded.
@@ -84,10 +85,12 @@ class RayOnnxEmbedder(OnnxEmbedder):
                                    "threads": self.threads_per_actor},
         )
         seen = 0
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            idx = np.asarray(batch["i"], dtype=np.int64)
-            out[idx] = np.asarray(batch["embedding"], dtype=np.float32)
-            seen += len(idx)
+        with Heartbeat("embedding (Ray)", total=len(texts), unit="texts", enabled=not progress) as beat:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                idx = np.asarray(batch["i"], dtype=np.int64)
+                out[idx] = np.asarray(batch["embedding"], dtype=np.float32)
+                seen += len(idx)
+                beat.advance(len(idx))
         if seen != len(texts):  # pragma: no cover - Ray Data returns every row once
             raise RuntimeError(f"Ray returned {seen} embeddings for {len(texts)} texts")
         return out
