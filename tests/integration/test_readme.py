@@ -33,6 +33,10 @@ PARSERS = {
     "router-promote": "training.promote_cli:build_parser",
     "router-drift": "router_model.observe.drift_cli:build_parser",
 }
+# Subcommands with a parser of their own.
+SUBCOMMAND_PARSERS = {
+    ("router-label", "split"): "router_model.labelling.split_cli:build_parser",
+}
 NOT_RUN_HERE = {
     "bash": "the two setup/test scripts: CI runs scripts/test.sh itself; quickstart.sh trains on the public data (minutes)",
     "grpcurl": "grpcurl is not in the package registries; README shows the same call from Python beside it",
@@ -113,16 +117,20 @@ def test_readme_command_runs_as_written(line: str, workdir_template: Path, tmp_p
     assert res.stdout.strip() or files() != before, "the command printed nothing on stdout and wrote no file"
 
 
-def _parser_of(prog: str):
-    module, name = PARSERS[prog].split(":")
-    return getattr(importlib.import_module(module), name)()
+def _parser_of(argv: list[str]):
+    """The parser of the command and the arguments it parses (a known subcommand has its own)."""
+    target, rest = SUBCOMMAND_PARSERS.get(tuple(argv[:2])), argv[2:]
+    if target is None:
+        target, rest = PARSERS[argv[0]], argv[1:]
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)(), rest
 
 
 @pytest.mark.parametrize("line", [c for c in readme_commands() if _kind(_argv(c)) == "parse"])
 def test_readme_server_and_training_commands_parse(line: str, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = _argv(line)
+    parser, rest = _parser_of(_argv(line))
     try:
-        _parser_of(argv[0]).parse_args(argv[1:])
+        parser.parse_args(rest)
     except SystemExit as e:  # --help exits 0; a bad option exits 2
         assert e.code == 0, f"{line}: {capsys.readouterr().err}"
 
