@@ -34,6 +34,11 @@ class GatewayMetrics:
             "Upstream failures: connect, timeout, status_5xx, invalid_response, response_too_large, stream_interrupted",
             ["kind"], registry=r,
         )
+        self.upstream_latency = Histogram(
+            f"{PREFIX}_upstream_latency_seconds",
+            "Time from sending a request upstream to its response headers (a failed attempt: to the failure), by model",
+            ["model"], registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
         self.escalations = Counter(f"{PREFIX}_escalations", "Cheap answers retried on the strong model, by failed check", ["check"], registry=r)
         self.fallbacks = Counter(f"{PREFIX}_fallbacks", "Cheap-model failures retried on the strong model", ["cause"], registry=r)
         self.disconnects = Counter(f"{PREFIX}_client_disconnects", "Streams the client left before the end", registry=r)

@@ -157,7 +157,8 @@ class UpstreamSender:
         client = self.client
         request = client.build_request("POST", self.url(upstream, call.protocol.path), content=call.payload(model), headers=headers)
         try:
-            return await client.send(request, stream=True)
+            with self.metrics.upstream_latency.labels(self._label(model)).time():  # to the headers
+                return await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise self._failed(call, model, exc) from None
 
