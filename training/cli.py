@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="router-model", help="MLflow experiment name (default: %(default)s)")
     p.add_argument("--registered-model", default="router-model", help="MLflow registered model name (default: %(default)s)")
     p.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars: long stages print a line every 30 s instead (embedding: count, rate, time left)")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="embed on Ray Data: 'auto' (this node's cluster), 'ray://HOST:10001' or 'local'; same cache, "
                    "same embeddings; needs the ray extra (docs/scale.md)")
