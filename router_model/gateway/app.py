@@ -13,11 +13,13 @@ import http.cookiejar
 import logging
 import threading
 from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -38,6 +40,7 @@ from router_model.gateway.metrics import GatewayMetrics
 from router_model.gateway.passthrough import METHODS as PASSTHROUGH_METHODS
 from router_model.gateway.passthrough import PassThrough
 from router_model.gateway.responses import Responses
+from router_model.gateway.tracing import Tracing, TracingMiddleware, inject_trace
 from router_model.gateway.upstream import UpstreamSender
 from router_model.labelling.shadow import ShadowGrader
 from router_model.labelling.upstream import ChatCaller, RetryPolicy
@@ -45,14 +48,19 @@ from router_model.router import Router
 from router_model.serving.holder import ModelHolder
 from router_model.serving.plane import DataPlane
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
 log = logging.getLogger("router_model.gateway")
 
 
 class Gateway:
     """The shared services of one gateway app and its lifecycle."""
 
-    def __init__(self, config: GatewayConfig, *, router: Router | None = None, prices: PriceTable | None = None) -> None:
+    def __init__(self, config: GatewayConfig, *, router: Router | None = None, prices: PriceTable | None = None,
+                 tracer_provider: TracerProvider | None = None) -> None:
         self.config = config
+        self.tracing = Tracing(tracer_provider)  # off without a provider (router_model/gateway/tracing.py)
         self.metrics = GatewayMetrics()
         self.plane = DataPlane(config, self.metrics.serving, router=router)
         self.prices = prices or PriceTable.load(config.prices)
@@ -95,7 +103,7 @@ class Gateway:
         def make_caller(in_headers: Mapping[str, str]) -> ChatCaller:
             return ChatCaller(
                 lambda: self.client, url_for=lambda m: str(sender.chat_url(config.upstream_for(m))),
-                headers_for=lambda m: sender.out_headers(in_headers, config.upstream_for(m)),
+                headers_for=lambda m: inject_trace(sender.out_headers(in_headers, config.upstream_for(m))),
                 prices=self.prices, retry=retry,
             )
 
@@ -121,6 +129,8 @@ class Gateway:
                     tg.cancel_scope.cancel()
         self._client = None
         self.plane.close()
+        if self.tracing.enabled:  # the spans still buffered, before the process exits
+            await anyio.to_thread.run_sync(self.tracing.flush)
 
     def request_reload(self) -> None:
         """Reload in a background thread (safe from a signal handler)."""
@@ -139,10 +149,12 @@ async def _internal_error(request: HTTPRequest, exc: Exception) -> Response:
     return JSONResponse(error_body("internal gateway error", "server_error", "internal_error"), status_code=500)
 
 
-def create_app(config: GatewayConfig, *, router: Router | None = None, prices: PriceTable | None = None) -> Starlette:
-    """The gateway as an ASGI app; `app.state.gateway` is its `Gateway`. Pass `router` to skip loading."""
+def create_app(config: GatewayConfig, *, router: Router | None = None, prices: PriceTable | None = None,
+               tracer_provider: TracerProvider | None = None) -> Starlette:
+    """The gateway as an ASGI app; `app.state.gateway` is its `Gateway`. Pass `router` to skip loading,
+    `tracer_provider` for OpenTelemetry traces of the routed endpoints (docs/operations.md)."""
     quiet_http_client_logs()  # no httpx line per upstream call (docs/gateway.md: nothing per request on success)
-    gw = Gateway(config, router=router, prices=prices)
+    gw = Gateway(config, router=router, prices=prices, tracer_provider=tracer_provider)
     routes = [
         Route("/v1/chat/completions", gw.chat.handle, methods=["POST"]),
         Route("/chat/completions", gw.chat.handle, methods=["POST"]),
@@ -159,7 +171,16 @@ def create_app(config: GatewayConfig, *, router: Router | None = None, prices: P
     app = Starlette(
         routes=routes,
         lifespan=gw.lifespan,
+        middleware=_tracing_middleware(gw.tracing, routes),
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     app.state.gateway = gw
     return app
+
+
+def _tracing_middleware(tracing: Tracing, routes: list[Route]) -> list[Middleware]:
+    """The request spans' middleware over the routed endpoints (none when traces are off: no cost)."""
+    if not tracing.enabled:
+        return []
+    routed = frozenset(r.path for r in routes if "{" not in r.path and r.methods == {"POST"})
+    return [Middleware(TracingMiddleware, tracing=tracing, paths=routed)]

@@ -15,6 +15,7 @@ from router_model.batching import BatchingConfig
 from router_model.cli_args import LOG_LEVELS, setup_logging
 from router_model.errors import ConfigError, RouterError
 from router_model.gateway.config import MODES, load_config
+from router_model.gateway.tracing import provider_from_env, shutdown
 from router_model.settings import (
     ENV_GRAPH,
     ENV_MODEL_DIR,
@@ -99,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from router_model.gateway.app import create_app
 
-        app = create_app(config)
+        tracer_provider = provider_from_env()  # OpenTelemetry traces from OTEL_*: off unless asked for
+        app = create_app(config, tracer_provider=tracer_provider)
     except RouterError as exc:  # ConfigError, a bad price file, an unwritable decision log
         parser.error(str(exc))
     gateway = app.state.gateway
@@ -115,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app, host=config.host, port=config.port, log_level=args.log_level, lifespan="on",
         timeout_graceful_shutdown=math.ceil(config.grace_seconds), access_log=False,
     )
+    shutdown(tracer_provider)  # export the last spans
     if stopped:
         log.info("router-gateway stopped (signal %d)", stopped[0])
     return 0

@@ -24,6 +24,7 @@ from router_model.gateway.affinity import Affinity
 from router_model.gateway.call import REASON_NO_ROUTER, REASON_PASSTHROUGH, REASON_UNROUTABLE, Call, StreamAnswer, request_tags
 from router_model.gateway.config import GatewayConfig
 from router_model.gateway.errors import RouterNotReadyError
+from router_model.gateway.tracing import traced_decision
 from router_model.router import Router
 from router_model.serving.plane import DataPlane
 
@@ -77,6 +78,7 @@ class Decider:
         if task is not None:
             await task
 
+    @traced_decision  # traces: the decision's span
     async def decide(self, call: Call, router: Router) -> None:
         """Set the call's decision, and in route mode its target; fail open on an unreadable request."""
         unrouted = call.target

@@ -36,6 +36,7 @@ from router_model.gateway.deciding import Decider
 from router_model.gateway.errors import GatewayError, UpstreamFailedError
 from router_model.gateway.metrics import GatewayMetrics
 from router_model.gateway.relay import RelayResponse, UsageScanner
+from router_model.gateway.tracing import bind_call, shadow_trace
 from router_model.gateway.upstream import UpstreamSender, client_error, response_headers
 from router_model.labelling.shadow import ShadowGrader, ShadowJob
 from router_model.router import Router
@@ -75,6 +76,7 @@ class RoutedEndpoint:
                 mode=request_mode(self.config.mode, request.headers), in_headers=request.headers, started=started,
                 protocol=protocol,
             )
+            bind_call(call)  # traces: the request span's attributes
             router = self.decider.resolve(call)
             if router is not None:
                 if call.mode == "observe":
@@ -200,4 +202,5 @@ class RoutedEndpoint:
             headers=dict(call.in_headers),
             served_model=final.model, served_content=content, cheap_model=router.cheap_model,
             strong_model=router.strong_model, artifact_version=router.version, mode=call.mode, request_id=call.request_id,
+            trace=shadow_trace(call),
         ))

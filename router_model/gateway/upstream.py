@@ -26,6 +26,7 @@ from router_model.gateway.errors import (
     error_body,
 )
 from router_model.gateway.metrics import GatewayMetrics
+from router_model.gateway.tracing import inject_trace, traced_upstream
 
 log = logging.getLogger("router_model.gateway")
 
@@ -154,6 +155,7 @@ class UpstreamSender:
         anthropic = call.protocol.provider == "anthropic"
         upstream = self.config.anthropic_upstream_for(model) if anthropic else self.config.upstream_for(model)
         headers = self.out_headers(call.in_headers, upstream, key_header="x-api-key" if anthropic else "authorization")
+        inject_trace(headers)  # traces: the upstream span's traceparent in place of the caller's
         client = self.client
         request = client.build_request("POST", self.url(upstream, call.protocol.path), content=call.payload(model), headers=headers)
         try:
@@ -181,6 +183,7 @@ class UpstreamSender:
         if resp.status_code >= 500:
             m.upstream_errors.labels("status_5xx").inc()
 
+    @traced_upstream  # traces: one span per upstream call (fallback and escalation included)
     async def send(self, call: Call, model: str, *, stream: bool) -> tuple[httpx.Response, bytes | None]:
         """Send the call to `model`'s upstream: the response and its body, read and closed (at most
         `max_response_bytes`, within the call's `timeouts.total`), except a 200 stream, which is left

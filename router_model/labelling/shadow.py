@@ -10,6 +10,7 @@ append a labelled-log row. Nothing here runs on the response path except `offer`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -46,6 +47,8 @@ class ShadowJob:
     # Every tag the request carries (header and body): what `drop_tags` is checked against; `tags`
     # are the routing tags (the header's when present), stored in the row.
     all_tags: tuple[str, ...] = ()
+    # Opens the grading's trace span, a child of the request's (router_model/gateway/tracing.py); None: untraced.
+    trace: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
 
 
 class ShadowGrader:
@@ -104,7 +107,8 @@ class ShadowGrader:
             self.busy += 1
             self.metrics.shadow_queue.set(queue.qsize())
             try:
-                await self.grade(job)
+                with job.trace() if job.trace is not None else contextlib.nullcontext():
+                    await self.grade(job)
             except Exception:  # noqa: BLE001 - one bad job must not stop the workers
                 log.exception("shadow grading of request %s failed", job.request_id)
                 self.metrics.shadow_rows.labels("failed").inc()
