@@ -112,6 +112,7 @@ class ArtifactMetadata:
     parity: ParityRecord | None = None
     versions: Mapping[str, str] = field(default_factory=dict)
     price_as: Mapping[str, str] = field(default_factory=dict)  # unpriced model -> the priced model it was costed as
+    prices: Mapping[str, Any] = field(default_factory=dict)  # what priced the pair (cost.PriceTable.provenance); {}: not recorded
     policy: PolicyRecord | None = None  # set for a day-0 policy artifact (training/policy), None for a trained router
     multi: MultiModelRecord | None = None  # set for an N-model router (format 2, training/multi)
     format_version: int = PAIR_FORMAT_VERSION
@@ -161,6 +162,8 @@ class ArtifactMetadata:
             "price_as": dict(self.price_as),
             "files": dict(self.files),
         }
+        if self.prices:
+            d["prices"] = plain_json(self.prices)
         if self.data is not None:
             d["data"] = self.data.to_dict()
         if self.parity is not None:
@@ -285,6 +288,7 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
         parity=parity,
         versions=versions,
         price_as=price_as,
+        prices=plain_json(_mapping(raw, "prices")),
         policy=policy,
         multi=multi,
         files=files,

@@ -68,9 +68,12 @@ def price_as_arg(text: str) -> tuple[str, str]:
 
 
 def add_price_options(parser: argparse.ArgumentParser, *, price_as_default: str = "") -> None:
-    """--prices FILE and --price-as NAME=PRICED, spelled the same in every tool that turns tokens into dollars."""
+    """--prices FILE and --price-as NAME=PRICED, spelled the same in every tool that turns tokens into dollars
+    (router_model.cost.PriceTable: --prices, then --price-as, then genai-prices, then the packaged table)."""
     parser.add_argument("--prices", default=None, metavar="FILE",
-                        help="price table JSON overriding/extending the packaged one (same layout, merged by model name)")
+                        help="price table JSON overriding genai-prices and the packaged router_model/prices.json "
+                        "(same layout as the packaged one, merged by model name)")
     parser.add_argument("--price-as", action="append", type=price_as_arg, default=[], metavar="NAME=PRICED",
-                        help="cost a model that has no price as a priced one, e.g. my-ft=gpt-4o-mini (repeatable)"
+                        help="cost NAME as the priced model PRICED, e.g. my-ft=gpt-4o-mini (repeatable); beats "
+                        "genai-prices' own price of NAME"
                         + (f"; {price_as_default}" if price_as_default else ""))

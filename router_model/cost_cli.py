@@ -1,8 +1,8 @@
 """`router-cost`: the cost tools, one command with three subcommands.
 
 * `router-cost estimate`: what a traffic profile costs a month on each model, and with routing
-  (back-of-the-envelope figures that can be checked: every price comes from the versioned price
-  table, shown in the output, and every assumption is an option);
+  (back-of-the-envelope figures that can be checked: every price comes from genai-prices or the
+  versioned price table, each model's source shown in the output, and every assumption is an option);
 * `router-cost savings`: what a trained router saves on a labelled log (router_model.offline.savings);
 * `router-cost observed`: what routing would have saved on the traffic an observing service or
   gateway logged (router_model.observe.report).
@@ -72,8 +72,10 @@ ESTIMATE_TEXT = dict(
         description=(
             "Monthly LLM cost of a traffic profile on the cheap and the strong model, and with routing;\n"
             "or, with --mix, of a routed mix of N models against each of them alone.\n"
-            "Prices are USD per 1M tokens from the packaged, dated price table (router_model/prices.json)\n"
-            f"unless --prices overrides them. A month is {DAYS_PER_MONTH} days."
+            "Prices are USD per 1M tokens from genai-prices (maintained, offline price data), then the\n"
+            "packaged, dated table (router_model/prices.json) for names it lacks; --prices FILE and\n"
+            "--price-as NAME=PRICED override both. A long-context price applies when one request's input\n"
+            f"exceeds its threshold. A month is {DAYS_PER_MONTH} days."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
@@ -154,9 +156,15 @@ def compute_mix(args: argparse.Namespace, table: PriceTable) -> dict[str, Any]:
         priciest_model=mix.priciest,
         savings=mix.savings,
         savings_fraction=mix.savings_fraction,
-        prices={"as_of": table.as_of, "source": table.source, "files": list(table.files)},
+        prices=_prices_record(table, list(args.mix)),
     )
     return out
+
+
+def _prices_record(table: PriceTable, models: list[str]) -> dict[str, Any]:
+    """Where the prices came from: the files, the sources in order, and each model's own source."""
+    return {"as_of": table.as_of, "source": table.source, "files": list(table.files), "order": table.describe(),
+            "sources": {m: table.source_of(m) for m in models}}
 
 
 def compute(args: argparse.Namespace, table: PriceTable) -> dict[str, Any]:
@@ -187,7 +195,7 @@ def compute(args: argparse.Namespace, table: PriceTable) -> dict[str, Any]:
             blended_input_price_per_1m=blended,
             blended_input_change_vs_strong=blended / strong.input - 1 if strong.input else 0.0,
         )
-    out["prices"] = {"as_of": table.as_of, "source": table.source, "files": list(table.files)}
+    out["prices"] = _prices_record(table, [strong_name, cheap_name])
     return out
 
 
@@ -209,9 +217,20 @@ def _header(r: dict[str, Any], table: PriceTable) -> list[str]:
         f"{_count(r['requests'])} requests/month{per_day}, "
         f"{_count(r['input_tokens'])} input + {_count(r['output_tokens'])} output tokens each, "
         f"{r['cached_share']:.0%} of input cached",
-        f"prices: {table.source} (as of {table.as_of}), USD per 1M tokens; files: {', '.join(table.files)}",
+        f"prices (USD per 1M tokens): {table.describe()}",
         "",
     ]
+
+
+def _sources(names: list[str], table: PriceTable) -> list[str]:
+    """One line per model: where its price came from, and its long-context tiers if it has any."""
+    lines = ["", "price sources:"]
+    for name in names:
+        lines.append(f"  {name}: {table.source_of(name)}")
+        for t in table.price(name).tiers:
+            lines.append(f"    a request above {t.above_input_tokens:,} input tokens pays {t.input:g} input, "
+                         f"{t.cached_input:g} cached, {t.output:g} output on all its tokens")
+    return lines
 
 
 def _dollars(x: float) -> str:
@@ -237,7 +256,7 @@ def format_mix_table(r: dict[str, Any], table: PriceTable) -> str:
         f"savings vs always {top} (the priciest in the mix, {_dollars(r['monthly_cost'][top])}): "
         f"{_dollars(r['savings'])}/month ({r['savings_fraction']:.1%})",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _sources(list(r["mix"]), table))
 
 
 def format_table(r: dict[str, Any], table: PriceTable) -> str:
@@ -261,7 +280,7 @@ def format_table(r: dict[str, Any], table: PriceTable) -> str:
             f"blended input price: ${r['blended_input_price_per_1m']:.4g} per 1M tokens "
             f"({r['blended_input_change_vs_strong']:+.1%} vs {strong} at ${table.price(strong).input:g})",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines + _sources([strong, cheap], table))
 
 
 def estimate_main(argv: Sequence[str] | None = None) -> int:

@@ -20,12 +20,13 @@ DAYS_PER_MONTH = 30
 def monthly_cost(
     price: ModelPrice, requests: Number, input_tokens: Number, output_tokens: Number, cached_share: Number = 0.0
 ) -> Number:
-    """Dollars a month for `requests` calls a month of `input_tokens` + `output_tokens` each."""
+    """Dollars a month for `requests` calls a month of `input_tokens` + `output_tokens` each (a
+    long-context tier applies when one request's `input_tokens` exceed its threshold)."""
     check_non_negative(requests, "requests")
     check_non_negative(input_tokens, "input_tokens")
     check_non_negative(output_tokens, "output_tokens")
     check_share(cached_share, "cached_share")
-    return token_cost(price, requests * input_tokens, requests * output_tokens, cached_share)
+    return token_cost(price, requests * input_tokens, requests * output_tokens, cached_share, input_tokens)
 
 
 def blended_price(cheap: float, strong: float, cheap_share: Number) -> Number:

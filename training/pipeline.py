@@ -156,6 +156,8 @@ def train(config: TrainConfig) -> TrainResult:
     prices = PriceTable.load(config.prices, price_as=dict(config.price_as))
     for name, priced in config.price_as:
         _say(f"pricing {name} as {priced} (--price-as)")
+    for name in (read.cheap_model, read.strong_model):
+        _say(f"price of {name}: {prices.source_of(name)}")
     ds = build_dataset(read, embedder.encoder, prices, fractions=config.split, seed=config.seed,
                        output_tokens=config.output_tokens)
     counts = ds.split_counts()
@@ -208,6 +210,7 @@ def train(config: TrainConfig) -> TrainResult:
                             split_rows=counts, logs=config.logs, features=config.features,
                             calibration=config.calibration, pass_threshold=config.pass_threshold,
                             price_as=dict(config.price_as),
+                            prices=prices.provenance([read.cheap_model, read.strong_model]),
                             trained_prompts=PromptDigest.build(ds.texts[i] for i in np.concatenate([tr, va])),
                             drift_reference=build_reference([read.records[i].request for i in held],
                                                             [read.records[i].tags for i in held], ds.n_tokens[held],

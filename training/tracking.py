@@ -16,6 +16,7 @@ from typing import Any
 
 from router_model.artifact import ArtifactMetadata, GoalRecord
 from router_model.offline.log import LogReadResult
+from router_model.price_source import price_params
 from router_model.registry import ARTIFACT_VERSION_TAG, tracking_uri
 from training.head import FittedHead
 from training.threshold import ThresholdChoice
@@ -80,6 +81,9 @@ def track_run(target: TrackingTarget, run: RunRecord) -> str:
                 **goal_params(meta.goal),
             }
         )
+        if meta.prices:  # which price source (and version) priced the pair
+            mlflow.log_params({k: v[:500] for k, v in price_params(meta.prices).items()})
+            mlflow.set_tag("router.prices_source", str(meta.prices.get("maintained") or meta.prices.get("source", ""))[:500])
         metrics: dict[str, float] = {
             "rows_read": read.rows_read,
             "rows_used": read.rows_used,

@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         calls = 2 + (2 if args.judge else 0)
         print(f"router-label: {len(items)} requests, {duplicates} already labelled (or repeated), {len(todo)} to label; "
               f"estimated cost ${total:.4f} ({calls} calls per request: {'two answers + two judge calls' if args.judge else 'two answers'}; "
-              f"input ceil(chars/4) tokens, {args.output_tokens} output tokens per answer, prices as of {prices.as_of})",
+              f"input ceil(chars/4) tokens, {args.output_tokens} output tokens per answer; prices: {prices.describe()})",
               file=sys.stderr)
         if args.max_cost is not None and total > args.max_cost:
             print(f"router-label: the estimate is above --max-cost ${args.max_cost:.4f}: stopping before the cap", file=sys.stderr)

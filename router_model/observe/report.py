@@ -79,7 +79,8 @@ class _CacheTally:
         if target not in self.prices:
             self.unpriced += 1
             return
-        price = self.prices.price(target)
+        prompt = record["usage"].get("prompt_tokens")
+        price = self.prices.price(target).at(prompt if isinstance(prompt, (int, float)) else 0)  # its own tier
         self.lost += cached * (price.input - price.cached_input) / TOKENS_PER_UNIT
 
     def estimate(self) -> ColdCacheEstimate | None:
@@ -213,8 +214,8 @@ def build_report(
     # An unpriced model is refused by name (UnknownModelError says how to map it with --price-as).
     pair = prices.pricing_for_pair(cheap_model, strong_model)
     for name in (cheap_model, strong_model):
-        if name not in prices.models and name.strip().lower() in prices.aliases:
-            assumptions.append(f"{name} priced as {prices.aliases[name.strip().lower()]}")
+        if prices.resolve(name) != name.strip().lower():
+            assumptions.append(f"{name} priced as {prices.resolve(name)}")
 
     span = (last[0] - first[0]).total_seconds()
     if requests_per_month is not None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router_model.cost import DEFAULT_OUTPUT_TOKENS, PairPricing, PriceTable
+from router_model.cost import DEFAULT_OUTPUT_TOKENS, PairPricing, PriceTable, token_cost
 from router_model.encoder import estimate_tokens
 from router_model.offline.log import LogReadResult
 
@@ -30,7 +30,7 @@ def request_costs(read: LogReadResult, prices: PriceTable, output_tokens: int = 
     )
     out = np.array([r.output_tokens if r.output_tokens is not None else output_tokens for r in read.records], dtype=float)
 
-    def dollars(price) -> np.ndarray:
-        return (inp * price.input + out * price.output) / 1e6
+    def dollars(price) -> np.ndarray:  # per request: a long-context tier by each request's own input
+        return np.asarray(token_cost(price, inp, out, 0.0), dtype=float)
 
     return RequestCosts(inp, out, dollars(pair.cheap), dollars(pair.strong), pair)

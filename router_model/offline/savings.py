@@ -239,16 +239,19 @@ def score_log(
 
     # Unpriced models are refused unless mapped: by the user here, or by the mapping the router
     # was trained with (recorded in its metadata); either way the report says so.
-    # The mapping the router was trained with, unless a --prices file now prices that name itself;
-    # an explicit --price-as always applies (and is refused if the name has a price of its own).
+    # The mapping the router was trained with, unless a --prices file now prices that name itself
+    # (a name genai-prices has since learnt keeps the mapping: the figures stay those it was trained
+    # on); an explicit --price-as always applies (and is refused if a --prices file prices the name).
     base = PriceTable.load(prices)
-    recorded = {name: target for name, target in router.meta.price_as.items() if name not in base}
+    recorded = {name: target for name, target in router.meta.price_as.items() if not base.is_override(name)}
     mapping = {**recorded, **(price_as or {})}
     table = base.with_price_as(mapping)
     for name, priced in mapping.items():
         if name in (read.cheap_model, read.strong_model):
             source = "--price-as" if price_as and name in price_as else "the mapping the router was trained with"
-            notes.append(f"{name} has no list price here; priced as {priced} ({source})")
+            own = base.lookup(name)
+            notes.append(f"{name} has no list price here; priced as {priced} ({source})" if own is None else
+                         f"{name} priced as {priced} ({source}), not at its own price ({own.source})")
     out_tok = DEFAULT_OUTPUT_TOKENS if output_tokens is None else int(output_tokens)
     costs = request_costs(read, table, out_tok)
     cc, cs, pair = costs.cheap, costs.strong, costs.pricing
@@ -289,6 +292,7 @@ def score_log(
             "as_of": table.as_of,
             "source": table.source,
             "files": list(table.files),
+            "sources": {m: table.source_of(m) for m in (read.cheap_model, read.strong_model)},
             "cheap_per_1m": {"input": pair.cheap.input, "output": pair.cheap.output},
             "strong_per_1m": {"input": pair.strong.input, "output": pair.strong.output},
         },

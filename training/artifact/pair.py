@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ class TrainingRecord:
     price_as: dict[str, str]
     trained_prompts: PromptDigest
     drift_reference: DriftReference | None = None  # written as drift_reference.json (router_model/observe/drift.py)
+    prices: dict = field(default_factory=dict)  # what priced the pair: router_model.cost.PriceTable.provenance
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def build_metadata(record: TrainingRecord, exported: ExportedEmbedder, stamp: St
             trained_prompts=record.trained_prompts,
         ),
         price_as=record.price_as,
+        prices=record.prices,
     )
 
 

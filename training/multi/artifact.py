@@ -10,7 +10,7 @@ to fp32 (int8) before anything may publish it (training/artifact/writer.py `publ
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,7 @@ class MultiRecord:
     features: tuple[str, ...]
     pass_threshold: float
     trained_prompts: PromptDigest
+    prices: dict = field(default_factory=dict)  # what priced the models: router_model.cost.PriceTable.provenance
 
 
 def goal_record(choice: RuleChoice) -> GoalRecord:
@@ -156,6 +157,7 @@ def build_metadata(rec: MultiRecord, exported: ExportedEmbedder, stamp: Stamp) -
         ),
         multi=MultiModelRecord(models=models, rule=choice.kind, value=float(choice.value), cost_models=rec.cost_models,
                                best_single=choice.val_best_single, cost_source=rec.cost_source),
+        prices=rec.prices,
         format_version=MULTI_FORMAT_VERSION,
     )
 

@@ -168,7 +168,7 @@ def train_multi(config) -> MultiTrainResult:
 
     rec = MultiRecord(read=read, heads=heads, choice=choice, cost_models=cost_models, cost_source=ds.cost_source,
                       evaluation=evaluation, split_rows=counts, logs=tuple(config.logs), features=tuple(config.features),
-                      pass_threshold=config.pass_threshold,
+                      pass_threshold=config.pass_threshold, prices=prices.provenance(ds.models),
                       trained_prompts=PromptDigest.build(ds.texts[i] for i in np.concatenate([tr, va])))
     held = MultiHeldOut([log.records[i].request for i in te], X[te], ds.passed[te], ds.n_tokens[te])
     staged = stage_multi_dir(config.out_dir, rec, exported, X_val=X[va], train_texts=[ds.texts[i] for i in tr],
