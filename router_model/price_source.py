@@ -112,7 +112,9 @@ def load_genai_prices() -> GenaiPrices | None:
 
     try:
         found = version(DISTRIBUTION)
-        import genai_prices  # noqa: F401  (checks it imports, not just that its metadata is there)
+        from genai_prices import data_snapshot
+
+        data_snapshot.get_snapshot()  # reads the data now (~0.1 s), not in a server's first priced request
     except (PackageNotFoundError, ImportError) as exc:
         if not _warned:
             log.warning("%s is not installed (%s): prices come from the packaged router_model/prices.json only",

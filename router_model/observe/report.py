@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -129,6 +129,7 @@ class ObservationReport:
     prices_as_of: str
     assumptions: tuple[str, ...]
     cache: ColdCacheEstimate | None = None  # what a switch would lose to cold prompt caches (gateway records with usage)
+    price_sources: dict[str, str] = field(default_factory=dict)  # model -> where its price came from (PriceTable.source_of)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -306,6 +307,7 @@ def build_report(
         prices_as_of=prices.as_of,
         assumptions=tuple(assumptions),
         cache=estimate,
+        price_sources={m: prices.source_of(m) for m in (strong_model, cheap_model)},
     )
 
 
@@ -349,6 +351,7 @@ def format_report(report: ObservationReport) -> str:
             bar = "#" * round(40 * count / peak)
             lines.append(f"  [{lo:.1f}, {hi:.1f}{']' if i == 9 else ')'} {count:>9,} {bar}")
     lines += ["", f"projected monthly cost (prices as of {r.prices_as_of}):"]
+    lines += [f"  price of {m}: {source}" for m, source in r.price_sources.items()]
     if r.requests_per_month is None:
         lines.append(f"  volume {r.volume_source}")
     else:
