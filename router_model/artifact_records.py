@@ -75,6 +75,9 @@ class GoalRecord:
     n_labelled: int | None = None  # rows the threshold was chosen on
     n_needed: int | None = None  # not certified: rows that would certify the best gap observed
     threshold_rows: str = "validation"  # "validation" or "oof" (cross-fitted train + validation)
+    # The test behind the certificate (docs/guarantee.md): "betting" or "clopper-pearson" (the only one
+    # before betting, so a record with a risk and no field reads as it); "none" without risk control.
+    certificate: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,6 +105,7 @@ class GoalRecord:
             n_labelled=opt("n_labelled", int),
             n_needed=opt("n_needed", int),
             threshold_rows=str(d.get("threshold_rows") or "validation"),
+            certificate=str(d.get("certificate") or ("none" if d.get("risk") is None else "clopper-pearson")),
         )
 
     def describe(self) -> str:
@@ -117,7 +121,7 @@ class GoalRecord:
         else:
             need = f"; about {self.n_needed:,} labelled rows would certify the best gap seen" if self.n_needed else ""
             state = f"nothing cheap certified: all strong (floor 1.000){need}"
-        return f"{head} at risk {self.risk:g} (method {self.method}{rows}): {state}"
+        return f"{head} at risk {self.risk:g} ({self.certificate} certificate, method {self.method}{rows}): {state}"
 
 
 @dataclass(frozen=True)

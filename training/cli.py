@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allowed chance that the goal fails on new traffic from the same distribution (default: "
                    "%(default)s; certified by Learn-then-Test, docs/guarantee.md); 'none' picks the threshold where "
                    "validation just meets the goal, with no guarantee")
+    p.add_argument("--certificate", choices=("betting", "clopper-pearson"), default="betting",
+                   help="the test behind the certified goal: betting = one betting test of the per-request quantity "
+                   "at the full risk; clopper-pearson = the earlier union of exact bounds (default: %(default)s; "
+                   "docs/guarantee.md)")
     p.add_argument("--threshold-rows", choices=("oof", "validation"), default="oof",
                    help="rows the threshold is certified on: oof = cross-fitted scores over train + validation, the "
                    "head then refit on both; validation = the validation split only (default: %(default)s)")
@@ -124,11 +128,12 @@ def config_from_args(args: argparse.Namespace):
     from training.pipeline import TrainConfig
 
     if args.max_strong_share is not None:
-        goal = Goal.max_strong_share(args.max_strong_share, args.risk)
+        goal = Goal.max_strong_share(args.max_strong_share, args.risk, args.certificate)
     elif args.max_cost_per_request is not None:
-        goal = Goal.max_cost_per_request(args.max_cost_per_request, args.risk)
+        goal = Goal.max_cost_per_request(args.max_cost_per_request, args.risk, args.certificate)
     else:
-        goal = Goal.quality_floor(args.quality_floor if args.quality_floor is not None else 0.95, args.risk)
+        goal = Goal.quality_floor(args.quality_floor if args.quality_floor is not None else 0.95, args.risk,
+                                  args.certificate)
     logs = tuple(args.log) or tuple(default_public_logs())
     price_as = tuple(args.price_as)
     if not args.log and not price_as:

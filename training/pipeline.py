@@ -105,6 +105,7 @@ class TrainConfig:
         d = asdict(self)
         d["goal"] = f"{self.goal.kind}={self.goal.value}"
         d["risk"] = "none" if self.goal.risk is None else self.goal.risk
+        d["certificate"] = "none" if self.goal.risk is None else self.goal.certificate
         d["logs"] = ",".join(str(p) for p in self.logs)
         return {k: (",".join(map(str, v)) if isinstance(v, (tuple, list)) else v) for k, v in d.items()}
 

@@ -20,7 +20,7 @@ from router_model.errors import ConfigError
 from router_model.offline.metrics import cumulative_by_score
 from router_model.offline.split import group_kfold, normalize_prompt
 from training.head import can_cross_fit, out_of_fold_p, refit_head
-from training.risk import ALL_STRONG, certify_budget, certify_quality_floor
+from training.risk import ALL_STRONG, CERTIFICATES, DEFAULT_CERTIFICATE, certificate_of, certify_budget, certify_quality_floor
 
 __all__ = [
     "DEFAULT_GOAL",
@@ -47,13 +47,19 @@ class Goal:
 
     `risk`: the allowed chance that the goal fails on new traffic (certified by Learn-then-Test);
     None chooses the threshold where the labelled set just meets the goal, with no guarantee.
+    `certificate`: the test behind each threshold (training/risk.py, docs/guarantee.md): "betting"
+    (one betting test of the goal's per-request quantity at the full risk, the default) or
+    "clopper-pearson" (the union of exact binomial bounds; Hoeffding-Bentkus for dollars).
     """
 
     kind: GoalKind
     value: float
     risk: float | None = DEFAULT_RISK
+    certificate: str = DEFAULT_CERTIFICATE
 
     def __post_init__(self) -> None:
+        if self.certificate not in CERTIFICATES:
+            raise ConfigError(f"certificate must be one of {', '.join(CERTIFICATES)}, got {self.certificate!r}")
         r = self.risk
         if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r < 1.0):
             raise ConfigError(f"risk must be a probability in (0, 1) or None (no guarantee), got {r!r}")
@@ -75,19 +81,22 @@ class Goal:
             )
 
     @classmethod
-    def quality_floor(cls, value: float = 0.95, risk: float | None = DEFAULT_RISK) -> Goal:
+    def quality_floor(cls, value: float = 0.95, risk: float | None = DEFAULT_RISK,
+                      certificate: str = DEFAULT_CERTIFICATE) -> Goal:
         """Keep at least `value` x the always-strong mean quality, with the most cheap calls."""
-        return cls("quality_floor", value, risk)
+        return cls("quality_floor", value, risk, certificate)
 
     @classmethod
-    def max_strong_share(cls, value: float, risk: float | None = DEFAULT_RISK) -> Goal:
+    def max_strong_share(cls, value: float, risk: float | None = DEFAULT_RISK,
+                         certificate: str = DEFAULT_CERTIFICATE) -> Goal:
         """Best quality while sending at most `value` of the requests to the strong model."""
-        return cls("max_strong_share", value, risk)
+        return cls("max_strong_share", value, risk, certificate)
 
     @classmethod
-    def max_cost_per_request(cls, value: float, risk: float | None = DEFAULT_RISK) -> Goal:
+    def max_cost_per_request(cls, value: float, risk: float | None = DEFAULT_RISK,
+                             certificate: str = DEFAULT_CERTIFICATE) -> Goal:
         """Best quality while the mean cost per request stays at most `value`."""
-        return cls("max_cost_per_request", value, risk)
+        return cls("max_cost_per_request", value, risk, certificate)
 
     def describe(self) -> str:
         """`quality_floor=0.95 at risk 0.05`, as the summaries print it."""
@@ -243,14 +252,15 @@ def _risk_controlled(p: np.ndarray, *, cheap_passed: np.ndarray, strong_passed: 
                      cost_strong: np.ndarray, goal: Goal) -> ThresholdChoice:
     assert goal.risk is not None
     outcomes = {"cheap_passed": cheap_passed, "strong_passed": strong_passed}
+    cert = goal.certificate
     if goal.kind == "quality_floor":
-        rc = certify_quality_floor(p, **outcomes, floor=goal.value, risk=goal.risk)
+        rc = certify_quality_floor(p, **outcomes, floor=goal.value, risk=goal.risk, certificate=cert)
     elif goal.kind == "max_strong_share":
         rc = certify_budget(p, **outcomes, spend_cheap=np.zeros(len(p)), spend_strong=np.ones(len(p)),
-                            budget=goal.value, risk=goal.risk)
+                            budget=goal.value, risk=goal.risk, certificate=cert)
     else:
         rc = certify_budget(p, **outcomes, spend_cheap=cost_cheap, spend_strong=cost_strong, budget=goal.value,
-                            risk=goal.risk)
+                            risk=goal.risk, certificate=cert)
     return _at(p, rc.threshold, goal, **outcomes, cost_cheap=cost_cheap, cost_strong=cost_strong,
                met=rc.certified, method=rc.method, certified=rc.certified, bound=rc.bound, n_needed=rc.n_needed)
 
@@ -303,7 +313,7 @@ def goal_record_fields(choice: ThresholdChoice) -> dict[str, Any]:
     return {"kind": g.kind, "value": float(g.value), "met_on_validation": bool(choice.met), "risk": g.risk,
             "method": choice.method, "certified": choice.certified, "certified_floor": choice.certified_floor,
             "bound": choice.bound, "n_labelled": choice.n_labelled, "n_needed": choice.n_needed,
-            "threshold_rows": choice.rows}
+            "threshold_rows": choice.rows, "certificate": certificate_of(choice.method) or "none"}
 
 
 def describe_choice(choice: ThresholdChoice) -> list[str]:

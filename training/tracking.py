@@ -144,7 +144,7 @@ def register_version(uri: str, registered_model: str, run_id: str, *, source: st
 def goal_params(goal: GoalRecord) -> dict[str, Any]:
     """The goal and its guarantee as run params (docs/guarantee.md)."""
     return {"goal_kind": goal.kind, "goal_value": goal.value, "goal_risk": "none" if goal.risk is None else goal.risk,
-            "goal_method": goal.method,
+            "goal_method": goal.method, "goal_certificate": goal.certificate,
             "goal_threshold_rows": goal.threshold_rows}  # what was used (oof falls back on tiny logs)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from training.risk import METHOD
+from training.risk import METHOD_BETTING
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def test_trained_artifact_states_the_guarantee(second_trained, tmp_path: Path) -
     trained, model_dir = second_trained, second_trained.model_dir
     meta = json.loads((model_dir / "metadata.json").read_text())
     g = meta["goal"]
-    assert g["risk"] == 0.05 and g["method"] == METHOD
+    assert g["risk"] == 0.05 and g["method"] == METHOD_BETTING and g["certificate"] == "betting"
     assert g["certified"] is False and g["certified_floor"] == 1.0 and meta["threshold"] > 1.0
     rows = meta["data"]["split_rows"]
     # Cross-fitted over train + validation, unless a class is too rare to cross-fit (then validation).
@@ -55,11 +55,13 @@ def test_trained_artifact_states_the_guarantee(second_trained, tmp_path: Path) -
     # An artifact written before risk control (no new goal fields) still loads.
     old = tmp_path / "old-router"
     shutil.copytree(model_dir, old)
-    for key in ("risk", "method", "certified", "certified_floor", "bound", "n_labelled", "n_needed", "threshold_rows"):
+    for key in ("risk", "method", "certified", "certified_floor", "bound", "n_labelled", "n_needed", "threshold_rows",
+                "certificate"):
         meta["goal"].pop(key)
     (old / "metadata.json").write_text(json.dumps(meta))
     r = Router.load(old)
     assert r.meta.goal.method == "empirical" and r.meta.goal.risk is None and r.meta.goal.certified_floor is None
+    assert r.meta.goal.certificate == "none"
 
 
 def test_get_model_info_states_the_guarantee(second_model_dir: Path) -> None:
@@ -70,7 +72,8 @@ def test_get_model_info_states_the_guarantee(second_model_dir: Path) -> None:
 
     with serve(ServerConfig(model_dir=second_model_dir, port=0)) as running, channel(running) as ch:
         info = router_stub(ch).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
-    assert (info.goal, info.goal_value, info.method) == ("quality_floor", pytest.approx(0.95), METHOD)
+    # The method names the certificate (GetModelInfo has no separate field for it).
+    assert (info.goal, info.goal_value, info.method) == ("quality_floor", pytest.approx(0.95), METHOD_BETTING)
     assert info.HasField("risk") and info.risk == pytest.approx(0.05)
     assert info.HasField("certified_floor") and info.certified_floor == 1.0 and info.certified is False
     assert info.n_labelled > 0

@@ -23,6 +23,8 @@ from training.risk import (
 )
 from training.threshold import Goal, choose_threshold, describe_choice
 
+CP = "clopper-pearson"  # the hand cases below are the closed forms of the earlier certificate
+
 # ---------------------------------------------------------------- the bounds, by hand
 
 
@@ -62,7 +64,7 @@ def test_floor_certified_on_a_hand_case() -> None:
     # No losses, no gains, all strong pass. At any threshold routing rows cheap, the test is
     # (1 - (d/3)^(1/n)) - 0 - (1 - F) (d/3)^(1/n) <= 0. n=200, d=0.05, F=0.95: 0.0203 - 0.0490 < 0.
     p, w, s = _all_agree(200)
-    rc = certify_quality_floor(p, w, s, floor=0.95, risk=0.05)
+    rc = certify_quality_floor(p, w, s, floor=0.95, risk=0.05, certificate=CP)
     assert rc.certified and rc.threshold == 0.0 and rc.method == METHOD and rc.n_needed is None
     d3 = 0.05 / 3
     assert rc.bound == pytest.approx(1 - (1 - d3 ** (1 / 200)) / d3 ** (1 / 200), rel=1e-9)
@@ -72,13 +74,13 @@ def test_cannot_certify_goes_all_strong_and_says_how_many_rows() -> None:
     # Same rows at F = 0.99: 0.0203 > 0.01 * 0.9797 fails. Needed: (d/3)^(1/n) >= 1/1.01, i.e.
     # n >= ln(d/3) / ln(1/1.01) = 411.5 -> 412 rows.
     p, w, s = _all_agree(200)
-    rc = certify_quality_floor(p, w, s, floor=0.99, risk=0.05)
+    rc = certify_quality_floor(p, w, s, floor=0.99, risk=0.05, certificate=CP)
     assert not rc.certified and rc.threshold == ALL_STRONG and rc.bound == 1.0
     assert rc.n_needed == math.ceil(math.log(0.05 / 3) / math.log(1 / 1.01)) == 412
     # At the needed size it certifies.
-    assert certify_quality_floor(*_all_agree(412), floor=0.99, risk=0.05).certified
+    assert certify_quality_floor(*_all_agree(412), floor=0.99, risk=0.05, certificate=CP).certified
     # Through choose_threshold: met False, all strong, floor 1.0, the message names the size.
-    c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.quality_floor(0.99, 0.05))
+    c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.quality_floor(0.99, 0.05, CP))
     assert (c.met, c.certified, c.threshold, c.strong_share, c.certified_floor) == (False, False, ALL_STRONG, 1.0, 1.0)
     text = "\n".join(describe_choice(c))
     assert "cannot certify" in text and "about 412 labelled rows" in text and "strong model" in text
@@ -113,11 +115,11 @@ def test_budget_certified_from_the_cheap_end() -> None:
     p = rng.random(n)
     w = (rng.random(n) < p).astype(float)
     s = np.ones(n)
-    c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.max_strong_share(0.3, 0.05))
+    c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.max_strong_share(0.3, 0.05, CP))
     assert c.certified and c.bound is not None and c.bound <= 0.3
     # Observed share sits below the budget by about the confidence margin.
     assert 0.2 < c.strong_share < 0.3 and c.bound == pytest.approx(binomial_upper(c.strong_share * n, n, 0.05))
-    c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.max_cost_per_request(0.5, 0.05))
+    c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.max_cost_per_request(0.5, 0.05, CP))
     assert c.certified and c.cost_per_request < c.bound <= 0.5 and c.method.endswith("hoeffding-bentkus")
     # A budget below the all-cheap cost cannot be certified: all cheap, not met.
     c = choose_threshold(p, w, s, cost_cheap=0.1, cost_strong=1.0, goal=Goal.max_cost_per_request(0.1, 0.05))

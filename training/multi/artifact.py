@@ -47,6 +47,7 @@ from training.embedding.common import OPSET
 from training.embedding.onnx_embedder import ExportedEmbedder
 from training.multi.heads import PassHeads
 from training.multi.rule import RuleChoice
+from training.risk import certificate_of
 
 INT8_MAX_QUALITY_DIFF = 0.005
 
@@ -123,7 +124,8 @@ def goal_record(choice: RuleChoice) -> GoalRecord:
         floor = float(g.value) if choice.certified else 1.0
     return GoalRecord(g.kind, float(g.value), bool(choice.met), risk=g.risk, method=choice.method,
                       certified=choice.certified, certified_floor=floor, bound=choice.bound,
-                      n_labelled=choice.n_labelled or None, n_needed=choice.n_needed)
+                      n_labelled=choice.n_labelled or None, n_needed=choice.n_needed,
+                      certificate=certificate_of(choice.method) or "none")
 
 
 def build_metadata(rec: MultiRecord, exported: ExportedEmbedder, stamp: Stamp) -> ArtifactMetadata:

@@ -63,7 +63,7 @@ def multi_goal(goal) -> MultiGoal:
     """The N-model reading of a router-train goal (a strong-call share has none)."""
     if goal.kind == "max_strong_share":
         raise ValueError("--max-strong-share has no meaning among N models; use --quality-floor or --max-cost-per-request")
-    return MultiGoal(goal.kind, float(goal.value), goal.risk)
+    return MultiGoal(goal.kind, float(goal.value), goal.risk, goal.certificate)
 
 
 @dataclass(frozen=True)

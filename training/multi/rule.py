@@ -23,7 +23,7 @@ certified, every request goes to the reference model (floor) or the cheapest mod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +31,15 @@ import numpy as np
 from router_model.multi import RULE_FAMILIES, SINGLE, CostModel, choose
 from router_model.offline.multi_evaluation import aiq, eval_rows, single_points
 from training.risk import (
+    CERTIFICATES,
+    DEFAULT_CERTIFICATE,
     METHOD,
+    METHOD_BETTING,
+    betting_budget_bound,
+    betting_budget_sequence,
+    betting_floor_bound,
+    betting_floor_sequence,
+    betting_n_needed,
     budget_sequence,
     floor_sequence,
     last_before_failure,
@@ -48,11 +56,13 @@ class MultiGoal:
     """quality_floor: at least `value` x the reference model's quality; max_cost_per_request: USD.
 
     `risk`: the allowed chance that the goal fails on new traffic (None: met on validation only).
+    `certificate`: "betting" (default) or "clopper-pearson", as for a pair (training/risk.py).
     """
 
     kind: str = "quality_floor"
     value: float = 0.95
     risk: float | None = DEFAULT_RISK
+    certificate: str = DEFAULT_CERTIFICATE
 
     def __post_init__(self) -> None:
         if self.kind not in GOAL_KINDS:
@@ -60,6 +70,8 @@ class MultiGoal:
                              "meaning among N models)")
         if not (self.value > 0):
             raise ValueError(f"the goal value must be positive, got {self.value}")
+        if self.certificate not in CERTIFICATES:
+            raise ValueError(f"certificate must be one of {CERTIFICATES}, got {self.certificate!r}")
         if self.risk is not None and not (0.0 < self.risk < 1.0):
             raise ValueError(f"risk must be a probability in (0, 1) or None, got {self.risk!r}")
 
@@ -199,6 +211,7 @@ def choose_rule(
     rows = np.arange(n)
     fam_risk = None if goal.risk is None else goal.risk / len(kinds)
     need: list[int] = []
+    rows_of: dict[tuple[str, float], np.ndarray] = {}  # betting: a certified point's per-row quantity, for its bound
     for kind in kinds:
         sw = sweep(kind, P, K, est_cost=E, passed=Y, cost=C, params=param_grid(kind, E, lambda_scale))
         params, picks, cs, qs = sw.params, sw.picks, sw.cost, sw.quality
@@ -211,18 +224,33 @@ def choose_rule(
             kp = (yr & ~yp).sum(axis=1).astype(float)  # the reference passes, the pick fails
             km = (~yr & yp).sum(axis=1).astype(float)  # the pick passes where the reference fails
             ks = float(yr.sum())
-            last, _ = floor_sequence(kp, km, ks, n=n, floor=goal.value, risk=fam_risk)
-            lb = quality_lower_bound(kp[: last + 1], km[: last + 1], ks, n=n, risk=fam_risk)
-            points += [_Point(kind, float(params[i]), float(cs[i]), float(qs[i]), True, float(lb[i]))
-                       for i in range(last + 1)]
             some = (picks != reference).any(axis=1)
-            nn = n_needed(some, kp / n, km / n, rate_s=ks / n, floor=goal.value, risk=fam_risk)
+            if goal.certificate == "betting":
+                dz = (yr & ~yp).astype(float) - (~yr & yp).astype(float)  # loss - gain against the reference
+                last, _ = betting_floor_sequence(_rows_slice(dz), len(params), yr.astype(float), floor=goal.value,
+                                                 risk=fam_risk, safe=~some)
+                lb = np.full(last + 1, np.nan)  # computed for the served point only (below)
+                rows_of.update({(kind, float(params[i])): dz[i] for i in range(last + 1)})
+            else:
+                last, _ = floor_sequence(kp, km, ks, n=n, floor=goal.value, risk=fam_risk)
+                lb = quality_lower_bound(kp[: last + 1], km[: last + 1], ks, n=n, risk=fam_risk)
+            # (betting: points that route every row to the reference are not tested, and not served either)
+            points += [_Point(kind, float(params[i]), float(cs[i]), float(qs[i]), True, float(lb[i]))
+                       for i in range(last + 1) if some[i] or goal.certificate != "betting"]
+            need_of = betting_n_needed if goal.certificate == "betting" else n_needed
+            nn = need_of(some, kp / n, km / n, rate_s=ks / n, floor=goal.value, risk=fam_risk)
             if nn is not None:
                 need.append(nn)
         else:
             cap = float(C.max())
-            up, _ = budget_sequence(cs[::-1], n, cap, risk=fam_risk, binary=False)  # cheapest first
-            last = last_before_failure(up <= goal.value + 1e-12)
+            if goal.certificate == "betting":
+                spend = C[rows, picks][::-1]  # (points, rows), cheapest first
+                last = betting_budget_sequence(_rows_slice(spend), len(params), n, cap, goal.value, risk=fam_risk)
+                up = np.full(last + 1, np.nan)  # computed for the served point only (below)
+                rows_of.update({(kind, float(params[len(params) - 1 - j])): spend[j] for j in range(last + 1)})
+            else:
+                up, _ = budget_sequence(cs[::-1], n, cap, risk=fam_risk, binary=False)  # cheapest first
+                last = last_before_failure(up <= goal.value + 1e-12)
             rev = len(params) - 1 - np.arange(last + 1)
             points += [_Point(kind, float(params[i]), float(cs[i]), float(qs[i]), True, float(up[j]))
                        for j, i in enumerate(rev)]
@@ -264,13 +292,27 @@ def choose_rule(
     if not met:
         why += " (goal not met on validation; closest point used)"
     bound = pick.bound if fam_risk is not None else None
+    if fam_risk is not None and bound is not None and np.isnan(bound):  # betting: the served point's bound
+        row = rows_of[(pick.kind, pick.value)]
+        if goal.kind == "quality_floor":
+            bound = (1.0 if not row.any() else
+                     betting_floor_bound(row, (Y[:, reference] >= 0.5).astype(float), floor=goal.value, risk=fam_risk))
+        else:
+            bound = betting_budget_bound(row, float(C.max()), goal.value, risk=fam_risk)
     return RuleChoice(pick.kind, pick.value, goal, met, pick.quality, pick.cost / n, ref["name"], ref["quality"],
                         families, why, method=_method(goal), certified=True if fam_risk is not None else None,
                         bound=bound, n_labelled=n)
 
 
+def _rows_slice(a: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    """The (points, rows) matrix as the betting sequence reads it: points i..j-1."""
+    return lambda i, j: a[i:j]
+
+
 def _method(goal: MultiGoal) -> str:
     if goal.risk is None:
         return EMPIRICAL
+    if goal.certificate == "betting":
+        return f"{METHOD_BETTING}-bonferroni-over-rules"
     return (f"{METHOD}-bonferroni-over-rules" if goal.kind == "quality_floor"
             else "ltt-fixed-sequence-hoeffding-bentkus-bonferroni-over-rules")
