@@ -16,6 +16,8 @@ from onnx import numpy_helper
 
 from training.artifact.int8_rewrites import token_rows, weight_matmuls
 
+GPTQ_BLOCK = 64  # rows rounded between two matrix-product updates of the rest
+
 
 class GPTQError(RuntimeError):
     """The quantised graph does not have the symmetric per-channel int8 weights GPTQ expects."""
@@ -46,8 +48,15 @@ def input_moments(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarra
     return {name: s / max(tokens, 1) for name, s in sums.items()}
 
 
-def gptq_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray, *, damping: float = 0.01) -> np.ndarray:
-    """Symmetric int8 for w (K x N, scale per column N) minimising ||x (w - q * scale)|| under E[x x^T] = h."""
+def gptq_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray, *, damping: float = 0.01,
+               block: int = GPTQ_BLOCK) -> np.ndarray:
+    """Symmetric int8 for w (K x N, scale per column N) minimising ||x (w - q * scale)|| under E[x x^T] = h.
+
+    Rows are rounded one at a time in blocks of `block`: inside a block each rounding error updates the
+    block's later rows at once; the rows after the block get the block's errors in one matrix product
+    (the "lazy batch" update of the GPTQ paper: the same arithmetic, reordered, ~10x faster than one
+    outer product per row).
+    """
     w, h = w.astype(np.float64).copy(), h.astype(np.float64).copy()
     dead = np.diag(h) == 0  # channels never active (e.g. zeroed outliers): their rows do not matter
     h[dead, dead] = 1.0
@@ -57,10 +66,16 @@ def gptq_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray, *, damping: floa
     h += damping * float(np.mean(np.diag(h))) * np.eye(len(h))
     u = np.linalg.cholesky(np.linalg.inv(h)).T
     q = np.zeros(w.shape, dtype=np.int8)
-    for i in range(len(w)):
-        qi = np.clip(np.round(w[i] / scale), -127, 127)
-        q[i] = qi
-        w[i + 1:] -= np.outer(u[i, i + 1:], (w[i] - qi * scale) / u[i, i])
+    k = len(w)
+    for start in range(0, k, block):
+        end = min(start + block, k)
+        errors = np.empty((end - start, w.shape[1]))
+        for i in range(start, end):
+            qi = np.clip(np.round(w[i] / scale), -127, 127)
+            q[i] = qi
+            errors[i - start] = (w[i] - qi * scale) / u[i, i]
+            w[i + 1:end] -= np.outer(u[i, i + 1:end], errors[i - start])
+        w[end:] -= u[start:end, end:].T @ errors
     out = np.empty_like(q)
     out[order] = q
     return out
