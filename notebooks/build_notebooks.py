@@ -190,7 +190,8 @@ NB02 = build(
     pipeline does) and judge on the whole held-out *test* split: the reliability diagram **before**
     (plain logistic regression) and **after** calibration (`CalibratedClassifierCV`, sigmoid, shuffled
     folds), then routing quality (APGR, CPT) beside random, heuristic and oracle routing.
-    (`$ROUTER_NOTEBOOK_ROWS` trains on another number of rows; the test suite runs it on 1,000.)
+    (`$ROUTER_NOTEBOOK_ROWS` trains on another number of rows and judges on at most as many held-out
+    rows; the test suite runs it on 1,000.)
     """,
     {"mmlu": MMLU},
     [
@@ -221,6 +222,8 @@ NB02 = build(
             rng = np.random.default_rng(SEED)
             train_idx = np.sort(rng.choice(np.flatnonzero(split == "train"), N_TRAIN, replace=False))
             test_idx = np.flatnonzero(split == "test")
+            if len(test_idx) > N_TRAIN:  # a smaller run (ROUTER_NOTEBOOK_ROWS) judges on a sample of the test split
+                test_idx = np.sort(rng.choice(test_idx, N_TRAIN, replace=False))
             cheap_passed = np.array([float(r.passed[read.cheap_model]) for r in read.records])
             strong_passed = np.array([float(r.passed[read.strong_model]) for r in read.records])
             print(f"{len(texts)} MMLU rows: training on {len(train_idx)} (of {int((split == 'train').sum())} train rows), "

@@ -13,6 +13,7 @@ here import its helpers relatively (`from .conftest import _train`).
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -128,3 +129,36 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Pat
 
     out = tmp_path_factory.mktemp("policy") / "router"
     return build_policy(BuildConfig(policy=DEFAULT_POLICY, out_dir=out, cache_dir=cache_dir)).model_dir
+
+
+# One router on a fixed 3,000-row sample of RouteLLM MMLU (the public pair), shared by the int8
+# parity tests (test_parity.py) and the drift tests (test_drift.py); test_promote.py splits the
+# same sample, so a session embeds these prompts once.
+MMLU = "routellm-evals/routellm-mmlu.normalized.jsonl"
+PUBLIC_CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+PUBLIC_STRONG = "gpt-4-1106-preview"
+PUBLIC_SAMPLE_ROWS = 3000
+
+
+def public_sample_rows(lines: list[str]) -> list[int]:
+    """The sample's line numbers in the MMLU file (seeded, sorted)."""
+    return sorted(random.Random(0).sample(range(len(lines)), PUBLIC_SAMPLE_ROWS))
+
+
+@pytest.fixture(scope="session")
+def mmlu_lines() -> list[str]:
+    with require_shared(MMLU).open(encoding="utf-8") as f:
+        return [ln for ln in f if ln.strip()]
+
+
+@pytest.fixture(scope="session")
+def public_router(tmp_path_factory, cache_dir: Path, mmlu_lines: list[str]):
+    """(TrainResult, the sample's log file): the public-pair router trained on the 3,000-row sample."""
+    from training.data.public import PUBLIC_PRICE_AS
+
+    base = tmp_path_factory.mktemp("public")
+    subset = base / "mmlu-3000.jsonl"
+    subset.write_text("".join(mmlu_lines[i] for i in public_sample_rows(mmlu_lines)), encoding="utf-8")
+    result = _train(base / "router", cache_dir, seed=0, logs=(subset,), cheap_model=PUBLIC_CHEAP,
+                    strong_model=PUBLIC_STRONG, heads=("logreg_c1",), price_as=tuple(PUBLIC_PRICE_AS.items()))
+    return result, subset

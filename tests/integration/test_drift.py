@@ -1,4 +1,4 @@
-"""Drift on real traffic: the reference a router trained on 600 MMLU rows records, the distance it
+"""Drift on real traffic: the reference a router trained on 3,000 MMLU rows records, the distance it
 logs, and `router-drift` on 200 unseen MMLU prompts (no drift) and on RouterBench's code prompts
 (drift). PSI by hand, the CLI's usage errors and the rolling gauges on the service's and the
 gateway's /metrics (on a toy router): tests/unit/test_drift.py."""
@@ -19,13 +19,10 @@ from router_model.observe.drift import DRIFT, MODERATE, REFERENCE_FILE, STABLE
 from router_model.observe.drift_cli import EXIT_DRIFT, EXIT_OK, main
 from router_model.router import Router
 
-from .conftest import _train
+from .conftest import public_sample_rows
 
-MMLU = "routellm-evals/routellm-mmlu.normalized.jsonl"
 ROUTERBENCH = "routerbench-subset/routerbench-subset.normalized.jsonl"
-CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-STRONG = "gpt-4-1106-preview"
-TRAIN_ROWS, LIVE_ROWS, DRIFT_ROWS = 600, 200, 150
+LIVE_ROWS, DRIFT_ROWS = 200, 150
 
 
 def _rows(relative: str) -> list[dict]:
@@ -34,18 +31,12 @@ def _rows(relative: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def mmlu_router(tmp_path_factory, cache_dir: Path):
-    """A router trained on 600 MMLU rows, and 200 other MMLU prompts as in-distribution traffic."""
-    rows = _rows(MMLU)
-    picked = random.Random(15).sample(range(len(rows)), TRAIN_ROWS + LIVE_ROWS)
-    base = tmp_path_factory.mktemp("drift")
-    log = base / "mmlu-train.jsonl"
-    log.write_text("".join(json.dumps(rows[i]) + "\n" for i in picked[:TRAIN_ROWS]), encoding="utf-8")
-    from training.data.public import PUBLIC_PRICE_AS
-
-    result = _train(base / "router", cache_dir, seed=0, logs=(log,), cheap_model=CHEAP, strong_model=STRONG,
-                    price_as=tuple(PUBLIC_PRICE_AS.items()))
-    live = [rows[i]["prompt"] for i in picked[TRAIN_ROWS:]]
+def mmlu_router(public_router, mmlu_lines: list[str]):
+    """The public-pair router (3,000 MMLU rows), and LIVE_ROWS MMLU prompts outside its sample as in-distribution traffic."""
+    result, _ = public_router
+    seen = set(public_sample_rows(mmlu_lines))
+    unseen = [i for i in range(len(mmlu_lines)) if i not in seen]
+    live = [json.loads(mmlu_lines[i])["prompt"] for i in random.Random(15).sample(unseen, LIVE_ROWS)]
     return result.model_dir, live
 
 

@@ -5,22 +5,18 @@ and int8 vs fp32 decisions on a router trained on public data.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE_LOG, require_shared
+from conftest import EXAMPLE_LOG
 
 from router_model.router import Router
 from training.artifact.writer import INT8_MAX_APGR_DIFF, INT8_MIN_AGREEMENT
 
-from .conftest import _train
+from .conftest import PUBLIC_CHEAP as CHEAP
+from .conftest import PUBLIC_STRONG as STRONG
 
-MMLU = "routellm-evals/routellm-mmlu.normalized.jsonl"
-CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-STRONG = "gpt-4-1106-preview"
-SUBSET_ROWS = 3000
 TEXTS = [
     "What is the capital of France?",
     "Write a Python function that merges two sorted lists in O(n) time and explain its complexity.",
@@ -92,23 +88,6 @@ def test_exported_embedder_matches_sentence_transformers(cache_dir: Path) -> Non
 
 
 # --- public data: int8 vs fp32 on a real held-out split ------------------------------------------
-@pytest.fixture(scope="module")
-def public_router(tmp_path_factory, cache_dir: Path):
-    """One router trained on a fixed 3,000-row sample of RouteLLM MMLU (trained once per module)."""
-    src = require_shared(MMLU)
-    with src.open(encoding="utf-8") as f:
-        lines = [ln for ln in f if ln.strip()]
-    keep = sorted(random.Random(0).sample(range(len(lines)), SUBSET_ROWS))
-    base = tmp_path_factory.mktemp("public")
-    subset = base / "mmlu-3000.jsonl"
-    subset.write_text("".join(lines[i] for i in keep), encoding="utf-8")
-    from training.data.public import PUBLIC_PRICE_AS
-
-    result = _train(base / "router", cache_dir, seed=0, logs=(subset,), cheap_model=CHEAP, strong_model=STRONG,
-                    heads=("logreg_c1",), price_as=tuple(PUBLIC_PRICE_AS.items()))
-    return result, subset
-
-
 @pytest.fixture(scope="module")
 def int8_report(public_router) -> dict:
     """int8 vs fp32 on the public router's held-out split, measured here through the serving path."""

@@ -1,7 +1,7 @@
 """Retrain -> gate -> promote -> serve by alias -> follow -> roll back, on a real sqlite MLflow store.
 
-One scenario on a fixed 3,000-row sample of RouteLLM MMLU (the sample tests/integration/test_parity.py
-trains on, so a session embeds it once), split by normalised prompt into a frozen eval log E
+One scenario on a fixed 3,000-row sample of RouteLLM MMLU (the public_router fixture's sample,
+so a session embeds it once), split by normalised prompt into a frozen eval log E
 (EVAL_ROWS rows) and a training pool P (the rest). v1 (the first V1_ROWS rows of P) is the first
 champion; v2 (v1's rows with their outcomes shuffled among them) is refused because it is worse;
 v3 (all of P) is promoted while a `router-serve --model-uri ...@champion --follow 1` process
@@ -31,16 +31,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import require_shared
 from service_helpers import SERVING, health_status, router_stub, wait_for
 
 from router_model.prompt_digest import normalize_prompt
 from router_model.service.gen.router.v1 import router_pb2 as pb
 
-MMLU = "routellm-evals/routellm-mmlu.normalized.jsonl"
-CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-STRONG = "gpt-4-1106-preview"
-SUBSET_ROWS = 3000  # the same sample as tests/integration/test_parity.py's public_router (one embedding pass)
+from .conftest import PUBLIC_CHEAP as CHEAP
+from .conftest import PUBLIC_STRONG as STRONG
+from .conftest import public_sample_rows  # the public router's sample (one embedding pass per session)
+
 EVAL_ROWS = 1700  # the frozen eval log: as large as the sample allows beside the training pool
 V1_ROWS = 650  # v1: half of the training pool; v3: all of it
 SPLIT_SEED = 1
@@ -62,14 +61,12 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def promotion_store(tmp_path_factory, cache_dir: Path) -> dict:
+def promotion_store(tmp_path_factory, cache_dir: Path, mmlu_lines: list[str]) -> dict:
     """The sqlite store, the data parts, and a `train(label, log)` that registers a version."""
     import mlflow
 
-    src = require_shared(MMLU)
-    with src.open(encoding="utf-8") as f:
-        lines = [ln for ln in f if ln.strip()]
-    keep = sorted(random.Random(0).sample(range(len(lines)), SUBSET_ROWS))
+    lines = mmlu_lines
+    keep = public_sample_rows(lines)
     groups: dict[str, list[str]] = {}
     for i in keep:  # by normalised prompt, so a repeated question never straddles two parts
         groups.setdefault(normalize_prompt(json.loads(lines[i])["prompt"]), []).append(lines[i])
