@@ -14,6 +14,13 @@ champion's has a lower bound >= -tolerance, and the goal it was trained for (its
 or its strong-share or cost cap) holds on the log at its own threshold, within the tolerance.
 The previous holder keeps the `previous` alias, which `rollback` moves the alias back to. Every
 comparison is an MLflow run (experiment `router-promotion`) with the table as an artifact.
+
+The refusals that need no scores (a changed eval log, an overlap with either version's training
+prompts) are decided before either version is scored, after every usage error the scoring would
+raise for the log (`read_eval_log`, `check_bootstrap`); such a run logs no score metrics. A
+version's scores on the frozen log are cached in the promote cache directory
+(training/promote_cache.py), so gating another candidate against the same champion does not score
+the champion again.
 """
 
 from __future__ import annotations
@@ -29,11 +36,14 @@ from router_model.artifact import read_metadata, sha256_file
 from router_model.errors import ConfigError
 from router_model.offline.log import LogFormatError
 from router_model.registry import MlflowRegistry, RegistryVersion, fetch_version, tracking_uri
+from training.promote_cache import ScoreCache
 from training.promote_scoring import (
     INTERVAL,
     ModelScore,
     PromotionUsageError,
+    check_bootstrap,
     paired_bootstrap_apgr,
+    read_eval_log,
     score_model,
 )
 
@@ -150,6 +160,8 @@ def format_table(result: PromotionResult, eval_log: Path | None, n_rows: int | N
     if eval_log is not None:
         rows = f", {n_rows} rows" if n_rows is not None else ""
         lines.append(f"eval log {eval_log} (sha256 {result.eval_log_sha256[:16]}...{rows})")
+        if result.action == "promote" and not cols:
+            lines.append("not scored: refused for what the eval log is, before either version was scored")
     if cols:
         width = max(len(label) for label, _, _ in _ROWS) + 2
         cells = {key: [fmt.format(getattr(m, key)) for _, m in cols] for _, key, fmt in _ROWS}
@@ -275,22 +287,44 @@ def promote(config: PromoteConfig) -> PromotionResult:
             f"(v{champ_v.version if champ_v else '?'}) routes {champ_pair[0]} / {champ_pair[1]}: not comparable; "
             "register it under another name (--registered-model) or retrain it on the champion's pair")
     price_as = dict(config.price_as)
+    cache = ScoreCache(config.cache_dir)
+    try:
+        # What the log is to each version, before either is scored: the refusals that need no scores
+        # (and the usage errors scoring would raise for this log) come first.
+        cand_view = read_eval_log(cand_dir, eval_log, cand_v.version, eval_log_sha256=sha, prices=config.prices,
+                                  price_as=price_as)
+        champ_view = None
+        if champ_dir is not None and champ_v is not None:
+            champ_view = read_eval_log(champ_dir, eval_log, champ_v.version, eval_log_sha256=sha,
+                                       prices=config.prices, price_as=price_as)
+    except LogFormatError as e:
+        raise PromotionUsageError(f"the eval log cannot be read: {e}") from None
+    n_rows = cand_view.n
+    for view in (cand_view, champ_view):
+        if view is not None and view.rows_seen_in_training > view.overlap_allowance:
+            reasons.append(f"eval log overlaps the training data of v{view.version}: {view.rows_seen_in_training} of "
+                           f"{n_rows} prompts were trained or validated on (allowance for the prompt digest's "
+                           f"false positives: {view.overlap_allowance})")
+    if reasons and not config.force:
+        # Refused for what the eval log is: no version is scored. The bootstrap's own usage error
+        # (a log too small or too uniform) still comes first, as it did when both were scored.
+        if champ_view is not None:
+            check_bootstrap(cand_view.cheap_passed, cand_view.strong_passed, resamples=config.bootstrap,
+                            seed=config.seed)
+        result.reasons = reasons
+        return _finish(config, result, eval_log, cand_v, champ_v, n_rows)
+
     try:
         cand, cand_sc = score_model(cand_dir, eval_log, cand_v.version, tolerance=config.tolerance,
-                                    prices=config.prices, price_as=price_as)
+                                    prices=config.prices, price_as=price_as, view=cand_view, cache=cache)
         champ = champ_sc = None
         if champ_dir is not None and champ_v is not None:
             champ, champ_sc = score_model(champ_dir, eval_log, champ_v.version, tolerance=config.tolerance,
-                                          prices=config.prices, price_as=price_as)
+                                          prices=config.prices, price_as=price_as, view=champ_view, cache=cache)
     except LogFormatError as e:
         raise PromotionUsageError(f"the eval log cannot be read: {e}") from None
     result.candidate, result.champion = cand, champ
 
-    for m in (cand, champ):
-        if m is not None and m.rows_seen_in_training > m.overlap_allowance:
-            reasons.append(f"eval log overlaps the training data of v{m.version}: {m.rows_seen_in_training} of "
-                           f"{len(cand_sc.p)} prompts were trained or validated on (allowance for the prompt digest's "
-                           f"false positives: {m.overlap_allowance})")
     if not cand.goal_holds:
         reasons.append(f"the candidate's goal {cand.goal} does not hold on the eval log at its threshold "
                        f"{cand.threshold:.4f} (quality vs strong {cand.quality_vs_strong:.4f}, strong share "
@@ -321,12 +355,19 @@ def promote(config: PromoteConfig) -> PromotionResult:
         if not frozen or frozen != sha:
             reg.client.set_registered_model_tag(name, EVAL_SHA_TAG, sha)
             reg.client.set_registered_model_tag(name, EVAL_NAME_TAG, eval_log.name)
-    result.table = format_table(result, eval_log, len(cand_sc.p))
-    params = {"registered_model": name, "alias": alias, "candidate": cand_v.version,
-              "champion": champ_v.version if champ_v else "", "eval_log": str(eval_log), "eval_log_sha256": sha,
-              "eval_rows": len(cand_sc.p), "tolerance": config.tolerance, "force": config.force,
-              "bootstrap": config.bootstrap, "seed": config.seed, "prices": config.prices or "",
-              "price_as": ",".join(f"{k}={v}" for k, v in config.price_as)}
+    return _finish(config, result, eval_log, cand_v, champ_v, len(cand_sc.p))
+
+
+def _finish(config: PromoteConfig, result: PromotionResult, eval_log: Path, cand_v: RegistryVersion,
+            champ_v: RegistryVersion | None, n_rows: int) -> PromotionResult:
+    """The table, and the comparison logged as an MLflow run."""
+    result.table = format_table(result, eval_log, n_rows)
+    params = {"registered_model": config.registered_model, "alias": config.alias, "candidate": cand_v.version,
+              "champion": champ_v.version if champ_v else "", "eval_log": str(eval_log),
+              "eval_log_sha256": result.eval_log_sha256, "eval_rows": n_rows, "tolerance": config.tolerance,
+              "force": config.force, "bootstrap": config.bootstrap, "seed": config.seed, "prices": config.prices or "",
+              "price_as": ",".join(f"{k}={v}" for k, v in config.price_as),
+              "scored": result.candidate is not None}
     result.run_id = _log_run(config, result, params)
     return result
 
