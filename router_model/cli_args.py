@@ -44,6 +44,17 @@ def non_negative_number(text: str) -> float:
     return value
 
 
+def open_share(text: str) -> float:
+    """A number strictly between 0 and 1 (a share, a risk)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
 def whole_number(text: str, *, minimum: int = 0) -> int:
     """An integer >= `minimum`."""
     try:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from router_model.artifact import GRAPHS
-from router_model.cli_args import add_price_options, setup_logging
+from router_model.cli_args import add_price_options, open_share, setup_logging
 from router_model.cost import DEFAULT_OUTPUT_TOKENS
 from router_model.errors import RouterError
 from router_model.features import DEFAULT_FEATURES, FEATURES
@@ -37,12 +37,9 @@ def _risk(text: str) -> float | None:
     if text.strip().lower() == "none":
         return None
     try:
-        r = float(text)
-    except ValueError:
+        return open_share(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or 'none', got {text!r}") from None
-    if not 0.0 < r < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or 'none', got {text!r}")
-    return r
 
 
 def build_parser() -> argparse.ArgumentParser:

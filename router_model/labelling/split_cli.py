@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from router_model.cli_args import setup_logging
+from router_model.cli_args import open_share, setup_logging
 from router_model.errors import RouterError
 from router_model.offline.row import RowError, parse_line
 from router_model.offline.split import holdout_mask
@@ -59,16 +59,6 @@ class SplitResult:
     train_prompts: int
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -80,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelled log (JSONL, data/README.md); repeat for several files")
     p.add_argument("--eval-out", required=True, type=Path, metavar="FILE", help="the evaluation log to write")
     p.add_argument("--train-out", required=True, type=Path, metavar="FILE", help="the rest, to train on")
-    p.add_argument("--eval-share", type=_share, default=0.2, metavar="S",
+    p.add_argument("--eval-share", type=open_share, default=0.2, metavar="S",
                    help="share of the distinct prompts that go to the eval log (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the assignment (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace output files that exist")
