@@ -95,10 +95,9 @@ def promotion_store(tmp_path_factory, cache_dir: Path, mmlu_lines: list[str]) ->
         "A-shuffled": _write(base / "a-shuffled.jsonl", shuffled),
         "P": _write(base / "pool.jsonl", part["P"]),
         "E": _write(base / "eval.jsonl", part["E"]),
-        # The two logs refused for what they are (overlapping v1's training rows; not the frozen file)
-        # are small: every promotion scores its eval log with both versions before it judges, and
-        # those scores are not what these refusals check. 300 rows of E + 200 of v1's rows still
-        # overlap far beyond the prompt digest's false-positive allowance.
+        # The two logs refused for what they are (overlapping v1's training rows; not the frozen file):
+        # both are refused before any version is scored. 300 rows of E + 200 of v1's rows overlap far
+        # beyond the prompt digest's false-positive allowance.
         "E+A": _write(base / "eval-overlap.jsonl", part["E"][:OVERLAP_EVAL_ROWS] + part["A"][:200]),
         "E-changed": _write(base / "eval-changed.jsonl", part["E"][:OVERLAP_EVAL_ROWS]),
     }
