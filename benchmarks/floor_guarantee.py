@@ -13,7 +13,11 @@ cheap share and cost saved, for
 A second, smaller part compares head selection by validation APGR with validation log-loss: the
 held-out APGR of the head each criterion picks.
 
-    python benchmarks/floor_guarantee.py [--draws 50] [--sizes 300,1000,3000] [--files ...]
+    python benchmarks/floor_guarantee.py [--draws 50] [--sizes 300,1000,3000] [--files ...] [--certificate ...]
+
+The two LTT variants use `--certificate` (default betting; the results file of 1 Dec 2026 was run
+with clopper-pearson, the default then). Both certificates side by side, over many more draws:
+benchmarks/certificate_simulation.py.
 
 Writes benchmarks/results/floor_guarantee.json. Needs ../shared/data; embeddings are cached.
 """
@@ -196,13 +200,15 @@ def _map(jobs: list[tuple[str, int, int, Goal]], workers: int) -> list[Any]:
 
 def run(files: list[str], sizes: list[int], draws: int, selection_draws: int, floor: float, risk: float,
         test_fraction: float = 0.4, seed: int = 0, workers: int = 2,
-        say: Callable[[str], None] = print, out: Path | None = None, max_rows: int | None = None) -> dict[str, Any]:
+        say: Callable[[str], None] = print, out: Path | None = None, max_rows: int | None = None,
+        certificate: str = "betting") -> dict[str, Any]:
     """The benchmark as a JSON-ready dict (the test runs a small version of it, on max_rows rows per file)."""
     global _DATA
     cache = default_cache_dir()
     embedder = OnnxEmbedder(export_embedder(cache_dir=cache), cache_dir=cache)
-    goal = Goal.quality_floor(floor, risk)
-    result: dict[str, Any] = {"floor": floor, "risk": risk, "draws": draws, "sizes": sizes, "head": HEAD,
+    goal = Goal.quality_floor(floor, risk, certificate)
+    result: dict[str, Any] = {"floor": floor, "risk": risk, "certificate": certificate, "draws": draws, "sizes": sizes,
+                              "head": HEAD,
                     "selection_draws": selection_draws, "files": {}}
     for name in files:
         d = load(name, embedder, test_fraction, max_rows)
@@ -251,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--floor", type=float, default=0.95)
     p.add_argument("--risk", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--certificate", choices=("betting", "clopper-pearson"), default="betting",
+                   help="the LTT variants' test (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="processes (one BLAS thread each; default: %(default)s)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "floor_guarantee.json")
     p.add_argument("--merge", action="store_true",
@@ -267,14 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     kept: dict[str, Any] = {}
     if args.merge and args.out.exists():
         old = json.loads(args.out.read_text())
-        same = {k: old.get(k) for k in ("floor", "risk", "draws")} == {"floor": args.floor, "risk": args.risk,
-                                                                       "draws": args.draws}
+        same = ({k: old.get(k) for k in ("floor", "risk", "draws")} == {"floor": args.floor, "risk": args.risk,
+                                                                        "draws": args.draws}
+                and old.get("certificate", "clopper-pearson") == args.certificate)
         if not same:
             p.error(f"--merge: {args.out} was run with floor/risk/draws {old.get('floor')}/{old.get('risk')}/"
                     f"{old.get('draws')}, not {args.floor}/{args.risk}/{args.draws}")
         kept = {k: v for k, v in old.get("files", {}).items() if k not in files}
     result = run(files, sizes, args.draws, args.selection_draws, args.floor, args.risk, seed=args.seed,
-                 workers=args.workers, say=lambda m: print(m, flush=True), out=None if kept else args.out)
+                 workers=args.workers, say=lambda m: print(m, flush=True), out=None if kept else args.out,
+                 certificate=args.certificate)
     result["files"] = {**kept, **result["files"]}
     if kept:
         result["kept_from_an_earlier_run"] = sorted(kept)  # "seconds" below covers only this run's files
