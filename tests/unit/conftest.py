@@ -30,6 +30,23 @@ SLOW_WORK, HEAVY_WORK = 8, 40  # busy-work layers of `toy_slow_model_dir`, `toy_
 
 
 @pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty sqlite MLflow store's database, copied by registry_helpers.new_store."""
+    mlflow = pytest.importorskip("mlflow")
+    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
+    return template
+
+
+@pytest.fixture
+def mlflow_store(mlflow_template: Path):
+    """`mlflow_store(base) -> uri`: a fresh sqlite store under `base` (registry_helpers.new_store)."""
+    from registry_helpers import new_store
+
+    return lambda base: new_store(mlflow_template, base)
+
+
+@pytest.fixture(scope="session")
 def toy_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cheap/strong pair (format 1): gpt-4o-mini / gpt-4o, threshold 0.5, with a drift reference."""
     return write_toy_pair(tmp_path_factory.mktemp("toy-pair") / "router")

@@ -15,61 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from registry_helpers import CHEAP, STRONG, promote, register
 from toy_artifact import write_toy_pair
 
 pytest.importorskip("mlflow")
-
-NAME = "router-model"
-CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
-_TEMPLATE: list[Path] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _template_store(tmp_path_factory: pytest.TempPathFactory):
-    import mlflow
-
-    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
-    _TEMPLATE.append(template)
-    yield
-    _TEMPLATE.clear()
-
 
 @pytest.fixture(scope="module")
 def toys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("toys")
     return {"a": write_toy_pair(base / "a", seed=0), "b": write_toy_pair(base / "b", seed=1),
             "c": write_toy_pair(base / "c", seed=2)}
-
-
-def _store(base: Path) -> str:
-    import mlflow
-
-    base.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_TEMPLATE[0], base / "mlflow.db")
-    uri = f"sqlite:///{base / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.create_experiment("router-model", artifact_location=(base / "artifacts").as_uri())
-    client.create_experiment("router-promotion", artifact_location=(base / "promotion").as_uri())
-    return uri
-
-
-def _register(uri: str, model_dir: Path) -> str:
-    import mlflow
-
-    from router_model.artifact import read_metadata
-    from training.tracking import register_version, version_tags
-
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    exp = client.get_experiment_by_name("router-model")
-    assert exp is not None
-    run = client.create_run(exp.experiment_id)
-    client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
-    client.set_terminated(run.info.run_id)
-    version = register_version(uri, NAME, run.info.run_id, source=f"{run.info.artifact_uri}/model",
-                               tags=version_tags(read_metadata(model_dir)), description="toy")
-    assert version is not None
-    return version
 
 
 def _prompts(copies: int = 20) -> list[tuple[str, bool, bool]]:
@@ -105,15 +60,6 @@ def scored(monkeypatch) -> list[str]:
     return calls
 
 
-def _promote(capsys, uri: str, cache: Path, *args: str) -> tuple[int, dict]:
-    from training.promote_cli import main
-
-    capsys.readouterr()
-    code = main(["--tracking-uri", uri, "--cache-dir", str(cache), "--bootstrap", "200", "--json", *args])
-    out, err = capsys.readouterr()
-    return code, (json.loads(out) if out.strip() else {"stderr": err})
-
-
 def _version(model_dir: Path) -> str:
     from router_model.artifact import read_metadata
 
@@ -132,23 +78,23 @@ def _last_run(uri: str):
 # ------------------------------------------------------------------------------ the score cache
 
 
-def test_re_gating_against_the_same_champion_does_not_score_the_champion_again(toys, tmp_path, capsys, scored) -> None:
-    uri, cache = _store(tmp_path / "store"), tmp_path / "cache"
+def test_re_gating_against_the_same_champion_does_not_score_the_champion_again(mlflow_store, toys, tmp_path, capsys, scored) -> None:
+    uri, cache = mlflow_store(tmp_path / "store"), tmp_path / "cache"
     log = _eval_log(tmp_path / "eval.jsonl")
-    _register(uri, toys["a"])
-    code, first = _promote(capsys, uri, cache, "--eval-log", str(log))
+    register(uri, toys["a"])
+    code, first = promote(capsys, uri, cache, "--eval-log", str(log))
     assert code == 0, first
     assert scored == [_version(toys["a"])]
 
-    _register(uri, toys["b"])
-    code, second = _promote(capsys, uri, cache, "--eval-log", str(log))
+    register(uri, toys["b"])
+    code, second = promote(capsys, uri, cache, "--eval-log", str(log))
     assert code in (0, 3), second
     assert scored == [_version(toys["a"]), _version(toys["b"])]  # v1, the champion, came from the cache
     assert second["champion"] == first["candidate"]  # the same figures as when v1 was scored as the candidate
     holder = "2" if code == 0 else "1"
 
-    _register(uri, toys["c"])
-    code, third = _promote(capsys, uri, cache, "--eval-log", str(log))
+    register(uri, toys["c"])
+    code, third = promote(capsys, uri, cache, "--eval-log", str(log))
     assert code in (0, 3), third
     assert third["champion"]["version"] == holder
     assert scored == [_version(toys["a"]), _version(toys["b"]), _version(toys["c"])]  # the champion never again
@@ -239,13 +185,13 @@ def test_a_corrupt_or_mismatched_file_is_ignored_and_rewritten(toys, tmp_path, s
 # ------------------------------------------------------------------------------ refusals before scoring
 
 
-def test_a_changed_eval_log_is_refused_before_either_version_is_scored(toys, tmp_path, capsys, scored) -> None:
-    uri, cache = _store(tmp_path / "store"), tmp_path / "cache"
-    _register(uri, toys["a"])
-    assert _promote(capsys, uri, cache, "--eval-log", str(_eval_log(tmp_path / "eval.jsonl")))[0] == 0
-    _register(uri, toys["b"])
+def test_a_changed_eval_log_is_refused_before_either_version_is_scored(mlflow_store, toys, tmp_path, capsys, scored) -> None:
+    uri, cache = mlflow_store(tmp_path / "store"), tmp_path / "cache"
+    register(uri, toys["a"])
+    assert promote(capsys, uri, cache, "--eval-log", str(_eval_log(tmp_path / "eval.jsonl")))[0] == 0
+    register(uri, toys["b"])
     del scored[:]
-    code, result = _promote(capsys, uri, cache, "--eval-log", str(_eval_log(tmp_path / "changed.jsonl", copies=10)))
+    code, result = promote(capsys, uri, cache, "--eval-log", str(_eval_log(tmp_path / "changed.jsonl", copies=10)))
     assert code == 3, result
     assert [r.split(":")[0] for r in result["reasons"]] == ["eval log changed"]
     assert "eval.jsonl" in result["reasons"][0]
@@ -257,12 +203,12 @@ def test_a_changed_eval_log_is_refused_before_either_version_is_scored(toys, tmp
     assert dict(run.data.metrics) == {"promoted": 0.0}
     assert run.data.params["scored"] == "False" and run.data.params["eval_rows"] == "60"
 
-    code, result = _promote(capsys, uri, cache, "--eval-log", str(tmp_path / "changed.jsonl"), "--force")
+    code, result = promote(capsys, uri, cache, "--eval-log", str(tmp_path / "changed.jsonl"), "--force")
     assert code == 0 and result["candidate"] is not None, result  # --force still scores and overrides
     assert result["reasons"][0].startswith("overridden by --force: eval log changed")
 
 
-def test_an_overlapping_eval_log_is_refused_before_scoring(toys, tmp_path, capsys, scored) -> None:
+def test_an_overlapping_eval_log_is_refused_before_scoring(mlflow_store, toys, tmp_path, capsys, scored) -> None:
     from router_model.artifact import read_metadata, write_metadata
     from router_model.artifact_records import DataRecord
     from router_model.prompt_digest import PromptDigest
@@ -274,34 +220,34 @@ def test_an_overlapping_eval_log_is_refused_before_scoring(toys, tmp_path, capsy
     write_metadata(model, read_metadata(model).replace(data=DataRecord(
         files=("train.jsonl",), sha256="0" * 64, rows_read=60, rows_used=60, skipped={}, split_rows={"train": 60},
         pass_threshold=0.8, trained_prompts=digest)))
-    uri, cache = _store(tmp_path / "store"), tmp_path / "cache"
-    _register(uri, model)
-    code, result = _promote(capsys, uri, cache, "--eval-log", str(_eval_log(tmp_path / "eval.jsonl", rows=rows)))
+    uri, cache = mlflow_store(tmp_path / "store"), tmp_path / "cache"
+    register(uri, model)
+    code, result = promote(capsys, uri, cache, "--eval-log", str(_eval_log(tmp_path / "eval.jsonl", rows=rows)))
     assert code == 3, result
     assert result["reasons"] == [f"eval log overlaps the training data of v1: 60 of {len(rows)} prompts were trained "
                                  "or validated on (allowance for the prompt digest's false positives: 1)"]
     assert scored == []
     # Held-out rows only: scored and promoted.
-    code, result = _promote(capsys, uri, cache, "--eval-log", str(_eval_log(tmp_path / "held-out.jsonl", rows=rows[60:])))
+    code, result = promote(capsys, uri, cache, "--eval-log", str(_eval_log(tmp_path / "held-out.jsonl", rows=rows[60:])))
     assert code == 0, result
     assert result["candidate"]["rows_seen_in_training"] <= result["candidate"]["overlap_allowance"]
     assert len(scored) == 1
 
 
-def test_usage_errors_still_come_before_a_refusal_that_needs_no_scores(toys, tmp_path, capsys, scored) -> None:
+def test_usage_errors_still_come_before_a_refusal_that_needs_no_scores(mlflow_store, toys, tmp_path, capsys, scored) -> None:
     """A changed eval log that scoring could not use at all is still a usage error (exit 2), as before."""
-    uri, cache = _store(tmp_path / "store"), tmp_path / "cache"
-    _register(uri, toys["a"])
-    assert _promote(capsys, uri, cache, "--eval-log", str(_eval_log(tmp_path / "eval.jsonl")))[0] == 0
-    _register(uri, toys["b"])
+    uri, cache = mlflow_store(tmp_path / "store"), tmp_path / "cache"
+    register(uri, toys["a"])
+    assert promote(capsys, uri, cache, "--eval-log", str(_eval_log(tmp_path / "eval.jsonl")))[0] == 0
+    register(uri, toys["b"])
     del scored[:]
     both_pass = _eval_log(tmp_path / "both-pass.jsonl", rows=[(p, True, True) for p, _, _ in _prompts(5)])
-    code, result = _promote(capsys, uri, cache, "--eval-log", str(both_pass))
+    code, result = promote(capsys, uri, cache, "--eval-log", str(both_pass))
     assert code == 2 and "same mean quality" in result["stderr"], result
     other_pair = tmp_path / "other-pair.jsonl"
     other_pair.write_text(json.dumps({"prompt": "hi", "outcomes": {"a-model": {"passed": True},
                                                                   "b-model": {"passed": False}}}) + "\n")
-    code, result = _promote(capsys, uri, cache, "--eval-log", str(other_pair))
+    code, result = promote(capsys, uri, cache, "--eval-log", str(other_pair))
     assert code == 2 and "eval log" in result["stderr"], result
     assert scored == []
 

@@ -8,66 +8,17 @@ written here (router_model/offline/row.py, format A).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+from registry_helpers import CHEAP, NAME, STRONG, promote, register
 from toy_artifact import write_toy_pair
 
 pytest.importorskip("mlflow")
 
-NAME = "router-model"
-CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-_TEMPLATE: list[Path] = []  # an empty store's database (creating MLflow's tables takes seconds; a copy does not)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _template_store(tmp_path_factory: pytest.TempPathFactory):
-    import mlflow
-
-    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
-    _TEMPLATE.append(template)
-    yield
-    _TEMPLATE.clear()
-
-
-def _store(base: Path) -> str:
-    """A fresh sqlite store whose artifacts live under `base` (never in the working directory)."""
-    import mlflow
-
-    base.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_TEMPLATE[0], base / "mlflow.db")
-    uri = f"sqlite:///{base / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.create_experiment("router-model", artifact_location=(base / "artifacts").as_uri())
-    client.create_experiment("router-promotion", artifact_location=(base / "promotion").as_uri())
-    return uri
-
-
-def _register(uri: str, model_dir: Path, *, tags: dict[str, str] | None = None) -> str:
-    """Log `model_dir` as a run's `model/` artifact and register it as router-train does (training/tracking.py)."""
-    import mlflow
-
-    from router_model.artifact import read_metadata
-    from training.tracking import register_version, version_tags
-
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    exp = client.get_experiment_by_name("router-model")
-    assert exp is not None
-    run = client.create_run(exp.experiment_id)
-    client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
-    client.set_terminated(run.info.run_id)
-    version = register_version(uri, NAME, run.info.run_id, source=f"{run.info.artifact_uri}/model",
-                               tags=tags if tags is not None else version_tags(read_metadata(model_dir)),
-                               description="toy")
-    assert version is not None
-    return version
 
 
 def _eval_log(path: Path, models: tuple[str, str] = (CHEAP, STRONG), copies: int = 20) -> Path:
@@ -86,15 +37,6 @@ def _eval_log(path: Path, models: tuple[str, str] = (CHEAP, STRONG), copies: int
                          "outcomes": {cheap: {"passed": c}, strong: {"passed": s}}})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-def _promote(capsys, uri: str, cache: Path, *args: str) -> tuple[int, dict]:
-    from training.promote_cli import main
-
-    capsys.readouterr()
-    code = main(["--tracking-uri", uri, "--cache-dir", str(cache), "--bootstrap", "200", "--json", *args])
-    out, err = capsys.readouterr()
-    return code, (json.loads(out) if out.strip() else {"stderr": err})
 
 
 def _alias(uri: str, alias: str) -> str | None:
@@ -116,7 +58,7 @@ def toys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # ------------------------------------------------------------------------------ item 12: one cache, two stores
 
 
-def test_two_stores_never_share_a_cached_version(toys: dict[str, Path], tmp_path: Path) -> None:
+def test_two_stores_never_share_a_cached_version(mlflow_store, toys: dict[str, Path], tmp_path: Path) -> None:
     """Version 1 of store A and version 1 of store B are different models: each is downloaded and served."""
     from router_model.artifact import read_metadata
     from router_model.registry import ModelUri, fetch_version, open_registry
@@ -124,15 +66,15 @@ def test_two_stores_never_share_a_cached_version(toys: dict[str, Path], tmp_path
     cache = tmp_path / "cache"
     loaded = {}
     for label in ("a", "b"):
-        uri = _store(tmp_path / f"store-{label}")
-        assert _register(uri, toys[label]) == "1"
+        uri = mlflow_store(tmp_path / f"store-{label}")
+        assert register(uri, toys[label]) == "1"
         registry = open_registry(uri)
         version = registry.resolve(ModelUri(NAME, version="1"))
         loaded[label] = read_metadata(fetch_version(registry, version, cache)).artifact_version
     assert loaded == {label: read_metadata(toys[label]).artifact_version for label in ("a", "b")}
 
 
-def test_a_reset_registry_does_not_reuse_the_old_version_1(toys: dict[str, Path], tmp_path: Path) -> None:
+def test_a_reset_registry_does_not_reuse_the_old_version_1(mlflow_store, toys: dict[str, Path], tmp_path: Path) -> None:
     """The same tracking URI whose registered model was deleted and registered again: its new version 1 is
     another run's directory, so another cache key."""
     import mlflow
@@ -140,23 +82,23 @@ def test_a_reset_registry_does_not_reuse_the_old_version_1(toys: dict[str, Path]
     from router_model.artifact import read_metadata
     from router_model.registry import ModelUri, fetch_version, open_registry
 
-    cache, uri = tmp_path / "cache", _store(tmp_path / "store")
+    cache, uri = tmp_path / "cache", mlflow_store(tmp_path / "store")
     seen = []
     for label in ("a", "b"):
         if label == "b":
             mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).delete_registered_model(NAME)
-        assert _register(uri, toys[label]) == "1"
+        assert register(uri, toys[label]) == "1"
         registry = open_registry(uri)
         seen.append(read_metadata(fetch_version(registry, registry.resolve(ModelUri(NAME, version="1")), cache)).artifact_version)
     assert seen == [read_metadata(toys["a"]).artifact_version, read_metadata(toys["b"]).artifact_version]
 
 
-def test_the_same_store_spelled_two_ways_shares_its_cache(toys: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+def test_the_same_store_spelled_two_ways_shares_its_cache(mlflow_store, toys: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     """The key is the store's identity: a relative and an absolute sqlite path to one file are one store."""
     from router_model.registry import ModelUri, fetch_version, open_registry, registry_identity
 
-    uri = _store(tmp_path / "store")
-    _register(uri, toys["a"])
+    uri = mlflow_store(tmp_path / "store")
+    register(uri, toys["a"])
     monkeypatch.chdir(tmp_path)
     relative = "sqlite:///store/mlflow.db"
     assert registry_identity(relative) == registry_identity(uri)
@@ -167,13 +109,13 @@ def test_the_same_store_spelled_two_ways_shares_its_cache(toys: dict[str, Path],
     assert first == again
 
 
-def test_a_download_that_is_not_the_registered_artifact_version_is_refused(toys: dict[str, Path], tmp_path: Path) -> None:
+def test_a_download_that_is_not_the_registered_artifact_version_is_refused(mlflow_store, toys: dict[str, Path], tmp_path: Path) -> None:
     """The version's `artifact_version` tag (recorded by training) must name what was downloaded."""
     from router_model.errors import ArtifactError
     from router_model.registry import ModelUri, fetch_version, open_registry
 
-    uri = _store(tmp_path / "store")
-    _register(uri, toys["a"], tags={"artifact_version": "not-this-one"})
+    uri = mlflow_store(tmp_path / "store")
+    register(uri, toys["a"], tags={"artifact_version": "not-this-one"})
     registry = open_registry(uri)
     with pytest.raises(ArtifactError, match="not-this-one"):
         fetch_version(registry, registry.resolve(ModelUri(NAME, version="1")), tmp_path / "cache")
@@ -189,16 +131,16 @@ def test_training_records_the_artifact_version_serving_checks(toys: dict[str, Pa
     assert version_tags(meta)[ARTIFACT_VERSION_TAG] == meta.artifact_version
 
 
-def test_promote_scores_its_own_stores_version_not_a_cached_one(toys: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_promote_scores_its_own_stores_version_not_a_cached_one(mlflow_store, toys: dict[str, Path], tmp_path: Path, capsys) -> None:
     """Issue 25 item 12 as measured: a promotion in a second store scored the first store's cached v1."""
     from router_model.artifact import read_metadata
 
     cache = tmp_path / "cache"
     log = _eval_log(tmp_path / "eval.jsonl")
     for label in ("a", "b"):
-        uri = _store(tmp_path / f"store-{label}")
-        _register(uri, toys[label])
-        code, result = _promote(capsys, uri, cache, "--eval-log", str(log))
+        uri = mlflow_store(tmp_path / f"store-{label}")
+        register(uri, toys[label])
+        code, result = promote(capsys, uri, cache, "--eval-log", str(log))
         assert code == 0, result
         assert result["candidate"]["artifact_version"] == read_metadata(toys[label]).artifact_version
 
@@ -206,25 +148,25 @@ def test_promote_scores_its_own_stores_version_not_a_cached_one(toys: dict[str, 
 # ------------------------------------------------------------------------------ item 8: another model pair
 
 
-def test_promote_refuses_a_candidate_trained_on_another_pair_than_the_champion(toys: dict[str, Path], tmp_path: Path,
+def test_promote_refuses_a_candidate_trained_on_another_pair_than_the_champion(mlflow_store, toys: dict[str, Path], tmp_path: Path,
                                                                                capsys) -> None:
-    uri = _store(tmp_path / "store")
+    uri = mlflow_store(tmp_path / "store")
     log = _eval_log(tmp_path / "eval.jsonl")
-    _register(uri, toys["a"])
-    assert _promote(capsys, uri, tmp_path / "cache", "--eval-log", str(log))[0] == 0
+    register(uri, toys["a"])
+    assert promote(capsys, uri, tmp_path / "cache", "--eval-log", str(log))[0] == 0
     other = write_toy_pair(tmp_path / "other", cheap="mixtral-8x7b-instruct-v0.1", strong="gpt-4-1106-preview")
-    _register(uri, other)
-    code, result = _promote(capsys, uri, tmp_path / "cache", "--eval-log", str(log))
+    register(uri, other)
+    code, result = promote(capsys, uri, tmp_path / "cache", "--eval-log", str(log))
     assert code == 2, result
     assert "mixtral-8x7b-instruct-v0.1" in result["stderr"] and "gpt-4o-mini" in result["stderr"]
     assert _alias(uri, "champion") == "1"
 
 
-def test_promote_refuses_a_first_candidate_trained_on_another_pair_than_the_eval_log(tmp_path: Path, capsys) -> None:
-    uri = _store(tmp_path / "store")
+def test_promote_refuses_a_first_candidate_trained_on_another_pair_than_the_eval_log(mlflow_store, tmp_path: Path, capsys) -> None:
+    uri = mlflow_store(tmp_path / "store")
     log = _eval_log(tmp_path / "eval.jsonl")
-    _register(uri, write_toy_pair(tmp_path / "other", cheap="mixtral-8x7b-instruct-v0.1", strong="gpt-4-1106-preview"))
-    code, result = _promote(capsys, uri, tmp_path / "cache", "--eval-log", str(log))
+    register(uri, write_toy_pair(tmp_path / "other", cheap="mixtral-8x7b-instruct-v0.1", strong="gpt-4-1106-preview"))
+    code, result = promote(capsys, uri, tmp_path / "cache", "--eval-log", str(log))
     assert code == 2, result
     assert "eval log" in result["stderr"] and "mixtral-8x7b-instruct-v0.1" in result["stderr"]
     assert _alias(uri, "champion") is None
@@ -236,37 +178,37 @@ def test_promote_refuses_a_first_candidate_trained_on_another_pair_than_the_eval
 PRIVATE = ("team-small", "team-large")
 
 
-def test_promote_prices_a_private_pair_with_the_mapping_the_router_was_trained_with(tmp_path: Path, capsys) -> None:
+def test_promote_prices_a_private_pair_with_the_mapping_the_router_was_trained_with(mlflow_store, tmp_path: Path, capsys) -> None:
     from router_model.artifact import read_metadata, write_metadata
 
     model = write_toy_pair(tmp_path / "private", cheap=PRIVATE[0], strong=PRIVATE[1])
     write_metadata(model, read_metadata(model).replace(price_as={PRIVATE[0]: CHEAP, PRIVATE[1]: STRONG}))
-    uri = _store(tmp_path / "store")
-    _register(uri, model)
-    code, result = _promote(capsys, uri, tmp_path / "cache", "--eval-log", str(_eval_log(tmp_path / "eval.jsonl", PRIVATE)))
+    uri = mlflow_store(tmp_path / "store")
+    register(uri, model)
+    code, result = promote(capsys, uri, tmp_path / "cache", "--eval-log", str(_eval_log(tmp_path / "eval.jsonl", PRIVATE)))
     assert code == 0, result
     assert result["candidate"]["cost_saved"] > 0
 
 
-def test_promote_takes_price_as(tmp_path: Path, capsys) -> None:
-    uri = _store(tmp_path / "store")
-    _register(uri, write_toy_pair(tmp_path / "private", cheap=PRIVATE[0], strong=PRIVATE[1]))
+def test_promote_takes_price_as(mlflow_store, tmp_path: Path, capsys) -> None:
+    uri = mlflow_store(tmp_path / "store")
+    register(uri, write_toy_pair(tmp_path / "private", cheap=PRIVATE[0], strong=PRIVATE[1]))
     log = _eval_log(tmp_path / "eval.jsonl", PRIVATE)
-    code, result = _promote(capsys, uri, tmp_path / "cache", "--eval-log", str(log))
+    code, result = promote(capsys, uri, tmp_path / "cache", "--eval-log", str(log))
     assert code == 2 and "no price" in result["stderr"], result  # unpriced names are still refused, with the fix named
-    code, result = _promote(capsys, uri, tmp_path / "cache", "--eval-log", str(log),
+    code, result = promote(capsys, uri, tmp_path / "cache", "--eval-log", str(log),
                             "--price-as", f"{PRIVATE[0]}={CHEAP}", "--price-as", f"{PRIVATE[1]}={STRONG}")
     assert code == 0, result
     assert result["candidate"]["cost_saved"] > 0
 
 
-def test_promote_takes_a_prices_file(tmp_path: Path, capsys) -> None:
-    uri = _store(tmp_path / "store")
-    _register(uri, write_toy_pair(tmp_path / "private", cheap=PRIVATE[0], strong=PRIVATE[1]))
+def test_promote_takes_a_prices_file(mlflow_store, tmp_path: Path, capsys) -> None:
+    uri = mlflow_store(tmp_path / "store")
+    register(uri, write_toy_pair(tmp_path / "private", cheap=PRIVATE[0], strong=PRIVATE[1]))
     prices = tmp_path / "prices.json"
     prices.write_text(json.dumps({"models": {PRIVATE[0]: {"input": 0.1, "output": 0.4},
                                              PRIVATE[1]: {"input": 2.0, "output": 8.0}}}), encoding="utf-8")
-    code, result = _promote(capsys, uri, tmp_path / "cache", "--eval-log", str(_eval_log(tmp_path / "eval.jsonl", PRIVATE)),
+    code, result = promote(capsys, uri, tmp_path / "cache", "--eval-log", str(_eval_log(tmp_path / "eval.jsonl", PRIVATE)),
                             "--prices", str(prices))
     assert code == 0, result
     assert result["candidate"]["cost_saved"] > 0
