@@ -33,6 +33,7 @@ from training.multi.heads import PassHeads, ece_per_model, fit_heads
 from training.multi.plots import save_plots
 from training.multi.rule import (
     MultiGoal,
+    OrderRows,
     RuleChoice,
     choose_rule,
     expected_costs,
@@ -152,8 +153,11 @@ def train_multi(config) -> MultiTrainResult:
     cost_models = fit_cost_models(ds.n_tokens[tr], ds.cost[tr], ds.models)
     val = score_rows(heads, X, ds, cost_models=cost_models, rows=va)
     ref = reference_model(ds.passed[tr], ds.cost[tr])
+    # the single certified sequence is ordered on the training rows' head outputs and expected dollars
+    # (no validation outcome), then tested on the validation rows at the full risk
+    order = OrderRows(heads.p_pass(X[tr]), heads.p_ok(X[tr]), expected_costs(cost_models, ds.n_tokens[tr]))
     choice = choose_rule(val.p_pass, val.p_ok, val.est, passed=val.passed, cost=val.cost, models=ds.models, goal=goal,
-                           reference=ref, lambda_scale=max(cm.mean for cm in cost_models) or None)
+                           reference=ref, lambda_scale=max(cm.mean for cm in cost_models) or None, order_rows=order)
     _say(f"goal: {goal.kind}={goal.value:g} at " + ("no risk control" if goal.risk is None else f"risk {goal.risk:g}")
          + f", relative to {ds.models[ref]} (the best single model on the training rows)")
     _say(f"policy: {choice.kind} = {choice.value:.6g}  ({choice.why}); validation AIQ by rule: " + ", ".join(

@@ -13,12 +13,17 @@ highest quality. Which family won, and the validation AIQ of each, are recorded 
 be read back and argued with.
 
 With a risk (the default, 0.05) the point must be certified, as the two-model threshold is
-(training/risk.py, docs/guarantee.md): each family's parameter grid is fixed before the
-validation outcomes are seen and ordered from the safe end (quality floor: toward the priciest
-routing; budget: from the cheapest), each family is tested in order at risk / number of families
-(a union bound over the families), and only certified points are eligible. When nothing is
-certified, every request goes to the reference model (floor) or the cheapest model (budget), the
-`single` rule.
+(training/risk.py, docs/guarantee.md). With `order_rows` (the training rows' head outputs and
+expected dollars; what `training/multi/pipeline.py` passes) every (family, parameter) point of
+every family is put in ONE fixed sequence, ordered by its expected cost on those rows from the
+safe end (quality floor: priciest first; budget: cheapest first), keeping by default only the
+points on those rows' predicted cost/quality frontier, and tested in that order at the full risk,
+stopping at the first point not certified (`ltt-fixed-sequence-...-one-sequence`). The
+order uses no validation outcome, so fixed-sequence testing keeps the chance of certifying any
+failing point at most the risk. Without `order_rows` each family's grid is tested in its own
+order at risk / number of families (the earlier union bound, `...-bonferroni-over-rules`). Only
+certified points are eligible. When nothing is certified, every request goes to the reference
+model (floor) or the cheapest model (budget), the `single` rule.
 """
 
 from __future__ import annotations
@@ -178,6 +183,51 @@ class _Point:
     bound: float = float("nan")
 
 
+@dataclass(frozen=True)
+class OrderRows:
+    """Head outputs and expected dollars on rows that are not tested (the training rows): what the
+    single fixed sequence is ordered by. No outcome of the tested rows enters it."""
+
+    p_pass: np.ndarray
+    p_ok: np.ndarray
+    est_cost: np.ndarray
+
+
+def sequence_order(goal_kind: str, grids: dict[str, np.ndarray], order_rows: OrderRows, *,
+                   frontier: bool = True) -> list[tuple[str, int]]:
+    """Every (family, parameter index) point in one fixed order, from the safe end.
+
+    On `order_rows` (features and head outputs only, no outcome), each point's expected cost is the
+    mean of the expected dollars of the model it picks, and its predicted quality the mean of that
+    model's P(pass). Floor: the highest expected cost first (toward the reference); budget: the
+    lowest first. Ties keep the family order and the grid order. `frontier`: drop the points another
+    point beats on those rows (no dearer and no worse, one of them strictly), so a family's weak
+    point does not stop the sequence before a better family's next one; dropped points are neither
+    tested nor served.
+    """
+    if goal_kind not in GOAL_KINDS:
+        raise ValueError(f"an N-model goal is one of {GOAL_KINDS}, got {goal_kind!r}")
+    P, K, E = (np.asarray(a, dtype=float) for a in (order_rows.p_pass, order_rows.p_ok, order_rows.est_cost))
+    rows = np.arange(len(E))
+    keys: list[tuple[float, int, int, str]] = []
+    exp_q: list[float] = []
+    for f, (kind, params) in enumerate(grids.items()):
+        for i, v in enumerate(params):
+            pick = choose(kind, float(v), P, K, E)
+            exp = float(E[rows, pick].mean()) if len(rows) else 0.0
+            exp_q.append(float(P[rows, pick].mean()) if len(rows) else 0.0)
+            keys.append((-exp if goal_kind == "quality_floor" else exp, f, i, kind))
+    if frontier and keys:
+        c = np.array([abs(k[0]) for k in keys])
+        q = np.array(exp_q)
+        no_worse = (c[None, :] <= c[:, None]) & (q[None, :] >= q[:, None])
+        better = (c[None, :] < c[:, None]) | (q[None, :] > q[:, None])
+        beaten = np.any(no_worse & better, axis=1).astype(bool).tolist()
+        keys = [k for k, x in zip(keys, list(beaten)) if not x]
+    keys.sort(key=lambda k: (k[0], k[1], k[2]))
+    return [(kind, i) for _, _, i, kind in keys]
+
+
 def choose_rule(
     p_pass: np.ndarray,
     p_ok: np.ndarray,
@@ -190,11 +240,16 @@ def choose_rule(
     kinds: Sequence[str] = RULE_FAMILIES,
     reference: int | None = None,
     lambda_scale: float | None = None,
+    order_rows: OrderRows | None = None,
+    frontier: bool = True,
 ) -> RuleChoice:
     """Sweep each family on validation rows (those with every model's outcome); the goal picks the point.
 
     `reference`: the column the floor is relative to (default: the best single model on these
     rows; a certified floor should pass one chosen on other rows, e.g. the training split).
+    `order_rows`: with a risk, test every point of every family in one fixed sequence ordered on
+    these (training) rows, at the full risk; None: the union bound over families (risk / families).
+    `frontier`: the sequence keeps only the points on those rows' predicted frontier (`sequence_order`).
     """
     keep = eval_rows(passed)
     if keep.sum() == 0:
@@ -207,53 +262,31 @@ def choose_rule(
     ref = singles[reference]
     c_lo, c_hi = min(s["cost"] for s in singles), max(s["cost"] for s in singles)
     families: dict[str, dict[str, float]] = {}
-    points: list[_Point] = []
     rows = np.arange(n)
-    fam_risk = None if goal.risk is None else goal.risk / len(kinds)
-    need: list[int] = []
-    rows_of: dict[tuple[str, float], np.ndarray] = {}  # betting: a certified point's per-row quantity, for its bound
-    for kind in kinds:
-        sw = sweep(kind, P, K, est_cost=E, passed=Y, cost=C, params=param_grid(kind, E, lambda_scale))
-        params, picks, cs, qs = sw.params, sw.picks, sw.cost, sw.quality
-        families[kind] = {"val_aiq": aiq(cs, qs, c_min=c_lo, c_max=c_hi)}
-        if fam_risk is None:
-            points += [_Point(kind, float(v), c, q) for v, c, q in zip(params, cs, qs)]
-        elif goal.kind == "quality_floor":
-            yr = Y[:, reference] >= 0.5
-            yp = Y[rows, picks] >= 0.5  # (points, rows): the picked model passes
-            kp = (yr & ~yp).sum(axis=1).astype(float)  # the reference passes, the pick fails
-            km = (~yr & yp).sum(axis=1).astype(float)  # the pick passes where the reference fails
-            ks = float(yr.sum())
-            some = (picks != reference).any(axis=1)
-            if goal.certificate == "betting":
-                dz = (yr & ~yp).astype(float) - (~yr & yp).astype(float)  # loss - gain against the reference
-                last, _ = betting_floor_sequence(_rows_slice(dz), len(params), yr.astype(float), floor=goal.value,
-                                                 risk=fam_risk, safe=~some)
-                lb = np.full(last + 1, np.nan)  # computed for the served point only (below)
-                rows_of.update({(kind, float(params[i])): dz[i] for i in range(last + 1)})
-            else:
-                last, _ = floor_sequence(kp, km, ks, n=n, floor=goal.value, risk=fam_risk)
-                lb = quality_lower_bound(kp[: last + 1], km[: last + 1], ks, n=n, risk=fam_risk)
-            # (betting: points that route every row to the reference are not tested, and not served either)
-            points += [_Point(kind, float(params[i]), float(cs[i]), float(qs[i]), True, float(lb[i]))
-                       for i in range(last + 1) if some[i] or goal.certificate != "betting"]
-            need_of = betting_n_needed if goal.certificate == "betting" else n_needed
-            nn = need_of(some, kp / n, km / n, rate_s=ks / n, floor=goal.value, risk=fam_risk)
-            if nn is not None:
-                need.append(nn)
-        else:
-            cap = float(C.max())
-            if goal.certificate == "betting":
-                spend = C[rows, picks][::-1]  # (points, rows), cheapest first
-                last = betting_budget_sequence(_rows_slice(spend), len(params), n, cap, goal.value, risk=fam_risk)
-                up = np.full(last + 1, np.nan)  # computed for the served point only (below)
-                rows_of.update({(kind, float(params[len(params) - 1 - j])): spend[j] for j in range(last + 1)})
-            else:
-                up, _ = budget_sequence(cs[::-1], n, cap, risk=fam_risk, binary=False)  # cheapest first
-                last = last_before_failure(up <= goal.value + 1e-12)
-            rev = len(params) - 1 - np.arange(last + 1)
-            points += [_Point(kind, float(params[i]), float(cs[i]), float(qs[i]), True, float(up[j]))
-                       for j, i in enumerate(rev)]
+    one = goal.risk is not None and order_rows is not None
+    fam_risk = None if goal.risk is None else (goal.risk if one else goal.risk / len(kinds))
+    order: list[tuple[str, int]] = []
+    sweeps = {kind: sweep(kind, P, K, est_cost=E, passed=Y, cost=C, params=param_grid(kind, E, lambda_scale))
+              for kind in kinds}
+    for kind, sw in sweeps.items():
+        families[kind] = {"val_aiq": aiq(sw.cost, sw.quality, c_min=c_lo, c_max=c_hi)}
+    if fam_risk is None:
+        points = [_Point(kind, float(v), c, q) for kind, sw in sweeps.items()
+                  for v, c, q in zip(sw.params, sw.cost, sw.quality)]
+        need: list[int] = []
+        rows_of: dict[tuple[str, float], np.ndarray] = {}
+    elif one:
+        assert order_rows is not None
+        order = sequence_order(goal.kind, {k: sw.params for k, sw in sweeps.items()}, order_rows, frontier=frontier)
+        points, need, rows_of = _certify_sequences(
+            [order], sweeps, Y, C, rows, reference=reference, goal=goal, risk=fam_risk, skip_safe=False)
+    else:
+        # each family's grid runs from the priciest routing to the cheapest: a budget reads it backwards
+        back = goal.kind != "quality_floor"
+        seqs = [[(kind, i) for i in (range(len(sw.params))[::-1] if back else range(len(sw.params)))]
+                for kind, sw in sweeps.items()]
+        points, need, rows_of = _certify_sequences(
+            seqs, sweeps, Y, C, rows, reference=reference, goal=goal, risk=fam_risk, skip_safe=True)
     if goal.kind == "quality_floor":
         floor = goal.value * ref["quality"]
         ok = points if fam_risk is not None else [c for c in points if c.quality >= floor - 1e-12]
@@ -279,7 +312,7 @@ def choose_rule(
         need_txt = f"; about {min(need):,} validation rows would certify the best gap seen" if need else ""
         why = f"nothing certified ({what}): every request to {where}, {models[col]}{need_txt}"
         return RuleChoice(SINGLE, float(col), goal, False, q, c / n, ref["name"], ref["quality"], families, why,
-                            method=_method(goal), certified=False, bound=None, n_labelled=n,
+                            method=_method(goal, one), certified=False, bound=None, n_labelled=n,
                             n_needed=min(need) if need else None)
     met = pick is not None
     if pick is None:  # empirical and not met: the closest point
@@ -291,6 +324,9 @@ def choose_rule(
         why = f"highest validation quality with {what}: {pick.kind} at quality {pick.quality:.3f}"
     if not met:
         why += " (goal not met on validation; closest point used)"
+    if one:
+        why += (f" (one fixed sequence over {len(order)} of {sum(len(sw.params) for sw in sweeps.values())} points, "
+                "ordered on the training rows)")
     bound = pick.bound if fam_risk is not None else None
     if fam_risk is not None and bound is not None and np.isnan(bound):  # betting: the served point's bound
         row = rows_of[(pick.kind, pick.value)]
@@ -300,8 +336,70 @@ def choose_rule(
         else:
             bound = betting_budget_bound(row, float(C.max()), goal.value, risk=fam_risk)
     return RuleChoice(pick.kind, pick.value, goal, met, pick.quality, pick.cost / n, ref["name"], ref["quality"],
-                        families, why, method=_method(goal), certified=True if fam_risk is not None else None,
+                        families, why, method=_method(goal, one), certified=True if fam_risk is not None else None,
                         bound=bound, n_labelled=n)
+
+
+def _certify_sequences(
+    seqs: list[list[tuple[str, int]]], sweeps: dict[str, Sweep], Y: np.ndarray, C: np.ndarray, rows: np.ndarray, *,
+    reference: int, goal: MultiGoal, risk: float, skip_safe: bool,
+) -> tuple[list[_Point], list[int], dict[tuple[str, float], np.ndarray]]:
+    """Test each sequence of (family, parameter index) points, safest first, at `risk` each.
+
+    One sequence (every point of every family, in an order fixed on other rows) at the full risk,
+    or one per family at risk / families (the union bound). Returns the certified points, the
+    planning estimates of rows needed, and (betting) each certified point's per-row quantity.
+    `skip_safe` (the union-bound path, as before): leading points that route every tested row to
+    the reference are not tested. The single sequence tests them too (Z = -(1 - F) x [reference
+    passes] there), so which points are tested does not depend on the tested rows either.
+    """
+    n = len(Y)
+    points: list[_Point] = []
+    need: list[int] = []
+    rows_of: dict[tuple[str, float], np.ndarray] = {}
+    betting = goal.certificate == "betting"
+    for seq in seqs:
+        picks = (np.stack([sweeps[k].picks[i] for k, i in seq]) if seq
+                 else np.zeros((0, n), dtype=np.int64))  # (points, rows)
+        par = np.array([float(sweeps[k].params[i]) for k, i in seq])
+        cs = np.array([float(sweeps[k].cost[i]) for k, i in seq])
+        qs = np.array([float(sweeps[k].quality[i]) for k, i in seq])
+        kinds = [k for k, _ in seq]
+        if goal.kind == "quality_floor":
+            yr = Y[:, reference] >= 0.5
+            yp = Y[rows, picks] >= 0.5  # (points, rows): the picked model passes
+            kp = (yr & ~yp).sum(axis=1).astype(float)  # the reference passes, the pick fails
+            km = (~yr & yp).sum(axis=1).astype(float)  # the pick passes where the reference fails
+            ks = float(yr.sum())
+            some = (picks != reference).any(axis=1)
+            if betting:
+                dz = (yr & ~yp).astype(float) - (~yr & yp).astype(float)  # loss - gain against the reference
+                last, _ = betting_floor_sequence(_rows_slice(dz), len(seq), yr.astype(float), floor=goal.value,
+                                                 risk=risk, safe=~some if skip_safe else None)
+                lb = np.full(last + 1, np.nan)  # computed for the served point only
+                rows_of.update({(kinds[i], par[i]): dz[i] for i in range(last + 1)})
+            else:
+                last, _ = floor_sequence(kp, km, ks, n=n, floor=goal.value, risk=risk)
+                lb = quality_lower_bound(kp[: last + 1], km[: last + 1], ks, n=n, risk=risk)
+            # (betting: points that route every row to the reference are not tested, and not served either)
+            points += [_Point(kinds[i], par[i], cs[i], qs[i], True, float(lb[i]))
+                       for i in range(last + 1) if some[i] or not betting]
+            need_of = betting_n_needed if betting else n_needed
+            nn = need_of(some, kp / n, km / n, rate_s=ks / n, floor=goal.value, risk=risk)
+            if nn is not None:
+                need.append(nn)
+        else:
+            cap = float(C.max())
+            spend = C[rows, picks]  # (points, rows), cheapest first
+            if betting:
+                last = betting_budget_sequence(_rows_slice(spend), len(seq), n, cap, goal.value, risk=risk)
+                up = np.full(last + 1, np.nan)  # computed for the served point only
+                rows_of.update({(kinds[i], par[i]): spend[i] for i in range(last + 1)})
+            else:
+                up, _ = budget_sequence(cs, n, cap, risk=risk, binary=False)
+                last = last_before_failure(up <= goal.value + 1e-12)
+            points += [_Point(kinds[i], par[i], cs[i], qs[i], True, float(up[i])) for i in range(last + 1)]
+    return points, need, rows_of
 
 
 def _rows_slice(a: np.ndarray) -> Callable[[int, int], np.ndarray]:
@@ -309,10 +407,11 @@ def _rows_slice(a: np.ndarray) -> Callable[[int, int], np.ndarray]:
     return lambda i, j: a[i:j]
 
 
-def _method(goal: MultiGoal) -> str:
+def _method(goal: MultiGoal, one: bool = False) -> str:
     if goal.risk is None:
         return EMPIRICAL
+    tail = "one-sequence" if one else "bonferroni-over-rules"
     if goal.certificate == "betting":
-        return f"{METHOD_BETTING}-bonferroni-over-rules"
-    return (f"{METHOD}-bonferroni-over-rules" if goal.kind == "quality_floor"
-            else "ltt-fixed-sequence-hoeffding-bentkus-bonferroni-over-rules")
+        return f"{METHOD_BETTING}-{tail}"
+    return (f"{METHOD}-{tail}" if goal.kind == "quality_floor"
+            else f"ltt-fixed-sequence-hoeffding-bentkus-{tail}")
