@@ -273,24 +273,26 @@ def next_steps(out_dir: Path, price_as: tuple[tuple[str, str], ...] = (), pair: 
         f"  router-cost savings --model-dir {d} --log {report_dir(out_dir) / TEST_LOG}   # dollars, on held-out rows",
         f"  router-serve --model-dir {d} --observe --decision-log decisions.jsonl            # gRPC, observation mode",
     ]
-    gateway = "router-gateway --model-dir {} --upstream https://api.openai.com/v1 --decision-log decisions.jsonl"
+    gateway = "router-gateway --model-dir {} --upstream https://api.openai.com/v1 --decision-log {}"
     if pair == (WEAK_MODEL, STRONG_MODEL):
-        lines += [
+        return "\n".join([
+            *lines,
+            f"  router-cost observed --log decisions.jsonl{mapping}   # router-serve decisions, after some traffic",
             "  # Not this router in a gateway to OpenAI: the gateway forwards model \"auto\" as the router's strong model,",
             f"  # here {STRONG_MODEL} (the public data's pair, Mixtral vs GPT-4). For real traffic serve the day-0",
             "  # policy for gpt-4o-mini / gpt-4o (docs/policy.md): observe mode (the default) forwards every call",
             "  # unchanged (\"auto\" as gpt-4o) and logs what the policy would have done:",
             "  router-policy build --out artifacts/policy",
-            "  " + gateway.format("artifacts/policy"),
-        ]
-    else:
-        strong = f"its strong model, {pair[1]}" if pair is not None else "the router's strong model"
-        lines += [
-            f"  # observe mode (the default): every call is forwarded unchanged, model \"auto\" as {strong}; decisions are logged",
-            "  " + gateway.format(d),
-        ]
-    lines.append(f"  router-cost observed --log decisions.jsonl{mapping}   # after some traffic")
-    return "\n".join(lines)
+            "  " + gateway.format("artifacts/policy", "decisions-policy.jsonl"),
+            "  router-cost observed --log decisions-policy.jsonl   # the gateway decisions (gpt-4o-mini / gpt-4o)",
+        ])
+    strong = f"its strong model, {pair[1]}" if pair is not None else "the router's strong model"
+    return "\n".join([
+        *lines,
+        f"  # observe mode (the default): every call is forwarded unchanged, model \"auto\" as {strong}; decisions are logged",
+        "  " + gateway.format(d, "decisions.jsonl"),
+        f"  router-cost observed --log decisions.jsonl{mapping}   # after some traffic",
+    ])
 
 
 def report_dir(out_dir: Path) -> Path:

@@ -24,8 +24,14 @@ def test_the_public_router_is_not_sent_to_openai_the_day0_policy_is() -> None:
     assert '"auto" as gpt-4o' in text and "docs/policy.md" in text
     # the trained router is still routed locally and served over gRPC in observation mode
     assert any(c[:3] == ["python", "-m", "router_model"] and "artifacts/router" in c for c in _commands(text))
-    # the observed report prices the public names as the router was trained
-    assert f"--price-as {WEAK_MODEL}=gpt-4o-mini" in text
+    # the observed report prices the public names as the router was trained (router-serve's log), and the
+    # policy's gateway writes its own log (gpt-4o names), reported without a mapping
+    observed = {c[c.index("--log") + 1]: c for c in _commands(text) if c[:2] == ["router-cost", "observed"]}
+    assert f"{WEAK_MODEL}=gpt-4o-mini" in observed["decisions.jsonl"]
+    assert "--price-as" not in observed["decisions-policy.jsonl"]
+    assert gateway[0][gateway[0].index("--decision-log") + 1] == "decisions-policy.jsonl"
+    serve = next(c for c in _commands(text) if c[0] == "router-serve")
+    assert serve[serve.index("--decision-log") + 1] == "decisions.jsonl"
 
 
 def test_a_router_of_your_own_pair_says_what_the_gateway_forwards() -> None:
