@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -26,6 +23,18 @@ from typing import Any
 import numpy as np
 
 from router_model.errors import ConfigError
+from router_model.price_file import (
+    CURRENCY,
+    PACKAGED_FILE,
+    SUPPORTED_VERSION,
+    UNIT,
+    PriceFileError,
+    amount_problem,
+    context_problem,
+    normalize_model_name,
+    packaged_text,
+    parse_price_file,
+)
 from router_model.price_source import GenaiPrices, MaintainedEntry, load_genai_prices
 
 Number = float | int | np.ndarray
@@ -34,24 +43,7 @@ TOKENS_PER_UNIT = 1_000_000
 DEFAULT_OUTPUT_TOKENS = 250  # assumed output tokens per request where a log has none
 DEFAULT_CHEAP = "gpt-4o-mini"
 DEFAULT_STRONG = "gpt-4o"
-PACKAGED_FILE = "router_model/prices.json"
-_CURRENCY = "USD"
-_UNIT = "per 1M tokens"
-_TOP_KEYS = frozenset({"version", "as_of", "source", "currency", "unit", "notes", "models", "aliases"})
-_PROVENANCE_KEYS = frozenset({"as_of", "source"})  # per-model date and source of a price (strings, not used in arithmetic)
-_MODEL_KEYS = frozenset({"input", "output", "cached_input", "cache_write_input", "context_window"}) | _PROVENANCE_KEYS
-_SUPPORTED_VERSION = 1
 _LIST_ALL = 30  # an unknown-model error lists every known name up to this many, else the closest
-
-
-class PriceFileError(ConfigError):
-    """A price file is unreadable or holds an unusable value: `file` and `key` say where."""
-
-    def __init__(self, message: str, *, file: str, key: str | None = None) -> None:
-        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
-        self.file = file
-        self.key = key
-        self.reason = message
 
 
 class UnknownModelError(ConfigError):
@@ -73,28 +65,13 @@ class UnknownModelError(ConfigError):
         self.known = known
 
 
-def _amount_problem(value: Any) -> str | None:
-    """Why `value` is not a usable price, or None if it is."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"expected a non-negative number, got {value!r}"
-    if not math.isfinite(value) or value < 0:
-        return f"expected a finite non-negative number, got {value!r}"
-    return None
-
-
-def _context_problem(value: Any) -> str | None:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        return None
-    return f"expected a positive integer or null, got {value!r}"
-
-
 def _check_amounts(obj: Any, names: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
     """Validate and float-convert price fields of a frozen dataclass in place."""
     for name in (*names, *optional):
         value = getattr(obj, name)
         if value is None and name in optional:
             continue
-        problem = _amount_problem(value)
+        problem = amount_problem(value)
         if problem:
             raise ConfigError(f"{name}: {problem}")
         object.__setattr__(obj, name, float(value))
@@ -134,7 +111,7 @@ class ModelPrice:
 
     def __post_init__(self) -> None:
         _check_amounts(self, ("input", "output", "cached_input"), ("cache_write_input",))
-        problem = _context_problem(self.context_window)
+        problem = context_problem(self.context_window)
         if problem:
             raise ConfigError(f"context_window: {problem}")
         tiers = tuple(sorted(self.tiers, key=lambda t: t.above_input_tokens))
@@ -200,11 +177,11 @@ class PriceTable:
 
     models: Mapping[str, ModelPrice]
     aliases: Mapping[str, str] = field(default_factory=dict)
-    version: int = _SUPPORTED_VERSION
+    version: int = SUPPORTED_VERSION
     as_of: str = ""
     source: str = ""
-    currency: str = _CURRENCY
-    unit: str = _UNIT
+    currency: str = CURRENCY
+    unit: str = UNIT
     files: tuple[str, ...] = ()
     overrides: frozenset[str] = frozenset()
     price_as: Mapping[str, str] = field(default_factory=dict)
@@ -226,8 +203,8 @@ class PriceTable:
                 raise ConfigError(f"alias {alias!r} is also a priced model; drop one of the two")
             if target not in models and not (self.maintained is not None and self.maintained.lookup(target)):
                 raise ConfigError(f"alias {alias!r} points to {target!r}, which has no price")
-        if self.currency != _CURRENCY or self.unit != _UNIT:
-            raise ConfigError(f"prices must be {_CURRENCY} {_UNIT}, got {self.currency} {self.unit}")
+        if self.currency != CURRENCY or self.unit != UNIT:
+            raise ConfigError(f"prices must be {CURRENCY} {UNIT}, got {self.currency} {self.unit}")
         object.__setattr__(self, "models", MappingProxyType(models))
         object.__setattr__(self, "aliases", MappingProxyType(aliases))
         object.__setattr__(self, "overrides", frozenset(normalize_model_name(n) for n in self.overrides))
@@ -267,7 +244,7 @@ class PriceTable:
         packaged one's; a price field given drops that model's long-context tiers); a new model
         needs `input` and `output` (`cached_input` defaults to `input`, i.e. no cache discount).
         """
-        meta, raw_models, raw_aliases = _parse(_packaged_text(), PACKAGED_FILE)
+        meta, raw_models, raw_aliases = parse_price_file(packaged_text(), PACKAGED_FILE)
         packaged_label = f"packaged {PACKAGED_FILE} (as of {meta.get('as_of', '?')})"
         source = load_genai_prices() if maintained else None
         files = [PACKAGED_FILE]
@@ -285,7 +262,7 @@ class PriceTable:
                 user_text = Path(path).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise PriceFileError(f"cannot read price file: {exc}", file=label) from None
-            user_meta, user_models, user_aliases = _parse(user_text, label)
+            user_meta, user_models, user_aliases = parse_price_file(user_text, label)
             lower = cls(models=models, aliases=raw_aliases, maintained=source, **meta)  # what the file overrides
             for name, fields in user_models.items():
                 found = lower.lookup(name)
@@ -470,83 +447,6 @@ def parse_price_as(text: str) -> tuple[str, str]:
     if not sep or not name.strip() or not target.strip():
         raise ValueError(f"expected NAME=PRICED_MODEL (e.g. my-model=gpt-4o-mini), got {text!r}")
     return name.strip(), target.strip()
-
-
-def _packaged_text() -> str:
-    """The packaged prices.json, via importlib.resources so it works from a wheel or zip too."""
-    try:
-        return resources.files("router_model").joinpath("prices.json").read_text(encoding="utf-8")
-    except (OSError, TypeError, ValueError):
-        # importlib.resources cannot read a namespace package found through a relative sys.path
-        # entry (no __init__.py, run from the source tree); the file sits next to this module.
-        return Path(__file__).with_name("prices.json").read_text(encoding="utf-8")
-
-
-def normalize_model_name(name: str) -> str:
-    return name.strip().lower()
-
-
-def _parse(text: str, label: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, str]]:
-    """Parse one price file into (metadata, raw model fields, aliases), checking its shape."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PriceFileError(f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}", file=label) from None
-    if not isinstance(data, dict):
-        raise PriceFileError(f"expected a JSON object, got {type(data).__name__}", file=label)
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise PriceFileError(f"unknown key(s) {unknown}; expected some of {sorted(_TOP_KEYS)}", file=label)
-    meta: dict[str, Any] = {}
-    if "version" in data:
-        if data["version"] != _SUPPORTED_VERSION or isinstance(data["version"], bool):
-            raise PriceFileError(
-                f"unsupported version {data['version']!r}; this code reads version {_SUPPORTED_VERSION}",
-                file=label, key="version",
-            )
-        meta["version"] = _SUPPORTED_VERSION
-    for key in ("as_of", "source", "currency", "unit"):
-        if key in data:
-            if not isinstance(data[key], str):
-                raise PriceFileError(f"expected a string, got {data[key]!r}", file=label, key=key)
-            meta[key] = data[key]
-    if meta.get("currency", _CURRENCY) != _CURRENCY:
-        raise PriceFileError(f"only {_CURRENCY} is supported, got {meta['currency']!r}", file=label, key="currency")
-    if meta.get("unit", _UNIT) != _UNIT:
-        raise PriceFileError(f"prices must be {_UNIT!r}, got {meta['unit']!r}", file=label, key="unit")
-    raw_models = data.get("models", {})
-    if not isinstance(raw_models, dict):
-        raise PriceFileError("expected an object of model name -> prices", file=label, key="models")
-    models: dict[str, dict[str, Any]] = {}
-    for name, fields in raw_models.items():
-        key = f"models.{name}"
-        if not name.strip():
-            raise PriceFileError("empty model name", file=label, key=key)
-        if not isinstance(fields, dict):
-            raise PriceFileError(f"expected an object of prices, got {fields!r}", file=label, key=key)
-        bad = sorted(set(fields) - _MODEL_KEYS)
-        if bad:
-            raise PriceFileError(f"unknown field(s) {bad}; expected some of {sorted(_MODEL_KEYS)}", file=label, key=key)
-        for field_name, value in fields.items():
-            if field_name in _PROVENANCE_KEYS:
-                if not isinstance(value, str):
-                    raise PriceFileError(f"expected a string, got {value!r}", file=label, key=f"{key}.{field_name}")
-                continue
-            problem = _context_problem(value) if field_name == "context_window" else _amount_problem(value)
-            if problem:
-                raise PriceFileError(problem, file=label, key=f"{key}.{field_name}")
-        models[normalize_model_name(name)] = dict(fields)
-    raw_aliases = data.get("aliases", {})
-    if not isinstance(raw_aliases, dict):
-        raise PriceFileError("expected an object of alias -> model name", file=label, key="aliases")
-    aliases: dict[str, str] = {}
-    for alias, target in raw_aliases.items():
-        if not isinstance(target, str) or not target.strip() or not alias.strip():
-            raise PriceFileError(f"expected a model name, got {target!r}", file=label, key=f"aliases.{alias}")
-        if normalize_model_name(alias) in models:
-            raise PriceFileError("is both a priced model and an alias in this file", file=label, key=f"aliases.{alias}")
-        aliases[normalize_model_name(alias)] = normalize_model_name(target)
-    return meta, models, aliases
 
 
 # ---------------------------------------------------------------- arithmetic
