@@ -51,6 +51,16 @@ def format_evaluation(ev: Mapping[str, Any], *, indent: str = "") -> str:
     return "\n".join(lines)
 
 
+def escalation_line(meta: ArtifactMetadata) -> str | None:
+    """The answer-score escalation (docs/guarantee.md) in one line; None when the artifact has no record of it."""
+    esc = meta.escalation
+    if esc is None:
+        return None
+    if esc.on and esc.answer_threshold is not None:
+        return f"escalation: on ({esc.family}, escalate when answer score >= {esc.answer_threshold:.3g})"
+    return f"escalation: off ({esc.reason or 'no reason recorded'})"
+
+
 def metadata_summary(meta: ArtifactMetadata, path: str | Path) -> str:
     """Pair, threshold, goal, held-out metrics, parity and versions of a model directory."""
     enc = meta.embedder.encoder
@@ -72,6 +82,9 @@ def metadata_summary(meta: ArtifactMetadata, path: str | Path) -> str:
         m = meta.multi
         lines.append(f"models ({len(m.models)}, cheapest first): {', '.join(m.models)}; rule {m.rule}={m.value:.6g}, "
                      f"rules send to {m.best_single}")
+    escalation = escalation_line(meta)
+    if escalation is not None:
+        lines.append(escalation)
     test = meta.test_metrics
     if isinstance(test.get("router"), Mapping):
         lines.append(format_evaluation(test, indent="  "))

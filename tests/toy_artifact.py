@@ -53,6 +53,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 import router_model
+from router_model.answer_features import ANSWER_FEATURES, FEATURE_VERSION
+from router_model.answer_score import ANSWER_SCORE_FILE, SCORE_FEATURES, SCORE_INPUT, SCORE_OUTPUT
 from router_model.artifact import (
     EMBEDDING_OUTPUT,
     FEATURES_INPUT,
@@ -65,6 +67,7 @@ from router_model.artifact import (
     TOKENIZER_FILE,
     ArtifactMetadata,
     EmbedderSpec,
+    EscalationRecord,
     GoalRecord,
     MultiModelRecord,
     PolicyRecord,
@@ -97,6 +100,8 @@ __all__ = [
     "mean_strength",
     "multi_p_pass",
     "pair_p_cheap_ok",
+    "toy_answer_score",
+    "toy_answer_score_graph",
     "toy_tokenizer",
     "write_toy_multi",
     "write_toy_pair",
@@ -468,6 +473,46 @@ def _drift_reference(table: np.ndarray, threshold: float, neutral_p: float, max_
     )
 
 
+# The toy answer score (`write_toy_pair(answer_threshold=...)`): only the `final_answer` feature counts,
+# score = sigmoid(ANSWER_SCORE_BIAS - ANSWER_SCORE_GAIN * final_answer): 0.88 for an answer that states
+# no final answer ("The answer is ...", "Final answer: ...", \boxed{...}), 0.12 for one that does.
+ANSWER_SCORE_BIAS, ANSWER_SCORE_GAIN = 2.0, 4.0
+
+
+def toy_answer_score(final_answer: bool) -> float:
+    """What the toy answer-score graph gives an answer that does (True) or does not state a final answer."""
+    return _sigmoid(ANSWER_SCORE_BIAS - ANSWER_SCORE_GAIN * float(final_answer))
+
+
+def toy_answer_score_graph(width: int = len(SCORE_FEATURES)) -> bytes:
+    """The toy answer-score graph (as training/escalation_export.py builds it: MatMul, Add, Sigmoid, Reshape),
+    `features` float[batch, width] -> `p_escalate` float[batch]; `width` other than len(SCORE_FEATURES)
+    makes a graph the loader must refuse."""
+    w = np.zeros((width, 1), dtype=np.float32)
+    w[min(ANSWER_FEATURES.index("final_answer"), width - 1), 0] = -ANSWER_SCORE_GAIN
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.array([ANSWER_SCORE_BIAS], dtype=np.float32), "b"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", [SCORE_INPUT, "w"], ["z0"]),
+        helper.make_node("Add", ["z0", "b"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["p"]),
+        helper.make_node("Reshape", ["p", "flat"], [SCORE_OUTPUT]),
+    ]
+    graph = helper.make_graph(
+        nodes, "toy_answer_score",
+        [helper.make_tensor_value_info(SCORE_INPUT, TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.FLOAT, ["batch"])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="router-model-toy")
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def write_toy_pair(
     path: str | Path,
     *,
@@ -485,6 +530,7 @@ def write_toy_pair(
     truncation: str = "head_tail",
     default_graph: str = FP32,
     work: int = 0,
+    answer_threshold: float | None = None,
 ) -> Path:
     """A cheap/strong model directory (format 1, joint target) that routes by keywords.
 
@@ -494,11 +540,17 @@ def write_toy_pair(
     `seed` changes the noise columns (and so the graph, the hashes and the artifact_version);
     `version` sets the artifact_version outright. `work` adds busy-work layers (`_graph`): the same
     decisions, but a graph run takes time in proportion to its tokens, like a real embedder's.
+    `answer_threshold` (format 3): the pair also escalates on the toy answer score
+    (`toy_answer_score_graph`: 0.88 without a stated final answer, 0.12 with one) at that threshold.
     """
     path = Path(path)
     model_inputs = _model_inputs(token_type_ids)
     table = _table(EMBED_DIM, seed, _strengths(word_weight))
     head_w, head_b = _pair_head(EMBED_DIM, neutral_p)
+    escalation = None if answer_threshold is None else EscalationRecord(
+        on=True, reason="toy", family="cascade", answer_threshold=float(answer_threshold), graph=ANSWER_SCORE_FILE,
+        features=SCORE_FEATURES, feature_version=FEATURE_VERSION,
+    )
 
     def build(t: np.ndarray) -> onnx.ModelProto:
         return _graph(t, head_w, head_b, model_inputs=model_inputs, n_features=len(features),
@@ -509,9 +561,12 @@ def write_toy_pair(
         graph_bytes = _write_graphs(tmp, build, table, max_length)
         if drift_reference:
             write_reference(tmp, _drift_reference(table, threshold, neutral_p, max_length))
+        if escalation is not None:  # before write_metadata, which hashes every file in the directory
+            (tmp / ANSWER_SCORE_FILE).write_bytes(toy_answer_score_graph())
         meta = _base_metadata(
             artifact_version=_artifact_version("pair", seed, version, hashlib.sha256(graph_bytes).hexdigest(), cheap,
-                                               strong, threshold, list(features), max_length, drift_reference),
+                                               strong, threshold, list(features), max_length, drift_reference,
+                                               *(() if answer_threshold is None else ("answer_score", answer_threshold))),
             cheap_model=cheap,
             strong_model=strong,
             threshold=float(threshold),
@@ -523,6 +578,7 @@ def write_toy_pair(
             embedder=_embedder_spec(table, max_length, truncation, model_inputs),
             features=tuple(features),
             default_graph=default_graph,
+            escalation=escalation,
         )
         write_metadata(tmp, meta)
     except BaseException:

@@ -115,6 +115,7 @@ class Accounting:
             m.routed_cost.labels(call.mode).inc(cost)
             m.baseline_cost.labels(call.mode).inc(baseline)
             m.add_saving(call.mode, saved)
+        scored = {"answer_score": round(call.answer_score, 4)} if call.answer_score is not None else {}
         self.plane.log(router, d, request=call.messages, request_id=call.request_id, extra=dict(
             source="gateway",
             endpoint=endpoint,
@@ -134,4 +135,5 @@ class Accounting:
             saved_usd=saved,
             saved_is_estimate=call.mode != "route",
             fresh_model=call.fresh_model,  # affinity kept another model than a fresh decision's (reason affinity:*)
+            **scored,  # the cheap answer's score, when it was scored (router_model/answer_score.py)
         ))

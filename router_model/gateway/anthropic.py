@@ -18,7 +18,7 @@ from typing import Any
 
 from router_model.answer_checks import Checks, failed_check
 from router_model.cost import Usage
-from router_model.gateway.call import Protocol, parse_body
+from router_model.gateway.call import AnswerText, Protocol, parse_body
 from router_model.gateway.routed import RoutedEndpoint
 
 MESSAGES_ENDPOINT = "messages"
@@ -55,6 +55,18 @@ def failed_messages_check(request: Mapping[str, Any], response: Mapping[str, Any
     return failed_check({}, {"choices": [choice]}, checks)
 
 
+def messages_answer_text(answer: Mapping[str, Any]) -> AnswerText:
+    """A Messages answer's text blocks (its `tool_use` blocks as JSON when it has no text, as chat's),
+    and its `stop_reason` when that is `max_tokens`."""
+    content = answer.get("content")
+    blocks = [b for b in content if isinstance(b, Mapping)] if isinstance(content, list) else []
+    text = "".join(b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str))
+    if not text.strip():
+        calls = [b for b in blocks if b.get("type") == "tool_use"]
+        text = json.dumps(calls, ensure_ascii=False) if calls else ""
+    return AnswerText(text, "max_tokens" if answer.get("stop_reason") == "max_tokens" else None)
+
+
 def messages_turn(answer: Mapping[str, Any]) -> list[Any] | None:
     """The answer as its assistant turn, when it has `tool_use` blocks."""
     content = answer.get("content")
@@ -88,6 +100,7 @@ class MessagesStreamAnswer:
 MESSAGES = Protocol(
     MESSAGES_ENDPOINT, "/messages", parse_body, messages_request, Usage.from_anthropic, messages_stream_usage,
     failed_messages_check, shadow=False, turn=messages_turn, stream_answer=MessagesStreamAnswer, provider="anthropic",
+    answer_text=messages_answer_text,
 )
 
 

@@ -18,6 +18,7 @@ from router_model.answer_checks import Checks, failed_check
 from router_model.cost import Usage
 from router_model.decision import RoutingDecision
 from router_model.gateway.errors import BadRequestError, BodyTooLargeError, InvalidJSONError
+from router_model.labelling.rubric import answer_text as rubric_answer_text
 from router_model.router import Router
 
 REASON_PASSTHROUGH = "passthrough"
@@ -47,6 +48,17 @@ class Protocol:
     answer_key: Callable[[Mapping[str, Any]], str | None] | None = None
     continues: Callable[[Mapping[str, Any]], str | None] | None = None
     provider: str = "openai"  # "anthropic": the `anthropic` upstream, its key sent as x-api-key
+    # The answer-quality score (router_model/answer_score.py): an answer -> its text and the upstream's
+    # finish reason when it says the answer was cut off ("length", "max_tokens"); None: not scored.
+    answer_text: Callable[[Mapping[str, Any]], AnswerText] | None = None
+
+
+@dataclass(frozen=True)
+class AnswerText:
+    """What the answer score reads of an answer: its text, and its finish reason (None: none given)."""
+
+    text: str
+    finish_reason: str | None = None
 
 
 class StreamAnswer(typing.Protocol):
@@ -93,6 +105,15 @@ class ChatStreamAnswer:
         return {"choices": [{"message": message}]}
 
 
+def chat_answer_text(answer: Mapping[str, Any]) -> AnswerText:
+    """A chat completion's first choice: its text (its tool calls as JSON when it has none, as the
+    labelling rubric reads it) and its `finish_reason`."""
+    choices = answer.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
+    reason = choice.get("finish_reason")
+    return AnswerText(rubric_answer_text(answer), reason if isinstance(reason, str) else None)
+
+
 def chat_stream_usage(event: Mapping[str, Any]) -> tuple[Usage | None, str | None]:
     """A chat-completion chunk's `usage` and `model`."""
     model = event.get("model")
@@ -133,6 +154,7 @@ class Call:
     protocol: Protocol = field(default_factory=lambda: CHAT)
     messages: Any = None  # the router's request form of the body, set when it is decided
     fresh_model: str | None = None  # the fresh decision's model when affinity kept another (gateway/affinity.py)
+    answer_score: float | None = None  # the cheap answer's score (router_model/answer_score.py), when it was scored
 
     def payload(self, model: str) -> bytes:
         """The body for `model`: the client's bytes when unchanged, else the same JSON with `model` replaced."""
@@ -224,7 +246,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 
 CHAT: Protocol = Protocol(
     CHAT_ENDPOINT, "/chat/completions", parse_body, lambda body: body["messages"], Usage.from_response,
-    chat_stream_usage, failed_check, turn=chat_turn, stream_answer=ChatStreamAnswer,
+    chat_stream_usage, failed_check, turn=chat_turn, stream_answer=ChatStreamAnswer, answer_text=chat_answer_text,
 )
 
 

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prices", metavar="FILE", help="price file overriding/extending the packaged prices")
     p.add_argument("--batching", action="store_true", default=env("ROUTER_BATCHING", parse_bool, None),
                    help="dynamic batching: concurrent decisions share one graph run (tune it under `batching` in the config file)")
+    p.add_argument("--no-answer-score", dest="answer_score", action="store_const", const=False, default=None,
+                   help="do not escalate on the artifact's answer score, even when it has one (`checks.answer_score` in the "
+                   "config file; the fast checks still apply)")
     p.add_argument("--log-level", default=env("ROUTER_LOG_LEVEL", parse_choice(*LOG_LEVELS), "info"), choices=LOG_LEVELS)
     return p
 
@@ -86,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.config, upstream_url=args.upstream, model_dir=args.model_dir, mode=args.mode, host=args.host,
             port=args.port, decision_log=args.decision_log, log_prompts=args.log_prompts,
             watch_interval=args.watch_interval, prices=args.prices, model_uri=args.model_uri, follow=args.follow,
-            graph=args.graph, threads=args.threads, tracking_uri=args.tracking_uri,
+            graph=args.graph, threads=args.threads, tracking_uri=args.tracking_uri, answer_score=args.answer_score,
         )
         if args.batching and config.batching is None:
             config = dataclasses.replace(config, batching=BatchingConfig())

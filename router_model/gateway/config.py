@@ -101,6 +101,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "properties": {
                 **{k: {"type": "boolean"} for k in ("json", "json_schema", "length", "empty", "refusal", "tool_arguments")},
                 "refusal_patterns": {"type": "array", "items": {"type": "string"}},
+                # The artifact's learned answer score (issue 26); false turns it off even when the artifact has it on.
+                "answer_score": {"type": "boolean"},
             },
         },
     },
@@ -163,6 +165,7 @@ class GatewayConfig(ServingConfig):
     fallback_to_strong: bool = True
     timeouts: Timeouts = field(default_factory=Timeouts)
     checks: Checks = field(default_factory=Checks)
+    answer_score: bool = True  # escalate on the artifact's answer score when it has one (`checks.answer_score`)
     prices: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024  # a larger non-streamed upstream answer: 502 (streams are not buffered)
@@ -278,6 +281,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> GatewayConf
         kwargs["batching"] = BatchingConfig(**data["batching"])
     if "checks" in data:
         checks = dict(data["checks"])
+        if "answer_score" in checks:
+            kwargs["answer_score"] = checks.pop("answer_score")
         if "refusal_patterns" in checks:
             checks["refusal_patterns"] = tuple(checks["refusal_patterns"])
         kwargs["checks"] = Checks(**checks)

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from router_model.serving.metrics import GATEWAY_NAMES, ServingMetrics
 
 PREFIX = GATEWAY_NAMES.prefix
+ANSWER_SCORE_BUCKETS = tuple(round(0.05 + 0.1 * i, 2) for i in range(10))  # 0.05, 0.15, ..., 0.95
 
 
 class GatewayMetrics:
@@ -40,6 +41,11 @@ class GatewayMetrics:
             ["model"], registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.escalations = Counter(f"{PREFIX}_escalations", "Cheap answers retried on the strong model, by failed check", ["check"], registry=r)
+        self.answer_score = Histogram(
+            f"{PREFIX}_answer_score",
+            "Answer-quality scores of cheap non-streamed answers (P(the cheap answer fails where the strong one passes)), by mode",
+            ["mode"], registry=r, buckets=ANSWER_SCORE_BUCKETS,
+        )
         self.fallbacks = Counter(f"{PREFIX}_fallbacks", "Cheap-model failures retried on the strong model", ["cause"], registry=r)
         self.disconnects = Counter(f"{PREFIX}_client_disconnects", "Streams the client left before the end", registry=r)
         self.tokens = Counter(f"{PREFIX}_tokens", "Tokens from upstream usage", ["model", "kind"], registry=r)

@@ -14,12 +14,13 @@ a stream's from its `response.created` / `response.output_item.done` / `response
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from router_model.answer_checks import failed_response_check
 from router_model.cost import Usage
-from router_model.gateway.call import Protocol, parse_json_body
+from router_model.gateway.call import AnswerText, Protocol, parse_json_body
 from router_model.gateway.errors import BadRequestError
 from router_model.gateway.routed import RoutedEndpoint
 
@@ -121,6 +122,24 @@ def continued_key(body: Mapping[str, Any]) -> str | None:
     return _RESPONSE_KEY + rid if isinstance(rid, str) and rid else None
 
 
+def responses_answer_text(answer: Mapping[str, Any]) -> AnswerText:
+    """A Responses answer's `output_text` parts (its `function_call` items as JSON when it has no
+    text, as chat's), and "length" when it is incomplete for want of output tokens."""
+    output = answer.get("output")
+    items = [i for i in output if isinstance(i, Mapping)] if isinstance(output, list) else []
+    texts = [part["text"] for i in items if i.get("type") == "message" and isinstance(i.get("content"), list)
+             for part in i["content"]
+             if isinstance(part, Mapping) and part.get("type") == "output_text" and isinstance(part.get("text"), str)]
+    text = "".join(texts)
+    if not text.strip():
+        calls = [i for i in items if i.get("type") == "function_call"]
+        text = json.dumps(calls, ensure_ascii=False) if calls else ""
+    details = answer.get("incomplete_details")
+    cut = answer.get("status") == "incomplete" and (
+        not isinstance(details, Mapping) or details.get("reason") in (None, "max_output_tokens"))
+    return AnswerText(text, "length" if cut else None)
+
+
 class ResponsesStreamAnswer:
     """A streamed response's `id` (from `response.created` on) and `output` items (the finished items of
     `response.output_item.done`, or `response.completed`'s whole output)."""
@@ -150,6 +169,7 @@ RESPONSES = Protocol(
     RESPONSES_ENDPOINT, "/responses", parse_responses_body, responses_messages, Usage.from_responses_usage,
     responses_stream_usage, failed_response_check, shadow=False, turn=responses_turn,
     stream_answer=ResponsesStreamAnswer, answer_key=response_key, continues=continued_key,
+    answer_text=responses_answer_text,
 )
 
 

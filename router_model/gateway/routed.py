@@ -3,7 +3,8 @@
 Chat completions (chat.py) and the Responses API (responses.py) differ only in their `Protocol`
 (call.py: the body's checks, its router request form, the upstream path, where `usage` is, the
 escalation checks); the steps are the collaborators' (`Decider`, `UpstreamSender`, `Accounting`,
-`RelayResponse`). This module owns their order, the escalation of a failed cheap answer, and
+`RelayResponse`). This module owns their order, the escalation of a failed cheap answer (a failed
+fast check, or the artifact's learned answer score at or above its threshold: `_answer_score`), and
 shadow grading's hand-off once the answer has gone out.
 """
 
@@ -15,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+import anyio.to_thread
 import httpx
 from starlette.background import BackgroundTask
 from starlette.requests import Request as HTTPRequest
@@ -42,6 +44,8 @@ from router_model.labelling.shadow import ShadowGrader, ShadowJob
 from router_model.router import Router
 
 log = logging.getLogger("router_model.gateway")
+
+CHECK_ANSWER_SCORE = "answer_score"  # the escalation "check" of the learned answer score (issue 26)
 
 
 def error_response(err: GatewayError) -> JSONResponse:
@@ -115,11 +119,15 @@ class RoutedEndpoint:
             return self._client_error(call, model, resp, content)
         data = self.accounting.accept(call, model, resp, content)
         router = call.router
-        if (
-            call.routing and router is not None and model == router.cheap_model != router.strong_model
-            and self.config.checks.any
-        ):
-            check = call.protocol.check(call.body, data, self.config.checks)
+        if router is not None and model == router.cheap_model != router.strong_model:  # a cheap answer
+            check = None
+            if call.routing and self.config.checks.any:
+                check = call.protocol.check(call.body, data, self.config.checks)
+            if check is None:
+                score = await self._answer_score(call, router, data)
+                if score is not None and call.routing and router.answer_score is not None \
+                        and router.answer_score.escalate(score):
+                    check = CHECK_ANSWER_SCORE
             if check is not None:
                 resp, content = await self._escalate(call, router, check, resp, content)
         headers = response_headers(resp.headers)
@@ -129,6 +137,27 @@ class RoutedEndpoint:
         # Shadow grading is offered only once the answer has been sent (a background task).
         after = BackgroundTask(self._offer_shadow, call, content) if self.shadow is not None and call.protocol.shadow else None
         return Response(content, status_code=200, headers=headers, background=after)
+
+    async def _answer_score(self, call: Call, router: Router, data: dict[str, Any]) -> float | None:
+        """The cheap answer's score (recorded on the call and observed), when the artifact has one, the
+        gateway has not turned it off, the protocol says what the answer's text is and the decision
+        has a p_cheap_ok (a rule's or affinity's decision has none); None otherwise. Route mode
+        escalates on it; observe mode only logs it."""
+        scorer, reader, decision = router.answer_score, call.protocol.answer_text, call.decision
+        if (scorer is None or not self.config.answer_score or reader is None or decision is None
+                or decision.p_cheap_ok is None):
+            return None
+        answer = reader(data)
+        p_cheap_ok = float(decision.p_cheap_ok)
+        try:  # regular expressions over the whole answer and a graph run: off the event loop
+            score = await anyio.to_thread.run_sync(
+                lambda: scorer.score(answer.text, p_cheap_ok=p_cheap_ok, finish_reason=answer.finish_reason))
+        except Exception as exc:  # noqa: BLE001 - a scoring failure must not fail the answer
+            log.warning("request %s: the answer score failed (%s); not scored", call.request_id, exc)
+            return None
+        call.answer_score = score
+        self.metrics.answer_score.labels(call.mode).observe(score)
+        return score
 
     async def _escalate(
         self, call: Call, router: Router, check: str, resp: httpx.Response, content: bytes

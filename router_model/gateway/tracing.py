@@ -235,6 +235,8 @@ def call_attributes(call: Call) -> dict[str, Any]:
         out["router.artifact_version"] = decision.artifact_version
         if decision.p_cheap_ok is not None:
             out["router.p_cheap_ok"] = decision.p_cheap_ok
+    if call.answer_score is not None:
+        out["router.answer_score"] = call.answer_score
     if call.escalated:
         out["router.escalation_check"] = call.escalated
     if call.fallback:

@@ -14,6 +14,8 @@ has a prompt-hash key; `prompt` only when prompt logging was asked for):
    "centroid_distance": 0.61}
 `centroid_distance` (optional, for `router-drift`): the prompt's embedding distance to the nearest
 training centroid, when the artifact has a drift reference and the classifier decided.
+`answer_score` (optional, the gateway's): the cheap answer's score (router_model/answer_score.py,
+P(it fails where the strong one passes), rounded to 4 places), when the answer was scored.
 
 No unsalted hash of the prompt is ever written: a plain sha256 of a short or guessable prompt
 can be reversed by hashing candidates. HMAC-SHA256 with a per-deployment secret still joins
@@ -346,6 +348,9 @@ def record_problem(record: Any) -> str | None:
     dist = record.get("centroid_distance")
     if dist is not None and (isinstance(dist, bool) or not isinstance(dist, (int, float)) or not 0.0 <= dist < 1e6):
         return f"field 'centroid_distance' should be a non-negative number or null, got {dist!r}"
+    score = record.get("answer_score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0):
+        return f"field 'answer_score' should be a probability or null, got {score!r}"
     try:
         parse_timestamp(record["ts"])
     except ValueError:

@@ -113,6 +113,16 @@ def _multi_info(meta: Any) -> dict[str, Any]:
     return {"models": list(m.models), "policy": m.rule, "policy_value": m.value, "best_single_model": m.best_single}
 
 
+def _escalation_info(meta: Any) -> dict[str, Any]:
+    """ModelInfo's answer-score escalation fields (none when the artifact records no escalation)."""
+    esc = meta.escalation
+    if esc is None:
+        return {}
+    on = bool(esc.on and esc.answer_threshold is not None)
+    return {"escalation_on": on, "answer_threshold": float(esc.answer_threshold) if on else 0.0,
+            "escalation_family": esc.family}
+
+
 def _numeric_metrics(value: Any, prefix: str = "") -> dict[str, float]:
     """Flatten nested metrics into "a.b" keys, keeping numbers only."""
     out: dict[str, float] = {}
@@ -256,6 +266,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             observe_only=self.config.observe,
             **_goal_info(meta),
             **_multi_info(meta),
+            **_escalation_info(meta),
             model_uri=self.config.model_uri or "",
             registry_version=loaded.registry.version if loaded.registry else "",
             registry_alias=(loaded.registry.alias or "") if loaded.registry else "",

@@ -106,7 +106,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("artifact_version", "cheap_model", "strong_model", "threshold", "metrics", "metadata", "model_dir", "loaded_at", "observe_only", "goal", "goal_value", "risk", "method", "certified_floor", "certified", "n_labelled", "models", "policy", "policy_value", "best_single_model", "model_uri", "registry_version", "registry_alias")
+    __slots__ = ("artifact_version", "cheap_model", "strong_model", "threshold", "metrics", "metadata", "model_dir", "loaded_at", "observe_only", "goal", "goal_value", "risk", "method", "certified_floor", "certified", "n_labelled", "models", "policy", "policy_value", "best_single_model", "model_uri", "registry_version", "registry_alias", "escalation_on", "answer_threshold", "escalation_family")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,9 @@ class ModelInfo(_message.Message):
     MODEL_URI_FIELD_NUMBER: _ClassVar[int]
     REGISTRY_VERSION_FIELD_NUMBER: _ClassVar[int]
     REGISTRY_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_ON_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_FAMILY_FIELD_NUMBER: _ClassVar[int]
     artifact_version: str
     cheap_model: str
     strong_model: str
@@ -160,7 +163,10 @@ class ModelInfo(_message.Message):
     model_uri: str
     registry_version: str
     registry_alias: str
-    def __init__(self, artifact_version: _Optional[str] = ..., cheap_model: _Optional[str] = ..., strong_model: _Optional[str] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., model_dir: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observe_only: _Optional[bool] = ..., goal: _Optional[str] = ..., goal_value: _Optional[float] = ..., risk: _Optional[float] = ..., method: _Optional[str] = ..., certified_floor: _Optional[float] = ..., certified: _Optional[bool] = ..., n_labelled: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., policy: _Optional[str] = ..., policy_value: _Optional[float] = ..., best_single_model: _Optional[str] = ..., model_uri: _Optional[str] = ..., registry_version: _Optional[str] = ..., registry_alias: _Optional[str] = ...) -> None: ...
+    escalation_on: bool
+    answer_threshold: float
+    escalation_family: str
+    def __init__(self, artifact_version: _Optional[str] = ..., cheap_model: _Optional[str] = ..., strong_model: _Optional[str] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., model_dir: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observe_only: _Optional[bool] = ..., goal: _Optional[str] = ..., goal_value: _Optional[float] = ..., risk: _Optional[float] = ..., method: _Optional[str] = ..., certified_floor: _Optional[float] = ..., certified: _Optional[bool] = ..., n_labelled: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., policy: _Optional[str] = ..., policy_value: _Optional[float] = ..., best_single_model: _Optional[str] = ..., model_uri: _Optional[str] = ..., registry_version: _Optional[str] = ..., registry_alias: _Optional[str] = ..., escalation_on: _Optional[bool] = ..., answer_threshold: _Optional[float] = ..., escalation_family: _Optional[str] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ("model_dir",)
