@@ -25,6 +25,7 @@ from router_model.artifact_records import (
     POLICY_TIERS,
     DataRecord,
     EmbedderSpec,
+    EscalationRecord,
     GoalRecord,
     MultiModelRecord,
     ParityRecord,
@@ -45,6 +46,7 @@ __all__ = [
     "ArtifactMetadata",
     "DataRecord",
     "EmbedderSpec",
+    "EscalationRecord",
     "GoalRecord",
     "MultiModelRecord",
     "ParityRecord",
@@ -58,10 +60,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # 1: a cheap/strong pair (what the two-model path still writes); 2: N models (a `multi` section,
-# training/multi). This code reads both; a version-1 directory of any age keeps loading.
-FORMAT_VERSION = 2
+# training/multi); 3: a pair that escalates on its answer score (an `escalation` section, on). This code reads both; a version-1 directory of any age keeps loading.
+FORMAT_VERSION = 3
 PAIR_FORMAT_VERSION = 1
 MULTI_FORMAT_VERSION = 2
+# A pair that escalates on its answer score: an older reader must refuse it, since serving its
+# routing threshold without the score would break the certified floor.
+ESCALATION_FORMAT_VERSION = 3
 METADATA_FILE = "metadata.json"
 GRAPH_FILES: Mapping[str, str] = {FP32: "model.onnx", INT8: "model.int8.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
@@ -115,6 +120,7 @@ class ArtifactMetadata:
     prices: Mapping[str, Any] = field(default_factory=dict)  # what priced the pair (cost.PriceTable.provenance); {}: not recorded
     policy: PolicyRecord | None = None  # set for a day-0 policy artifact (training/policy), None for a trained router
     multi: MultiModelRecord | None = None  # set for an N-model router (format 2, training/multi)
+    escalation: EscalationRecord | None = None  # the answer-quality score (format 3 when on), None: not tried
     format_version: int = PAIR_FORMAT_VERSION
 
     @property
@@ -172,6 +178,8 @@ class ArtifactMetadata:
             d["policy"] = self.policy.to_dict()
         if self.multi is not None:
             d["multi"] = self.multi.to_dict()
+        if self.escalation is not None:
+            d["escalation"] = self.escalation.to_dict()
         return d
 
     @classmethod
@@ -242,6 +250,7 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
         price_as = {str(k): str(v) for k, v in dict(raw.get("price_as", {})).items()}
         policy = PolicyRecord.from_dict(raw["policy"]) if raw.get("policy") is not None else None
         multi = MultiModelRecord.from_dict(raw["multi"]) if raw.get("multi") is not None else None
+        escalation = EscalationRecord.from_dict(raw["escalation"]) if raw.get("escalation") is not None else None
     except (KeyError, TypeError, ValueError) as e:
         raise _fail(f"malformed field: {e}") from e
     if not 0.0 <= threshold <= 1.0 + 1e-6:
@@ -260,8 +269,13 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
             raise _fail(f"no sha256 recorded for {name}")
     if policy is not None:
         _check_policy(policy, classes, cheap_ok)
-    if (version >= MULTI_FORMAT_VERSION) != (multi is not None):
+    if (version == MULTI_FORMAT_VERSION) != (multi is not None):
         raise _fail(f"format_version {version} {'needs' if multi is None else 'cannot have'} a multi section")
+    escalates = escalation is not None and escalation.on
+    if (version == ESCALATION_FORMAT_VERSION) != escalates:
+        raise _fail(f"format_version {version} {'needs' if not escalates else 'cannot have'} escalation.on")
+    if escalates and escalation is not None and escalation.graph not in files:
+        raise _fail(f"no sha256 recorded for the answer-score graph {escalation.graph!r}")
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
         raise _fail(f"request features {unknown} are unknown to this router-model version; upgrade it")
@@ -291,6 +305,7 @@ def _parse(raw: Mapping[str, Any]) -> ArtifactMetadata:
         prices=plain_json(_mapping(raw, "prices")),
         policy=policy,
         multi=multi,
+        escalation=escalation,
         files=files,
     )
 
@@ -359,7 +374,9 @@ def write_metadata(model_dir: str | Path, metadata: ArtifactMetadata) -> Artifac
     """Record every file's sha256 and write metadata.json last, so a half-written dir never verifies."""
     model_dir = Path(model_dir)
     names = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != METADATA_FILE)
-    version = MULTI_FORMAT_VERSION if metadata.multi is not None else PAIR_FORMAT_VERSION  # a pair stays readable by old code
+    version = (MULTI_FORMAT_VERSION if metadata.multi is not None
+               else ESCALATION_FORMAT_VERSION if metadata.escalation is not None and metadata.escalation.on
+               else PAIR_FORMAT_VERSION)  # a pair that does not escalate stays readable by old code
     full = metadata.replace(format_version=version, files={n: sha256_file(model_dir / n) for n in names})
     text = json.dumps(full.to_dict(), indent=2, sort_keys=True)
     checked = ArtifactMetadata.from_dict(json.loads(text))  # what a reader will get back

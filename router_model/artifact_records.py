@@ -294,3 +294,55 @@ class MultiModelRecord:
         return rec
 
 
+
+
+@dataclass(frozen=True)
+class EscalationRecord:
+    """The answer-quality score and its certified use (docs/guarantee.md, "Route, then escalate").
+
+    `on`: the served router scores a cheap answer with the graph `graph` and asks the strong model
+    when the score (P(the cheap answer fails where the strong one passes)) is >= `answer_threshold`.
+    The routing threshold served with it is the artifact's `threshold` (0.0: every request tries
+    the cheap model first). Off: the record still says what was tried and why it is off.
+    """
+
+    on: bool
+    reason: str  # one sentence: why on, or why off
+    family: str = "off"  # the certified candidate family served: "route" (no escalation) or "cascade"
+    answer_threshold: float | None = None
+    graph: str = ""  # the answer-score graph's file ("" when none was exported)
+    features: tuple[str, ...] = ()
+    feature_version: int = 0
+    candidates: tuple[Mapping[str, Any], ...] = ()  # every family tried: certified?, thresholds, cost, quality
+    evaluation: Mapping[str, Any] = field(default_factory=dict)  # on the held-out test split
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "on": self.on,
+            "reason": self.reason,
+            "family": self.family,
+            "answer_threshold": self.answer_threshold,
+            "graph": self.graph,
+            "features": list(self.features),
+            "feature_version": self.feature_version,
+            "candidates": [plain_json(c) for c in self.candidates],
+            "evaluation": plain_json(self.evaluation),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EscalationRecord:
+        u = d.get("answer_threshold")
+        rec = cls(
+            on=bool(d["on"]),
+            reason=str(d.get("reason", "")),
+            family=str(d.get("family", "off")),
+            answer_threshold=None if u is None else float(u),
+            graph=str(d.get("graph", "")),
+            features=tuple(str(f) for f in d.get("features", ())),
+            feature_version=int(d.get("feature_version", 0)),
+            candidates=tuple(plain_json(c) for c in d.get("candidates", ())),
+            evaluation=plain_json(dict(d.get("evaluation", {}))),
+        )
+        if rec.on and (rec.answer_threshold is None or not 0.0 <= rec.answer_threshold <= 1.0 or not rec.graph):
+            raise ValueError("escalation.on needs an answer_threshold in [0, 1] and a graph")
+        return rec

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from router_model.answer_score import AnswerScore
 from router_model.artifact import (
     EMBEDDING_OUTPUT,
     FEATURES_INPUT,
@@ -107,6 +108,8 @@ class Router:
         # Drift: the artifact's drift reference, and its centroids when the graph exposes the embedding.
         self.drift_reference: DriftReference | None = None
         self._centroids: np.ndarray | None = None
+        # The answer-quality score, when the artifact escalates on it (format 3): None otherwise.
+        self.answer_score: AnswerScore | None = None
 
     # --- loading -------------------------------------------------------------------------
     @classmethod
@@ -141,6 +144,9 @@ class Router:
         if REFERENCE_FILE in meta.files:
             router._use_reference(read_reference(path, meta.files))
         router._check_graph(graph_file)
+        esc = meta.escalation
+        if esc is not None and esc.on:
+            router.answer_score = AnswerScore.load(verified[esc.graph], esc, threads=threads or 1)
         return router
 
     def _use_reference(self, reference: DriftReference) -> None:

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-rows", choices=("oof", "validation"), default="oof",
                    help="rows the threshold is certified on: oof = cross-fitted scores over train + validation, the "
                    "head then refit on both; validation = the validation split only (default: %(default)s)")
+    p.add_argument("--escalation", choices=("auto", "off"), default="auto",
+                   help="auto: when the log kept the cheap model's answers (router-label, shadow grading), also fit "
+                   "an answer-quality score and certify route-then-escalate against routing alone, each at half the "
+                   "risk, serving the cheaper (a quality floor with a risk only); off: routing alone at the full "
+                   "risk (default: %(default)s; docs/guarantee.md)")
     p.add_argument("--select-heads-by", choices=("log_loss", "apgr"), default=DEFAULT_SELECT_BY,
                    help="how the candidate heads are compared on validation (default: %(default)s)")
     p.add_argument("--pass-threshold", type=float, default=0.8, metavar="T",
@@ -151,6 +156,7 @@ def config_from_args(args: argparse.Namespace):
         calibration=args.calibration,
         goal=goal,
         threshold_rows=args.threshold_rows,
+        escalation=args.escalation,
         select_by=args.select_heads_by,
         pass_threshold=args.pass_threshold,
         skip_invalid=args.skip_invalid,

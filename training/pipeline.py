@@ -34,6 +34,7 @@ from training.embedding.common import DEFAULT_EMBEDDER
 from training.embedding.export import export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
+from training.escalation import ESCALATION_MODES, describe_escalation, with_escalation
 from training.evaluate.evaluation import evaluate
 from training.head import DEFAULT_SELECT_BY, FittedHead, make_target, select_head
 from training.heartbeat import Heartbeat
@@ -58,6 +59,7 @@ class TrainConfig:
     calibration: str = "sigmoid"
     goal: Goal = DEFAULT_GOAL
     threshold_rows: str = "oof"  # the threshold's rows: cross-fitted train+validation ("oof") or "validation"
+    escalation: str = "auto"  # auto: try the answer score when the log kept cheap answers (training/escalation.py)
     select_by: str = DEFAULT_SELECT_BY  # how the head is chosen on validation: log_loss or apgr
     pass_threshold: float = 0.8
     skip_invalid: bool = False
@@ -94,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"split fractions must be positive and sum to 1, got {self.split}")
         if self.calibration not in ("sigmoid", "isotonic"):
             raise ValueError("calibration must be sigmoid or isotonic")
+        if self.escalation not in ESCALATION_MODES:
+            raise ValueError(f"escalation must be one of {ESCALATION_MODES}, got {self.escalation!r}")
         if self.threshold_rows not in ("oof", "validation"):
             raise ValueError(f"threshold_rows must be oof or validation, got {self.threshold_rows!r}")
         if self.sample_rows is not None and self.sample_rows < 1:
@@ -191,9 +195,18 @@ def train(config: TrainConfig) -> TrainResult:
                                 goal=config.goal, rows=config.threshold_rows, calibration=config.calibration,
                                 seed=config.seed)
     head, choice = stage.head, stage.choice
+    escalation = None
+    if config.escalation == "auto":
+        answers = [r.answers.get(read.cheap_model) for r in read.records]
+        choice, escalation = with_escalation(stage, answers=answers, cheap_passed=ds.cheap_passed,
+                                             strong_passed=ds.strong_passed, cost_cheap=ds.cost_cheap,
+                                             cost_strong=ds.cost_strong, goal=config.goal, test_rows=te,
+                                             p_test=head.p_cheap_ok(X[te]), seed=config.seed)
     if not choice.met:
         log.warning("the goal %s cannot be met (or certified) on the labelled rows; using the safe end", config.goal)
     for line in describe_choice(choice):
+        _say(line)
+    for line in describe_escalation(escalation) if escalation is not None else []:
         _say(line)
 
     # 5. evaluation on the held-out test split, beside the baselines
@@ -201,6 +214,8 @@ def train(config: TrainConfig) -> TrainResult:
     evaluation = evaluate(p_test, choice.threshold, cheap_passed=ds.cheap_passed[te], strong_passed=ds.strong_passed[te],
                           cost_cheap=ds.cost_cheap[te], cost_strong=ds.cost_strong[te], texts=[ds.texts[i] for i in te],
                           p_strong_ok=head.p_strong_ok(X[te]), seed=config.seed)
+    if escalation is not None and escalation.record.on:  # the routing figures above ignore the escalations
+        evaluation["escalation"] = dict(escalation.record.evaluation)
     _say(format_evaluation(evaluation))
     for line in LEGEND:
         _say(line)
@@ -210,7 +225,7 @@ def train(config: TrainConfig) -> TrainResult:
     record = TrainingRecord(read=read, head=head, choice=choice, goal=config.goal, evaluation=evaluation,
                             split_rows=counts, logs=config.logs, features=config.features,
                             calibration=config.calibration, pass_threshold=config.pass_threshold,
-                            price_as=dict(config.price_as),
+                            price_as=dict(config.price_as), escalation=escalation,
                             prices=prices.provenance([read.cheap_model, read.strong_model]),
                             trained_prompts=PromptDigest.build(ds.texts[i] for i in np.concatenate([tr, va])),
                             drift_reference=build_reference([read.records[i].request for i in held],

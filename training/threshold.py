@@ -275,6 +275,11 @@ class ThresholdStage:
     head: Any  # training.head.FittedHead
     choice: ThresholdChoice
     rows: str  # "oof" (cross-fitted over train + validation) or "validation"
+    # "oof" only: the cross-fitted scores, the rows they belong to (train + validation) and the folds,
+    # which the answer score is cross-fitted over too (training/escalation.py)
+    scores: np.ndarray | None = None
+    labelled_rows: np.ndarray | None = None
+    folds: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
 
 def threshold_stage(head: Any, X: np.ndarray, texts: list[str], *, cheap_passed: np.ndarray, strong_passed: np.ndarray,
@@ -304,7 +309,7 @@ def threshold_stage(head: Any, X: np.ndarray, texts: list[str], *, cheap_passed:
     oof = out_of_fold_p(head, X[lab], **labelled, folds=splits, calibration=calibration, seed=seed)
     choice = choose_threshold(oof, **labelled, cost_cheap=cost_cheap[lab], cost_strong=cost_strong[lab], goal=goal)
     refit = refit_head(head, X[lab], **labelled, calibration=calibration, seed=seed)
-    return ThresholdStage(refit, replace(choice, rows="oof"), "oof")
+    return ThresholdStage(refit, replace(choice, rows="oof"), "oof", scores=oof, labelled_rows=lab, folds=tuple(splits))
 
 
 def goal_record_fields(choice: ThresholdChoice) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router_model.artifact import ArtifactMetadata, GoalRecord
+from router_model.artifact import ArtifactMetadata, EscalationRecord, GoalRecord
 from router_model.offline.log import LogReadResult
 from router_model.price_source import price_params
 from router_model.registry import ARTIFACT_VERSION_TAG, tracking_uri
@@ -79,6 +79,7 @@ def track_run(target: TrackingTarget, run: RunRecord) -> str:
                 "artifact_version": meta.artifact_version,
                 "default_graph_chosen": meta.default_graph,
                 **goal_params(meta.goal),
+                **escalation_params(meta.escalation),
             }
         )
         if meta.prices:  # which price source (and version) priced the pair
@@ -146,6 +147,15 @@ def goal_params(goal: GoalRecord) -> dict[str, Any]:
     return {"goal_kind": goal.kind, "goal_value": goal.value, "goal_risk": "none" if goal.risk is None else goal.risk,
             "goal_method": goal.method, "goal_certificate": goal.certificate,
             "goal_threshold_rows": goal.threshold_rows}  # what was used (oof falls back on tiny logs)
+
+
+def escalation_params(record: EscalationRecord | None) -> dict[str, Any]:
+    """Whether the answer score escalates, and at what (training/escalation.py); {} when not tried."""
+    if record is None:
+        return {}
+    return {"escalation_on": record.on, "escalation_family": record.family,
+            "escalation_answer_threshold": "none" if record.answer_threshold is None else record.answer_threshold,
+            "escalation_reason": record.reason}
 
 
 def goal_metrics(goal: GoalRecord) -> dict[str, float]:

@@ -61,10 +61,11 @@ def messages_answer_text(answer: Mapping[str, Any]) -> AnswerText:
     content = answer.get("content")
     blocks = [b for b in content if isinstance(b, Mapping)] if isinstance(content, list) else []
     text = "".join(b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str))
-    if not text.strip():
-        calls = [b for b in blocks if b.get("type") == "tool_use"]
-        text = json.dumps(calls, ensure_ascii=False) if calls else ""
-    return AnswerText(text, "max_tokens" if answer.get("stop_reason") == "max_tokens" else None)
+    calls = [b for b in blocks if b.get("type") == "tool_use"] if not text.strip() else []
+    if calls:
+        text = json.dumps(calls, ensure_ascii=False)
+    return AnswerText(text, "max_tokens" if answer.get("stop_reason") == "max_tokens" else None,
+                      tool_calls=bool(calls))
 
 
 def messages_turn(answer: Mapping[str, Any]) -> list[Any] | None:

@@ -55,10 +55,13 @@ class Protocol:
 
 @dataclass(frozen=True)
 class AnswerText:
-    """What the answer score reads of an answer: its text, and its finish reason (None: none given)."""
+    """What the answer score reads of an answer: its text, its finish reason (None: none given), and
+    whether the text is the answer's tool calls (those are not scored: the score learned from text
+    answers, and a tool loop stays with the model that started it)."""
 
     text: str
     finish_reason: str | None = None
+    tool_calls: bool = False
 
 
 class StreamAnswer(typing.Protocol):
@@ -111,7 +114,11 @@ def chat_answer_text(answer: Mapping[str, Any]) -> AnswerText:
     choices = answer.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
     reason = choice.get("finish_reason")
-    return AnswerText(rubric_answer_text(answer), reason if isinstance(reason, str) else None)
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, Mapping) else None
+    calls = bool(message.get("tool_calls")) if isinstance(message, Mapping) else False
+    return AnswerText(rubric_answer_text(answer), reason if isinstance(reason, str) else None,
+                      tool_calls=calls and not (isinstance(content, str) and content.strip()))
 
 
 def chat_stream_usage(event: Mapping[str, Any]) -> tuple[Usage | None, str | None]:

@@ -131,13 +131,13 @@ def responses_answer_text(answer: Mapping[str, Any]) -> AnswerText:
              for part in i["content"]
              if isinstance(part, Mapping) and part.get("type") == "output_text" and isinstance(part.get("text"), str)]
     text = "".join(texts)
-    if not text.strip():
-        calls = [i for i in items if i.get("type") == "function_call"]
-        text = json.dumps(calls, ensure_ascii=False) if calls else ""
+    calls = [i for i in items if i.get("type") == "function_call"] if not text.strip() else []
+    if calls:
+        text = json.dumps(calls, ensure_ascii=False)
     details = answer.get("incomplete_details")
     cut = answer.get("status") == "incomplete" and (
         not isinstance(details, Mapping) or details.get("reason") in (None, "max_output_tokens"))
-    return AnswerText(text, "length" if cut else None)
+    return AnswerText(text, "length" if cut else None, tool_calls=bool(calls))
 
 
 class ResponsesStreamAnswer:

@@ -141,13 +141,16 @@ class RoutedEndpoint:
     async def _answer_score(self, call: Call, router: Router, data: dict[str, Any]) -> float | None:
         """The cheap answer's score (recorded on the call and observed), when the artifact has one, the
         gateway has not turned it off, the protocol says what the answer's text is and the decision
-        has a p_cheap_ok (a rule's or affinity's decision has none); None otherwise. Route mode
+        has a p_cheap_ok (a rule's or affinity's decision has none), and the answer is text, not tool
+        calls; None otherwise. Route mode
         escalates on it; observe mode only logs it."""
         scorer, reader, decision = router.answer_score, call.protocol.answer_text, call.decision
         if (scorer is None or not self.config.answer_score or reader is None or decision is None
                 or decision.p_cheap_ok is None):
             return None
         answer = reader(data)
+        if answer.tool_calls:  # not scored: see AnswerText
+            return None
         p_cheap_ok = float(decision.p_cheap_ok)
         try:  # regular expressions over the whole answer and a graph run: off the event loop
             score = await anyio.to_thread.run_sync(

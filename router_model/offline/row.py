@@ -4,7 +4,9 @@ Two line formats, detected per line, produce one record type:
 
 * Format A (team log): ``prompt`` or ``messages`` + ``outcomes`` {model: {"passed": bool} |
   {"score": number in [0, 1]}}, optional ``id``, ``timestamp``, ``tags``, ``metadata``,
-  ``input_tokens``, ``output_tokens``. See ``data/README.md``.
+  ``input_tokens``, ``output_tokens``, and ``grading`` {model: {"answer": text, ...}} as
+  `router-label` and shadow grading write it (the answers train the answer-quality score,
+  training/escalation.py). See ``data/README.md``.
 * Format B (the normalized public files in ``shared/data``): ``id, prompt, source, label_type,
   models{name: outcome | null}``, optional ``context_turns`` (earlier user turns) and ``meta``.
 
@@ -20,7 +22,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -57,6 +59,7 @@ class LabelledRecord:
     output_tokens: int | None
     source_file: str
     line_no: int
+    answers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # model -> its answer, when kept
 
     @cached_property
     def _parsed(self) -> _Parsed:
@@ -88,6 +91,9 @@ class LabelledRecord:
             if getattr(self, key) is not None:
                 row[key] = getattr(self, key)
         row["outcomes"] = {m: {"score": self.scores[m]} for m in models}
+        kept = {m: {"answer": self.answers[m]} for m in models if m in self.answers}
+        if kept:
+            row["grading"] = kept
         return row
 
 
@@ -120,6 +126,7 @@ class ParsedRow:
     fidx: int = 0
     file: str = ""
     line_no: int = 0
+    answers: dict[str, str] = field(default_factory=dict)
 
     def record(self) -> LabelledRecord:
         """The validated record; its request is already parsed, so it is not parsed again."""
@@ -127,7 +134,7 @@ class ParsedRow:
             id=self.id, request=self.request, tags=self.tags,
             passed=MappingProxyType(self.passed), scores=MappingProxyType(self.scores),
             category=self.category, input_tokens=self.input_tokens, output_tokens=self.output_tokens,
-            source_file=self.file, line_no=self.line_no,
+            source_file=self.file, line_no=self.line_no, answers=MappingProxyType(self.answers),
         )
         rec.__dict__["_parsed"] = _Parsed(self.classifier_text, self.full_text)
         return rec
@@ -220,7 +227,26 @@ def _parse_format_a(obj: Mapping[str, Any], threshold: float, default_id: str) -
             passed[model] = sc >= threshold - _SCORE_EPS
         else:
             raise RowError("bad_outcome", fld, f"unknown outcome type {oc!r}; {_OUTCOME_HINT}")
-    return ParsedRow("outcomes", rid, request, ctext, ftext, tuple(tags), passed, scores, category, in_tok, out_tok)
+    return ParsedRow("outcomes", rid, request, ctext, ftext, tuple(tags), passed, scores, category, in_tok, out_tok,
+                     answers=_answers_of(obj))
+
+
+def _answers_of(obj: Mapping[str, Any]) -> dict[str, str]:
+    """`grading.<model>.answer` of a labelled row: the answers the labeller kept (none: {})."""
+    grading = obj.get("grading")
+    if grading is None:
+        return {}
+    if not isinstance(grading, dict):
+        raise RowError("bad_field", "grading", f"expected an object mapping model name -> grading, got {grading!r}")
+    out: dict[str, str] = {}
+    for model, info in grading.items():
+        answer = info.get("answer") if isinstance(info, dict) else None
+        if answer is None:
+            continue
+        if not isinstance(answer, str):
+            raise RowError("bad_field", f"grading.{model}.answer", f"expected a string, got {type(answer).__name__}")
+        out[str(model)] = answer
+    return out
 
 
 def _parse_format_b(obj: Mapping[str, Any], threshold: float, default_id: str) -> ParsedRow:

@@ -331,7 +331,9 @@ def test_answer_text_of_each_protocol() -> None:
     chat = {"choices": [{"message": {"content": "The answer is 4."}, "finish_reason": "length"}]}
     assert chat_answer_text(chat) == AnswerText("The answer is 4.", "length")
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    assert chat_answer_text({"choices": [{"message": {"content": None, "tool_calls": [call]}}]}).text == json.dumps([call])
+    tool_answer = chat_answer_text({"choices": [{"message": {"content": None, "tool_calls": [call]}}]})
+    assert tool_answer.text == json.dumps([call]) and tool_answer.tool_calls  # read, but not scored
+    assert not chat_answer_text(chat).tool_calls
     assert chat_answer_text({}) == AnswerText("", None)
     cut = {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}, "output": [
         {"type": "message", "content": [{"type": "output_text", "text": "Par"}, {"type": "output_text", "text": "tial"}]}]}
@@ -341,6 +343,8 @@ def test_answer_text_of_each_protocol() -> None:
            "stop_reason": "max_tokens"}
     assert messages_answer_text(msg) == AnswerText("AB", "max_tokens")
     assert messages_answer_text({"content": [], "stop_reason": "end_turn"}) == AnswerText("", None)
+    assert messages_answer_text({"content": [{"type": "tool_use", "id": "t"}]}).tool_calls
+    assert responses_answer_text({"output": [{"type": "function_call", "name": "f"}]}).tool_calls
 
 
 # ---------------------------------------------------------------- loading the artifact

@@ -40,6 +40,8 @@ from training.artifact.writer import (
     stage_artifact,
 )
 from training.embedding.onnx_embedder import ExportedEmbedder
+from training.escalation import EscalationStage
+from training.escalation_export import answer_score_graph, write_answer_score
 from training.head import FittedHead
 from training.threshold import Goal, ThresholdChoice, goal_record_fields
 
@@ -62,6 +64,7 @@ class TrainingRecord:
     trained_prompts: PromptDigest
     drift_reference: DriftReference | None = None  # written as drift_reference.json (router_model/observe/drift.py)
     prices: dict = field(default_factory=dict)  # what priced the pair: router_model.cost.PriceTable.provenance
+    escalation: EscalationStage | None = None  # the answer score and its certified use (training/escalation.py)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ def build_metadata(record: TrainingRecord, exported: ExportedEmbedder, stamp: St
         ),
         price_as=record.price_as,
         prices=record.prices,
+        escalation=record.escalation.record if record.escalation is not None else None,
     )
 
 
@@ -166,6 +170,13 @@ def stage_model_dir(
     def extra_files(model_dir: Path) -> None:
         if record.drift_reference is not None:
             write_reference(model_dir, record.drift_reference)
+        esc = record.escalation
+        if esc is not None and esc.record.on:
+            assert esc.head is not None and esc.fit_features is not None
+            h = esc.head
+            graph = answer_score_graph(mean=h.mean, scale=h.scale, coef=h.coef, intercept=h.intercept)
+            write_answer_score(model_dir / esc.record.graph, graph, features=esc.fit_features,
+                               expected=h.predict(esc.fit_features))
 
     return stage_artifact(
         out_dir,
