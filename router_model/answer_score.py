@@ -22,6 +22,10 @@ ANSWER_SCORE_FILE = "answer_score.onnx"
 SCORE_INPUT = "features"
 SCORE_OUTPUT = "p_escalate"
 PROMPT_FEATURE = "logit_p_cheap_ok"
+# The wait an escalation adds is the cheap answer's generation time. Logs hold no latencies, so
+# reports estimate it from the answer's output tokens with these stated assumptions.
+ASSUMED_FIRST_TOKEN_S = 0.4
+ASSUMED_TOKENS_PER_S = 150.0
 SCORE_FEATURES: tuple[str, ...] = (*ANSWER_FEATURES, PROMPT_FEATURE)
 _P_CLIP = 1e-4
 
@@ -30,6 +34,11 @@ def prompt_logit(p_cheap_ok: float) -> float:
     """The router's P(cheap ok) as a logit, clipped: the score's prompt-side feature."""
     p = min(max(float(p_cheap_ok), _P_CLIP), 1.0 - _P_CLIP)
     return math.log(p / (1.0 - p))
+
+
+def estimated_wait_s(output_tokens: np.ndarray) -> np.ndarray:
+    """Seconds an escalated request waits for the cheap answer first (ASSUMED_* above, not measured)."""
+    return ASSUMED_FIRST_TOKEN_S + np.asarray(output_tokens, dtype=float) / ASSUMED_TOKENS_PER_S
 
 
 def score_features(answer: str, *, p_cheap_ok: float, finish_reason: str | None = None) -> np.ndarray:
@@ -75,6 +84,13 @@ class AnswerScore:
         """P(escalate) for each row of a (n, len(SCORE_FEATURES)) matrix."""
         out = self._session.run([SCORE_OUTPUT], {SCORE_INPUT: np.asarray(features, dtype=np.float32)})  # type: ignore[attr-defined]
         return np.asarray(out[0], dtype=float).reshape(-1)
+
+    def score_answers(self, answers: list[str], p_cheap_ok: np.ndarray) -> np.ndarray:
+        """P(escalate) for many answers (a labelled log's cheap answers, with the router's p)."""
+        if not answers:
+            return np.zeros(0)
+        rows = np.stack([score_features(a, p_cheap_ok=float(p)) for a, p in zip(answers, p_cheap_ok)])
+        return self.score_matrix(rows)
 
     def score(self, answer: str, *, p_cheap_ok: float, finish_reason: str | None = None) -> float:
         """P(this cheap answer fails where the strong model would pass)."""

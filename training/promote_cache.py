@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 SCORES_DIR = ".promote-scores"
 ARRAYS = ("p", "cheap_passed", "strong_passed", "cost_cheap", "cost_strong", "input_tokens", "output_tokens")
+ESCALATION_ARRAYS = ("answer_scores", "answer_tokens")  # present when the version escalates on its answer score
 SCALARS = "scalars"  # one JSON string: key, threshold, cheap_model, strong_model, rule_reasons, info
 # Checked against the log as read now (promote_scoring.EvalView): a cached file of another log, or
 # priced otherwise, never stands in for this one's.
@@ -95,9 +96,9 @@ class ScoreCache:
         try:
             with np.load(path, allow_pickle=False) as f:
                 names = set(f.files)
-                if names != {*ARRAYS, SCALARS}:
+                if not {*ARRAYS, SCALARS} <= names <= {*ARRAYS, *ESCALATION_ARRAYS, SCALARS}:
                     raise ValueError(f"keys {sorted(names)}")
-                arrays = {name: np.asarray(f[name]) for name in ARRAYS}
+                arrays = {name: np.asarray(f[name]) for name in (*ARRAYS, *ESCALATION_ARRAYS) if name in names}
                 scalars = json.loads(str(f[SCALARS][()]))
             n = len(next(iter(expected.values())))
             for name, arr in arrays.items():
@@ -105,8 +106,12 @@ class ScoreCache:
                     raise ValueError(f"{name} has dtype {arr.dtype} and shape {arr.shape}, expected ({n},) float64")
                 if not np.all(np.isfinite(arr)):
                     raise ValueError(f"{name} is not finite")
-            if not np.all((arrays["p"] >= 0.0) & (arrays["p"] <= 1.0)):
-                raise ValueError("p outside [0, 1]")
+            for name in ("p", "answer_scores"):
+                if name in arrays and not np.all((arrays[name] >= 0.0) & (arrays[name] <= 1.0)):
+                    raise ValueError(f"{name} outside [0, 1]")
+            answer_threshold = scalars.get("answer_threshold")
+            if ("answer_scores" in arrays) != (answer_threshold is not None):
+                raise ValueError("answer scores without their threshold, or the reverse")
             for name in _CHECKED:
                 if name in expected and not np.array_equal(arrays[name], np.asarray(expected[name], dtype=float)):
                     raise ValueError(f"{name} differs from the eval log as read now")
@@ -119,6 +124,7 @@ class ScoreCache:
                 strong_model=str(scalars["strong_model"]),
                 rule_reasons={str(k): int(v) for k, v in dict(scalars["rule_reasons"]).items()},
                 info=dict(scalars["info"]),
+                answer_threshold=None if answer_threshold is None else float(answer_threshold),
             )
         except Exception as e:  # noqa: BLE001 - any unreadable or mismatched file is scored again and rewritten
             log.debug("promote score cache: ignoring %s (%s: %s); scoring again", path, type(e).__name__, e)
@@ -131,8 +137,10 @@ class ScoreCache:
         path = self.path(key)
         scalars = {"key": key, "threshold": float(sc.threshold), "cheap_model": sc.cheap_model,
                    "strong_model": sc.strong_model, "rule_reasons": {str(k): int(v) for k, v in sc.rule_reasons.items()},
-                   "info": sc.info}
+                   "info": sc.info, "answer_threshold": sc.answer_threshold}
         arrays: dict[str, Any] = {name: np.asarray(getattr(sc, name), dtype=np.float64) for name in ARRAYS}
+        arrays.update({name: np.asarray(getattr(sc, name), dtype=np.float64) for name in ESCALATION_ARRAYS
+                       if getattr(sc, name) is not None})
         arrays[SCALARS] = np.array(json.dumps(scalars, default=str))
         tmp: str | None = None
         try:

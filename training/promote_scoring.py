@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -175,8 +175,13 @@ def score_model(model_dir: Path, eval_log: Path, version: str, *, tolerance: flo
     meta = read_metadata(model_dir)
     if (meta.cheap_model, meta.strong_model) != (sc.cheap_model, sc.strong_model):
         raise _pair_mismatch(version, (meta.cheap_model, meta.strong_model), eval_log, (sc.cheap_model, sc.strong_model))
-    res = M.evaluate_routing(sc.p < sc.threshold, sc.cheap_passed, sc.strong_passed, cost_cheap=sc.cost_cheap,
+    strong_first, escalated = sc.served()
+    res = M.evaluate_routing(strong_first | escalated, sc.cheap_passed, sc.strong_passed, cost_cheap=sc.cost_cheap,
                              cost_strong=sc.cost_strong)
+    if escalated.any():  # an escalated request paid for the cheap answer too
+        cost = res.cost + float((sc.cost_cheap * escalated).sum())
+        res = replace(res, cost=cost, cost_per_request=cost / res.n,
+                      cost_saved_fraction=1.0 - cost / res.cost_always_strong if res.cost_always_strong else 0.0)
     scores = M.routing_scores(1.0 - sc.p, sc.cheap_passed, sc.strong_passed)
     digest = meta.data.trained_prompts if meta.data else None
     n = len(sc.p)

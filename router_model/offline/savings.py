@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from router_model.answer_score import ASSUMED_FIRST_TOKEN_S, ASSUMED_TOKENS_PER_S, estimated_wait_s
 from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable
 from router_model.decision import REASON_CLASSIFIER
 from router_model.offline.costs import request_costs
@@ -77,6 +78,20 @@ class LabelledScores:
     strong_model: str
     rule_reasons: dict[str, int]  # rows the rules would send to strong, per reason
     info: dict[str, Any]  # provenance: files, rows, router version, pricing notes, ...
+    # The router escalates on its answer score (format 3) and the log kept every cheap answer:
+    # each row's score and the certified threshold (None: no escalation in the figures).
+    answer_scores: np.ndarray | None = None
+    answer_threshold: float | None = None
+    answer_tokens: np.ndarray | None = None  # the cheap answers' length in tokens (characters / 4)
+
+    def served(self) -> tuple[np.ndarray, np.ndarray]:
+        """(routed strong, escalated): the router's decision p < threshold, and the cheap answers its
+        answer score replaces with the strong one (both calls paid; none without escalation)."""
+        strong_first = self.p < self.threshold
+        escalated = np.zeros(len(self.p), dtype=bool)
+        if self.answer_scores is not None and self.answer_threshold is not None:
+            escalated = ~strong_first & (self.answer_scores >= self.answer_threshold)
+        return strong_first, escalated
 
 
 # ------------------------------------------------------------------------------ arithmetic
@@ -121,7 +136,7 @@ def compute_report(
     base = {"q_strong": q_strong, "strong_monthly": float(cs.mean()) * V, "cheap_monthly": float(cc.mean()) * V}
 
     scores = {"router": 1.0 - p, "random": np.zeros(n), "oracle": s - w}
-    strong_chosen = p < sc.threshold
+    strong_chosen, escalated = sc.served()
     chosen_share = float(strong_chosen.mean())
     grid_shares = sorted(set(float(x) for x in shares) | {chosen_share})
 
@@ -129,15 +144,30 @@ def compute_report(
         q, c = expected_at_shares(scores[name], w, s, cost_cheap=cc, cost_strong=cs, shares=xs)
         return [_point(x, qi, ci, base=base, volume=V) for x, qi, ci in zip(xs, q, c)]
 
-    # The router at its own threshold: the exact decision p < threshold (no tie expectation).
-    q_ch = float(np.where(strong_chosen, s, w).mean())
-    c_ch = float(np.where(strong_chosen, cs, cc).mean())
-    chosen = {
+    # The router at its own threshold: the exact decision p < threshold (no tie expectation); with
+    # escalation, a cheap answer scored at or above the answer threshold is replaced by the strong one
+    # (both calls paid).
+    kept_cheap = ~strong_chosen & ~escalated
+    q_ch = float(np.where(kept_cheap, w, s).mean())
+    c_ch = float((np.where(strong_chosen, 0.0, cc) + np.where(kept_cheap, 0.0, cs)).mean())
+    chosen: dict[str, Any] = {
         "threshold": float(sc.threshold),
         "router": _point(chosen_share, q_ch, c_ch, base=base, volume=V),
         "random": at("random", [chosen_share])[0],
         "oracle": at("oracle", [chosen_share])[0],
     }
+    if sc.answer_threshold is not None:
+        tokens = sc.answer_tokens if sc.answer_tokens is not None else sc.output_tokens
+        wait = estimated_wait_s(tokens[escalated])
+        chosen["escalation"] = {
+            "answer_threshold": float(sc.answer_threshold),
+            "escalated_share": float(escalated.mean()),
+            "added_wait_p50_s": float(np.percentile(wait, 50)) if len(wait) else 0.0,
+            "added_wait_p99_s": float(np.percentile(wait, 99)) if len(wait) else 0.0,
+            "wait_assumption": f"{ASSUMED_FIRST_TOKEN_S:g} s to the first token + "
+                               f"{'the answer (characters / 4)' if sc.answer_tokens is not None else 'output'} tokens "
+                               f"at {ASSUMED_TOKENS_PER_S:g}/s; estimated, the log holds no latencies",
+        }
     grid = []
     rows = {name: at(name, grid_shares) for name in scores}
     for i, x in enumerate(grid_shares):
@@ -301,5 +331,20 @@ def score_log(
     }
     cheap_passed = np.array([float(r.passed[read.cheap_model]) for r in records])
     strong_passed = np.array([float(r.passed[read.strong_model]) for r in records])
+    answer_scores, answer_threshold, answer_tokens = None, None, None
+    scorer = router.answer_score
+    if scorer is not None:
+        answers = [r.answers.get(read.cheap_model) for r in records]
+        missing = sum(a is None for a in answers)
+        info["escalation"] = {"on": True, "answer_threshold": scorer.threshold, "family": scorer.record.family}
+        if missing:
+            notes.insert(0, f"WARNING: the router escalates on its answer score, but {missing} of {len(records)} rows "
+                         "lack the cheap model's answer (grading.<model>.answer): the figures leave escalation out, "
+                         "so quality is understated and cost overstated or understated (router-label keeps answers)")
+        else:
+            answer_scores = scorer.score_answers([a or "" for a in answers], p)
+            answer_threshold = scorer.threshold
+            answer_tokens = np.array([len(a or "") / 4.0 for a in answers])
     return LabelledScores(p, cheap_passed, strong_passed, np.asarray(cc, float), np.asarray(cs, float), inp, out,
-                          router.threshold, read.cheap_model, read.strong_model, dict(reasons), info)
+                          router.threshold, read.cheap_model, read.strong_model, dict(reasons), info,
+                          answer_scores=answer_scores, answer_threshold=answer_threshold, answer_tokens=answer_tokens)

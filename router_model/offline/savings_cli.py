@@ -63,6 +63,7 @@ def format_report(rep: dict[str, Any]) -> str:
         f"({ch['router']['quality_vs_strong']:.1%} of strong), {_money(ch['router']['monthly_cost'])}/month, "
         f"saves {_money(ch['router']['saved_vs_strong'])}/month ({ch['router']['saved_fraction']:.1%}); "
         f"random at that share {ch['random']['quality_vs_strong']:.1%}, oracle {ch['oracle']['quality_vs_strong']:.1%} of strong",
+        *_escalation_lines(ch),
         "",
         f"{'':14}|{'router':^44}|{'random':^20}|{'oracle':^20}",
         f"{'strong':>7}{'cheap':>7}|{'pass':>7}{'q/strong':>10}{'$/month':>13}{'saved/mo':>14}|"
@@ -87,6 +88,15 @@ def format_report(rep: dict[str, Any]) -> str:
                  f"({rules['strong_share']:.1%}) to strong: {by}")
     lines += [f"note: {n}" for n in rep["notes"]]
     return "\n".join(lines)
+
+
+def _escalation_lines(chosen: dict[str, Any]) -> list[str]:
+    esc = chosen.get("escalation")
+    if not esc:
+        return []
+    return [f"  with escalation (included above): {esc['escalated_share']:.1%} of requests get the cheap answer "
+            f"replaced by the strong one (answer score >= {esc['answer_threshold']:.4f}); they wait for the cheap answer "
+            f"first: about {esc['added_wait_p50_s']:.1f} s p50, {esc['added_wait_p99_s']:.1f} s p99 ({esc['wait_assumption']})"]
 
 
 def save_plot(rep: dict[str, Any], sc: LabelledScores, path: str | Path, *, n_points: int = 101) -> Path:
