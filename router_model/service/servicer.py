@@ -145,6 +145,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         # Batch chunks may hold all but one slot: a single Route never waits for a batch chunk.
         self._batch_slots = FairSlots(max(1, config.workers - 1))
         self._plane = plane
+        self._warned_escalation: str | None = None  # the artifact version the escalation warning was given for
 
     @property
     def batcher(self) -> Batcher | None:
@@ -161,6 +162,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         loaded = self._plane.loaded
         if loaded is None:
             raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, "no model is loaded yet")
+        router = loaded.router
+        if router.answer_score is not None and self._warned_escalation != router.version:
+            self._warned_escalation = router.version
+            log.warning("artifact %s escalates on its answer score (threshold %.4f): router.v1 returns decisions only, "
+                        "so its certified floor holds only if the caller escalates the cheap answers the score flags "
+                        "(the gateway does; docs/service.md)", router.version, router.answer_score.threshold)
         return loaded
 
     @rpc("Route", router_pb2.RouteRequest)

@@ -393,14 +393,21 @@ def test_info_prints_the_escalation_line(score_dir: Path, toy_model_dir: Path, c
     assert escalation_line(off) == "escalation: off (no cascade beat routing alone)"
 
 
-def test_get_model_info_has_the_escalation_fields(score_dir: Path, toy_model_dir: Path) -> None:
+def test_get_model_info_has_the_escalation_fields(score_dir: Path, toy_model_dir: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     for model_dir, expected in ((score_dir, (True, 0.5, "cascade")), (toy_model_dir, (False, 0.0, ""))):
         config = ServerConfig(model_dir=model_dir, host="127.0.0.1", port=0, workers=1)
-        with serve(config) as running:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="router_model.service"), serve(config) as running:
             assert running.wait_until_ready(30)
             with channel(running) as ch:
                 info = router_stub(ch).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+                router_stub(ch).Route(pb.RouteRequest(prompt="hi"), timeout=10)
+                router_stub(ch).Route(pb.RouteRequest(prompt="hi again"), timeout=10)
         assert (info.escalation_on, info.answer_threshold, info.escalation_family) == expected
+        # decisions only: the caller must escalate, and the service says so once per artifact
+        warned = [r for r in caplog.records if "returns decisions only" in r.getMessage()]
+        assert len(warned) == (1 if expected[0] else 0)
 
 
 # ---------------------------------------------------------------- the span and the log line
