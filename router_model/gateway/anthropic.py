@@ -77,13 +77,29 @@ def messages_turn(answer: Mapping[str, Any]) -> list[Any] | None:
 
 
 class MessagesStreamAnswer:
-    """A streamed message's content blocks (text and tool-use ids), rebuilt from its events."""
+    """A streamed message's content blocks (text and tool-use ids), rebuilt from its events, and its
+    `stop_reason` (`message_delta`). It has `ended` at `message_stop`, unless an `error` event came."""
 
     def __init__(self) -> None:
         self._blocks: dict[int, dict[str, Any]] = {}
+        self._stop_reason: str | None = None
+        self._stopped = False
+        self._error = False
+
+    @property
+    def ended(self) -> bool:
+        return self._stopped and not self._error
 
     def feed(self, event: Mapping[str, Any]) -> None:
         kind, index = event.get("type"), event.get("index")
+        if kind == "error":
+            self._error = True
+        elif kind == "message_stop":
+            self._stopped = True
+        elif kind == "message_delta":
+            delta = event.get("delta")
+            if isinstance(delta, Mapping) and isinstance(delta.get("stop_reason"), str):
+                self._stop_reason = delta["stop_reason"]
         if not isinstance(index, int):
             return
         if kind == "content_block_start" and isinstance(event.get("content_block"), Mapping):
@@ -95,7 +111,7 @@ class MessagesStreamAnswer:
                 self._blocks[index]["text"] += delta["text"]
 
     def answer(self) -> Mapping[str, Any] | None:
-        return {"content": [self._blocks[i] for i in sorted(self._blocks)]}
+        return {"content": [self._blocks[i] for i in sorted(self._blocks)], "stop_reason": self._stop_reason}
 
 
 MESSAGES = Protocol(

@@ -65,11 +65,17 @@ class AnswerText:
 
 
 class StreamAnswer(typing.Protocol):
-    """Rebuilds a streamed answer (enough of it for `Protocol.turn`) from its SSE events."""
+    """Rebuilds a streamed answer from its SSE events: enough of it for `Protocol.turn` and
+    `Protocol.answer_key` (affinity), and for `Protocol.answer_text` (the answer score of a buffered
+    stream, `--buffer-streams`). `ended`: the stream's last event came (a chat chunk's
+    `finish_reason`, `response.completed`, `message_stop`) and no error event did."""
 
     def feed(self, event: Mapping[str, Any]) -> None: ...
 
     def answer(self) -> Mapping[str, Any] | None: ...
+
+    @property
+    def ended(self) -> bool: ...
 
 
 def chat_turn(answer: Mapping[str, Any]) -> list[Any] | None:
@@ -82,15 +88,30 @@ def chat_turn(answer: Mapping[str, Any]) -> list[Any] | None:
 
 
 class ChatStreamAnswer:
-    """A streamed chat completion's text and tool-call ids, as the message `chat_turn` reads."""
+    """A streamed chat completion's text, tool-call ids and `finish_reason`, as the answer
+    `chat_turn` and `chat_answer_text` read (the first choice's)."""
 
     def __init__(self) -> None:
         self._text: list[str] = []
         self._calls: dict[int, dict[str, Any]] = {}
+        self._finish: str | None = None
+        self._error = False
+
+    @property
+    def ended(self) -> bool:
+        return self._finish is not None and not self._error
 
     def feed(self, event: Mapping[str, Any]) -> None:
+        if event.get("error") is not None:  # an error event in the stream
+            self._error = True
+            return
         choices = event.get("choices")
-        delta = choices[0].get("delta") if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else None
+        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else None
+        if choice is None or choice.get("index", 0) != 0:
+            return
+        if isinstance(choice.get("finish_reason"), str):
+            self._finish = choice["finish_reason"]
+        delta = choice.get("delta")
         if not isinstance(delta, Mapping):
             return
         if isinstance(delta.get("content"), str):
@@ -105,7 +126,7 @@ class ChatStreamAnswer:
     def answer(self) -> Mapping[str, Any] | None:
         message = {"role": "assistant", "content": "".join(self._text) or None,
                    "tool_calls": [self._calls[i] for i in sorted(self._calls)]}
-        return {"choices": [{"message": message}]}
+        return {"choices": [{"message": message, "finish_reason": self._finish}]}
 
 
 def chat_answer_text(answer: Mapping[str, Any]) -> AnswerText:

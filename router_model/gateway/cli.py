@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-answer-score", dest="answer_score", action="store_const", const=False, default=None,
                    help="do not escalate on the artifact's answer score, even when it has one (`checks.answer_score` in the "
                    "config file; the fast checks still apply)")
+    p.add_argument("--buffer-streams", dest="buffer_streams", action="store_const", const=True, default=None,
+                   help="route mode: read a cheap model's stream ahead (up to 4 MiB) and score it with the artifact's "
+                   "answer score before sending it, escalating it like a non-streamed answer; the client sees nothing "
+                   "until the cheap answer is complete (`checks.buffer_streams` in the config file; default off)")
     p.add_argument("--log-level", default=env("ROUTER_LOG_LEVEL", parse_choice(*LOG_LEVELS), "info"), choices=LOG_LEVELS)
     return p
 
@@ -90,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port, decision_log=args.decision_log, log_prompts=args.log_prompts,
             watch_interval=args.watch_interval, prices=args.prices, model_uri=args.model_uri, follow=args.follow,
             graph=args.graph, threads=args.threads, tracking_uri=args.tracking_uri, answer_score=args.answer_score,
+            buffer_streams=args.buffer_streams,
         )
         if args.batching and config.batching is None:
             config = dataclasses.replace(config, batching=BatchingConfig())

@@ -103,6 +103,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "refusal_patterns": {"type": "array", "items": {"type": "string"}},
                 # The artifact's learned answer score (issue 26); false turns it off even when the artifact has it on.
                 "answer_score": {"type": "boolean"},
+                # Streams too: a cheap stream is read ahead and scored before it is sent (off by default).
+                "buffer_streams": {"type": "boolean"},
             },
         },
     },
@@ -166,9 +168,12 @@ class GatewayConfig(ServingConfig):
     timeouts: Timeouts = field(default_factory=Timeouts)
     checks: Checks = field(default_factory=Checks)
     answer_score: bool = True  # escalate on the artifact's answer score when it has one (`checks.answer_score`)
+    # Route mode: read a cheap model's stream ahead (at most 4 MiB), score it, and escalate it as a
+    # non-streamed answer is (`checks.buffer_streams`, --buffer-streams); off: streams are relayed as they come.
+    buffer_streams: bool = False
     prices: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
-    max_response_bytes: int = 64 * 1024 * 1024  # a larger non-streamed upstream answer: 502 (streams are not buffered)
+    max_response_bytes: int = 64 * 1024 * 1024  # a larger non-streamed upstream answer: 502 (streams are not held to it)
     max_connections: int = 256
     port: int = 8080
     grace_seconds: float = 30.0
@@ -281,8 +286,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> GatewayConf
         kwargs["batching"] = BatchingConfig(**data["batching"])
     if "checks" in data:
         checks = dict(data["checks"])
-        if "answer_score" in checks:
-            kwargs["answer_score"] = checks.pop("answer_score")
+        for key in ("answer_score", "buffer_streams"):
+            if key in checks:
+                kwargs[key] = checks.pop(key)
         if "refusal_patterns" in checks:
             checks["refusal_patterns"] = tuple(checks["refusal_patterns"])
         kwargs["checks"] = Checks(**checks)

@@ -43,7 +43,7 @@ class GatewayMetrics:
         self.escalations = Counter(f"{PREFIX}_escalations", "Cheap answers retried on the strong model, by failed check", ["check"], registry=r)
         self.answer_score = Histogram(
             f"{PREFIX}_answer_score",
-            "Answer-quality scores of cheap non-streamed answers (P(the cheap answer fails where the strong one passes)), by mode",
+            "Answer-quality scores of cheap answers, non-streamed or buffered streams (P(the cheap answer fails where the strong one passes)), by mode",
             ["mode"], registry=r, buckets=ANSWER_SCORE_BUCKETS,
         )
         self.fallbacks = Counter(f"{PREFIX}_fallbacks", "Cheap-model failures retried on the strong model", ["cause"], registry=r)

@@ -69,6 +69,42 @@ class UsageScanner:
 OnClose = Callable[[bool, bool, UsageScanner], Awaitable[None]]
 
 
+@dataclasses.dataclass
+class Buffered:
+    """A stream read ahead before anything is relayed (`--buffer-streams`): its chunks as received,
+    the scanner that has read them, and how the read ended: `rest`, the unread rest of a stream
+    longer than the limit (relayed after the chunks), or `broken`, the upstream broke it off."""
+
+    chunks: list[bytes]
+    scanner: UsageScanner
+    rest: AsyncIterator[bytes] | None = None
+    broken: bool = False
+
+    @property
+    def whole(self) -> bool:
+        """The stream was read to its end, unbroken."""
+        return self.rest is None and not self.broken
+
+
+async def read_ahead(upstream: httpx.Response, scanner: UsageScanner, limit: int) -> Buffered:
+    """Read an upstream stream into memory through `scanner`, sending nothing: to its end, or until
+    it has passed `limit` bytes (the rest is left unread, never dropped), or until it breaks off."""
+    chunks: list[bytes] = []
+    size = 0
+    reader = upstream.aiter_bytes()
+    try:
+        async for chunk in reader:
+            scanner.feed(chunk)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return Buffered(chunks, scanner, rest=reader)
+    except httpx.HTTPError as exc:
+        log.warning("upstream stream broke off while buffered (%s)", exc.__class__.__name__)
+        return Buffered(chunks, scanner, broken=True)
+    return Buffered(chunks, scanner)
+
+
 class RelayResponse(StreamingResponse):
     """Starlette's StreamingResponse over the upstream's SSE bytes; always closes the upstream and
     accounts the call when it ends, whether the stream completed, broke, or the client left.
@@ -80,18 +116,32 @@ class RelayResponse(StreamingResponse):
     """
 
     def __init__(self, upstream: httpx.Response, on_close: OnClose, headers: Mapping[str, str], *,
-                 scanner: UsageScanner | None = None, raw: bool = False) -> None:
+                 scanner: UsageScanner | None = None, raw: bool = False, buffered: Buffered | None = None) -> None:
         self._upstream = upstream
         self._on_close = on_close
-        self._scanner = scanner if scanner is not None else UsageScanner()
+        self._buffered = buffered  # read ahead (`read_ahead`): its chunks go first, then the rest if any
+        self._scanner = buffered.scanner if buffered is not None else scanner if scanner is not None else UsageScanner()
         self._raw = raw  # the bytes as received, content-encoding and all (pass-through)
         self._completed = False
         self._interrupted = False
         super().__init__(self._relay(), status_code=upstream.status_code, headers=headers)
 
     async def _relay(self) -> AsyncIterator[bytes]:
+        buffered = self._buffered
+        if buffered is not None:  # already scanned: replayed as received
+            for chunk in buffered.chunks:
+                yield chunk
+            if buffered.broken:  # as a relayed stream the upstream breaks off: no clean end
+                self._interrupted = True
+                return
+            if buffered.rest is None:
+                self._completed = True
+                return
         try:
-            chunks = self._upstream.aiter_raw() if self._raw else self._upstream.aiter_bytes()
+            if buffered is not None and buffered.rest is not None:
+                chunks = buffered.rest
+            else:
+                chunks = self._upstream.aiter_raw() if self._raw else self._upstream.aiter_bytes()
             async for chunk in chunks:
                 self._scanner.feed(chunk)
                 yield chunk

@@ -142,27 +142,47 @@ def responses_answer_text(answer: Mapping[str, Any]) -> AnswerText:
 
 class ResponsesStreamAnswer:
     """A streamed response's `id` (from `response.created` on) and `output` items (the finished items of
-    `response.output_item.done`, or `response.completed`'s whole output)."""
+    `response.output_item.done`, or `response.completed`'s whole output; the `response.output_text.delta`
+    text when neither came), and the final event's `status` and `incomplete_details`.
+    It has `ended` at `response.completed` or `response.incomplete`, unless an `error` or
+    `response.failed` event came."""
 
     def __init__(self) -> None:
         self._id: str | None = None
         self._items: dict[int, Mapping[str, Any]] = {}
         self._output: list[Any] | None = None
+        self._deltas: list[str] = []
+        self._final: Mapping[str, Any] | None = None  # the response of response.completed / response.incomplete
+        self._error = False
+
+    @property
+    def ended(self) -> bool:
+        return self._final is not None and not self._error
 
     def feed(self, event: Mapping[str, Any]) -> None:
         kind, response = event.get("type"), event.get("response")
+        if kind in ("error", "response.failed"):
+            self._error = True
         if isinstance(response, Mapping):
             if isinstance(response.get("id"), str):
                 self._id = response["id"]
             if kind == "response.completed" and isinstance(response.get("output"), list) and response["output"]:
                 self._output = response["output"]
+            if kind in ("response.completed", "response.incomplete"):
+                self._final = response
         elif kind == "response.output_item.done" and isinstance(event.get("item"), Mapping):
             index = event.get("output_index")
             self._items[index if isinstance(index, int) else len(self._items)] = event["item"]
+        elif kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
+            self._deltas.append(event["delta"])
 
     def answer(self) -> Mapping[str, Any] | None:
         output = self._output if self._output is not None else [self._items[i] for i in sorted(self._items)]
-        return {"id": self._id, "output": output}
+        if not output and self._deltas:
+            output = [{"type": "message", "content": [{"type": "output_text", "text": "".join(self._deltas)}]}]
+        final = self._final or {}
+        return {"id": self._id, "output": output, "status": final.get("status"),
+                "incomplete_details": final.get("incomplete_details")}
 
 
 RESPONSES = Protocol(

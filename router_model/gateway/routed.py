@@ -5,7 +5,9 @@ Chat completions (chat.py) and the Responses API (responses.py) differ only in t
 escalation checks); the steps are the collaborators' (`Decider`, `UpstreamSender`, `Accounting`,
 `RelayResponse`). This module owns their order, the escalation of a failed cheap answer (a failed
 fast check, or the artifact's learned answer score at or above its threshold: `_answer_score`), and
-shadow grading's hand-off once the answer has gone out.
+shadow grading's hand-off once the answer has gone out. Streams are relayed as they come and not
+scored, unless `buffer_streams` is on: then a cheap stream is read ahead, scored, and replayed or
+escalated (`_buffered_stream`).
 """
 
 
@@ -25,9 +27,11 @@ from starlette.responses import JSONResponse, Response
 from router_model.gateway.accounting import Accounting
 from router_model.gateway.call import (
     CHAT,
+    AnswerText,
     Attempt,
     Call,
     Protocol,
+    StreamAnswer,
     all_request_tags,
     read_body,
     request_mode,
@@ -37,7 +41,7 @@ from router_model.gateway.config import GatewayConfig
 from router_model.gateway.deciding import Decider
 from router_model.gateway.errors import GatewayError, UpstreamFailedError
 from router_model.gateway.metrics import GatewayMetrics
-from router_model.gateway.relay import RelayResponse, UsageScanner
+from router_model.gateway.relay import Buffered, RelayResponse, UsageScanner, read_ahead
 from router_model.gateway.tracing import bind_call, shadow_trace
 from router_model.gateway.upstream import UpstreamSender, client_error, response_headers
 from router_model.labelling.shadow import ShadowGrader, ShadowJob
@@ -46,6 +50,8 @@ from router_model.router import Router
 log = logging.getLogger("router_model.gateway")
 
 CHECK_ANSWER_SCORE = "answer_score"  # the escalation "check" of the learned answer score (issue 26)
+# --buffer-streams: a cheap stream is read ahead up to this many bytes; a longer one is relayed unscored.
+STREAM_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 def error_response(err: GatewayError) -> JSONResponse:
@@ -138,17 +144,27 @@ class RoutedEndpoint:
         after = BackgroundTask(self._offer_shadow, call, content) if self.shadow is not None and call.protocol.shadow else None
         return Response(content, status_code=200, headers=headers, background=after)
 
+    def _scores(self, call: Call, router: Router) -> bool:
+        """Whether the call's cheap answer is scored: the artifact has an answer score, the gateway
+        has not turned it off, the protocol says what the answer's text is and the decision has a
+        p_cheap_ok (a rule's or affinity's decision has none)."""
+        decision = call.decision
+        return (router.answer_score is not None and self.config.answer_score and call.protocol.answer_text is not None
+                and decision is not None and decision.p_cheap_ok is not None)
+
     async def _answer_score(self, call: Call, router: Router, data: dict[str, Any]) -> float | None:
-        """The cheap answer's score (recorded on the call and observed), when the artifact has one, the
-        gateway has not turned it off, the protocol says what the answer's text is and the decision
-        has a p_cheap_ok (a rule's or affinity's decision has none), and the answer is text, not tool
-        calls; None otherwise. Route mode
-        escalates on it; observe mode only logs it."""
-        scorer, reader, decision = router.answer_score, call.protocol.answer_text, call.decision
-        if (scorer is None or not self.config.answer_score or reader is None or decision is None
-                or decision.p_cheap_ok is None):
+        """The cheap answer's score (recorded on the call and observed), when it is scored (`_scores`)
+        and the answer is text, not tool calls; None otherwise. Route mode escalates on it; observe
+        mode only logs it."""
+        reader = call.protocol.answer_text
+        if reader is None or not self._scores(call, router):
             return None
-        answer = reader(data)
+        return await self._score_text(call, router, reader(data))
+
+    async def _score_text(self, call: Call, router: Router, answer: AnswerText) -> float | None:
+        """Score an answer's text (see `_answer_score`; the caller has checked `_scores`)."""
+        scorer, decision = router.answer_score, call.decision
+        assert scorer is not None and decision is not None and decision.p_cheap_ok is not None
         if answer.tool_calls:  # not scored: see AnswerText
             return None
         p_cheap_ok = float(decision.p_cheap_ok)
@@ -199,8 +215,15 @@ class RoutedEndpoint:
             return self._client_error(call, model, resp, content or b"")
         attempt = Attempt(model, 200)
         call.attempts.append(attempt)
+        router = call.router
+        if router is not None and self._buffers(call, router, model):
+            return await self._buffered_stream(call, router, resp, attempt)
+        return self._relay(call, resp, attempt, self.decider.stream_reader(call))
+
+    def _relay(self, call: Call, resp: httpx.Response, attempt: Attempt, reader: StreamAnswer | None,
+               buffered: Buffered | None = None) -> Response:
+        """Relay a 200 stream (`buffered`: its chunks read ahead first) as the call's answer, `attempt`'s."""
         call.final = attempt
-        reader = self.decider.stream_reader(call)  # affinity: the answer's tool calls, read as they pass
 
         async def on_close(completed: bool, interrupted: bool, scanner: UsageScanner) -> None:
             attempt.usage = scanner.usage
@@ -218,8 +241,82 @@ class RoutedEndpoint:
 
         headers = response_headers(resp.headers)
         headers.update(self.accounting.router_headers(call))
+        if buffered is not None:
+            return RelayResponse(resp, on_close, headers, buffered=buffered)
         return RelayResponse(resp, on_close, headers, scanner=UsageScanner(
             call.protocol.stream_usage, on_event=reader.feed if reader is not None else None))
+
+    def _buffers(self, call: Call, router: Router, model: str) -> bool:
+        """`--buffer-streams`: a route-mode stream a pair's cheap model answers, whose answer is scored."""
+        return (self.config.buffer_streams and call.routing and router.multi is None
+                and model == router.cheap_model != router.strong_model
+                and call.protocol.stream_answer is not None and self._scores(call, router))
+
+    async def _buffered_stream(self, call: Call, router: Router, resp: httpx.Response, attempt: Attempt) -> Response:
+        """Read the cheap stream ahead, sending nothing; score its rebuilt answer, then replay it as
+        received, or escalate: relay the strong model's stream instead (the cheap one is paid too).
+        A stream that is longer than STREAM_BUFFER_BYTES, broke off or did not end (no last event,
+        an error event) is relayed unscored, as it would have been without buffering."""
+        reader = self.decider.stream_reader(call)  # affinity's reader of the cheap answer
+        factory = call.protocol.stream_answer
+        assert factory is not None and call.protocol.answer_text is not None
+        rebuilt = factory()
+
+        def on_event(event: Any) -> None:
+            rebuilt.feed(event)
+            if reader is not None:
+                reader.feed(event)
+
+        try:
+            buffered = await read_ahead(resp, UsageScanner(call.protocol.stream_usage, on_event=on_event),
+                                        STREAM_BUFFER_BYTES)
+            if not buffered.whole or not rebuilt.ended:
+                why = "is longer than the buffer" if buffered.rest is not None else \
+                    "broke off" if buffered.broken else "did not end"
+                log.info("request %s: the cheap stream %s; relayed unscored", call.request_id, why)
+                return self._relay(call, resp, attempt, reader, buffered)
+            answer = rebuilt.answer()
+            score = await self._score_text(call, router, call.protocol.answer_text(answer or {}))
+            scorer = router.answer_score
+            if score is None or scorer is None or not scorer.escalate(score):
+                return self._relay(call, resp, attempt, reader, buffered)
+            return await self._escalate_stream(call, router, resp, attempt, reader, buffered)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await resp.aclose()
+            raise
+
+    async def _escalate_stream(self, call: Call, router: Router, resp: httpx.Response, attempt: Attempt,
+                               reader: StreamAnswer | None, buffered: Buffered) -> Response:
+        """`_escalate` for a buffered stream: the strong model's stream relayed if it answers 200, else
+        (with a warning) the buffered cheap one replayed."""
+        check = CHECK_ANSWER_SCORE
+        call.escalated = check
+        self.metrics.escalations.labels(check).inc()
+        strong = router.strong_model
+        log.info("request %s: the cheap answer failed the %s check; asking %s", call.request_id, check, strong)
+        try:
+            answer, body = await self.sender.send(call, strong, stream=True)
+            if answer.status_code != 200:
+                call.attempts.append(Attempt(strong, answer.status_code))
+                raise UpstreamFailedError(f"the strong model answered {answer.status_code}")
+        except GatewayError as exc:  # the cheap answer is better than none
+            log.warning("request %s: escalation failed (%s); returning the cheap answer", call.request_id, exc)
+            call.escalated = f"{check}:failed"
+            return self._relay(call, resp, attempt, reader, buffered)
+        # the cheap answer was read to its end: paid, and done with
+        attempt.usage = buffered.scanner.usage
+        attempt.response_model = buffered.scanner.model
+        self.accounting.record_usage(attempt)
+        await resp.aclose()
+        escalated = Attempt(strong, 200)
+        call.attempts.append(escalated)
+        try:
+            return self._relay(call, answer, escalated, self.decider.stream_reader(call))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await answer.aclose()
+            raise
 
     def _offer_shadow(self, call: Call, content: bytes | None) -> None:
         """After a routed answer is complete: hand it to shadow grading (never waits; see ShadowGrader.offer)."""
