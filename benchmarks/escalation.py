@@ -1,8 +1,10 @@
 """Route, then escalate on the answer score, under the certified floor (issue 26, lever 2).
 
-mmlu-pro, gemini-1.5-flash-002 (cheap) -> gpt-4o-2024-05-13 (strong), the cheap model's own
-answers from the raw MMLU-Pro outputs. The prompts are split by text into a pool (60%) and a
-disjoint test set (40%, ~4,800 rows). Each draw takes a labelled log of N rows from the pool and
+Two public files with the cheap model's own answers (their raw files in ../shared/data):
+  mmlu-pro     gemini-1.5-flash-002 (cheap) -> gpt-4o-2024-05-13 (strong), the raw MMLU-Pro outputs;
+  routerbench  gpt-3.5-turbo-1106 -> gpt-4-1106-preview, the raw RouterBench responses (ARC,
+               Winogrande: single-letter answers; MBPP: code).
+The prompts are split by text into a pool (60%) and a disjoint test set (40%). Each draw takes a labelled log of N rows from the pool and
 runs the pipeline's stages on cached embeddings: the 70/15/15 split, the router head
 (`logreg_c0.1`), cross-fitted scores over train + validation, the answer score cross-fitted over
 the same folds (training/escalation.py), then three certified rules at floor 0.95, risk 0.05:
@@ -18,7 +20,9 @@ adds (the cheap answer's generation time, ESTIMATED from its length by
 router_model/answer_score.py `estimated_wait_s`: 0.4 s + characters / 4 tokens at 150 tokens/s;
 the logs hold no latencies).
 
-    python benchmarks/escalation.py [--sizes 3000,6000] [--draws 200] [--workers 2]
+    python benchmarks/escalation.py [--data mmlu-pro,routerbench] [--sizes 3000,6000] [--draws 200] [--workers 2]
+
+(--sizes applies to every file; sizes above a file's pool are left out.)
 
 Writes benchmarks/results/escalation.json. Needs ../shared/data (skips otherwise); embeddings cached.
 """
@@ -41,13 +45,41 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 OUT = ROOT / "benchmarks" / "results" / "escalation.json"
-CHEAP_OUTPUTS = "mmlu-pro/raw/model_outputs_zips/model_outputs_gemini-1.5-flash-002_5shots.zip"
+CHEAP_OUTPUTS = {"mmlu-pro": "mmlu-pro/raw/model_outputs_zips/model_outputs_gemini-1.5-flash-002_5shots.zip",
+                 "routerbench": "routerbench-subset/raw/routerbench_zs"}
 RULES = ("route-cp", "route-betting", "route+escalate")
 
 _STATE: Any = None
 
 
-def load() -> Any:
+def _mmlu_pro_answers(path: Path) -> dict[str, str]:
+    with zipfile.ZipFile(path) as z:
+        items = json.loads(z.read(z.namelist()[0]))
+    return {f"mmlu-pro-{it['question_id']}": it.get("model_outputs") or "" for it in items}
+
+
+def _routerbench_answers(folder: Path, model: str) -> dict[str, str]:
+    """The raw RouterBench CSVs: `<model>|model_response` holds a Python list literal of the answer."""
+    import ast
+    import csv
+    import gzip
+
+    csv.field_size_limit(1 << 30)
+    out: dict[str, str] = {}
+    for f in sorted(folder.glob("*.csv.gz")):
+        with gzip.open(f, "rt", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                raw = row.get(f"{model}|model_response") or ""
+                try:
+                    value = ast.literal_eval(raw)
+                except (ValueError, SyntaxError):
+                    value = raw
+                answer = value[0] if isinstance(value, list) and value else value
+                out["routerbench-" + row["sample_id"].replace("winograde", "winogrande")] = str(answer or "")
+    return out
+
+
+def load(name: str) -> Any:
     import floor_guarantee as fg
 
     from router_model.answer_features import answer_feature_matrix  # noqa: F401 - imported for the workers
@@ -57,19 +89,18 @@ def load() -> Any:
     from training.embedding.export import export_embedder
     from training.embedding.onnx_embedder import OnnxEmbedder
 
-    if not (shared_data_dir() / CHEAP_OUTPUTS).exists():
+    raw = shared_data_dir() / CHEAP_OUTPUTS[name]
+    if not raw.exists():
         return None
     cache = default_cache_dir()
     embedder = OnnxEmbedder(export_embedder(cache_dir=cache), cache_dir=cache)
-    d = fg.load("mmlu-pro", embedder, 0.4)
+    d = fg.load(name, embedder, 0.4)
     embedder.close()
-    rel, cheap, strong = fg.FILES["mmlu-pro"]
+    rel, cheap, strong = fg.FILES[name]
     read = read_logs([shared_data_dir() / rel], models=(cheap, strong), options=ReadOptions(skip_invalid=True))
-    with zipfile.ZipFile(shared_data_dir() / CHEAP_OUTPUTS) as z:
-        items = json.loads(z.read(z.namelist()[0]))
-    by_id = {f"mmlu-pro-{it['question_id']}": it.get("model_outputs") or "" for it in items}
+    by_id = _mmlu_pro_answers(raw) if name == "mmlu-pro" else _routerbench_answers(raw, cheap)
     answers = [by_id.get(r.id, "") for r in read.records]
-    print(f"cheap answers: {sum(bool(a) for a in answers)} of {len(answers)} rows", flush=True)
+    print(f"{name}: cheap answers for {sum(bool(a) for a in answers)} of {len(answers)} rows", flush=True)
     return fg, d, answers
 
 
@@ -150,32 +181,8 @@ def summarise(draws: list[dict[str, Any]]) -> dict[str, Any]:
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    global _STATE
-    from router_model.answer_score import ASSUMED_FIRST_TOKEN_S, ASSUMED_TOKENS_PER_S
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="3000,6000")
-    ap.add_argument("--draws", type=int, default=200)
-    ap.add_argument("--floor", type=float, default=0.95)
-    ap.add_argument("--risk", type=float, default=0.05)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=OUT)
-    args = ap.parse_args(argv)
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
-    t0 = time.perf_counter()
-    _STATE = load()
-    if _STATE is None:
-        print("skipped: ../shared/data/mmlu-pro (with its raw model outputs) is absent")
-        return 0
-    d = _STATE[1]
-    result: dict[str, Any] = {"about": __doc__.split("\n\n")[0], "data": "mmlu-pro gemini-1.5-flash-002 -> gpt-4o-2024-05-13",
-                              "pool": int(len(d.pool)), "test": int(len(d.test)),
-                              "latency_assumption": {"first_token_s": ASSUMED_FIRST_TOKEN_S,
-                                                     "tokens_per_s": ASSUMED_TOKENS_PER_S, "tokens": "characters / 4"},
-                              "sizes": {}}
-    for n in [int(x) for x in args.sizes.split(",") if x.strip()]:
+def _run_sizes(name: str, sizes: list[int], out: dict[str, Any], args: argparse.Namespace) -> None:
+    for n in sizes:
         seeds = np.random.default_rng([args.seed, n, 26]).integers(1 << 31, size=args.draws)
         jobs = [(n, int(x), args.floor, args.risk) for x in seeds]
         t1 = time.perf_counter()
@@ -187,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         summ = summarise(draws)
         summ["draws"] = len(draws)
         summ["seconds"] = time.perf_counter() - t1
-        result["sizes"][str(n)] = summ
-        print(f"n={n} ({len(draws)} draws, {summ['seconds']:.0f}s):", flush=True)
+        out[str(n)] = summ
+        print(f"{name} n={n} ({len(draws)} draws, {summ['seconds']:.0f}s):", flush=True)
         for rule in RULES:
             r = summ[rule]
             extra = (f"  escalated {r['escalated_share']:.1%}  added wait p50 {r['added_wait_p50_s']:.1f}s "
@@ -196,7 +203,40 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {rule:<15} held {r['held']:6.1%}  cost {r['cost_vs_strong']:.3f} of always-strong  quality "
                   f"{r['quality_vs_strong']:.3f} (min {r['quality_vs_strong_min']:.3f})  cheap {r['cheap_share']:.1%}"
                   + extra, flush=True)
-    result["conditions"] = {"sizes": args.sizes, "draws": args.draws, "floor": args.floor, "risk": args.risk,
+
+
+def main(argv: list[str] | None = None) -> int:
+    global _STATE
+    from router_model.answer_score import ASSUMED_FIRST_TOKEN_S, ASSUMED_TOKENS_PER_S
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="mmlu-pro,routerbench")
+    ap.add_argument("--sizes", default="1500,3000,6000")
+    ap.add_argument("--draws", type=int, default=200)
+    ap.add_argument("--floor", type=float, default=0.95)
+    ap.add_argument("--risk", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"about": __doc__.split("\n\n")[0],
+                              "latency_assumption": {"first_token_s": ASSUMED_FIRST_TOKEN_S,
+                                                     "tokens_per_s": ASSUMED_TOKENS_PER_S, "tokens": "characters / 4"},
+                              "data": {}}
+    for name in [x.strip() for x in args.data.split(",") if x.strip()]:
+        _STATE = load(name)
+        if _STATE is None:
+            print(f"{name}: skipped, its raw model outputs in ../shared/data are absent")
+            continue
+        fg, d, _ = _STATE
+        rel, cheap, strong = fg.FILES[name]
+        result["data"][name] = per = {"pair": f"{cheap} -> {strong}", "pool": int(len(d.pool)),
+                                      "test": int(len(d.test)), "sizes": {}}
+        sizes = [n for n in (int(x) for x in args.sizes.split(",") if x.strip()) if n <= len(d.pool)]
+        _run_sizes(name, sizes, per["sizes"], args)
+    result["conditions"] = {"data": args.data, "sizes": args.sizes, "draws": args.draws, "floor": args.floor, "risk": args.risk,
                             "seed": args.seed, "workers": args.workers, "cpus": os.cpu_count(),
                             "loadavg_before": load_before, "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
                             "seconds": time.perf_counter() - t0,

@@ -214,9 +214,13 @@ def train(config: TrainConfig) -> TrainResult:
     evaluation = evaluate(p_test, choice.threshold, cheap_passed=ds.cheap_passed[te], strong_passed=ds.strong_passed[te],
                           cost_cheap=ds.cost_cheap[te], cost_strong=ds.cost_strong[te], texts=[ds.texts[i] for i in te],
                           p_strong_ok=head.p_strong_ok(X[te]), seed=config.seed)
-    if escalation is not None and escalation.record.on:  # the routing figures above ignore the escalations
+    if escalation is not None and escalation.record.on and escalation.record.evaluation:  # the table leaves it out
         evaluation["escalation"] = dict(escalation.record.evaluation)
     _say(format_evaluation(evaluation))
+    if "escalation" in evaluation:
+        s = evaluation["escalation"]["served"]
+        _say(f"with escalation (what is served; the table's router row leaves it out): cost {s['cost_vs_strong']:.3f} "
+             f"of always-strong, quality {s['quality_vs_strong']:.3f}, {s['escalated_share']:.1%} escalated")
     for line in LEGEND:
         _say(line)
 
