@@ -1,0 +1,80 @@
+"""router-train with the cheap model's answers in the log: the answer score is fitted, certified
+against routing alone, exported, loaded, reported. Real data: mmlu-pro (gemini-1.5-flash-002 ->
+gpt-4o-2024-05-13) with flash's own answers from the raw MMLU-Pro outputs; skips without it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import require_shared
+
+from router_model.__main__ import main as router_model_main
+from router_model.artifact import ESCALATION_FORMAT_VERSION, PAIR_FORMAT_VERSION, read_metadata
+from router_model.offline.savings_cli import main as savings_main
+from router_model.router import Router
+
+from .conftest import _train
+
+CHEAP, STRONG = "gemini-1.5-flash-002", "gpt-4o-2024-05-13"
+ROWS = 1500
+
+
+@pytest.fixture(scope="module")
+def escalation_trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
+    normalized = require_shared("mmlu-pro/mmlu-pro.normalized.jsonl")
+    outputs = require_shared(f"mmlu-pro/raw/model_outputs_zips/model_outputs_{CHEAP}_5shots.zip")
+    with zipfile.ZipFile(outputs) as z:
+        answers = {f"mmlu-pro-{it['question_id']}": it.get("model_outputs") or ""
+                   for it in json.loads(z.read(z.namelist()[0]))}
+    tmp = tmp_path_factory.mktemp("escalation")
+    log = tmp / "labelled.jsonl"
+    rows = 0
+    with open(normalized, encoding="utf-8") as src, open(log, "w", encoding="utf-8") as out:
+        for line in src:
+            r = json.loads(line)
+            cheap, strong = r["models"].get(CHEAP), r["models"].get(STRONG)
+            if cheap is None or strong is None or r["id"] not in answers:
+                continue
+            out.write(json.dumps({"id": r["id"], "prompt": r["prompt"],
+                                  "outcomes": {CHEAP: {"passed": cheap >= 0.5}, STRONG: {"passed": strong >= 0.5}},
+                                  "grading": {CHEAP: {"answer": answers[r["id"]]}}}) + "\n")
+            rows += 1
+            if rows == ROWS:
+                break
+    return _train(tmp / "router", cache_dir, seed=0, logs=(log,), heads=("logreg_c0.1",))
+
+
+def test_the_answer_score_is_certified_against_routing_alone_and_served_when_it_pays(escalation_trained) -> None:
+    meta = read_metadata(escalation_trained.model_dir)
+    esc = meta.escalation
+    assert esc is not None and [c["family"] for c in esc.candidates] == ["route", "cascade"]
+    router = Router.load(escalation_trained.model_dir)
+    if esc.on:  # the cascade won: format 3, the graph loads, the routing threshold sends every request cheap first
+        assert meta.format_version == ESCALATION_FORMAT_VERSION and esc.family == "cascade"
+        assert router.answer_score is not None and meta.threshold == 0.0
+        hedge = router.answer_score.score("It might be (C), or possibly (D); I am not sure.", p_cheap_ok=0.5)
+        stated = router.answer_score.score("Step by step: ... so 6 / 3 = 2. The answer is (B).", p_cheap_ok=0.5)
+        assert 0.0 <= stated < hedge <= 1.0
+        assert esc.evaluation["served"]["escalated_share"] > 0
+    else:  # routing alone won (or nothing was certified): a plain pair, and the record says why
+        assert meta.format_version == PAIR_FORMAT_VERSION and router.answer_score is None and esc.reason
+    chosen = next(c for c in esc.candidates if c["family"] == (esc.family if esc.family != "off" else "route"))
+    assert chosen["certified"] == (esc.family != "off")
+
+
+def test_info_and_the_savings_report_say_whether_it_escalates(escalation_trained, capsys) -> None:
+    model_dir = escalation_trained.model_dir
+    on = read_metadata(model_dir).escalation.on
+    assert router_model_main(["info", "--model-dir", str(model_dir)]) == 0
+    assert ("escalation: on (cascade" if on else "escalation: off (") in capsys.readouterr().out
+    test_log = model_dir.parent / (model_dir.name + "-report") / "test.jsonl"
+    assert all("grading" in json.loads(line) for line in test_log.read_text().splitlines())  # answers kept
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert savings_main(["--model-dir", str(model_dir), "--log", str(test_log)]) == 0
+    assert ("with escalation (included above)" in buf.getvalue()) == on
