@@ -65,6 +65,26 @@ def exported(cache_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def static_embedder(cache_dir: Path) -> str:
+    """The static (model2vec) embedder in the session cache; its name for TrainConfig.embedder.
+
+    Distilled once into the user's cache (minutes, the first time on a machine), then copied into
+    the session cache so a training run there finds it.
+    """
+    import shutil
+
+    pytest.importorskip("model2vec", reason="model2vec is not installed: pip install 'router-model[train]'")
+    from training.cache import default_cache_dir
+    from training.embedding.export import export_embedder
+
+    src = export_embedder("model2vec", default_cache_dir()).onnx_path.parent
+    dst = cache_dir / "embedders" / src.name
+    if not dst.exists():
+        shutil.copytree(src, dst)
+    return "model2vec"
+
+
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory, cache_dir):
     """A TrainResult for a router trained on data/example-log.jsonl.
 

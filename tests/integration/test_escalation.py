@@ -1,6 +1,10 @@
 """router-train with the cheap model's answers in the log: the answer score is fitted, certified
 against routing alone, exported, loaded, reported. Real data: mmlu-pro (gemini-1.5-flash-002 ->
-gpt-4o-2024-05-13) with flash's own answers from the raw MMLU-Pro outputs; skips without it."""
+gpt-4o-2024-05-13) with flash's own answers from the raw MMLU-Pro outputs; skips without it.
+
+The router embeds with the static embedder (the session's, shared with test_static_embedder.py):
+the answer score does not depend on the embedder, and MiniLM would add a minute of embedding and
+int8 calibration to CI for the same code path."""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ ROWS = 1500
 
 
 @pytest.fixture(scope="module")
-def escalation_trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
+def escalation_trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, static_embedder: str):
     normalized = require_shared("mmlu-pro/mmlu-pro.normalized.jsonl")
     outputs = require_shared(f"mmlu-pro/raw/model_outputs_zips/model_outputs_{CHEAP}_5shots.zip")
     with zipfile.ZipFile(outputs) as z:
@@ -46,7 +50,7 @@ def escalation_trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
             rows += 1
             if rows == ROWS:
                 break
-    return _train(tmp / "router", cache_dir, seed=0, logs=(log,), heads=("logreg_c0.1",))
+    return _train(tmp / "router", cache_dir, seed=0, logs=(log,), heads=("logreg_c0.1",), embedder=static_embedder)
 
 
 def test_the_answer_score_is_certified_against_routing_alone_and_served_when_it_pays(escalation_trained) -> None:

@@ -157,5 +157,8 @@ def test_pair_artifact_of_todays_code_keeps_format_1_and_loads(model_dir, tmp_pa
     with pytest.raises(ArtifactError, match="needs a multi section"):
         read_metadata(bad)
     (bad / "metadata.json").write_text(json.dumps({**raw, "format_version": 3}))
+    with pytest.raises(ArtifactError, match="needs escalation.on"):  # 3: a pair that escalates
+        read_metadata(bad)
+    (bad / "metadata.json").write_text(json.dumps({**raw, "format_version": 4}))
     with pytest.raises(ArtifactError, match="newer router-model"):
         read_metadata(bad)

@@ -3,7 +3,6 @@ with it loads in `Router` and routes, through the fp32 and the int8 graph."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,21 +28,12 @@ def test_static_graph_is_the_masked_normalised_mean() -> None:
 
 
 @pytest.fixture(scope="session")
-def static_trained(tmp_path_factory, cache_dir: Path):
+def static_trained(tmp_path_factory, cache_dir: Path, static_embedder: str):
     """A router trained on the example log with `--embedder model2vec` (the distillation is cached per machine)."""
-    pytest.importorskip("model2vec", reason="model2vec is not installed: pip install 'router-model[train]'")
-    from training.cache import default_cache_dir
-    from training.embedding.export import export_embedder
     from training.pipeline import TrainConfig, train
 
-    # Distilled once into the user's cache (minutes, the first time on a machine), then copied into
-    # the session cache so the training run below finds it there.
-    src = export_embedder("model2vec", default_cache_dir()).onnx_path.parent
-    dst = cache_dir / "embedders" / src.name
-    if not dst.exists():
-        shutil.copytree(src, dst)
     out = tmp_path_factory.mktemp("model-static") / "router"
-    return train(TrainConfig(logs=(EXAMPLE_LOG,), out_dir=out, cache_dir=cache_dir, embedder="model2vec",
+    return train(TrainConfig(logs=(EXAMPLE_LOG,), out_dir=out, cache_dir=cache_dir, embedder=static_embedder,
                              heads=("logreg_c1",), track=False, progress=False))
 
 
