@@ -19,8 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_upstream import wait_for
-from prometheus_client.parser import text_string_to_metric_families
+from answer_gateway import CHEAP, CHEAP_PROMPT, NO_FINAL, STRONG, STRONG_ANSWER, USAGE, WITH_FINAL, Gw, gateway
 from service_helpers import channel, router_stub, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,10 +31,9 @@ from router_model.__main__ import main as router_model_main
 from router_model.artifact import read_metadata, write_metadata
 from router_model.errors import ArtifactError
 from router_model.gateway.anthropic import messages_answer_text
-from router_model.gateway.app import create_app
 from router_model.gateway.call import AnswerText, Call, chat_answer_text
 from router_model.gateway.cli import build_parser
-from router_model.gateway.config import GatewayConfig, Upstream, load_config
+from router_model.gateway.config import load_config
 from router_model.gateway.responses import responses_answer_text
 from router_model.gateway.routed import CHECK_ANSWER_SCORE
 from router_model.gateway.server import ServerThread
@@ -45,14 +43,6 @@ from router_model.router import Router
 from router_model.service.config import ServerConfig
 from router_model.service.gen.router.v1 import router_pb2 as pb
 from router_model.summary import escalation_line, metadata_summary
-
-CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
-CHEAP_PROMPT = "Translate this sentence into French."
-STRONG_ANSWER = "The answer is (A), says the strong model."
-NO_FINAL = "Bonjour, here is my attempt"  # states no final answer: score 0.88
-WITH_FINAL = "The answer is (B)."  # states one: score 0.12
-USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-
 
 # ---------------------------------------------------------------- the local upstream
 
@@ -130,57 +120,14 @@ def score_router(score_dir: Path) -> Router:
     return Router.load(score_dir)
 
 
-class Gw:
-    def __init__(self, config: GatewayConfig, router: Router) -> None:
-        self.server = ServerThread(create_app(config, router=router)).start()
-        self.url = self.server.url
-        self.log = config.decision_log
-
-    def post(self, path: str, body: dict[str, Any], tid: str, **headers: str) -> httpx.Response:
-        hdrs = {"content-type": "application/json", "authorization": "Bearer sk-x", "x-api-key": "sk-x",
-                "anthropic-version": "2023-06-01", "x-test-id": tid, "x-request-id": tid}
-        hdrs.update(headers)
-        return httpx.post(f"{self.url}{path}", content=json.dumps(body).encode(), headers=hdrs, timeout=30)
-
-    def record(self, tid: str) -> dict[str, Any]:
-        """The request's decision-log line (a stream's is written once its last byte is relayed: waited for)."""
-        log = self.log
-        assert log is not None
-
-        def mine() -> list[dict[str, Any]]:
-            lines = log.read_text().splitlines() if log.exists() else []
-            return [r for r in (json.loads(line) for line in lines if line.strip()) if r["request_id"] == tid]
-
-        assert wait_for(lambda: mine(), timeout=10)
-        found = mine()
-        assert len(found) == 1, found
-        return found[0]
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        out = {}
-        for family in text_string_to_metric_families(httpx.get(f"{self.url}/metrics").text):
-            for s in family.samples:
-                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-        return out
-
-
-def _gateway(answers: AnswerUpstream, router: Router, log: Path, **config: Any) -> Iterator[Gw]:
-    gw = Gw(GatewayConfig(upstream=Upstream(answers.url), anthropic=Upstream(answers.url), mode="route",
-                          decision_log=log, **config), router)
-    try:
-        yield gw
-    finally:
-        gw.server.stop()
-
-
 @pytest.fixture(scope="module")
 def route_gw(answers, score_router, tmp_path_factory) -> Iterator[Gw]:
-    yield from _gateway(answers, score_router, tmp_path_factory.mktemp("gw-score") / "d.jsonl")
+    yield from gateway(answers.url, score_router, tmp_path_factory.mktemp("gw-score") / "d.jsonl")
 
 
 @pytest.fixture(scope="module")
 def off_gw(answers, score_router, tmp_path_factory) -> Iterator[Gw]:
-    yield from _gateway(answers, score_router, tmp_path_factory.mktemp("gw-score-off") / "d.jsonl", answer_score=False)
+    yield from gateway(answers.url, score_router, tmp_path_factory.mktemp("gw-score-off") / "d.jsonl", answer_score=False)
 
 
 def _chat(text: str | None = None, *, stream: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
@@ -191,11 +138,11 @@ def _chat(text: str | None = None, *, stream: bool = False) -> tuple[dict[str, A
 
 
 def _escalations(gw: Gw) -> float:
-    return gw.metrics().get(("router_gateway_escalations_total", (("check", CHECK_ANSWER_SCORE),)), 0.0)
+    return gw.metric("router_gateway_escalations_total", check=CHECK_ANSWER_SCORE)
 
 
 def _scored(gw: Gw, mode: str = "route") -> float:
-    return gw.metrics().get(("router_gateway_answer_score_count", (("mode", mode),)), 0.0)
+    return gw.metric("router_gateway_answer_score_count", mode=mode)
 
 
 # ---------------------------------------------------------------- route mode
@@ -316,7 +263,7 @@ def test_the_flag_and_the_config_key(tmp_path: Path) -> None:
 
 def test_a_plain_toy_pair_scores_nothing(answers: AnswerUpstream, router: Router, tmp_path: Path) -> None:
     assert router.answer_score is None
-    for gw in _gateway(answers, router, tmp_path / "d.jsonl"):
+    for gw in gateway(answers.url, router, tmp_path / "d.jsonl"):
         tid = uuid.uuid4().hex
         body, headers = _chat(NO_FINAL)
         resp = gw.post("/v1/chat/completions", body, tid, **headers)

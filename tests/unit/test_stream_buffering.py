@@ -18,11 +18,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
+from answer_gateway import CHEAP, CHEAP_PROMPT, NO_FINAL, STRONG, STRONG_ANSWER, USAGE, WITH_FINAL, Gw, gateway
 from gateway_upstream import wait_for
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -30,20 +29,11 @@ from starlette.routing import Route
 from toy_artifact import toy_answer_score, write_toy_pair
 
 from router_model.gateway import routed
-from router_model.gateway.app import create_app
 from router_model.gateway.cli import build_parser
 from router_model.gateway.config import GatewayConfig, Upstream, load_config
 from router_model.gateway.routed import CHECK_ANSWER_SCORE
 from router_model.gateway.server import ServerThread
 from router_model.router import Router
-
-CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
-CHEAP_PROMPT = "Translate this sentence into French."
-STRONG_ANSWER = "The answer is (A), says the strong model."
-NO_FINAL = "Bonjour, here is my attempt"  # states no final answer: score 0.88
-WITH_FINAL = "The answer is (B)."  # states one: score 0.12
-USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-
 
 # ---------------------------------------------------------------- the local upstream
 
@@ -165,72 +155,14 @@ def score_router(tmp_path_factory: pytest.TempPathFactory) -> Router:
     return Router.load(write_toy_pair(tmp_path_factory.mktemp("toy-score") / "router", answer_threshold=0.5))
 
 
-class Gw:
-    def __init__(self, config: GatewayConfig, router: Router) -> None:
-        self.server = ServerThread(create_app(config, router=router)).start()
-        self.url = self.server.url
-        self.log = config.decision_log
-
-    def headers(self, tid: str, text: str | None = None, fault: str | None = None) -> dict[str, str]:
-        hdrs = {"content-type": "application/json", "authorization": "Bearer sk-x", "x-api-key": "sk-x",
-                "anthropic-version": "2023-06-01", "x-test-id": tid, "x-request-id": tid}
-        if text is not None:
-            hdrs["x-fake-answer"] = text
-        if fault is not None:
-            hdrs["x-fake-fault"] = fault
-        return hdrs
-
-    def stream(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[httpx.Response, bytes, bool]:
-        """POST a streamed request: the response, the bytes received, and whether the stream broke off."""
-        got: list[bytes] = []
-        with httpx.stream("POST", f"{self.url}{path}", content=json.dumps(body).encode(), headers=headers,
-                          timeout=30) as resp:
-            try:
-                for chunk in resp.iter_bytes():
-                    got.append(chunk)
-            except httpx.RemoteProtocolError:
-                return resp, b"".join(got), True
-        return resp, b"".join(got), False
-
-    def record(self, tid: str) -> dict[str, Any]:
-        """The request's decision-log line (a stream's is written once its last byte is relayed: waited for)."""
-        log = self.log
-        assert log is not None
-
-        def mine() -> list[dict[str, Any]]:
-            lines = log.read_text().splitlines() if log.exists() else []
-            return [r for r in (json.loads(line) for line in lines if line.strip()) if r["request_id"] == tid]
-
-        assert wait_for(lambda: mine(), timeout=10)
-        found = mine()
-        assert len(found) == 1, found
-        return found[0]
-
-    def metric(self, name: str, **labels: str) -> float:
-        for family in text_string_to_metric_families(httpx.get(f"{self.url}/metrics").text):
-            for s in family.samples:
-                if s.name == name and s.labels == labels:
-                    return s.value
-        return 0.0
-
-
-def _gateway(upstream: StreamUpstream, router: Router, log: Path, **config: Any) -> Iterator[Gw]:
-    gw = Gw(GatewayConfig(upstream=Upstream(upstream.url), anthropic=Upstream(upstream.url), mode="route",
-                          decision_log=log, **config), router)
-    try:
-        yield gw
-    finally:
-        gw.server.stop()
-
-
 @pytest.fixture(scope="module")
 def buffer_gw(upstream, score_router, tmp_path_factory) -> Iterator[Gw]:
-    yield from _gateway(upstream, score_router, tmp_path_factory.mktemp("gw-buffer") / "d.jsonl", buffer_streams=True)
+    yield from gateway(upstream.url, score_router, tmp_path_factory.mktemp("gw-buffer") / "d.jsonl", buffer_streams=True)
 
 
 @pytest.fixture(scope="module")
 def plain_gw(upstream, score_router, tmp_path_factory) -> Iterator[Gw]:
-    yield from _gateway(upstream, score_router, tmp_path_factory.mktemp("gw-plain") / "d.jsonl")
+    yield from gateway(upstream.url, score_router, tmp_path_factory.mktemp("gw-plain") / "d.jsonl")
 
 
 CHAT_BODY: dict[str, Any] = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": CHEAP_PROMPT}]}
