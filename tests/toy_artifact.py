@@ -7,18 +7,9 @@ vocabulary, the metadata the artifact module's own dataclasses written by its ow
 `write_metadata`. Only onnx, tokenizers, numpy and json are used (no torch, sentence-transformers,
 sklearn), so the unit tier needs no model.
 
-How every toy graph scores a text (mirroring the real merged graph: token ids -> pooled
-embedding -> [embedding | request features] -> head -> probabilities, plus the embedding output):
+Every toy graph scores a text by its keywords' *strength*, `mean_strength(text)` (the tokenizer,
+the strengths and the graph are in tests/toy_graphs.py); what each kind makes of it:
 
-* The tokenizer lower-cases, splits on whitespace and punctuation (`Whitespace` pre-tokenizer)
-  and wraps the text as `[CLS] ... [SEP]`. Words outside the small vocabulary are `[UNK]`.
-* Every token has a *strength*: +WORD_WEIGHT for STRONG_WORDS ("prove", "theorem", ...),
-  -WORD_WEIGHT for CHEAP_WORDS ("translate", "summarise", ...), 0 for every other token
-  (including [CLS], [SEP] and [UNK]). Embedding column 0 is the strength; the other columns are
-  seeded noise the head ignores (they make the drift centroids and `seed` meaningful).
-* The graph mean-pools the token vectors over the attention mask (`sentence_embedding`), so the
-  text's strength is `mean_strength(text)`: the sum of its word weights divided by its token
-  count *including* [CLS] and [SEP]. A long prompt dilutes one keyword; a short one does not.
 * pair (`write_toy_pair`): p_cheap_ok = sigmoid(logit(neutral_p) - mean_strength), exactly
   (`pair_p_cheap_ok`); neutral text gets `neutral_p` (default 0.6, cheap at threshold 0.5).
   "Translate this sentence into French." (8 tokens, strength -1) -> 0.80 (cheap);
@@ -40,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import shutil
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -49,15 +39,34 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from toy_graphs import (  # re-exported: tests import the toy's vocabulary and scoring from here
+    CHEAP_WORDS,
+    DEFAULT_MULTI_MODELS,
+    DEFAULT_POLICY_ROUTES,
+    EMBED_DIM,
+    MULTI_GAIN,
+    STRONG_WORDS,
+    VOCAB,
+    WORD_WEIGHT,
+    default_capabilities,
+    int8_like,
+    logit,
+    mean_strength,
+    multi_p_pass,
+    pair_p_cheap_ok,
+    router_graph,
+    sigmoid,
+    strengths,
+    token_table,
+    toy_answer_score,
+    toy_answer_score_graph,
+    toy_tokenizer,
+)
 
 import router_model
-from router_model.answer_features import ANSWER_FEATURES, FEATURE_VERSION
-from router_model.answer_score import ANSWER_SCORE_FILE, SCORE_FEATURES, SCORE_INPUT, SCORE_OUTPUT
+from router_model.answer_features import FEATURE_VERSION
+from router_model.answer_score import ANSWER_SCORE_FILE, SCORE_FEATURES
 from router_model.artifact import (
-    EMBEDDING_OUTPUT,
-    FEATURES_INPUT,
     FP32,
     GRAPH_FILES,
     INT8,
@@ -114,39 +123,11 @@ JOINT_CLASSES = ("both", CHEAP_ONLY_CLASS, "strong_only", "neither")
 JOINT_CHEAP_OK = ("both", CHEAP_ONLY_CLASS, "neither")
 _STRONG_ONLY = JOINT_CLASSES.index("strong_only")
 
-STRONG_WORDS = ("prove", "theorem", "derive", "proof", "integral", "lemma", "induction")
-CHEAP_WORDS = ("translate", "summarise", "summarize", "classify", "extract")
-WORD_WEIGHT = 8.0  # |strength| of a keyword; a neutral token is 0
-NEUTRAL_WORDS = (
-    "the", "a", "an", "this", "that", "of", "to", "in", "into", "for", "and", "or", "is", "it", "me", "please",
-    "sentence", "text", "french", "spanish", "german", "email", "dates", "names", "review", "sentiment", "following",
-    "words", "five", "request", "warm", "up", "what", "why", "how", "hello", "hi", "square", "root", "two", "irrational",
-    "sum", "series", "function", "code", "bug", "debug", "refactor", "python", "story", "write", "poem", "list", "give",
-    "answer", "question", "from", "with", "by", "on", "about", "x", "sin", "cos", "number", "numbers", "prime",
-    "infinitely", "many", "there", "are", "every", "even", "odd", "three", "short", "long", "image", "describe",
-)
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
-PAD, UNK, CLS, SEP = SPECIAL_TOKENS
-OPSET = 17  # training/embedding/common.py OPSET (a literal: toy artifacts are built without training/)
-IR_VERSION = 8
-EMBED_DIM = 8
-WORK_DIM = 512  # width of the optional busy-work layers (`work=`): they only cost time
-NOISE_SCALE = 0.25
 TOY_EMBEDDER = "toy-word-table"
 POLICY_SOURCE_FILE = "policy.yaml"  # training/policy/builder.py POLICY_FILE
 
-DEFAULT_MULTI_MODELS = ("gpt-4o-mini", "gpt-4o", "o1")
-MULTI_GAIN = 4.0
 # Per-call dollars of a toy N-model artifact: intercept + per_token * prompt tokens, cheapest first.
 _TOY_PRICES = ((0.00005, 0.15e-6), (0.0008, 2.5e-6), (0.004, 15e-6), (0.01, 60e-6))
-
-# Route name -> (tier, keywords). Cheap routes first, as the policy builder orders its classes.
-DEFAULT_POLICY_ROUTES: Mapping[str, tuple[str, tuple[str, ...]]] = {
-    "translation": ("cheap", ("translate", "french", "spanish", "german")),
-    "extraction": ("cheap", ("extract", "classify", "summarise", "summarize", "list")),
-    "maths": ("strong", ("prove", "theorem", "proof", "derive", "integral", "lemma", "induction")),
-    "code": ("strong", ("debug", "refactor", "bug", "code", "python")),
-}
 
 # Prompts the drift reference describes (its "training data"): traffic made of them shows no drift.
 _REFERENCE_PROMPTS = (
@@ -172,196 +153,6 @@ _REFERENCE_PROMPTS = (
     "Why is the sky blue?",
 )
 REFERENCE_PROMPTS = _REFERENCE_PROMPTS
-
-
-# ------------------------------------------------------------------------------ tokenizer
-
-
-def _vocabulary() -> dict[str, int]:
-    words: list[str] = list(SPECIAL_TOKENS)
-    route_words = [w for _, ws in DEFAULT_POLICY_ROUTES.values() for w in ws]
-    for w in (*STRONG_WORDS, *CHEAP_WORDS, *NEUTRAL_WORDS, *route_words):
-        if w not in words:
-            words.append(w)
-    words += [p for p in ".,:;?!'\"()-" if p not in words]
-    return {w: i for i, w in enumerate(words)}
-
-
-VOCAB: Mapping[str, int] = _vocabulary()
-
-
-def toy_tokenizer(max_length: int = 128) -> Tokenizer:
-    """The toy WordLevel tokenizer: lower-case, whitespace/punctuation split, `[CLS] $A [SEP]`, and the
-    padding and truncation a MiniLM tokenizer.json carries (the encoder switches both off and does its own)."""
-    tok = Tokenizer(models.WordLevel(vocab=dict(VOCAB), unk_token=UNK))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{CLS} $A {SEP}",
-        pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
-        special_tokens=[(CLS, VOCAB[CLS]), (SEP, VOCAB[SEP])],
-    )
-    tok.add_special_tokens([PAD, UNK, CLS, SEP])
-    tok.enable_truncation(max_length=max_length)
-    tok.enable_padding(pad_id=VOCAB[PAD], pad_token=PAD)
-    return tok
-
-
-def _token_ids(text: str, max_length: int = 128) -> list[int]:
-    tok = toy_tokenizer(max_length)
-    tok.no_padding()
-    return tok.encode(text).ids
-
-
-# ------------------------------------------------------------------------------ the scoring, in numpy
-
-
-def _strengths(word_weight: float = WORD_WEIGHT) -> np.ndarray:
-    s = np.zeros(len(VOCAB), dtype=np.float32)
-    for w in STRONG_WORDS:
-        s[VOCAB[w]] = word_weight
-    for w in CHEAP_WORDS:
-        s[VOCAB[w]] = -word_weight
-    return s
-
-
-def mean_strength(text: str, *, word_weight: float = WORD_WEIGHT, max_length: int = 128) -> float:
-    """What every toy graph pools from `text`: the keywords' weights over all its tokens incl. [CLS]/[SEP]
-    (for a text within `max_length` tokens; a longer one is truncated head+tail by the router first)."""
-    ids = _token_ids(text, max_length)
-    return float(_strengths(word_weight)[ids].mean())
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-def pair_p_cheap_ok(text: str, *, neutral_p: float = 0.6, word_weight: float = WORD_WEIGHT) -> float:
-    """The toy pair's p_cheap_ok for a prompt (what `Router.predict(text).p_cheap_ok` returns, to float32)."""
-    return _sigmoid(_logit(neutral_p) - mean_strength(text, word_weight=word_weight))
-
-
-def multi_p_pass(text: str, capabilities: Sequence[float] | None = None, *, n_models: int = len(DEFAULT_MULTI_MODELS)) -> list[float]:
-    """The toy N-model graph's P(pass) per model (cheapest first) for a prompt."""
-    caps = _capabilities(n_models) if capabilities is None else tuple(capabilities)
-    m = mean_strength(text)
-    return [_sigmoid(MULTI_GAIN * (c - m)) for c in caps]
-
-
-# ------------------------------------------------------------------------------ the graph
-
-
-def _table(dim: int, seed: int, strengths: np.ndarray) -> np.ndarray:
-    """(vocab, dim) token vectors: column 0 the strength, the rest seeded noise the heads ignore."""
-    rng = np.random.default_rng(seed)
-    table = rng.normal(0.0, NOISE_SCALE, size=(len(VOCAB), dim)).astype(np.float32)
-    table[:, 0] = strengths
-    table[VOCAB[PAD]] = 0.0
-    return table
-
-
-def _graph(
-    table: np.ndarray,
-    head_w: np.ndarray,
-    head_b: np.ndarray,
-    *,
-    model_inputs: Sequence[str],
-    n_features: int,
-    output: str,
-    activation: str,
-    name: str,
-    work: int = 0,
-) -> onnx.ModelProto:
-    """token ids -> masked mean of `table` rows (EMBEDDING_OUTPUT) -> @ head_w (+ features @ 0, + token types * 0)
-    + head_b -> Softmax or Sigmoid (`output`).
-
-    `work` > 0 adds that many (WORK_DIM x WORK_DIM) MatMul + Tanh layers over every token, padding
-    included, whose result is added times 0: the same probabilities, but a run costs time in proportion
-    to the batch's tokens, as a transformer's does (`write_toy_pair(work=...)`, for the deadline and
-    overload tests)."""
-    dim, n_out = head_w.shape
-    c = numpy_helper.from_array
-    inits = [
-        c(table.astype(np.float32), "toy_table"),
-        c(head_w.astype(np.float32), "toy_head_w"),
-        c(head_b.astype(np.float32), "toy_head_b"),
-        c(np.array([1], dtype=np.int64), "toy_axis_1"),
-        c(np.array([2], dtype=np.int64), "toy_axis_2"),
-        c(np.array(1e-9, dtype=np.float32), "toy_eps"),
-        c(np.array(0.0, dtype=np.float32), "toy_zero"),
-    ]
-    n = helper.make_node
-    nodes = [
-        n("Gather", ["toy_table", "input_ids"], ["toy_tokens"], axis=0),  # (batch, seq, dim)
-        n("Cast", ["attention_mask"], ["toy_mask"], to=TensorProto.FLOAT),
-        n("Unsqueeze", ["toy_mask", "toy_axis_2"], ["toy_mask3"]),
-        n("Mul", ["toy_tokens", "toy_mask3"], ["toy_masked"]),
-        n("ReduceSum", ["toy_masked", "toy_axis_1"], ["toy_summed"], keepdims=0),
-        n("ReduceSum", ["toy_mask", "toy_axis_1"], ["toy_count"], keepdims=1),
-        n("Max", ["toy_count", "toy_eps"], ["toy_count_safe"]),
-        n("Div", ["toy_summed", "toy_count_safe"], [EMBEDDING_OUTPUT]),
-        n("MatMul", [EMBEDDING_OUTPUT, "toy_head_w"], ["toy_z0"]),
-    ]
-    z = "toy_z0"
-    inputs = [helper.make_tensor_value_info(i, TensorProto.INT64, ["batch", "sequence"]) for i in model_inputs]
-    if n_features:
-        inits.append(c(np.zeros((n_features, n_out), dtype=np.float32), "toy_feature_w"))
-        inputs.append(helper.make_tensor_value_info(FEATURES_INPUT, TensorProto.FLOAT, ["batch", n_features]))
-        nodes += [n("MatMul", [FEATURES_INPUT, "toy_feature_w"], ["toy_zf"]), n("Add", [z, "toy_zf"], ["toy_z1"])]
-        z = "toy_z1"
-    if work > 0:  # one shared (WORK_DIM x WORK_DIM) weight keeps the file small however many layers
-        rng = np.random.default_rng(1234)
-        inits += [c(rng.normal(0.0, 1.0 / math.sqrt(dim), (dim, WORK_DIM)).astype(np.float32), "toy_work_in"),
-                  c(rng.normal(0.0, 1.0 / math.sqrt(WORK_DIM), (WORK_DIM, WORK_DIM)).astype(np.float32), "toy_work_w")]
-        nodes.append(n("MatMul", ["toy_tokens", "toy_work_in"], ["toy_work_0"]))
-        for k in range(work):
-            nodes += [n("MatMul", [f"toy_work_{k}", "toy_work_w"], [f"toy_work_m{k}"]),
-                      n("Tanh", [f"toy_work_m{k}"], [f"toy_work_{k + 1}"])]
-        nodes += [
-            n("ReduceSum", [f"toy_work_{work}"], ["toy_work_sum"], keepdims=0),  # every axis: a scalar
-            n("Mul", ["toy_work_sum", "toy_zero"], ["toy_work_zero"]),
-            n("Add", [z, "toy_work_zero"], ["toy_zw"]),
-        ]
-        z = "toy_zw"
-    if "token_type_ids" in model_inputs:
-        nodes += [
-            n("Cast", ["token_type_ids"], ["toy_types"], to=TensorProto.FLOAT),
-            n("ReduceSum", ["toy_types", "toy_axis_1"], ["toy_types_sum"], keepdims=1),
-            n("Mul", ["toy_types_sum", "toy_zero"], ["toy_types_zero"]),
-            n("Add", [z, "toy_types_zero"], ["toy_z2"]),
-        ]
-        z = "toy_z2"
-    nodes.append(n("Add", [z, "toy_head_b"], ["toy_logits"]))
-    if activation == "softmax":
-        nodes.append(n("Softmax", ["toy_logits"], [output], axis=-1))
-    else:
-        nodes.append(n("Sigmoid", ["toy_logits"], [output]))
-    graph = helper.make_graph(
-        nodes,
-        name,
-        inputs,
-        [
-            helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", n_out]),
-            helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["batch", dim]),
-        ],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="router-model-toy")
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model
-
-
-def _int8_like(table: np.ndarray) -> np.ndarray:
-    """The table rounded to 255 levels per row, as an int8 embedder would hold it (column 0 is kept exact)."""
-    scale = np.maximum(np.abs(table[:, 1:]).max(axis=1, keepdims=True), 1e-12) / 127.0
-    out = table.copy()
-    out[:, 1:] = np.round(table[:, 1:] / scale) * scale
-    return out
 
 
 # ------------------------------------------------------------------------------ the directory
@@ -426,7 +217,7 @@ def _publish(tmp: Path, path: Path) -> Path:
 def _write_graphs(tmp: Path, build, table: np.ndarray, max_length: int) -> bytes:
     fp32 = build(table)
     onnx.save(fp32, str(tmp / GRAPH_FILES[FP32]))
-    onnx.save(build(_int8_like(table)), str(tmp / GRAPH_FILES[INT8]))
+    onnx.save(build(int8_like(table)), str(tmp / GRAPH_FILES[INT8]))
     toy_tokenizer(max_length).save(str(tmp / TOKENIZER_FILE))
     return fp32.SerializeToString()
 
@@ -452,7 +243,7 @@ def _drift_reference(table: np.ndarray, threshold: float, neutral_p: float, max_
         ids = tok.encode(text).ids
         e = table[ids].mean(axis=0)
         emb.append(e)
-        p.append(_sigmoid(_logit(neutral_p) - float(e[0])))
+        p.append(sigmoid(logit(neutral_p) - float(e[0])))
         n_tokens.append(len(tok.encode(text, add_special_tokens=False).ids))
     E = np.asarray(emb, dtype=np.float32)
     unit = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
@@ -471,46 +262,6 @@ def _drift_reference(table: np.ndarray, threshold: float, neutral_p: float, max_
         reasons=Categorical({"classifier": 1.0}),
         embedding=EmbeddingSummary(centroids, Binned.of(dist, 5), radius, float(np.mean(dist > radius))),
     )
-
-
-# The toy answer score (`write_toy_pair(answer_threshold=...)`): only the `final_answer` feature counts,
-# score = sigmoid(ANSWER_SCORE_BIAS - ANSWER_SCORE_GAIN * final_answer): 0.88 for an answer that states
-# no final answer ("The answer is ...", "Final answer: ...", \boxed{...}), 0.12 for one that does.
-ANSWER_SCORE_BIAS, ANSWER_SCORE_GAIN = 2.0, 4.0
-
-
-def toy_answer_score(final_answer: bool) -> float:
-    """What the toy answer-score graph gives an answer that does (True) or does not state a final answer."""
-    return _sigmoid(ANSWER_SCORE_BIAS - ANSWER_SCORE_GAIN * float(final_answer))
-
-
-def toy_answer_score_graph(width: int = len(SCORE_FEATURES)) -> bytes:
-    """The toy answer-score graph (as training/escalation_export.py builds it: MatMul, Add, Sigmoid, Reshape),
-    `features` float[batch, width] -> `p_escalate` float[batch]; `width` other than len(SCORE_FEATURES)
-    makes a graph the loader must refuse."""
-    w = np.zeros((width, 1), dtype=np.float32)
-    w[min(ANSWER_FEATURES.index("final_answer"), width - 1), 0] = -ANSWER_SCORE_GAIN
-    inits = [
-        numpy_helper.from_array(w, "w"),
-        numpy_helper.from_array(np.array([ANSWER_SCORE_BIAS], dtype=np.float32), "b"),
-        numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"),
-    ]
-    nodes = [
-        helper.make_node("MatMul", [SCORE_INPUT, "w"], ["z0"]),
-        helper.make_node("Add", ["z0", "b"], ["z"]),
-        helper.make_node("Sigmoid", ["z"], ["p"]),
-        helper.make_node("Reshape", ["p", "flat"], [SCORE_OUTPUT]),
-    ]
-    graph = helper.make_graph(
-        nodes, "toy_answer_score",
-        [helper.make_tensor_value_info(SCORE_INPUT, TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.FLOAT, ["batch"])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="router-model-toy")
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 def write_toy_pair(
@@ -538,14 +289,14 @@ def write_toy_pair(
     classes share p_cheap_ok as P(both) : P(cheap_only) : P(neither) = 6 : 1 : 3, so a strong
     decision's confidence, 1 - P(cheap_only), is 1 - 0.1 * p_cheap_ok (`_pair_head`).
     `seed` changes the noise columns (and so the graph, the hashes and the artifact_version);
-    `version` sets the artifact_version outright. `work` adds busy-work layers (`_graph`): the same
+    `version` sets the artifact_version outright. `work` adds busy-work layers (`router_graph`): the same
     decisions, but a graph run takes time in proportion to its tokens, like a real embedder's.
     `answer_threshold` (format 3): the pair also escalates on the toy answer score
     (`toy_answer_score_graph`: 0.88 without a stated final answer, 0.12 with one) at that threshold.
     """
     path = Path(path)
     model_inputs = _model_inputs(token_type_ids)
-    table = _table(EMBED_DIM, seed, _strengths(word_weight))
+    table = token_table(EMBED_DIM, seed, strengths(word_weight))
     head_w, head_b = _pair_head(EMBED_DIM, neutral_p)
     escalation = None if answer_threshold is None else EscalationRecord(
         on=True, reason="toy", family="cascade", answer_threshold=float(answer_threshold), graph=ANSWER_SCORE_FILE,
@@ -553,7 +304,7 @@ def write_toy_pair(
     )
 
     def build(t: np.ndarray) -> onnx.ModelProto:
-        return _graph(t, head_w, head_b, model_inputs=model_inputs, n_features=len(features),
+        return router_graph(t, head_w, head_b, model_inputs=model_inputs, n_features=len(features),
                       output=PROBABILITIES_OUTPUT, activation="softmax", name="toy_pair_router", work=work)
 
     tmp = _stage(path)
@@ -594,15 +345,8 @@ def _pair_head(dim: int, neutral_p: float) -> tuple[np.ndarray, np.ndarray]:
     w = np.zeros((dim, len(JOINT_CLASSES)), dtype=np.float32)
     w[0, _STRONG_ONLY] = 1.0
     b = np.log(np.array([0.6, 0.1, 1.0, 0.3], dtype=np.float64))
-    b[_STRONG_ONLY] = -_logit(neutral_p)
+    b[_STRONG_ONLY] = -logit(neutral_p)
     return w, b.astype(np.float32)
-
-
-def _capabilities(n: int) -> tuple[float, ...]:
-    """Cheapest first: -0.5, 1.0, 2.0, 3.0 (the priciest model's P(ok) is 1 whatever its capability)."""
-    if n < 2:
-        raise ValueError("an N-model artifact needs at least two models")
-    return tuple(-0.5 + 1.5 * min(j, 1) + max(0, j - 1) * 1.0 for j in range(n))
 
 
 def write_toy_multi(
@@ -634,11 +378,11 @@ def write_toy_multi(
     n = len(models)
     if n > len(_TOY_PRICES):
         raise ValueError(f"at most {len(_TOY_PRICES)} toy models (one price each), got {n}")
-    caps = _capabilities(n) if capabilities is None else tuple(float(c) for c in capabilities)
+    caps = default_capabilities(n) if capabilities is None else tuple(float(c) for c in capabilities)
     if len(caps) != n:
         raise ValueError(f"{len(caps)} capabilities for {n} models")
     model_inputs = _model_inputs(token_type_ids)
-    table = _table(EMBED_DIM, seed, _strengths(WORD_WEIGHT))
+    table = token_table(EMBED_DIM, seed, strengths(WORD_WEIGHT))
     w = np.zeros((EMBED_DIM, 2 * n), dtype=np.float32)
     w[0, :] = -MULTI_GAIN
     b = np.array([MULTI_GAIN * c for c in caps] * 2, dtype=np.float32)
@@ -646,7 +390,7 @@ def write_toy_multi(
     b[2 * n - 1] = 40.0  # sigmoid(40) == 1.0 in float32: the priciest model loses to nothing pricier
 
     def build(t: np.ndarray) -> onnx.ModelProto:
-        return _graph(t, w, b, model_inputs=model_inputs, n_features=len(features), output=PASS_OUTPUT,
+        return router_graph(t, w, b, model_inputs=model_inputs, n_features=len(features), output=PASS_OUTPUT,
                       activation="sigmoid", name="toy_multi_router")
 
     best = best_single or models[-1]
@@ -714,7 +458,7 @@ def write_toy_policy(
                                                    "max_tokens": 1000}
     model_inputs = ("input_ids", "attention_mask", "token_type_ids")
     dim = max(EMBED_DIM, len(classes) + 1)
-    table = _table(dim, seed, np.zeros(len(VOCAB), dtype=np.float32))
+    table = token_table(dim, seed, np.zeros(len(VOCAB), dtype=np.float32))
     table[:, : len(classes)] = 0.0
     for k, (_, _, words) in enumerate(ordered):
         for word in words:
@@ -725,7 +469,7 @@ def write_toy_policy(
     head_b[0] = 0.1
 
     def build(t: np.ndarray) -> onnx.ModelProto:
-        return _graph(t, head_w, head_b, model_inputs=model_inputs, n_features=0, output=PROBABILITIES_OUTPUT,
+        return router_graph(t, head_w, head_b, model_inputs=model_inputs, n_features=0, output=PROBABILITIES_OUTPUT,
                       activation="softmax", name="toy_policy_router")
 
     source = {

@@ -26,7 +26,7 @@ from toy_artifact import write_toy_multi, write_toy_pair, write_toy_policy  # no
 
 from router_model.router import Router  # noqa: E402
 
-SLOW_WORK, HEAVY_WORK = 8, 40  # busy-work layers of `toy_slow_model_dir`, `toy_heavy_model_dir` (toy_artifact._graph)
+SLOW_WORK, HEAVY_WORK = 8, 40  # busy-work layers of `toy_slow_model_dir`, `toy_heavy_model_dir` (toy_graphs.router_graph)
 
 
 @pytest.fixture(scope="session")
