@@ -18,6 +18,9 @@ from router_model.errors import ArtifactError
 from router_model.onnx_session import make_session
 
 OPSET = 17
+# The IR version the router's own graphs carry (the exported embedder's): onnx would stamp its newest
+# (14 with onnx 1.23), which onnxruntime before 1.20 refuses, and router-model runs on >= 1.18.
+IR_VERSION = 8
 PARITY_TOLERANCE = 1e-5
 
 
@@ -46,6 +49,7 @@ def answer_score_graph(*, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray,
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="router-model")
+    model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model.SerializeToString()
 

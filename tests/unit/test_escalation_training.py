@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 from router_model.answer_score import ANSWER_SCORE_FILE, SCORE_FEATURES, AnswerScore
@@ -90,6 +91,7 @@ def test_the_exported_graph_computes_the_fitted_head(tmp_path) -> None:
     y = (rng.random(len(answers)) < 0.3).astype(int)
     head = fit_answer_head(F, y)
     graph = answer_score_graph(mean=head.mean, scale=head.scale, coef=head.coef, intercept=head.intercept)
+    assert onnx.load_from_string(graph).ir_version <= 9  # what onnxruntime 1.18 (the oldest supported) reads
     gap = write_answer_score(tmp_path / ANSWER_SCORE_FILE, graph, features=F, expected=head.predict(F))
     assert gap < 1e-5
     record = EscalationRecord(on=True, reason="test", family="cascade", answer_threshold=0.3, graph=ANSWER_SCORE_FILE,
