@@ -52,7 +52,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -425,15 +425,25 @@ def _completion(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
 @contextmanager
 def serve_fake_upstream() -> Iterator[FakeUpstream]:
     """A FakeUpstream on a loopback port for the block; `.url` is its OpenAI base URL."""
+    with serve_upstream(FakeUpstream()) as fake:
+        yield fake
+
+
+U = TypeVar("U")
+
+
+@contextmanager
+def serve_upstream(fake: U, **server: Any) -> Iterator[U]:
+    """Any local upstream (an object with `.app()`) on a loopback port for the block; sets its `.url`
+    to the OpenAI base URL (`.../v1`). `server` goes to ServerThread (e.g. log_level)."""
     from router_model.gateway.server import ServerThread
 
-    fake = FakeUpstream()
-    server = ServerThread(fake.app()).start()
-    fake.url = server.url + "/v1"  # type: ignore[attr-defined]
+    thread = ServerThread(fake.app(), **server).start()  # type: ignore[attr-defined]
+    fake.url = thread.url + "/v1"  # type: ignore[attr-defined]
     try:
         yield fake
     finally:
-        server.stop()
+        thread.stop()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> bool:

@@ -27,8 +27,9 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from router_model.answer_features import ANSWER_FEATURES
-from router_model.answer_score import SCORE_FEATURES, SCORE_INPUT, SCORE_OUTPUT
+from router_model.answer_score import SCORE_FEATURES
 from router_model.artifact import EMBEDDING_OUTPUT, FEATURES_INPUT
+from training.escalation_export import answer_score_graph
 
 STRONG_WORDS = ("prove", "theorem", "derive", "proof", "integral", "lemma", "induction")
 CHEAP_WORDS = ("translate", "summarise", "summarize", "classify", "extract")
@@ -262,32 +263,12 @@ def toy_answer_score(final_answer: bool) -> float:
 
 
 def toy_answer_score_graph(width: int = len(SCORE_FEATURES)) -> bytes:
-    """The toy answer-score graph (as training/escalation_export.py builds it: MatMul, Add, Sigmoid, Reshape),
+    """The toy answer-score graph, built by training/escalation_export.py's own builder:
     `features` float[batch, width] -> `p_escalate` float[batch]; `width` other than len(SCORE_FEATURES)
     makes a graph the loader must refuse."""
-    w = np.zeros((width, 1), dtype=np.float32)
-    w[min(ANSWER_FEATURES.index("final_answer"), width - 1), 0] = -ANSWER_SCORE_GAIN
-    inits = [
-        numpy_helper.from_array(w, "w"),
-        numpy_helper.from_array(np.array([ANSWER_SCORE_BIAS], dtype=np.float32), "b"),
-        numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"),
-    ]
-    nodes = [
-        helper.make_node("MatMul", [SCORE_INPUT, "w"], ["z0"]),
-        helper.make_node("Add", ["z0", "b"], ["z"]),
-        helper.make_node("Sigmoid", ["z"], ["p"]),
-        helper.make_node("Reshape", ["p", "flat"], [SCORE_OUTPUT]),
-    ]
-    graph = helper.make_graph(
-        nodes, "toy_answer_score",
-        [helper.make_tensor_value_info(SCORE_INPUT, TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.FLOAT, ["batch"])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="router-model-toy")
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    coef = np.zeros(width)
+    coef[min(ANSWER_FEATURES.index("final_answer"), width - 1)] = -ANSWER_SCORE_GAIN
+    return answer_score_graph(mean=np.zeros(width), scale=np.ones(width), coef=coef, intercept=ANSWER_SCORE_BIAS)
 
 
 def default_capabilities(n: int) -> tuple[float, ...]:

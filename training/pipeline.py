@@ -195,13 +195,14 @@ def train(config: TrainConfig) -> TrainResult:
                                 goal=config.goal, rows=config.threshold_rows, calibration=config.calibration,
                                 seed=config.seed)
     head, choice = stage.head, stage.choice
+    p_test = head.p_cheap_ok(X[te])
     escalation = None
     if config.escalation == "auto":
         answers = [r.answers.get(read.cheap_model) for r in read.records]
         choice, escalation = with_escalation(stage, answers=answers, cheap_passed=ds.cheap_passed,
                                              strong_passed=ds.strong_passed, cost_cheap=ds.cost_cheap,
                                              cost_strong=ds.cost_strong, goal=config.goal, test_rows=te,
-                                             p_test=head.p_cheap_ok(X[te]), seed=config.seed)
+                                             p_test=p_test, seed=config.seed)
     if not choice.met:
         log.warning("the goal %s cannot be met (or certified) on the labelled rows; using the safe end", config.goal)
     for line in describe_choice(choice):
@@ -210,7 +211,6 @@ def train(config: TrainConfig) -> TrainResult:
         _say(line)
 
     # 5. evaluation on the held-out test split, beside the baselines
-    p_test = head.p_cheap_ok(X[te])
     evaluation = evaluate(p_test, choice.threshold, cheap_passed=ds.cheap_passed[te], strong_passed=ds.strong_passed[te],
                           cost_cheap=ds.cost_cheap[te], cost_strong=ds.cost_strong[te], texts=[ds.texts[i] for i in te],
                           p_strong_ok=head.p_strong_ok(X[te]), seed=config.seed)

@@ -178,14 +178,19 @@ class RoutedEndpoint:
         self.metrics.answer_score.labels(call.mode).observe(score)
         return score
 
-    async def _escalate(
-        self, call: Call, router: Router, check: str, resp: httpx.Response, content: bytes
-    ) -> tuple[httpx.Response, bytes]:
-        """Ask the strong model once; its answer if it is good, else (with a warning) the cheap one."""
+    def _begin_escalation(self, call: Call, router: Router, check: str) -> str:
+        """Record and count an escalation for `check`; the model to ask (the strong one)."""
         call.escalated = check
         self.metrics.escalations.labels(check).inc()
         strong = router.strong_model
         log.info("request %s: the cheap answer failed the %s check; asking %s", call.request_id, check, strong)
+        return strong
+
+    async def _escalate(
+        self, call: Call, router: Router, check: str, resp: httpx.Response, content: bytes
+    ) -> tuple[httpx.Response, bytes]:
+        """Ask the strong model once; its answer if it is good, else (with a warning) the cheap one."""
+        strong = self._begin_escalation(call, router, check)
         try:
             answer, body = await self.sender.send(call, strong, stream=False)
             assert body is not None
@@ -291,10 +296,7 @@ class RoutedEndpoint:
         """`_escalate` for a buffered stream: the strong model's stream relayed if it answers 200, else
         (with a warning) the buffered cheap one replayed."""
         check = CHECK_ANSWER_SCORE
-        call.escalated = check
-        self.metrics.escalations.labels(check).inc()
-        strong = router.strong_model
-        log.info("request %s: the cheap answer failed the %s check; asking %s", call.request_id, check, strong)
+        strong = self._begin_escalation(call, router, check)
         try:
             answer, body = await self.sender.send(call, strong, stream=True)
             if answer.status_code != 200:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from answer_gateway import CHEAP, CHEAP_PROMPT, NO_FINAL, STRONG, STRONG_ANSWER, USAGE, WITH_FINAL, Gw, gateway
+from gateway_upstream import serve_upstream
 from service_helpers import channel, router_stub, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,7 +37,6 @@ from router_model.gateway.cli import build_parser
 from router_model.gateway.config import load_config
 from router_model.gateway.responses import responses_answer_text
 from router_model.gateway.routed import CHECK_ANSWER_SCORE
-from router_model.gateway.server import ServerThread
 from router_model.gateway.tracing import call_attributes
 from router_model.observe.decision_log import record_problem
 from router_model.router import Router
@@ -98,13 +98,8 @@ class AnswerUpstream:
 
 @pytest.fixture(scope="module")
 def answers() -> Iterator[AnswerUpstream]:
-    fake = AnswerUpstream()
-    server = ServerThread(fake.app()).start()
-    fake.url = server.url + "/v1"  # type: ignore[attr-defined]
-    try:
+    with serve_upstream(AnswerUpstream()) as fake:
         yield fake
-    finally:
-        server.stop()
 
 
 # ---------------------------------------------------------------- the artifact and the gateways

@@ -21,7 +21,7 @@ from typing import Any
 import openai
 import pytest
 from answer_gateway import CHEAP, CHEAP_PROMPT, NO_FINAL, STRONG, STRONG_ANSWER, USAGE, WITH_FINAL, Gw, gateway
-from gateway_upstream import wait_for
+from gateway_upstream import serve_upstream, wait_for
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -32,7 +32,6 @@ from router_model.gateway import routed
 from router_model.gateway.cli import build_parser
 from router_model.gateway.config import GatewayConfig, Upstream, load_config
 from router_model.gateway.routed import CHECK_ANSWER_SCORE
-from router_model.gateway.server import ServerThread
 from router_model.router import Router
 
 # ---------------------------------------------------------------- the local upstream
@@ -138,13 +137,8 @@ class StreamUpstream:
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[StreamUpstream]:
-    fake = StreamUpstream()
-    server = ServerThread(fake.app(), log_level="critical").start()
-    fake.url = server.url + "/v1"  # type: ignore[attr-defined]
-    try:
+    with serve_upstream(StreamUpstream(), log_level="critical") as fake:
         yield fake
-    finally:
-        server.stop()
 
 
 # ---------------------------------------------------------------- the artifact and the gateways
