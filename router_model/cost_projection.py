@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from router_model.cost import ModelPrice, Number, PriceTable, check_non_negative, check_share, normalize_model_name, token_cost
+from router_model.cost import ModelPrice, Number, PriceTable, normalize_model_name
+from router_model.dollars import check_non_negative, check_share, token_cost
 from router_model.errors import ConfigError
 
 DAYS_PER_MONTH = 30

@@ -1,6 +1,6 @@
 """What a call cost, what it saved, and its record: metrics, response headers, the decision log.
 
-Every dollar figure is `router_model.cost.usage_cost` on the upstream's own `usage` block; a
+Every dollar figure is `router_model.dollars.usage_cost` on the upstream's own `usage` block; a
 saving in observe mode is what routing would have saved at the same tokens (an estimate).
 """
 
@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from router_model.cost import PriceTable, Usage, usage_cost
+from router_model.cost import PriceTable
+from router_model.dollars import Usage, usage_cost
 from router_model.gateway.call import Attempt, Call
 from router_model.gateway.config import GatewayConfig
 from router_model.gateway.errors import UpstreamInvalidError

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from router_model.answer_checks import Checks, failed_check
-from router_model.cost import Usage
+from router_model.dollars import Usage
 from router_model.gateway.call import AnswerText, Protocol, parse_body
 from router_model.gateway.routed import RoutedEndpoint
 

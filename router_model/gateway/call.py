@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router_model.answer_checks import Checks, failed_check
-from router_model.cost import Usage
 from router_model.decision import RoutingDecision
+from router_model.dollars import Usage
 from router_model.gateway.errors import BadRequestError, BodyTooLargeError, InvalidJSONError
 from router_model.labelling.rubric import answer_text as rubric_answer_text
 from router_model.router import Router

@@ -13,7 +13,7 @@ import httpx
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from router_model.cost import Usage
+from router_model.dollars import Usage
 from router_model.gateway.call import chat_stream_usage
 
 log = logging.getLogger("router_model.gateway")

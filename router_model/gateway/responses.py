@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from router_model.answer_checks import failed_response_check
-from router_model.cost import Usage
+from router_model.dollars import Usage
 from router_model.gateway.call import AnswerText, Protocol, parse_json_body
 from router_model.gateway.errors import BadRequestError
 from router_model.gateway.routed import RoutedEndpoint

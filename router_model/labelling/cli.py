@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from router_model.cli_args import add_price_options, non_negative_number, positive_int, setup_logging, whole_number
-from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable, request_cost
+from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable
+from router_model.dollars import request_cost
 from router_model.encoder import estimate_tokens
 from router_model.errors import RouterError
 from router_model.jsonl import LineError, decode_object, request_from_line, tags_from_line

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router_model.cost import Usage
+from router_model.dollars import Usage
 from router_model.labelling.config import ShadowConfig
 from router_model.labelling.grading import LabelRequest, grade_request
 from router_model.labelling.rubric import Rubric

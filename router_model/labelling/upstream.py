@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 
-from router_model.cost import PriceTable, Usage, usage_cost
+from router_model.cost import PriceTable
+from router_model.dollars import Usage, usage_cost
 from router_model.labelling.errors import LabellingError
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router_model.cost import DEFAULT_OUTPUT_TOKENS, PairPricing, PriceTable, token_cost
+from router_model.cost import DEFAULT_OUTPUT_TOKENS, PairPricing, PriceTable
+from router_model.dollars import token_cost
 from router_model.encoder import estimate_tokens
 from router_model.offline.log import LogReadResult
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable, UnknownModelError, request_cost
+from router_model.cost import DEFAULT_OUTPUT_TOKENS, PriceTable, UnknownModelError
+from router_model.dollars import request_cost
 from router_model.encoder import TextEncoder, estimate_tokens
 from router_model.errors import ConfigError
 from router_model.offline.log import LogFormatError, LogProblem, LogReadResult, ReadOptions, read_logs

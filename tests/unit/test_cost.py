@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router_model.cost import ModelPrice, PriceFileError, PriceTable, UnknownModelError, request_cost
+from router_model.cost import ModelPrice, PriceFileError, PriceTable, UnknownModelError
 from router_model.cost_cli import main
 from router_model.cost_projection import blended_price, monthly_cost, routed_monthly_cost
+from router_model.dollars import request_cost
 from router_model.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

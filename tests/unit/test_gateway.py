@@ -26,7 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router_model import Router
 from router_model.answer_checks import failed_check
-from router_model.cost import PriceTable, Usage, usage_cost
+from router_model.cost import PriceTable
+from router_model.dollars import Usage, usage_cost
 from router_model.gateway.app import create_app, request_tags
 from router_model.gateway.config import Checks, GatewayConfig, Timeouts, Upstream, load_config
 from router_model.gateway.errors import GatewayConfigError

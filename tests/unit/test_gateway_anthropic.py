@@ -24,7 +24,8 @@ from gateway_upstream import (
 from toy_artifact import write_toy_pair
 
 from router_model import Router
-from router_model.cost import PriceTable, Usage, usage_cost
+from router_model.cost import PriceTable
+from router_model.dollars import Usage, usage_cost
 from router_model.gateway.config import GatewayConfig, Upstream, load_config
 
 CHEAP, STRONG = "claude-haiku-4-5", "claude-sonnet-4-5"

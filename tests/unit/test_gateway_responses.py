@@ -18,7 +18,8 @@ import pytest
 from gateway_upstream import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, SNAPSHOT_SUFFIX, wait_for
 
 from router_model.answer_checks import Checks, failed_response_check
-from router_model.cost import PriceTable, Usage, usage_cost
+from router_model.cost import PriceTable
+from router_model.dollars import Usage, usage_cost
 from router_model.gateway.app import create_app
 from router_model.gateway.config import GatewayConfig, Upstream
 from router_model.gateway.relay import UsageScanner

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from gateway_upstream import FakeUpstream
 
-from router_model.cost import PriceTable, request_cost
+from router_model.cost import PriceTable
+from router_model.dollars import request_cost
 from router_model.encoder import estimate_tokens
 from router_model.gateway.server import ServerThread
 from router_model.labelling.cli import main as label_main

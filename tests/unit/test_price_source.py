@@ -17,9 +17,10 @@ import pytest
 
 from router_model import price_source
 from router_model.artifact import ArtifactMetadata, read_metadata
-from router_model.cost import ModelPrice, PriceTable, UnknownModelError, Usage, request_cost, usage_cost
+from router_model.cost import ModelPrice, PriceTable, UnknownModelError
 from router_model.cost_cli import main
 from router_model.cost_projection import monthly_cost
+from router_model.dollars import Usage, request_cost, usage_cost
 from router_model.errors import ConfigError
 from router_model.price_source import price_params
 

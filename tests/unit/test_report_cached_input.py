@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from router_model.cost import Usage
 from router_model.cost_projection import monthly_cost
+from router_model.dollars import Usage
 from router_model.observe.report import build_report
 
 from .test_report_cold_cache import CHEAP, PRICES, STRONG, _rec

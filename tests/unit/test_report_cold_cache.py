@@ -14,7 +14,8 @@ from gateway_harness import running_gateway
 from gateway_upstream import CACHED_TOKENS, serve_fake_upstream, wait_for
 
 from router_model import Router
-from router_model.cost import PriceTable, Usage, usage_cost
+from router_model.cost import PriceTable
+from router_model.dollars import Usage, usage_cost
 from router_model.gateway.config import GatewayConfig, Upstream
 from router_model.observe.decision_log import utc_timestamp
 from router_model.observe.report import build_report, format_report

@@ -19,7 +19,8 @@ import httpx
 import pytest
 from gateway_upstream import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, wait_for
 
-from router_model.cost import PriceTable, Usage, usage_cost
+from router_model.cost import PriceTable
+from router_model.dollars import Usage, usage_cost
 from router_model.errors import ConfigError
 from router_model.gateway.app import create_app
 from router_model.gateway.config import GatewayConfig, Upstream
