@@ -11,9 +11,10 @@ Three parts, each comparing the two certificates of training/risk.py on the same
   mmlu-fixed     routellm-mmlu, real scores: the `logreg_c0.1` head is fitted once on half of the
                  prompts (split by text); the other half is the population. Labelled logs are drawn
                  with replacement from it, so "held" is exact for that population (no finite test set).
-  mmlu-pipeline  the pipeline as floor_guarantee.py runs it (70/15/15 split, cross-fitted scores,
-                 refit head), both certificates on the same cross-fitted scores, scored on the
-                 disjoint test set (finite, so "held" is itself an estimate). Slow: ~10 s a draw.
+  mmlu-pipeline  the pipeline's own stages (70/15/15 split, cross-fitted scores over train +
+                 validation, then the test split as one more fold: `--threshold-rows all`, the
+                 default; the head refit on every row), both certificates on the same cross-fitted
+                 scores, scored on the disjoint test set (finite, so "held" is itself an estimate).
 
     python benchmarks/certificate_simulation.py --part synthetic --draws 2000
     python benchmarks/certificate_simulation.py --part mmlu-fixed --draws 1000
@@ -207,36 +208,40 @@ _D: Any = None
 
 
 def _pipeline_one(job: tuple[int, int, float, float]) -> dict[str, Any]:
-    """One log through the pipeline's stages (as floor_guarantee.py), both certificates on the same
-    cross-fitted scores, the refit head scored on the disjoint test set."""
+    """One log through the pipeline's own stages (threshold_stage over train + validation, then
+    every_row_stage: the default `--threshold-rows all`), each certificate on the same cross-fitted
+    scores, the head refit on every row scored on the disjoint test set."""
     from threadpoolctl import threadpool_limits
 
-    from router_model.offline.split import assign_splits, group_kfold, normalize_prompt
-    from training.head import make_target, out_of_fold_p, refit_head, select_head
+    from router_model.offline.split import assign_splits, normalize_prompt
+    from training.head import make_target, select_head
+    from training.threshold import Goal, every_row_stage, threshold_stage
 
     n, seed, floor, risk = job
     d = _D
     warnings.filterwarnings("ignore")
+    out: dict[str, Any] = {}
     with threadpool_limits(1):
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(d.pool, size=n, replace=False))
         texts = [d.texts[i] for i in rows]
-        X, w, s = d.X[rows], d.w[rows], d.s[rows]
+        X, w, s, cc, cs = d.X[rows], d.w[rows], d.s[rows], d.cc[rows], d.cs[rows]
         split = assign_splits([normalize_prompt(t) for t in texts], seed=int(rng.integers(1 << 30)))
-        tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+        tr, va, te = (np.flatnonzero(split == k) for k in ("train", "val", "test"))
         head = select_head(X, w, s, train_rows=tr, val_rows=va, target=make_target("joint"), names=(_FG.HEAD,),
                            say=lambda _: None)
-        lab = np.concatenate([tr, va])
-        keys = [normalize_prompt(texts[i]) for i in lab]
-        folds = group_kfold(keys, k=5, seed=0)
-        oof = out_of_fold_p(head, X[lab], cheap_passed=w[lab], strong_passed=s[lab], folds=folds)
-        refit = refit_head(head, X[lab], cheap_passed=w[lab], strong_passed=s[lab])
-        p_test = refit.p_cheap_ok(d.X[d.test])
-    out = {}
-    for cert in CERTIFICATES:
-        rc = certify_quality_floor(oof, w[lab], s[lab], floor=floor, risk=risk, certificate=cert)
+        outcomes = {"cheap_passed": w, "strong_passed": s, "cost_cheap": cc, "cost_strong": cs}
+        goal = Goal.quality_floor(floor, risk)
+        stage = threshold_stage(head, X, texts, **outcomes, train_rows=tr, val_rows=va, rows="oof", goal=goal)
+        final = every_row_stage(stage, X, texts, **outcomes, train_rows=tr, val_rows=va, test_rows=te, goal=goal)
+        assert final.scores is not None and final.labelled_rows is not None
+        p_test = final.head.p_cheap_ok(d.X[d.test])
+        lab = final.labelled_rows
+    for cert in CERTIFICATES:  # the same cross-fitted scores of every row, each certificate
+        rc = certify_quality_floor(final.scores, w[lab], s[lab], floor=floor, risk=risk, certificate=cert)
         r = _FG.on_test(d, p_test, rc.threshold)
-        out[cert] = {**r, "held": float(r["quality_vs_strong"] >= floor), "certified": float(rc.certified)}
+        out[cert] = {**r, "held": float(r["quality_vs_strong"] >= floor), "certified": float(rc.certified),
+                     "threshold_rows": final.rows}
     return out
 
 

@@ -74,7 +74,7 @@ class GoalRecord:
     bound: float | None = None  # floor: lower bound on quality / strong; budget: upper bound on the spend
     n_labelled: int | None = None  # rows the threshold was chosen on
     n_needed: int | None = None  # not certified: rows that would certify the best gap observed
-    threshold_rows: str = "validation"  # "validation" or "oof" (cross-fitted train + validation)
+    threshold_rows: str = "validation"  # "validation", "oof" (cross-fitted train + validation) or "all" (every labelled row)
     # The test behind the certificate (docs/guarantee.md): "betting" or "clopper-pearson" (the only one
     # before betting, so a record with a risk and no field reads as it); "none" without risk control.
     certificate: str = "none"
@@ -113,7 +113,8 @@ class GoalRecord:
         head = f"{self.kind}={self.value:g}"
         if self.risk is None:
             return f"{head}, no risk control (method {self.method}; met on validation: {self.met_on_validation})"
-        rows = f" on {self.n_labelled} {self.threshold_rows} rows" if self.n_labelled else ""
+        which = "labelled (all)" if self.threshold_rows == "all" else self.threshold_rows
+        rows = f" on {self.n_labelled} {which} rows" if self.n_labelled else ""
         if self.kind != "quality_floor":
             state = f"certified (upper bound {self.bound:.4g})" if self.certified else "not certified: all cheap"
         elif self.certified:

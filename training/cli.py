@@ -14,7 +14,7 @@ from router_model.errors import RouterError
 from router_model.features import DEFAULT_FEATURES, FEATURES
 from training.embedding.common import DEFAULT_EMBEDDER
 from training.head import DEFAULT_HEADS, DEFAULT_SELECT_BY, TARGETS
-from training.threshold import DEFAULT_RISK, Goal
+from training.threshold import DEFAULT_RISK, THRESHOLD_ROWS, Goal
 
 EPILOG = """
 Goals (pick one; default --quality-floor 0.95 --risk 0.05):
@@ -73,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the test behind the certified goal: betting = one betting test of the per-request quantity "
                    "at the full risk; clopper-pearson = the earlier union of exact bounds (default: %(default)s; "
                    "docs/guarantee.md)")
-    p.add_argument("--threshold-rows", choices=("oof", "validation"), default="oof",
-                   help="rows the threshold is certified on: oof = cross-fitted scores over train + validation, the "
-                   "head then refit on both; validation = the validation split only (default: %(default)s)")
+    p.add_argument("--threshold-rows", choices=THRESHOLD_ROWS, default="all",
+                   help="rows the threshold is certified on: all = every labelled row, after the held-out evaluation "
+                   "(the test split scored by the train + validation head), the head then refit on all of them; "
+                   "oof = cross-fitted scores over train + validation, the head refit on both; validation = the "
+                   "validation split only (default: %(default)s; docs/guarantee.md)")
     p.add_argument("--escalation", choices=("auto", "off"), default="auto",
                    help="auto: when the log kept the cheap model's answers (router-label, shadow grading), also fit "
                    "an answer-quality score and certify route-then-escalate against routing alone, each at half the "

@@ -18,7 +18,8 @@ and the betting (or Clopper-Pearson) test applies unchanged. The cheaper certifi
 labelled rows wins; escalation is on only when the cascade wins, so the report says plainly
 whether it pays on this log. Escalation needs a quality-floor goal with a risk; the answer score
 is cross-fitted over the same folds as the router's scores (the same assumption as
-`--threshold-rows oof`).
+`--threshold-rows oof`). When it is tried, the threshold stays certified on train + validation:
+`--threshold-rows all` adds the test rows only when escalation is not tried.
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ def with_escalation(stage: ThresholdStage, *, answers: Sequence[str | None], che
     if all(a is None for a in lab_answers):  # the log kept no answers: nothing to try
         return stage.choice, None
     if stage.scores is None or lab is None:
-        return stage.choice, off("escalation needs --threshold-rows oof (the answer score is cross-fitted)")
+        return stage.choice, off("escalation needs --threshold-rows all or oof (the answer score is cross-fitted)")
     rows = {"cheap_passed": cheap_passed[lab], "strong_passed": strong_passed[lab], "cost_cheap": cost_cheap[lab],
             "cost_strong": cost_strong[lab]}
     esc = escalation_stage(answers=lab_answers, p_oof=stage.scores, **rows, folds=stage.folds, floor=goal.value,

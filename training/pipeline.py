@@ -38,7 +38,7 @@ from training.escalation import ESCALATION_MODES, describe_escalation, with_esca
 from training.evaluate.evaluation import evaluate
 from training.head import DEFAULT_SELECT_BY, FittedHead, make_target, select_head
 from training.heartbeat import Heartbeat
-from training.threshold import DEFAULT_GOAL, Goal, describe_choice, threshold_stage
+from training.threshold import DEFAULT_GOAL, THRESHOLD_ROWS, Goal, describe_choice, every_row_stage, threshold_stage
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class TrainConfig:
     heads: tuple[str, ...] = ()
     calibration: str = "sigmoid"
     goal: Goal = DEFAULT_GOAL
-    threshold_rows: str = "oof"  # the threshold's rows: cross-fitted train+validation ("oof") or "validation"
+    threshold_rows: str = "all"  # the threshold's rows: every labelled row ("all"), train+validation ("oof"), "validation"
     escalation: str = "auto"  # auto: try the answer score when the log kept cheap answers (training/escalation.py)
     select_by: str = DEFAULT_SELECT_BY  # how the head is chosen on validation: log_loss or apgr
     pass_threshold: float = 0.8
@@ -98,8 +98,8 @@ class TrainConfig:
             raise ValueError("calibration must be sigmoid or isotonic")
         if self.escalation not in ESCALATION_MODES:
             raise ValueError(f"escalation must be one of {ESCALATION_MODES}, got {self.escalation!r}")
-        if self.threshold_rows not in ("oof", "validation"):
-            raise ValueError(f"threshold_rows must be oof or validation, got {self.threshold_rows!r}")
+        if self.threshold_rows not in THRESHOLD_ROWS:
+            raise ValueError(f"threshold_rows must be one of {', '.join(THRESHOLD_ROWS)}, got {self.threshold_rows!r}")
         if self.sample_rows is not None and self.sample_rows < 1:
             raise ValueError(f"sample_rows must be >= 1, got {self.sample_rows}")
         if self.select_by not in ("log_loss", "apgr"):
@@ -223,15 +223,30 @@ def train(config: TrainConfig) -> TrainResult:
              f"of always-strong, quality {s['quality_vs_strong']:.3f}, {s['escalated_share']:.1%} escalated")
     for line in LEGEND:
         _say(line)
+    evaluated_stage = stage
+    if config.threshold_rows == "all" and escalation is None:  # escalation's joint certificate stays on train+val
+        with Heartbeat("threshold on every labelled row", say=_say):
+            stage = every_row_stage(stage, X, ds.texts, cheap_passed=ds.cheap_passed, strong_passed=ds.strong_passed,
+                                    cost_cheap=ds.cost_cheap, cost_strong=ds.cost_strong, train_rows=tr, val_rows=va,
+                                    test_rows=te, goal=config.goal, calibration=config.calibration, seed=config.seed)
+    if stage is not evaluated_stage:
+        head, choice = stage.head, stage.choice
+        evaluation["shipped"] = shipped_summary(evaluated_stage.choice, choice)
+        _say(f"shipped: the same procedure on every labelled row (the table above checks its train+validation "
+             f"version on the {len(te)} test rows, which that version never saw):")
+        for line in describe_choice(choice):
+            _say(line)
 
     # 6. artifact: graphs, metadata, parity, staged beside the target
-    held = np.concatenate([va, te])  # the drift reference's rows: unseen by the fit (training/artifact/reference.py)
+    # the drift reference's rows (training/artifact/reference.py): unseen by the head's fit, except under "all"
+    held = np.concatenate([va, te])
+    seen = np.concatenate([tr, va, te]) if stage.rows == "all" else np.concatenate([tr, va])  # rows the head saw
     record = TrainingRecord(read=read, head=head, choice=choice, goal=config.goal, evaluation=evaluation,
                             split_rows=counts, logs=config.logs, features=config.features,
                             calibration=config.calibration, pass_threshold=config.pass_threshold,
                             price_as=dict(config.price_as), escalation=escalation,
                             prices=prices.provenance([read.cheap_model, read.strong_model]),
-                            trained_prompts=PromptDigest.build(ds.texts[i] for i in np.concatenate([tr, va])),
+                            trained_prompts=PromptDigest.build(ds.texts[i] for i in seen),
                             drift_reference=build_reference([read.records[i].request for i in held],
                                                             [read.records[i].tags for i in held], ds.n_tokens[held],
                                                             p_cheap_ok=head.p_cheap_ok(X[held]), embeddings=emb[held],
@@ -268,14 +283,24 @@ def train(config: TrainConfig) -> TrainResult:
     publish(staged)
     _say(f"model directory: {config.out_dir}  (default graph {meta.default_graph}, {time.perf_counter() - t_start:.0f}s in all)")
     _say(f"report (plots, evaluation.json, the held-out rows as {TEST_LOG}): {plot_dir}")
-    _say(next_steps(config.out_dir, config.price_as, pair=(read.cheap_model, read.strong_model)))
+    _say(next_steps(config.out_dir, config.price_as, pair=(read.cheap_model, read.strong_model),
+                    held_out=stage.rows != "all"))
     return TrainResult(config.out_dir, meta, evaluation, run_id, plots, head)
 
 
 TEST_LOG = "test.jsonl"
 
 
-def next_steps(out_dir: Path, price_as: tuple[tuple[str, str], ...] = (), pair: tuple[str, str] | None = None) -> str:
+def shipped_summary(evaluated: Any, shipped: Any) -> dict[str, Any]:
+    """evaluation.json's "shipped" entry: the threshold certified on every row beside the evaluated one."""
+    return {"threshold_rows": shipped.rows, "threshold": float(shipped.threshold), "n_labelled": int(shipped.n_labelled),
+            "certified": shipped.certified, "bound": shipped.bound, "strong_share_labelled": float(shipped.strong_share),
+            "evaluated_threshold": float(evaluated.threshold), "evaluated_n_labelled": int(evaluated.n_labelled),
+            "evaluated_strong_share_labelled": float(evaluated.strong_share)}
+
+
+def next_steps(out_dir: Path, price_as: tuple[tuple[str, str], ...] = (), pair: tuple[str, str] | None = None, *,
+               held_out: bool = True) -> str:
     """What to run next with this model directory (the decision log names the log's models, so the
     observed report needs the same --price-as mapping the router was trained with).
 
@@ -289,7 +314,9 @@ def next_steps(out_dir: Path, price_as: tuple[tuple[str, str], ...] = (), pair: 
     lines = [
         "next:",
         f"  python -m router_model route --model-dir {d} --table \"Summarise this email in one sentence: ...\"",
-        f"  router-cost savings --model-dir {d} --log {report_dir(out_dir) / TEST_LOG}   # dollars, on held-out rows",
+        f"  router-cost savings --model-dir {d} --log {report_dir(out_dir) / TEST_LOG}   # dollars, "
+        + ("on held-out rows" if held_out else "on the evaluation's held-out rows (the shipped head was refit on them "
+           "too: new labelled rows give the unbiased figure)"),
         f"  router-serve --model-dir {d} --observe --decision-log decisions.jsonl            # gRPC, observation mode",
     ]
     gateway = "router-gateway --model-dir {} --upstream https://api.openai.com/v1 --decision-log {}"

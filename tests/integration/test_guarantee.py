@@ -49,8 +49,9 @@ def test_trained_artifact_states_the_guarantee(second_trained, tmp_path: Path) -
     assert g["risk"] == 0.05 and g["method"] == METHOD_BETTING and g["certificate"] == "betting"
     assert g["certified"] is False and g["certified_floor"] == 1.0 and meta["threshold"] > 1.0
     rows = meta["data"]["split_rows"]
-    # Cross-fitted over train + validation, unless a class is too rare to cross-fit (then validation).
-    assert g["n_labelled"] == {"oof": rows["train"] + rows["val"], "validation": rows["val"]}[g["threshold_rows"]]
+    # Every labelled row (the default), or train + validation, unless a class is too rare to cross-fit (then validation).
+    assert g["n_labelled"] == {"all": sum(rows.values()), "oof": rows["train"] + rows["val"],
+                               "validation": rows["val"]}[g["threshold_rows"]]
     assert "nothing cheap certified: all strong" in metadata_summary(trained.metadata, model_dir)
     # An artifact written before risk control (no new goal fields) still loads.
     old = tmp_path / "old-router"

@@ -178,3 +178,57 @@ def test_old_goal_record_loads_with_defaults() -> None:
         GoalRecord.from_dict({"kind": "quality_floor", "value": 0.95, "risk": "high"})
 
 
+
+
+# ---------------------------------------------------------------- every labelled row (--threshold-rows all)
+
+
+def _small_log(n: int = 900, seed: int = 5) -> dict:
+    """Prompts whose first feature decides whether the cheap model fails (and the strong one passes)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6))
+    hard = rng.random(n) < 1 / (1 + np.exp(-2.0 * X[:, 0]))
+    strong = (rng.random(n) < 0.9).astype(float)
+    cheap = np.where(hard, 0.0, (rng.random(n) < 0.85).astype(float))
+    texts = [f"prompt number {i}" for i in range(n)]
+    rows = np.arange(n)
+    return {"X": X, "texts": texts, "cheap_passed": cheap, "strong_passed": strong, "cost_cheap": np.full(n, 0.1),
+            "cost_strong": np.ones(n), "train": rows[: int(0.7 * n)], "val": rows[int(0.7 * n): int(0.85 * n)],
+            "test": rows[int(0.85 * n):]}
+
+
+def test_every_row_stage_cross_fits_over_all_rows_and_refits_on_them() -> None:
+    from training.head import make_target, select_head
+    from training.threshold import every_row_stage, threshold_stage
+
+    log = _small_log()
+    X, texts, tr, va, te = log["X"], log["texts"], log["train"], log["val"], log["test"]
+    outcomes = {k: log[k] for k in ("cheap_passed", "strong_passed", "cost_cheap", "cost_strong")}
+    head = select_head(X, log["cheap_passed"], log["strong_passed"], train_rows=tr, val_rows=va,
+                       target=make_target("joint"), names=("logreg_c0.1",), say=lambda _: None)
+    goal = Goal.quality_floor(0.9, 0.05)
+    stage = threshold_stage(head, X, texts, **outcomes, train_rows=tr, val_rows=va, goal=goal)
+    assert stage.rows == "oof" and stage.choice.n_labelled == len(tr) + len(va)
+    rows = {"train_rows": tr, "val_rows": va, "test_rows": te}
+    final = every_row_stage(stage, X, texts, **outcomes, **rows, goal=goal)
+    assert final.rows == "all" and final.choice.rows == "all" and final.choice.n_labelled == len(X)
+    assert final.labelled_rows is not None and sorted(final.labelled_rows.tolist()) == list(range(len(X)))
+    # every row is in exactly one fold, and no fold's head saw the rows it scored
+    held = np.concatenate([b for _, b in final.folds])
+    assert sorted(held.tolist()) == list(range(len(X)))
+    assert all(not set(a.tolist()) & set(b.tolist()) for a, b in final.folds)
+    # the exported head is refit on every row, so it is not the train + validation head
+    assert not np.allclose(final.head.p_cheap_ok(X[te]), stage.head.p_cheap_ok(X[te]))
+    assert final.choice.certified and final.choice.threshold < ALL_STRONG
+    assert "every row" in describe_choice(final.choice)[0]
+    # nothing to add: a stage chosen on validation only, or a goal without a risk, is returned as it is
+    val_only = threshold_stage(head, X, texts, **outcomes, train_rows=tr, val_rows=va, goal=goal, rows="validation")
+    assert every_row_stage(val_only, X, texts, **outcomes, **rows, goal=goal) is val_only
+    assert every_row_stage(stage, X, texts, **outcomes, **rows, goal=Goal.quality_floor(0.9, None)) is stage
+
+
+def test_the_goal_record_says_every_row() -> None:
+    g = GoalRecord.from_dict({"kind": "quality_floor", "value": 0.95, "met_on_validation": True, "risk": 0.05,
+                              "method": METHOD, "certified": True, "certified_floor": 0.95, "n_labelled": 1000,
+                              "threshold_rows": "all"})
+    assert "on 1000 labelled (all) rows" in g.describe()

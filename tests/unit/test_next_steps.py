@@ -45,3 +45,12 @@ def test_a_router_of_your_own_pair_says_what_the_gateway_forwards() -> None:
 def test_without_a_pair_the_gateway_line_is_generic() -> None:
     text = next_steps(Path("models/router"))
     assert '"auto" as the router\'s strong model' in text and "router-policy" not in text
+
+
+def test_the_savings_line_says_when_the_shipped_head_saw_the_test_rows() -> None:
+    held = next_steps(Path("models/router"), (), pair=("gpt-4o-mini", "gpt-4o"))
+    refit = next_steps(Path("models/router"), (), pair=("gpt-4o-mini", "gpt-4o"), held_out=False)
+    line = next(ln for ln in held.splitlines() if "router-cost savings" in ln)
+    assert line.endswith("# dollars, on held-out rows")
+    line = next(ln for ln in refit.splitlines() if "router-cost savings" in ln)
+    assert "refit on them too" in line and "new labelled rows" in line
