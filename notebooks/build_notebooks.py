@@ -321,7 +321,7 @@ NB03 = build(
     Uses `artifacts/router` (or `$ROUTER_NOTEBOOK_MODEL_DIR`) when it exists (train it with
     `router-train`); otherwise trains a small router here on a 5,000-row sample into a temporary directory. Held-out rows are the pipeline's
     *test* split, recomputed the same way (split by normalised prompt text, seed 0).
-    (`$ROUTER_NOTEBOOK_ROWS` sets another sample size; the test suite runs it on 1,000.)
+    (`$ROUTER_NOTEBOOK_ROWS` sets another sample size.)
     """,
     {"mmlu": MMLU, "mtbench": MTBENCH},
     [
@@ -368,6 +368,7 @@ NB03 = build(
                 meta = json.loads((MODEL_DIR / "metadata.json").read_text())
                 same_data = sorted(Path(f).name for f in meta["data"]["files"]) == sorted(p.name for p in LOGS)
                 same_split = meta["data"].get("split_rows", {}).get("test") == len(test_rows)
+                same_split = same_split and meta["goal"].get("threshold_rows") != "all"  # "all" refit on the test rows
                 print(f"using {MODEL_DIR} ({meta['artifact_version']})")
                 if not (same_data and same_split):
                     print("WARNING: this artifact was not trained on these files with this split; "
@@ -382,9 +383,10 @@ NB03 = build(
                 print(f"no model directory at {MODEL_DIR}: training a small router on {len(sample)} rows ...")
                 MODEL_DIR = tmp / "router"
                 train(TrainConfig(logs=(write_rows(sample, tmp / "sample.jsonl"),), out_dir=MODEL_DIR,
-                                  cheap_model=CHEAP, strong_model=STRONG, heads=("logreg_c0.3",),
+                                  cheap_model=CHEAP, strong_model=STRONG, heads=("logreg_c0.3",), threshold_rows="oof",
                                   price_as=tuple(PUBLIC_PRICE_AS.items()), track=False, progress=False))
-                # The pipeline splits the sample by the same hash: our test rows were never trained on.
+                # The pipeline splits the sample by the same hash, and "oof" keeps the head off the test
+                # split (the default, "all", refits on it after its evaluation): our test rows were never trained on.
         '''),
         ("md", "## Score the held-out rows and draw the cost-quality curve"),
         ("code", '''

@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "at the full risk; clopper-pearson = the earlier union of exact bounds (default: %(default)s; "
                    "docs/guarantee.md)")
     p.add_argument("--threshold-rows", choices=THRESHOLD_ROWS, default="all",
-                   help="rows the threshold is certified on: all = every labelled row, after the held-out evaluation "
-                   "(the test split scored by the train + validation head), the head then refit on all of them; "
+                   help="rows the threshold is certified on: all = after the held-out evaluation, cross-fitted scores "
+                   "over every labelled row (the test split included), the head then refit on all of them; "
                    "oof = cross-fitted scores over train + validation, the head refit on both; validation = the "
                    "validation split only (default: %(default)s; docs/guarantee.md)")
     p.add_argument("--escalation", choices=("auto", "off"), default="auto",

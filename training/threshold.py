@@ -277,8 +277,8 @@ class ThresholdStage:
     head: Any  # training.head.FittedHead
     choice: ThresholdChoice
     rows: str  # "all" (every labelled row), "oof" (cross-fitted over train + validation) or "validation"
-    # "oof" only: the cross-fitted scores, the rows they belong to (train + validation) and the folds,
-    # which the answer score is cross-fitted over too (training/escalation.py)
+    # "oof" and "all": the cross-fitted scores, the rows they belong to (train + validation, or every row)
+    # and the folds, which the answer score is cross-fitted over too (training/escalation.py)
     scores: np.ndarray | None = None
     labelled_rows: np.ndarray | None = None
     folds: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
@@ -322,12 +322,12 @@ def every_row_stage(stage: ThresholdStage, X: np.ndarray, texts: list[str], *, c
     """After the held-out evaluation: the threshold certified on every labelled row, the head refit on all of them.
 
     Why: on a small log the test split's 15% is worth more to the certificate and the head than to
-    a second look (benchmarks/head_variants.py: +3 points of cheap share at 1,000 rows). The same
-    cross-fitting as `threshold_stage`, with the test rows in the folds: every row is scored by the
-    head fitted without its fold, each fold head on 80% of the rows as before. (Scoring the test
-    split with the train + validation head instead, as one more fold, certified rows scored by
-    heads of unequal strength; it held the floor less often.) A stage that was not cross-fitted,
-    or has no risk, is returned unchanged.
+    a second look (benchmarks/head_variants.py: +2.3 points of cheap share at 1,000 rows, +1.2 at
+    3,000). The same cross-fitting as `threshold_stage`, with the test rows in the folds: every row
+    is scored by the head fitted without its fold, each fold head on 80% of the rows as before.
+    (Scoring the test split with the train + validation head instead, as one more fold, certified
+    rows scored by heads of unequal strength; it held the floor less often.) A stage that was not
+    cross-fitted, or has no risk, is returned unchanged.
     """
     if stage.rows != "oof" or goal.risk is None or len(test_rows) == 0:
         return stage

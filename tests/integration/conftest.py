@@ -179,6 +179,9 @@ def public_router(tmp_path_factory, cache_dir: Path, mmlu_lines: list[str]):
     base = tmp_path_factory.mktemp("public")
     subset = base / "mmlu-3000.jsonl"
     subset.write_text("".join(mmlu_lines[i] for i in public_sample_rows(mmlu_lines)), encoding="utf-8")
+    # threshold_rows "oof": its tests read the test split as rows the served head never saw (int8 agreement
+    # at the threshold, drift on held rows); the default "all" is tested in test_escalation.py.
     result = _train(base / "router", cache_dir, seed=0, logs=(subset,), cheap_model=PUBLIC_CHEAP,
-                    strong_model=PUBLIC_STRONG, heads=("logreg_c1",), price_as=tuple(PUBLIC_PRICE_AS.items()))
+                    strong_model=PUBLIC_STRONG, heads=("logreg_c1",), price_as=tuple(PUBLIC_PRICE_AS.items()),
+                    threshold_rows="oof")
     return result, subset

@@ -29,14 +29,13 @@ ROWS = 1500
 
 
 @pytest.fixture(scope="module")
-def escalation_trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, static_embedder: str):
+def escalation_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     normalized = require_shared("mmlu-pro/mmlu-pro.normalized.jsonl")
     outputs = require_shared(f"mmlu-pro/raw/model_outputs_zips/model_outputs_{CHEAP}_5shots.zip")
     with zipfile.ZipFile(outputs) as z:
         answers = {f"mmlu-pro-{it['question_id']}": it.get("model_outputs") or ""
                    for it in json.loads(z.read(z.namelist()[0]))}
-    tmp = tmp_path_factory.mktemp("escalation")
-    log = tmp / "labelled.jsonl"
+    log = tmp_path_factory.mktemp("escalation-log") / "labelled.jsonl"
     rows = 0
     with open(normalized, encoding="utf-8") as src, open(log, "w", encoding="utf-8") as out:
         for line in src:
@@ -50,7 +49,22 @@ def escalation_trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
             rows += 1
             if rows == ROWS:
                 break
-    return _train(tmp / "router", cache_dir, seed=0, logs=(log,), heads=("logreg_c0.1",), embedder=static_embedder)
+    return log
+
+
+@pytest.fixture(scope="module")
+def escalation_trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, static_embedder: str,
+                       escalation_log: Path):
+    return _train(tmp_path_factory.mktemp("escalation") / "router", cache_dir, seed=0, logs=(escalation_log,),
+                  heads=("logreg_c0.1",), embedder=static_embedder)
+
+
+@pytest.fixture(scope="module")
+def routing_only_trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, static_embedder: str,
+                         escalation_log: Path):
+    """The same log with --escalation off: the default --threshold-rows all then certifies on every row."""
+    return _train(tmp_path_factory.mktemp("routing-only") / "router", cache_dir, seed=0, logs=(escalation_log,),
+                  heads=("logreg_c0.1",), embedder=static_embedder, escalation="off")
 
 
 def test_the_answer_score_is_certified_against_routing_alone_and_served_when_it_pays(escalation_trained) -> None:
@@ -82,3 +96,22 @@ def test_info_and_the_savings_report_say_whether_it_escalates(escalation_trained
     with contextlib.redirect_stdout(buf):
         assert savings_main(["--model-dir", str(model_dir), "--log", str(test_log)]) == 0
     assert ("with escalation (included above)" in buf.getvalue()) == on
+
+
+def test_without_escalation_the_threshold_and_head_use_every_labelled_row(routing_only_trained, escalation_trained) -> None:
+    """--threshold-rows all (the default): certified on every row after the held-out evaluation, which stays
+    the train + validation version's; the prompt digest covers the test rows, so test.jsonl is reported as seen.
+    When escalation is tried, the threshold stays on train + validation."""
+    from router_model.offline.savings import compute_report, score_log
+
+    meta = read_metadata(routing_only_trained.model_dir)
+    rows = meta.data.split_rows
+    assert meta.goal.threshold_rows == "all" and meta.goal.n_labelled == sum(rows.values())
+    shipped = routing_only_trained.evaluation["shipped"]
+    assert shipped["n_labelled"] == sum(rows.values()) and shipped["evaluated_n_labelled"] == rows["train"] + rows["val"]
+    assert shipped["threshold"] == pytest.approx(meta.threshold)
+    assert read_metadata(escalation_trained.model_dir).goal.threshold_rows == "oof"
+    model_dir = routing_only_trained.model_dir
+    report = compute_report(score_log(model_dir, [model_dir.parent / (model_dir.name + "-report") / "test.jsonl"]))
+    assert report["rows_seen_in_training"] == rows["test"]
+    assert report["notes"][0].startswith(f"WARNING: {rows['test']} of {rows['test']} rows")
