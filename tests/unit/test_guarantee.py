@@ -133,7 +133,7 @@ def test_budget_certified_from_the_cheap_end() -> None:
 
 
 def test_violation_rate_on_a_synthetic_population() -> None:
-    """200 logs of 600 rows from a known population: the floor fails on at most ~risk of them."""
+    """150 logs of 600 rows from a known population: the floor fails on at most ~risk of them."""
     rng = np.random.default_rng(7)
     pop = 200_000
     p = rng.beta(4, 1.5, pop)
@@ -143,7 +143,7 @@ def test_violation_rate_on_a_synthetic_population() -> None:
     w = np.where(loss, 0.0, np.where(gain, 1.0, s))
     goal = Goal.quality_floor(0.95, 0.1)
     held, cheap = [], []
-    for _ in range(200):
+    for _ in range(150):
         idx = rng.choice(pop, 600, replace=False)
         c = choose_threshold(p[idx], w[idx], s[idx], cost_cheap=0.1, cost_strong=1.0, goal=goal)
         routed = np.where(p >= c.threshold, w, s)
@@ -153,10 +153,10 @@ def test_violation_rate_on_a_synthetic_population() -> None:
     old = [
         np.where(p >= choose_threshold(p[i], w[i], s[i], cost_cheap=0.1, cost_strong=1.0, goal=empirical).threshold,
                  w, s).mean() / s.mean() >= 0.95
-        for i in (rng.choice(pop, 600, replace=False) for _ in range(100))
+        for i in (rng.choice(pop, 600, replace=False) for _ in range(60))
     ]
     violations = 1 - float(np.mean(held))
-    assert violations <= 0.1 + 0.05, violations  # risk 0.1, plus sampling slack of 200 draws
+    assert violations <= 0.1 + 0.05, violations  # risk 0.1, plus sampling slack of 150 draws (2 s.e.)
     assert np.mean(cheap) > 0.05  # it does route something cheap
     assert 1 - float(np.mean(old)) > 0.3  # the empirical rule breaks the floor far more often
 
