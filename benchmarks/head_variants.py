@@ -101,20 +101,10 @@ def _product_stages(X: np.ndarray, texts: list[str], w: np.ndarray, s: np.ndarra
     return {"pipeline": stage, "every-row": final}
 
 
-def _labelled(variant: str, tr: np.ndarray, va: np.ndarray, te: np.ndarray) -> np.ndarray:
-    """The rows a variant certifies on, in the order of its scores."""
-    return np.concatenate([tr, va, te]) if variant == "test-as-fold" else np.concatenate([tr, va])
-
-
-def _outcomes(variant: str, w: np.ndarray, s: np.ndarray, tr: np.ndarray, va: np.ndarray,
-              te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lab = _labelled(variant, tr, va, te)
-    return w[lab], s[lab]
-
-
 def _variant_scores(variant: str, X: np.ndarray, w: np.ndarray, s: np.ndarray, texts: list[str], tr: np.ndarray,
-                    va: np.ndarray, te: np.ndarray, X_test: np.ndarray, head_name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(cross-fitted p_cheap_ok of the certified rows, the final head's p_cheap_ok of the test set)."""
+                    va: np.ndarray, te: np.ndarray, X_test: np.ndarray,
+                    head_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the certified rows, their cross-fitted p_cheap_ok, the final head's p_cheap_ok of the test set)."""
     from router_model.offline.split import group_kfold, normalize_prompt
 
     lab = np.concatenate([tr, va])
@@ -126,18 +116,17 @@ def _variant_scores(variant: str, X: np.ndarray, w: np.ndarray, s: np.ndarray, t
         pc[b], ps[b] = score(X[lab][b])
         members.append(score)
     if variant == "fold-ensemble":
-        tc = np.mean([m(X_test)[0] for m in members], axis=0)
-        ts = np.mean([m(X_test)[1] for m in members], axis=0)
+        tc, ts = np.mean([m(X_test) for m in members], axis=0)
     elif variant == "test-as-fold":
         pc_te, _ = _fit(variant, X[lab], w[lab], s[lab], head_name)(X[te])
         pc = np.concatenate([pc, pc_te])
-        every = np.concatenate([lab, te])
-        tc, ts = _fit(variant, X[every], w[every], s[every], head_name)(X_test)
+        lab = np.concatenate([lab, te])
+        tc, ts = _fit(variant, X[lab], w[lab], s[lab], head_name)(X_test)
     else:
         tc, ts = _fit(variant, X[lab], w[lab], s[lab], head_name)(X_test)
     if variant == "gain-order":  # in [0, 1]: higher = the cheap model's expected gain over its loss
         pc, tc = (1.0 + pc - ps) / 2.0, (1.0 + tc - ts) / 2.0
-    return pc, tc
+    return lab, pc, tc
 
 
 def _one(job: tuple[int, int, float, float]) -> dict[str, Any]:
@@ -163,9 +152,8 @@ def _one(job: tuple[int, int, float, float]) -> dict[str, Any]:
                 pc, threshold = stage.scores, stage.choice.threshold
                 tc = stage.head.p_cheap_ok(d.X[d.test])
             else:
-                pc, tc = _variant_scores(variant, X, w, s, texts, tr, va, te, d.X[d.test], fg.HEAD)
-                threshold = certify_quality_floor(pc, *_outcomes(variant, w, s, tr, va, te), floor=floor,
-                                                  risk=risk).threshold
+                lab, pc, tc = _variant_scores(variant, X, w, s, texts, tr, va, te, d.X[d.test], fg.HEAD)
+                threshold = certify_quality_floor(pc, w[lab], s[lab], floor=floor, risk=risk).threshold
             r = fg.on_test(d, tc, threshold)
             out[variant] = {**r, "held": float(r["quality_vs_strong"] >= floor),
                             "labelled_cheap_share": float(np.mean(pc >= threshold))}
