@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ import httpx
 from router_model.gateway.app import Gateway, create_app
 from router_model.gateway.config import GatewayConfig
 from router_model.gateway.server import ServerThread
+from router_model.observe.decision_log import read_decision_log
 from router_model.router import Router
 
 
@@ -28,7 +28,7 @@ class RunningGateway:
         path = self.config.decision_log
         if path is None or not Path(path).exists():
             return []
-        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        rows = read_decision_log(path)  # passes over a line the gateway is still appending
         return [r for r in rows if request_id is None or r["request_id"] == request_id]
 
     def metric(self, name: str, **labels: str) -> float:

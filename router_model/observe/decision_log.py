@@ -368,7 +368,9 @@ def read_decision_log(
 
     A malformed line raises DecisionLogError naming the file and line number, unless
     `skip_malformed`, in which case it is skipped (and appended to `skipped` if given) —
-    useful for a log whose writer died mid-line.
+    useful for a log whose writer died mid-line. A last line that has no newline yet and does
+    not parse is a write in progress (a live log read while the server appends): it is
+    passed over, never raised, and appended to `skipped` if given.
     """
     label = str(path)
     try:
@@ -387,8 +389,11 @@ def read_decision_log(
             if problem is None:
                 yield record
                 continue
+            unfinished = not line.endswith("\n") and problem.startswith("not valid JSON")
+            if unfinished:
+                problem = "the last line has no newline yet (a write in progress, or a writer that died mid-line)"
             error = DecisionLogError(problem, path=label, line=lineno)
-            if not skip_malformed:
+            if not (skip_malformed or unfinished):
                 raise error
             if skipped is not None:
                 skipped.append(error)

@@ -32,6 +32,7 @@ from router_model.gateway.app import create_app, request_tags
 from router_model.gateway.config import Checks, GatewayConfig, Timeouts, Upstream, load_config
 from router_model.gateway.errors import GatewayConfigError
 from router_model.gateway.server import ServerThread
+from router_model.observe.decision_log import read_decision_log
 
 REPO = Path(__file__).resolve().parents[2]
 CHEAP_KEY_ENV = "ROUTER_GATEWAY_TEST_CHEAP_KEY"
@@ -75,7 +76,7 @@ def _metric(m: dict, name: str, **labels: str) -> float:
 def _log_records(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return list(read_decision_log(path))  # passes over a line the gateway is still appending
 
 
 _wait_for = wait_for

@@ -30,7 +30,7 @@ from router_model.gateway.app import create_app
 from router_model.gateway.config import GatewayConfig, Timeouts, Upstream, load_config
 from router_model.gateway.server import ServerThread
 from router_model.labelling.config import GradingSpec, ShadowConfig
-from router_model.observe.decision_log import DecisionLogWriter
+from router_model.observe.decision_log import DecisionLogWriter, read_decision_log
 from router_model.router import Router
 
 CHEAP_PROMPT = "Translate this sentence into French."
@@ -62,8 +62,7 @@ def _post(url: str, body: dict | bytes, **headers: str) -> httpx.Response:
 def _records(path: Path, request_id: str) -> list[dict]:
     if not path.exists():
         return []
-    return [r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-            if r.get("request_id") == request_id]
+    return [r for r in read_decision_log(path) if r.get("request_id") == request_id]
 
 
 class _Gw:
