@@ -158,6 +158,17 @@ class FittedHead:
         return p_strong_ok(self.model, X, self.target)
 
 
+def calibratable_rows(y: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The rows a calibrated head can be fitted on: all but those of a class seen once among them.
+
+    Calibration cross-validates, and sklearn needs two rows of each class per split; a class seen
+    once (a small log where the cheap model alone passed one prompt) would fail the whole fit. Its
+    row is left out: the head then gives that outcome probability 0, as for a class never seen.
+    """
+    counts = np.bincount(y[rows]) if len(rows) else np.zeros(0, dtype=int)
+    return rows[counts[y[rows]] >= 2] if len(rows) else rows
+
+
 def select_head(
     X: np.ndarray,
     cheap_passed: np.ndarray,
@@ -182,12 +193,16 @@ def select_head(
     unknown = [n for n in names if n not in factories]
     if unknown:
         raise ValueError(f"unknown heads {unknown}; known: {sorted(factories)}")
-    if len(np.unique(y[tr])) < 2:
+    fit_rows = calibratable_rows(y, np.asarray(tr))
+    if len(fit_rows) < len(tr):
+        say(f"  left out {len(tr) - len(fit_rows)} training row(s) whose outcome occurs once in the training split "
+            "(calibration needs two of each)")
+    if len(np.unique(y[fit_rows])) < 2:
         raise ValueError("the training split has a single outcome class; the log needs rows where the models differ")
     scores: dict[str, dict[str, float]] = {}
     best: tuple[float, str, object] | None = None
     y_val = y[va]
-    min_class = int(np.bincount(y[tr]).min()) if len(tr) else 0
+    min_class = int(np.bincount(y[fit_rows]).min())
     cheap_val, strong_val = cheap_passed[va], strong_passed[va]
     # else APGR is undefined
     val_has_gap = len(np.unique(strong_val - cheap_val)) > 1 and float(strong_val.mean()) != float(cheap_val.mean())
@@ -196,7 +211,7 @@ def select_head(
         model: Any = factories[name]()
         if min_class < 5:  # tiny logs: fewer calibration folds than the rarest class size
             model.set_params(cv=calibration_folds(max(2, min(5, min_class or 2)), seed))
-        model.fit(X[tr], y[tr])
+        model.fit(X[fit_rows], y[fit_rows])
         p_val = p_cheap_ok(model, X[va], target)
         val = routing_scores(1.0 - p_val, cheap_val, strong_val) if val_has_gap else {"apgr": float("nan")}
         val["log_loss"] = head_log_loss(model, X[va], y_val)
@@ -270,6 +285,7 @@ def refit_head(head: FittedHead, X: np.ndarray, *, cheap_passed: np.ndarray, str
                calibration: str = "sigmoid", seed: int = 0) -> FittedHead:
     """The chosen head fitted again on these rows (all the labelled rows), with the same calibration."""
     y = head.target.labels(cheap_passed >= 0.5, strong_passed >= 0.5)
-    model = _factory(head.name, calibration, seed, n_min_class=int(np.bincount(y).min()))
-    model.fit(X, y)
+    rows = calibratable_rows(y, np.arange(len(y)))
+    model = _factory(head.name, calibration, seed, n_min_class=int(np.bincount(y[rows]).min()))
+    model.fit(X[rows], y[rows])
     return FittedHead(head.name, model, head.target, head.validation)

@@ -232,3 +232,25 @@ def test_the_goal_record_says_every_row() -> None:
                               "method": METHOD, "certified": True, "certified_floor": 0.95, "n_labelled": 1000,
                               "threshold_rows": "all"})
     assert "on 1000 labelled (all) rows" in g.describe()
+
+
+def test_an_outcome_seen_once_in_training_is_left_out_not_a_crash() -> None:
+    """A small log where the cheap model alone passed one training prompt: calibration needs two
+    rows of a class, so that row is left out of the fit (said so) instead of failing router-train."""
+    from training.head import make_target, refit_head, select_head
+
+    log = _small_log(n=300)
+    X, tr, va = log["X"], log["train"], log["val"]
+    cheap, strong = log["cheap_passed"].copy(), log["strong_passed"].copy()
+    strong[cheap > 0.5] = 1.0  # no "only the cheap model passed" outcome anywhere ...
+    strong[tr[0]], cheap[tr[0]] = 0.0, 1.0  # ... but one, in the training split
+    said: list[str] = []
+    head = select_head(X, cheap, strong, train_rows=tr, val_rows=va, target=make_target("joint"),
+                       names=("logreg_c0.1",), say=said.append)
+    assert any("left out 1 training row(s)" in line for line in said), said
+    assert 1 not in list(head.model.classes_)  # the class seen once is not in the fitted head
+    p = head.p_cheap_ok(X[va])
+    assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+    refit = refit_head(head, X[np.concatenate([tr, va])], cheap_passed=cheap[np.concatenate([tr, va])],
+                       strong_passed=strong[np.concatenate([tr, va])])
+    assert np.isfinite(refit.p_cheap_ok(X[va])).all()
