@@ -10,7 +10,7 @@ bash scripts/setup_env.sh
 # Caches (exported embedder, embeddings) stay inside the checkout.
 export ROUTER_CACHE_DIR="${ROUTER_CACHE_DIR:-$PWD/.cache/router-model}"
 python scripts/gen_proto.py --check
-ruff check router_model training benchmarks tests notebooks/build_notebooks.py scripts
+ruff check router_model training benchmarks tests notebooks/build_notebooks.py notebooks/notebook_cells.py scripts
 lint-imports
 if [ "$#" -gt 0 ]; then
   mypy

@@ -24,16 +24,13 @@ text of the request (so it works for `router-label`, which sends no custom heade
 Every chat request is recorded (raw bytes, parsed body, headers); streams record whether they
 ran to the end or the client (the gateway) left early.
 
-`POST /v1/messages` speaks Anthropic's Messages API (JSON, or the SSE events `message_start`,
-`content_block_*`, `message_delta` with usage, `message_stop`); with `tools` it answers a
-`tool_use` block whose id names the turn; usage has cache reads and writes (ANTHROPIC_*).
+`POST /v1/messages` speaks Anthropic's Messages API (tests/upstream_anthropic.py): JSON or SSE
+events; with `tools` a `tool_use` block whose id names the turn; usage with cache reads and writes.
 
 Beyond chat completions (the same faults where they apply: 500, 429, refusal, empty, length):
 
-- `POST /v1/responses`: the Responses API, JSON or typed SSE events (`response.created`,
-  `response.output_text.delta` x N, `response.completed` with `usage`); each answer has an id of
-  its own, and with function `tools` a `function_call` item (after the text) whose `call_id`
-  names the turn;
+- `POST /v1/responses`: the Responses API (tests/upstream_responses.py), JSON or typed SSE events;
+  with function `tools` a `function_call` item whose `call_id` names the turn;
 - `POST /v1/embeddings`, `POST /v1/files` (multipart, answered with the upload's size and
   sha256), `POST /v1/audio/speech` (binary audio, AUDIO_BYTES), `GET /v1/events` (SSE), and
   `/v1/echo/...` (any method: the request body back, with `x-fake-method`, `x-fake-path`,
@@ -46,12 +43,13 @@ import asyncio
 import hashlib
 import json
 import re
+import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
@@ -59,22 +57,57 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-PROMPT_TOKENS = 120
-COMPLETION_TOKENS = 30
-CACHED_TOKENS = 20
-SNAPSHOT_SUFFIX = "-2024-fake"
+# benchmarks/gateway_overhead.py loads this file by its path, without tests/ on sys.path: the
+# modules beside it must import all the same.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from upstream_anthropic import (  # noqa: E402
+    ANTHROPIC_CACHE_READ,
+    ANTHROPIC_CACHE_WRITE,
+    ANTHROPIC_INPUT_TOKENS,
+    ANTHROPIC_OUTPUT_TOKENS,
+    AnthropicMessages,
+)
+from upstream_common import (  # noqa: E402
+    CACHED_TOKENS,
+    COMPLETION_TOKENS,
+    HARD_WORDS,
+    PROMPT_TOKENS,
+    SNAPSHOT_SUFFIX,
+    WEAK_MODELS,
+    Received,
+    fault_for,
+    last_user_text,
+)
+from upstream_responses import ResponsesAPI, responses_usage  # noqa: E402
+
+__all__ = [  # the tests import these from here (some are defined in the upstream_* modules beside it)
+    "ANTHROPIC_CACHE_READ",
+    "ANTHROPIC_CACHE_WRITE",
+    "ANTHROPIC_INPUT_TOKENS",
+    "ANTHROPIC_OUTPUT_TOKENS",
+    "AUDIO_BYTES",
+    "BAD_VERDICTS",
+    "CACHED_TOKENS",
+    "COMPLETION_TOKENS",
+    "HARD_WORDS",
+    "JUDGE_ANSWER",
+    "PROMPT_TOKENS",
+    "SNAPSHOT_SUFFIX",
+    "WEAK_MODELS",
+    "FakeUpstream",
+    "Received",
+    "judge_verdict",
+    "responses_usage",
+    "serve_fake_upstream",
+    "serve_upstream",
+    "wait_for",
+]
 
 
 @dataclass
-class Received:
-    raw: bytes
-    body: dict[str, Any]
-    headers: dict[str, str]
-    path: str = ""
-
-
-@dataclass
-class FakeUpstream:
+class FakeUpstream(AnthropicMessages, ResponsesAPI):
     delay: float = 0.0
     received: list[Received] = field(default_factory=list)
     streams_completed: list[str] = field(default_factory=list)
@@ -115,7 +148,7 @@ class FakeUpstream:
         with self.lock:
             self.received.append(Received(raw, body, headers))
         model = body["model"]
-        fault = _fault(headers.get("x-fake-fault"), model)
+        fault = fault_for(headers.get("x-fake-fault"), model)
         delay = float(headers.get("x-fake-delay", self.delay))
         if fault == "slow":
             delay = max(delay, 3.0)
@@ -137,7 +170,7 @@ class FakeUpstream:
             return JSONResponse(_completion(body, None), headers={"set-cookie": "session=caller-a-secret; Path=/"})
         if fault == "malformed":
             return Response(b'{"id": "chatcmpl-1", "choices": [', media_type="application/json")
-        flaky = re.search(r"fake-flaky:(\d+)", _last_user_text(body))
+        flaky = re.search(r"fake-flaky:(\d+)", last_user_text(body))
         if flaky:
             with self.lock:
                 seen = self.flaky[raw.decode()] = self.flaky.get(raw.decode(), 0) + 1
@@ -174,7 +207,7 @@ class FakeUpstream:
                 (self.streams_completed if finished else self.streams_cut).append(test_id)
 
 
-    # --- the Responses API and the passed-through endpoints --------------------------------------
+    # --- the passed-through endpoints (the Responses API and Anthropic's Messages API are mixed in) ----
     async def _record(self, request: Request, parse: bool = True) -> Received:
         raw = await request.body()
         body = json.loads(raw) if parse and raw else {}
@@ -182,43 +215,6 @@ class FakeUpstream:
         with self.lock:
             self.received.append(got)
         return got
-
-    async def responses(self, request: Request) -> Response:
-        got = await self._record(request)
-        body, headers = got.body, got.headers
-        fault = _fault(headers.get("x-fake-fault"), body["model"])
-        delay = float(headers.get("x-fake-delay", self.delay))
-        if delay:
-            await asyncio.sleep(delay)
-        if fault in ("500", "429"):
-            kind, message = ("server_error", "fake upstream failure") if fault == "500" else ("requests", "Rate limit reached")
-            return JSONResponse({"error": {"message": message, "type": kind, "code": None}}, status_code=int(fault),
-                                headers={"retry-after": "7"})
-        if body.get("stream"):
-            return StreamingResponse(self._response_events(body, headers, fault), media_type="text/event-stream")
-        return JSONResponse(_response_object(body, fault), headers={"x-request-id": "upstream-resp-1"})
-
-    async def _response_events(self, body: dict[str, Any], headers: dict[str, str], fault: str | None) -> AsyncIterator[bytes]:
-        final = _response_object(body, fault)
-        start = {**final, "status": "in_progress", "output": [], "usage": None}
-        finished = False
-        try:
-            yield _event("response.created", {"type": "response.created", "sequence_number": 0, "response": start})
-            for i in range(n := int(headers.get("x-fake-chunks", "3"))):
-                await asyncio.sleep(float(headers.get("x-fake-chunk-delay", "0")))
-                yield _event("response.output_text.delta", {
-                    "type": "response.output_text.delta", "sequence_number": i + 1, "item_id": "msg_fake",
-                    "output_index": 0, "content_index": 0, "delta": f"part{i} ", "logprobs": [],
-                })
-            for index, item in enumerate(final["output"][1:], start=1):  # a function call, whole
-                for kind in ("response.output_item.added", "response.output_item.done"):
-                    n += 1
-                    yield _event(kind, {"type": kind, "sequence_number": n, "output_index": index, "item": item})
-            yield _event("response.completed", {"type": "response.completed", "sequence_number": n + 1, "response": final})
-            finished = True
-        finally:
-            with self.lock:
-                (self.streams_completed if finished else self.streams_cut).append(headers.get("x-test-id", ""))
 
     async def embeddings(self, request: Request) -> Response:
         got = await self._record(request)
@@ -262,74 +258,6 @@ class FakeUpstream:
                         media_type=request.headers.get("content-type", "application/octet-stream"))
 
 
-    # --- Anthropic's Messages API ------------------------------------------------------------------
-    async def anthropic_messages(self, request: Request) -> Response:
-        """`POST /v1/messages`: an Anthropic message (JSON or SSE events); with `tools`, a `tool_use` block
-        whose id is unique to the turn; faults 500 and 429 as for chat."""
-        got = await self._record_anthropic(request)
-        body, headers = got.body, got.headers
-        fault = _fault(headers.get("x-fake-fault"), body["model"])
-        if fault == "500":
-            return JSONResponse({"type": "error", "error": {"type": "api_error", "message": "fake upstream failure"}}, status_code=500)
-        if fault == "429":
-            return JSONResponse({"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limited"}},
-                                status_code=429, headers={"retry-after": "7"})
-        message = _anthropic_message(body)
-        if body.get("stream"):
-            return StreamingResponse(self._anthropic_events(message, headers), media_type="text/event-stream")
-        return JSONResponse(message, headers={"request-id": "req_fake_1"})
-
-    async def _record_anthropic(self, request: Request) -> Received:
-        raw = await request.body()
-        got = Received(raw, json.loads(raw), {k.lower(): v for k, v in request.headers.items()})
-        got.path = request.url.path
-        with self.lock:
-            self.received.append(got)
-        return got
-
-    async def _anthropic_events(self, message: dict[str, Any], headers: dict[str, str]) -> AsyncIterator[bytes]:
-        test_id = headers.get("x-test-id", "")
-        finished = False
-        try:
-            start = {**message, "content": [], "stop_reason": None,
-                     "usage": {**message["usage"], "output_tokens": 1}}
-            yield _event("message_start", {"type": "message_start", "message": start})
-            yield _event("ping", {"type": "ping"})
-            for i, block in enumerate(message["content"]):
-                if block["type"] == "text":
-                    yield _event("content_block_start", {"type": "content_block_start", "index": i,
-                                                         "content_block": {"type": "text", "text": ""}})
-                    for piece in block["text"].split(" "):
-                        delta = {"type": "text_delta", "text": piece + " " if piece != block["text"].split(" ")[-1] else piece}
-                        yield _event("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta})
-                else:
-                    yield _event("content_block_start", {"type": "content_block_start", "index": i,
-                                                         "content_block": {**block, "input": {}}})
-                    delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
-                    yield _event("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta})
-                yield _event("content_block_stop", {"type": "content_block_stop", "index": i})
-            yield _event("message_delta", {"type": "message_delta",
-                                           "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                                           "usage": {"output_tokens": message["usage"]["output_tokens"]}})
-            yield _event("message_stop", {"type": "message_stop"})
-            finished = True
-        finally:
-            with self.lock:
-                (self.streams_completed if finished else self.streams_cut).append(test_id)
-
-
-def _fault(spec: str | None, model: str) -> str | None:
-    if not spec:
-        return None
-    for item in spec.split(","):
-        name, sep, fault = item.strip().partition("=")
-        if not sep:
-            return name
-        if name == model:
-            return fault
-    return None
-
-
 def _usage() -> dict[str, Any]:
     return {
         "prompt_tokens": PROMPT_TOKENS,
@@ -343,9 +271,6 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-WEAK_MODELS = ("mini", "mixtral")
-HARD_WORDS = ("prove", "derive", "derivation", "implement", "debug", "optimize", "optimise", "algorithm", "analyse",
-              "analyze", "design a", "calculate", "solve")
 JUDGE_ANSWER = re.compile(r"\[The Start of the Assistant's Answer\]\n(.*?)\n\[The End of the Assistant's Answer\]", re.DOTALL)
 BAD_VERDICTS = {
     "garbage": "I would give this answer a solid 8 out of 10.",
@@ -354,16 +279,6 @@ BAD_VERDICTS = {
     "extra-key": json.dumps({"score": 8, "reason": "fine", "confidence": 0.9}),
     "fenced": "```json\n" + json.dumps({"score": 8, "reason": "fenced"}) + "\n```",
 }
-
-
-def _last_user_text(body: dict[str, Any]) -> str:
-    for m in reversed(body.get("messages") or []):
-        if isinstance(m, dict) and m.get("role") == "user":
-            content = m.get("content")
-            if isinstance(content, list):
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return content if isinstance(content, str) else ""
-    return ""
 
 
 def judge_verdict(prompt: str, fault: str | None) -> str | None:
@@ -383,7 +298,7 @@ def judge_verdict(prompt: str, fault: str | None) -> str | None:
 
 def _completion(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
     model = body["model"]
-    text = _last_user_text(body)
+    text = last_user_text(body)
     content = f"answer from {model}"
     if any(w in model.lower() for w in WEAK_MODELS) and any(w in text.lower() for w in HARD_WORDS):
         content += " (unsure)"
@@ -456,66 +371,5 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 
     return bool(predicate())
 
 
-# Anthropic Messages usage of every fake answer: fresh input, cache reads, cache writes, output.
-ANTHROPIC_INPUT_TOKENS, ANTHROPIC_CACHE_READ, ANTHROPIC_CACHE_WRITE, ANTHROPIC_OUTPUT_TOKENS = 100, 1000, 200, 30
-
-
-def _anthropic_message(body: dict[str, Any]) -> dict[str, Any]:
-    model = body["model"]
-    assistant_turns = sum(1 for m in body.get("messages") or () if isinstance(m, dict) and m.get("role") == "assistant")
-    content: list[dict[str, Any]] = [{"type": "text", "text": f"answer from {model}"}]
-    stop = "end_turn"
-    if body.get("tools"):
-        name = body["tools"][0]["name"]
-        content.append({"type": "tool_use", "id": f"toolu_fake_{assistant_turns}", "name": name, "input": {"city": "Paris"}})
-        stop = "tool_use"
-    usage = {"input_tokens": ANTHROPIC_INPUT_TOKENS, "output_tokens": ANTHROPIC_OUTPUT_TOKENS,
-             "cache_read_input_tokens": ANTHROPIC_CACHE_READ, "cache_creation_input_tokens": ANTHROPIC_CACHE_WRITE}
-    return {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": stop, "stop_sequence": None, "usage": usage}
-
-
-def _event(name: str, obj: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: ".encode() + json.dumps(obj).encode() + b"\n\n"
-
-
 # Deterministic "audio": every byte value, NULs and invalid UTF-8 included.
 AUDIO_BYTES = bytes(range(256)) * 256 + b"\x00\xff\xfe"
-
-
-def _responses_user_text(body: dict[str, Any]) -> str:
-    items = body.get("input")
-    return items if isinstance(items, str) else _last_user_text({"messages": items if isinstance(items, list) else []})
-
-
-def responses_usage() -> dict[str, Any]:
-    return {
-        "input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": CACHED_TOKENS},
-        "output_tokens": COMPLETION_TOKENS, "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
-    }
-
-
-def _response_object(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
-    model = body["model"]
-    text = f"answer from {model}"
-    if any(w in model.lower() for w in WEAK_MODELS) and any(w in _responses_user_text(body).lower() for w in HARD_WORDS):
-        text += " (unsure)"
-    part: dict[str, Any] = {"type": "output_text", "text": "" if fault == "empty" else text, "annotations": []}
-    if fault == "refusal":
-        part = {"type": "refusal", "refusal": "I'm sorry, but I can't help with that."}
-    message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant", "content": [part]}
-    output: list[dict[str, Any]] = [message]
-    tools = [t for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
-    if tools:  # a function call whose call_id names the turn (the function results the input holds so far)
-        turn = sum(1 for i in body.get("input") or () if isinstance(i, dict) and i.get("type") == "function_call_output")
-        output.append({"type": "function_call", "id": f"fc_fake_{turn}", "call_id": f"call_fake_{turn}",
-                       "name": tools[0]["name"], "arguments": '{"city": "Paris"}', "status": "completed"})
-    cut = fault == "length"
-    return {
-        "id": "resp_" + uuid.uuid4().hex[:16], "object": "response", "created_at": int(time.time()),
-        "status": "incomplete" if cut else "completed",
-        "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "error": None,
-        "model": model + SNAPSHOT_SUFFIX, "output": output, "instructions": body.get("instructions"),
-        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": responses_usage(),
-    }

@@ -23,22 +23,31 @@ the strengths and the graph are in tests/toy_graphs.py); what each kind makes of
   likeliest route of the chosen tier (`policy:translation`).
 
 Request features (log_tokens, has_code, math_density) and token_type_ids are graph inputs, as in a
-real artifact, with zero weight: they never change a decision.
+real artifact, with zero weight: they never change a decision. How a directory is staged, hashed
+and published (and the drift reference a pair carries) is in tests/toy_directory.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import onnx
+from toy_directory import (  # staging, graphs, common metadata, drift reference; REFERENCE_PROMPTS re-exported
+    REFERENCE_PROMPTS,
+    base_metadata,
+    embedder_spec,
+    encoder_inputs,
+    publish_directory,
+    stage_directory,
+    toy_artifact_version,
+    toy_drift_reference,
+    write_graphs,
+)
 from toy_graphs import (  # re-exported: tests import the toy's vocabulary and scoring from here
     CHEAP_WORDS,
     DEFAULT_MULTI_MODELS,
@@ -49,13 +58,11 @@ from toy_graphs import (  # re-exported: tests import the toy's vocabulary and s
     VOCAB,
     WORD_WEIGHT,
     default_capabilities,
-    int8_like,
     logit,
     mean_strength,
     multi_p_pass,
     pair_p_cheap_ok,
     router_graph,
-    sigmoid,
     strengths,
     token_table,
     toy_answer_score,
@@ -63,19 +70,12 @@ from toy_graphs import (  # re-exported: tests import the toy's vocabulary and s
     toy_tokenizer,
 )
 
-import router_model
 from router_model.answer_features import FEATURE_VERSION
 from router_model.answer_score import ANSWER_SCORE_FILE, SCORE_FEATURES
 from router_model.artifact import (
     FP32,
-    GRAPH_FILES,
-    INT8,
-    METADATA_FILE,
     POLICY_TIERS,
     PROBABILITIES_OUTPUT,
-    TOKENIZER_FILE,
-    ArtifactMetadata,
-    EmbedderSpec,
     EscalationRecord,
     GoalRecord,
     MultiModelRecord,
@@ -84,16 +84,7 @@ from router_model.artifact import (
     write_metadata,
 )
 from router_model.decision import CHEAP_ONLY_CLASS
-from router_model.drift_reference import (
-    FAR_QUANTILE,
-    Binned,
-    Categorical,
-    DriftReference,
-    EmbeddingSummary,
-    nearest_centroid_distance,
-    write_reference,
-)
-from router_model.encoder import EncoderSettings
+from router_model.drift_reference import write_reference
 from router_model.features import DEFAULT_FEATURES
 from router_model.multi import PASS_OUTPUT, CostModel
 
@@ -123,145 +114,13 @@ JOINT_CLASSES = ("both", CHEAP_ONLY_CLASS, "strong_only", "neither")
 JOINT_CHEAP_OK = ("both", CHEAP_ONLY_CLASS, "neither")
 _STRONG_ONLY = JOINT_CLASSES.index("strong_only")
 
-TOY_EMBEDDER = "toy-word-table"
 POLICY_SOURCE_FILE = "policy.yaml"  # training/policy/builder.py POLICY_FILE
 
 # Per-call dollars of a toy N-model artifact: intercept + per_token * prompt tokens, cheapest first.
 _TOY_PRICES = ((0.00005, 0.15e-6), (0.0008, 2.5e-6), (0.004, 15e-6), (0.01, 60e-6))
 
-# Prompts the drift reference describes (its "training data"): traffic made of them shows no drift.
-_REFERENCE_PROMPTS = (
-    "Translate this sentence into French.",
-    "Translate the following email into Spanish.",
-    "Summarise this text in five words.",
-    "Summarize the following review.",
-    "Classify the sentiment of this review.",
-    "Extract the dates from this email.",
-    "Extract the names from the following text.",
-    "Classify this email.",
-    "Prove the theorem.",
-    "Prove that the square root of two is irrational.",
-    "Derive the sum of the series.",
-    "Prove this lemma by induction.",
-    "What is the integral of sin x?",
-    "Give a proof that there are infinitely many prime numbers.",
-    "Write a short story.",
-    "What is this code about?",
-    "Hello, how are you?",
-    "Write a poem about the sea.",
-    "Describe the image.",
-    "Why is the sky blue?",
-)
-REFERENCE_PROMPTS = _REFERENCE_PROMPTS
 
-
-# ------------------------------------------------------------------------------ the directory
-
-
-def _versions() -> dict[str, str]:
-    out = {"router_model": router_model.__version__}
-    for pkg in ("onnx", "onnxruntime", "tokenizers", "numpy"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
-
-
-def _embedder_spec(table: np.ndarray, max_length: int, truncation: str, model_inputs: Sequence[str]) -> EmbedderSpec:
-    return EmbedderSpec(
-        name=TOY_EMBEDDER,
-        pooling="mean",
-        normalize=False,
-        dim=int(table.shape[1]),
-        encoder=EncoderSettings(max_length=max_length, truncation=truncation, model_inputs=tuple(model_inputs)),
-        weights_sha256=hashlib.sha256(table.tobytes()).hexdigest(),
-    )
-
-
-def _artifact_version(kind: str, seed: int, version: str | None, *parts: object) -> str:
-    if version is not None:
-        return version
-    digest = hashlib.sha256(json.dumps([kind, seed, *[str(p) for p in parts]]).encode()).hexdigest()[:8]
-    return f"toy-{kind}-s{seed}-{digest}"
-
-
-def _model_inputs(token_type_ids: bool) -> tuple[str, ...]:
-    return ("input_ids", "attention_mask", "token_type_ids") if token_type_ids else ("input_ids", "attention_mask")
-
-
-def _stage(path: Path) -> Path:
-    """A fresh staging directory beside `path` (published by `_publish`, as training/artifact/writer.py does).
-
-    `path` may be absent, an empty directory or a model directory (rewritten in place, e.g. a second
-    version for a hot-reload test); anything else is refused, never deleted.
-    """
-    if path.exists() and not (path.is_dir() and ((path / METADATA_FILE).is_file() or not any(path.iterdir()))):
-        raise FileExistsError(f"{path} exists and is not a model directory nor empty; refusing to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.toy-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
-def _publish(tmp: Path, path: Path) -> Path:
-    """Replace `path` with the finished directory in two renames (a watcher never sees a half-written one)."""
-    old = path.parent / f".{path.name}.toy-old"
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-def _write_graphs(tmp: Path, build, table: np.ndarray, max_length: int) -> bytes:
-    fp32 = build(table)
-    onnx.save(fp32, str(tmp / GRAPH_FILES[FP32]))
-    onnx.save(build(int8_like(table)), str(tmp / GRAPH_FILES[INT8]))
-    toy_tokenizer(max_length).save(str(tmp / TOKENIZER_FILE))
-    return fp32.SerializeToString()
-
-
-def _base_metadata(**fields) -> ArtifactMetadata:
-    return ArtifactMetadata(
-        created_at=datetime.now(UTC).isoformat(),
-        graphs=dict(GRAPH_FILES),
-        versions=_versions(),
-        calibration="none (toy artifact: hand-set weights, tests/toy_artifact.py)",
-        # one numeric leaf, as a trained artifact's held-out metrics have many (GetModelInfo.metrics)
-        metrics={"toy": True, "held_out": {"rows": len(_REFERENCE_PROMPTS)}},
-        **fields,
-    )
-
-
-def _drift_reference(table: np.ndarray, threshold: float, neutral_p: float, max_length: int) -> DriftReference:
-    """A reference over _REFERENCE_PROMPTS, computed with the numpy mirror of the graph."""
-    tok = toy_tokenizer(max_length)
-    tok.no_padding()
-    emb, p, n_tokens = [], [], []
-    for text in _REFERENCE_PROMPTS:
-        ids = tok.encode(text).ids
-        e = table[ids].mean(axis=0)
-        emb.append(e)
-        p.append(sigmoid(logit(neutral_p) - float(e[0])))
-        n_tokens.append(len(tok.encode(text, add_special_tokens=False).ids))
-    E = np.asarray(emb, dtype=np.float32)
-    unit = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
-    p_arr = np.asarray(p)
-    groups = [unit[p_arr >= threshold + 0.05], unit[p_arr < threshold - 0.05], unit[np.abs(p_arr - threshold) < 0.05]]
-    centroids = np.asarray([g.mean(axis=0) for g in groups if len(g)], dtype=np.float32)
-    dist = nearest_centroid_distance(E, centroids)
-    radius = float(np.quantile(dist, FAR_QUANTILE))
-    return DriftReference(
-        n=len(_REFERENCE_PROMPTS),
-        split="toy",
-        threshold=float(threshold),
-        strong_share=float(np.mean(p_arr < threshold)),
-        p_cheap_ok=Binned.of(p_arr, 5),
-        prompt_tokens=Binned.of(np.asarray(n_tokens, dtype=np.float64), 5),
-        reasons=Categorical({"classifier": 1.0}),
-        embedding=EmbeddingSummary(centroids, Binned.of(dist, 5), radius, float(np.mean(dist > radius))),
-    )
+# ------------------------------------------------------------------------------ the writers
 
 
 def write_toy_pair(
@@ -295,7 +154,7 @@ def write_toy_pair(
     (`toy_answer_score_graph`: 0.88 without a stated final answer, 0.12 with one) at that threshold.
     """
     path = Path(path)
-    model_inputs = _model_inputs(token_type_ids)
+    model_inputs = encoder_inputs(token_type_ids)
     table = token_table(EMBED_DIM, seed, strengths(word_weight))
     head_w, head_b = _pair_head(EMBED_DIM, neutral_p)
     escalation = None if answer_threshold is None else EscalationRecord(
@@ -307,15 +166,15 @@ def write_toy_pair(
         return router_graph(t, head_w, head_b, model_inputs=model_inputs, n_features=len(features),
                       output=PROBABILITIES_OUTPUT, activation="softmax", name="toy_pair_router", work=work)
 
-    tmp = _stage(path)
+    tmp = stage_directory(path)
     try:
-        graph_bytes = _write_graphs(tmp, build, table, max_length)
+        graph_bytes = write_graphs(tmp, build, table, max_length)
         if drift_reference:
-            write_reference(tmp, _drift_reference(table, threshold, neutral_p, max_length))
+            write_reference(tmp, toy_drift_reference(table, threshold, neutral_p, max_length))
         if escalation is not None:  # before write_metadata, which hashes every file in the directory
             (tmp / ANSWER_SCORE_FILE).write_bytes(toy_answer_score_graph())
-        meta = _base_metadata(
-            artifact_version=_artifact_version("pair", seed, version, hashlib.sha256(graph_bytes).hexdigest(), cheap,
+        meta = base_metadata(
+            artifact_version=toy_artifact_version("pair", seed, version, hashlib.sha256(graph_bytes).hexdigest(), cheap,
                                                strong, threshold, list(features), max_length, drift_reference,
                                                *(() if answer_threshold is None else ("answer_score", answer_threshold))),
             cheap_model=cheap,
@@ -326,7 +185,7 @@ def write_toy_pair(
             classes=JOINT_CLASSES,
             cheap_ok_classes=JOINT_CHEAP_OK,
             head="toy-word-table",
-            embedder=_embedder_spec(table, max_length, truncation, model_inputs),
+            embedder=embedder_spec(table, max_length, truncation, model_inputs),
             features=tuple(features),
             default_graph=default_graph,
             escalation=escalation,
@@ -335,7 +194,7 @@ def write_toy_pair(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _publish(tmp, path)
+    return publish_directory(tmp, path)
 
 
 def _pair_head(dim: int, neutral_p: float) -> tuple[np.ndarray, np.ndarray]:
@@ -381,7 +240,7 @@ def write_toy_multi(
     caps = default_capabilities(n) if capabilities is None else tuple(float(c) for c in capabilities)
     if len(caps) != n:
         raise ValueError(f"{len(caps)} capabilities for {n} models")
-    model_inputs = _model_inputs(token_type_ids)
+    model_inputs = encoder_inputs(token_type_ids)
     table = token_table(EMBED_DIM, seed, strengths(WORD_WEIGHT))
     w = np.zeros((EMBED_DIM, 2 * n), dtype=np.float32)
     w[0, :] = -MULTI_GAIN
@@ -397,11 +256,11 @@ def write_toy_multi(
     cost_models = tuple(
         CostModel(m, intercept, per_token, intercept + per_token * 200) for m, (intercept, per_token) in zip(models, _TOY_PRICES)
     )
-    tmp = _stage(path)
+    tmp = stage_directory(path)
     try:
-        graph_bytes = _write_graphs(tmp, build, table, max_length)
-        meta = _base_metadata(
-            artifact_version=_artifact_version("multi", seed, version, hashlib.sha256(graph_bytes).hexdigest(), models,
+        graph_bytes = write_graphs(tmp, build, table, max_length)
+        meta = base_metadata(
+            artifact_version=toy_artifact_version("multi", seed, version, hashlib.sha256(graph_bytes).hexdigest(), models,
                                                policy, value, best, list(features), max_length),
             cheap_model=models[0],
             strong_model=best,
@@ -411,7 +270,7 @@ def write_toy_multi(
             classes=tuple(f"pass:{m}" for m in models) + tuple(f"ok:{m}" for m in models),
             cheap_ok_classes=(f"ok:{models[0]}",),
             head="toy-word-table",
-            embedder=_embedder_spec(table, max_length, truncation, model_inputs),
+            embedder=embedder_spec(table, max_length, truncation, model_inputs),
             features=tuple(features),
             default_graph=default_graph,
             multi=MultiModelRecord(models=models, rule=policy, value=float(value), cost_models=cost_models,
@@ -421,7 +280,7 @@ def write_toy_multi(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _publish(tmp, path)
+    return publish_directory(tmp, path)
 
 
 def write_toy_policy(
@@ -481,9 +340,9 @@ def write_toy_policy(
         "routes": [{"name": r, "tier": t, "examples": [f"A request that mentions {w}." for w in ws] or ["An example."]}
                    for r, t, ws in ordered],
     }
-    tmp = _stage(path)
+    tmp = stage_directory(path)
     try:
-        graph_bytes = _write_graphs(tmp, build, table, max_length)
+        graph_bytes = write_graphs(tmp, build, table, max_length)
         (tmp / POLICY_SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
         record = PolicyRecord(
             name=name,
@@ -494,8 +353,8 @@ def write_toy_policy(
             source=POLICY_SOURCE_FILE,
             source_sha256=sha256_file(tmp / POLICY_SOURCE_FILE),
         )
-        meta = _base_metadata(
-            artifact_version=_artifact_version("policy", seed, version, hashlib.sha256(graph_bytes).hexdigest(), cheap,
+        meta = base_metadata(
+            artifact_version=toy_artifact_version("policy", seed, version, hashlib.sha256(graph_bytes).hexdigest(), cheap,
                                                strong, threshold, json.dumps(source, sort_keys=True)),
             cheap_model=cheap,
             strong_model=strong,
@@ -505,7 +364,7 @@ def write_toy_policy(
             classes=classes,
             cheap_ok_classes=tuple(r for r, t, _ in ordered if t == "cheap"),
             head="toy-policy-keywords",
-            embedder=_embedder_spec(table, max_length, "head_tail", model_inputs),
+            embedder=embedder_spec(table, max_length, "head_tail", model_inputs),
             features=(),
             default_graph=FP32,
             policy=record,
@@ -514,4 +373,4 @@ def write_toy_policy(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _publish(tmp, path)
+    return publish_directory(tmp, path)

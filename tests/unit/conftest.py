@@ -4,6 +4,10 @@ Each directory is written once per session in a few milliseconds and is a comple
 artifact (`Router.load` checks it like a trained one). Tests must not modify them: copy one to
 `tmp_path` first (`shutil.copytree`) to tamper with it.
 
+It also starts the observe-mode gRPC server that the test_service*.py files share for their
+read-only tests (`server`, `ch`, `stub`, `decision_log_path`: one per test module, settings in
+tests/service_observe.py).
+
 tests/unit is a package (it has an __init__.py) so that this file is imported as
 `unit.conftest`, not as a second top-level `conftest` module: without it, pytest would replace
 `sys.modules["conftest"]` (tests/conftest.py) with this file during collection, and a test in
@@ -113,3 +117,53 @@ def upstream():
 def router(toy_model_dir) -> Router:
     """The toy pair, loaded afresh for each test module (tests may swap or compare it by identity)."""
     return Router.load(toy_model_dir)
+
+
+@pytest.fixture(scope="module")
+def decision_log_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The decision log of the module's observe-mode gRPC `server`."""
+    return tmp_path_factory.mktemp("observe") / "decisions.jsonl"
+
+
+@pytest.fixture(scope="module")
+def server(toy_model_dir: Path, decision_log_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One observe-mode gRPC server with metrics for the read-only tests of a test_service*.py module
+    (limits and prompt-hash key: tests/service_observe.py)."""
+    from service_helpers import serve
+    from service_observe import MAX_PROMPT_CHARS, PROMPT_HASH_KEY
+
+    from router_model.service.config import ServerConfig
+
+    config = ServerConfig(
+        model_dir=toy_model_dir,
+        host="127.0.0.1",
+        port=0,
+        workers=4,
+        max_prompt_chars=MAX_PROMPT_CHARS,
+        observe=True,
+        decision_log=decision_log_path,
+        metrics_port=0,
+        prompt_hash_key=PROMPT_HASH_KEY,
+        allow_reload=True,  # Reload is opt-in; every test directory is under the base temp dir
+        model_root=tmp_path_factory.getbasetemp(),
+    )
+    with serve(config) as running:
+        assert running.wait_until_ready(30)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def ch(server):
+    """A gRPC channel to the module's `server`."""
+    from service_helpers import channel
+
+    with channel(server) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stub(ch):
+    """A router.v1.Router client stub of the module's `server`."""
+    from service_helpers import router_stub
+
+    return router_stub(ch)
