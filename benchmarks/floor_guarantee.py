@@ -66,6 +66,7 @@ HEAD = "logreg_c0.1"  # the threshold part uses one head (the selection part com
 @dataclass
 class Data:
     name: str
+    ids: list[str]  # the log's row ids (benchmarks/savings_under_guarantee.py joins the cheap answers on them)
     texts: list[str]
     X: np.ndarray
     w: np.ndarray
@@ -106,7 +107,7 @@ def load(name: str, embedder: OnnxEmbedder, test_fraction: float, max_rows: int 
     pool, test = np.flatnonzero(side == "train"), np.flatnonzero(side != "train")
     print(f"{name}: {len(recs)} rows ({sum(read.skipped.values())} skipped: {dict(read.skipped)}; cheap pass {w.mean():.3f}, strong {s.mean():.3f}); pool {len(pool)}, "
           f"test {len(test)}; embedded in {time.perf_counter() - t0:.0f}s ({embedder.last_stats})", flush=True)
-    return Data(name, texts, X, w, s, costs.cheap, costs.strong, pool, test)
+    return Data(name, [r.id for r in recs], texts, X, w, s, costs.cheap, costs.strong, pool, test)
 
 
 def on_test(d: Data, p: np.ndarray, threshold: float) -> dict[str, float]:
