@@ -6,7 +6,7 @@ the last two with the cheap model's own answers from their raw files in ../share
 outputs; RouterBench responses: ARC / Winogrande single letters, MBPP code). Per file the prompts
 are split by text into a pool (60%) and a disjoint test set (40%). Each draw takes a labelled log
 of N rows from the pool and runs router-train's own stages on cached embeddings (the 70/15/15
-split, the `logreg_c0.1` head, `threshold_stage`, `with_escalation`, `every_row_stage`), floor
+split, the `logreg_c0.1` head, `threshold_stage`, `with_escalation`, `every_row_stage`, `on_every_row`), floor
 0.95 at risk 0.05. The rules, each scored on the test set:
 
   empirical        the threshold where validation just meets the floor (--risk none): no guarantee
@@ -15,9 +15,11 @@ split, the `logreg_c0.1` head, `threshold_stage`, `with_escalation`, `every_row_
   betting          the betting certificate on the same scores (--threshold-rows oof)
   every-row        betting, cross-fitted again over every labelled row (--escalation off; the
                    default when the log keeps no answers)
-  route+escalate   routing alone or the cascade on the answer score, each at risk 0.025 on train +
-                   validation, the cheaper served (router-train's default when the log kept the
-                   cheap answers); only for the files that have them
+  route+escalate-oof  routing alone or the cascade on the answer score, each at risk 0.025 on
+                   cross-fitted train + validation scores, the cheaper served (router-train's default
+                   when the log kept the cheap answers, before it certified on every row)
+  route+escalate   the same choice made again on every labelled row (`on_every_row`: router-train's
+                   default when the log kept the cheap answers); both only for the files that have them
 
 Per rule: the share of draws where quality >= 0.95 x always-strong held on the test set (with a
 95% upper bound on the violation rate), cost / always-strong, quality / always-strong, cheap
@@ -64,7 +66,8 @@ CHEAP_OUTPUTS = {"mmlu-pro": "mmlu-pro/raw/model_outputs_zips/model_outputs_gemi
 # The sizes of issue 26's targets: routellm-mmlu 1,000 / 3,000; mmlu-pro up to 6,000 (its pool is 7,233);
 # routerbench's pool (1,890 rows) holds one size.
 SIZES = {"routellm-mmlu": (1000, 3000), "mmlu-pro": (1500, 3000, 6000), "routerbench": (1500,)}
-RULES = ("empirical", "clopper-pearson", "betting", "every-row", "route+escalate")
+RULES = ("empirical", "clopper-pearson", "betting", "every-row", "route+escalate-oof", "route+escalate")
+CASCADES = ("route+escalate-oof", "route+escalate")
 
 _STATE: Any = None  # (floor_guarantee module, its Data, the cheap answers or None), shared with forked workers
 
@@ -129,7 +132,7 @@ def one_draw(job: tuple[int, int, float, float]) -> dict[str, Any]:
 
     from router_model.answer_score import estimated_wait_s
     from router_model.offline.split import assign_splits, normalize_prompt
-    from training.escalation import score_matrix, served, with_escalation
+    from training.escalation import on_every_row, score_matrix, served, with_escalation
     from training.head import make_target, select_head
     from training.threshold import Goal, choose_threshold, every_row_stage, threshold_stage
 
@@ -141,6 +144,18 @@ def one_draw(job: tuple[int, int, float, float]) -> dict[str, Any]:
 
     def routed(p_test: np.ndarray, threshold: float) -> dict[str, Any]:
         return {**served(p_test, no_answer_score, threshold=threshold, answer_threshold=None, **test), "family": "route"}
+
+    def cascade_on_test(p_test: np.ndarray, threshold: float, esc: Any) -> dict[str, Any]:
+        """Route then escalate on the test set; the added wait of the escalated requests (estimated)."""
+        u = esc.record.answer_threshold if esc is not None and esc.record.on else None
+        q_test = (esc.head.predict(score_matrix([answers[i] for i in te], p_test))
+                  if esc is not None and esc.head is not None and u is not None else no_answer_score)
+        r = served(p_test, q_test, threshold=threshold, answer_threshold=u, **test)
+        escalated = (p_test >= threshold) & (q_test >= u) if u is not None else np.zeros(len(te), dtype=bool)
+        wait = estimated_wait_s(np.array([len(answers[i]) for i in te], dtype=float)[escalated] / 4.0)
+        return {**r, "family": "off" if esc is None else esc.record.family,
+                "wait_p50": float(np.percentile(wait, 50)) if len(wait) else 0.0,
+                "wait_p99": float(np.percentile(wait, 99)) if len(wait) else 0.0}
 
     warnings.filterwarnings("ignore")  # sklearn convergence chatter on tiny calibration folds
     out: dict[str, Any] = {}
@@ -169,21 +184,17 @@ def one_draw(job: tuple[int, int, float, float]) -> dict[str, Any]:
             cp = chosen_on(stage.scores, stage.labelled_rows, replace(goal, certificate="clopper-pearson"))
         out["clopper-pearson"] = routed(p_test, cp)
         out["betting"] = routed(p_test, stage.choice.threshold)
-        final = every_row_stage(stage, X, texts, **outcomes, train_rows=tr, val_rows=va, test_rows=lte, goal=goal)
-        out["every-row"] = routed(final.head.p_cheap_ok(d.X[te]), final.choice.threshold)
-        if answers is not None:
-            choice, esc = with_escalation(stage, answers=[answers[i] for i in rows], **outcomes, goal=goal,
+        if answers is None:
+            final = every_row_stage(stage, X, texts, **outcomes, train_rows=tr, val_rows=va, test_rows=lte, goal=goal)
+        else:  # route against cascade on train + validation, then again on every row (what router-train ships)
+            draw_answers = [answers[i] for i in rows]
+            choice, esc = with_escalation(stage, answers=draw_answers, **outcomes, goal=goal,
                                           test_rows=np.empty(0, dtype=int), p_test=np.empty(0))
-            u = esc.record.answer_threshold if esc is not None and esc.record.on else None
-            q_test = (esc.head.predict(score_matrix([answers[i] for i in te], p_test))
-                      if esc is not None and esc.head is not None and u is not None else no_answer_score)
-            r = served(p_test, q_test, threshold=choice.threshold, answer_threshold=u, **test)
-            escalated = (p_test >= choice.threshold) & (q_test >= u) if u is not None else np.zeros(len(te), dtype=bool)
-            wait = estimated_wait_s(np.array([len(answers[i]) for i in te], dtype=float)[escalated] / 4.0)
-            family = "off" if esc is None else esc.record.family
-            out["route+escalate"] = {**r, "family": family,
-                                     "wait_p50": float(np.percentile(wait, 50)) if len(wait) else 0.0,
-                                     "wait_p99": float(np.percentile(wait, 99)) if len(wait) else 0.0}
+            out["route+escalate-oof"] = cascade_on_test(stage.head.p_cheap_ok(d.X[te]), choice.threshold, esc)
+            final, choice, esc = on_every_row(stage, esc, X=X, texts=texts, answers=draw_answers, **outcomes,
+                                              train_rows=tr, val_rows=va, test_rows=lte, goal=goal)
+            out["route+escalate"] = cascade_on_test(final.head.p_cheap_ok(d.X[te]), choice.threshold, esc)
+        out["every-row"] = routed(final.head.p_cheap_ok(d.X[te]), final.choice.threshold)
     for rule in out:
         out[rule]["held"] = float(out[rule]["quality_vs_strong"] >= floor)
     return out
@@ -207,7 +218,7 @@ def summarise(draws: list[dict[str, Any]]) -> dict[str, Any]:
             "quality_vs_strong_min": float(np.min([r["quality_vs_strong"] for r in rows])),
             "families": {f: sum(r["family"] == f for r in rows) for f in {r["family"] for r in rows}},
         }
-        if rule == "route+escalate":
+        if rule in CASCADES:
             res[rule]["added_wait_p50_s"] = float(np.mean([r["wait_p50"] for r in rows]))
             res[rule]["added_wait_p99_s"] = float(np.mean([r["wait_p99"] for r in rows]))
     return res
@@ -220,8 +231,8 @@ def _print_size(name: str, n: int, summ: dict[str, Any]) -> None:
             continue
         r = summ[rule]
         extra = (f"  escalated {r['escalated_share']:.1%}  added wait p50 {r['added_wait_p50_s']:.1f}s "
-                 f"p99 {r['added_wait_p99_s']:.1f}s  families {r['families']}" if rule == "route+escalate" else "")
-        print(f"  {rule:<15} held {r['held']:6.1%}  cheap {r['cheap_share']:6.1%}  cost {r['cost_vs_strong']:.3f} of "
+                 f"p99 {r['added_wait_p99_s']:.1f}s  families {r['families']}" if rule in CASCADES else "")
+        print(f"  {rule:<18} held {r['held']:6.1%}  cheap {r['cheap_share']:6.1%}  cost {r['cost_vs_strong']:.3f} of "
               f"always-strong  quality {r['quality_vs_strong']:.3f} (min {r['quality_vs_strong_min']:.3f})" + extra,
               flush=True)
 

@@ -34,7 +34,7 @@ from router_model.answer_features import FEATURE_VERSION, answer_feature_matrix
 from router_model.answer_score import ANSWER_SCORE_FILE, SCORE_FEATURES, prompt_logit
 from router_model.artifact_records import EscalationRecord
 from training.risk import ALL_STRONG, certify_quality_floor, method_for
-from training.threshold import Goal, ThresholdChoice, ThresholdStage
+from training.threshold import Goal, ThresholdChoice, ThresholdStage, every_row_stage
 
 ESCALATION_MODES = ("auto", "off")
 FAMILIES = ("route", "cascade")
@@ -264,6 +264,31 @@ def with_escalation(stage: ThresholdStage, *, answers: Sequence[str | None], che
         }
         esc = replace(esc, record=replace(esc.record, evaluation=evaluation))
     return choice, esc
+
+
+def on_every_row(stage: ThresholdStage, escalation: EscalationStage | None, *, X: np.ndarray, texts: list[str],
+                 answers: Sequence[str | None], cheap_passed: np.ndarray, strong_passed: np.ndarray,
+                 cost_cheap: np.ndarray, cost_strong: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
+                 test_rows: np.ndarray, goal: Goal, calibration: str = "sigmoid",
+                 seed: int = 0) -> tuple[ThresholdStage, ThresholdChoice, EscalationStage | None]:
+    """After the held-out evaluation (`--threshold-rows all`): (the stage, the choice, the escalation) to ship.
+
+    The threshold is certified again on every labelled row (`every_row_stage`) and, when escalation
+    was tried, so is route against cascade, each family at half the risk as before: the gain of the
+    test split's rows is the same for both (benchmarks/savings_under_guarantee.py). The answer
+    score keeps the held-out figures of its train + validation version when both versions cascade.
+    """
+    outcomes = {"cheap_passed": cheap_passed, "strong_passed": strong_passed, "cost_cheap": cost_cheap,
+                "cost_strong": cost_strong}
+    final = every_row_stage(stage, X, texts, **outcomes, train_rows=train_rows, val_rows=val_rows,
+                            test_rows=test_rows, goal=goal, calibration=calibration, seed=seed)
+    if final is stage or escalation is None:
+        return final, final.choice, escalation
+    choice, shipped = with_escalation(final, answers=answers, **outcomes, goal=goal, test_rows=test_rows[:0],
+                                      p_test=np.empty(0), seed=seed)
+    if shipped is not None and shipped.record.on and escalation.record.on:
+        shipped = replace(shipped, record=replace(shipped.record, evaluation=escalation.record.evaluation))
+    return final, replace(choice, rows=final.rows), shipped
 
 
 def describe_escalation(esc: EscalationStage) -> list[str]:

@@ -34,11 +34,11 @@ from training.embedding.common import DEFAULT_EMBEDDER
 from training.embedding.export import export_embedder
 from training.embedding.features import feature_matrix
 from training.embedding.onnx_embedder import OnnxEmbedder
-from training.escalation import ESCALATION_MODES, describe_escalation, with_escalation
+from training.escalation import ESCALATION_MODES, describe_escalation, on_every_row, with_escalation
 from training.evaluate.evaluation import evaluate
 from training.head import DEFAULT_SELECT_BY, FittedHead, make_target, select_head
 from training.heartbeat import Heartbeat
-from training.threshold import DEFAULT_GOAL, THRESHOLD_ROWS, Goal, describe_choice, every_row_stage, threshold_stage
+from training.threshold import DEFAULT_GOAL, THRESHOLD_ROWS, Goal, describe_choice, threshold_stage
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,8 @@ def train(config: TrainConfig) -> TrainResult:
     head, choice = stage.head, stage.choice
     p_test = head.p_cheap_ok(X[te])
     escalation = None
+    answers = [r.answers.get(read.cheap_model) for r in read.records] if config.escalation == "auto" else []
     if config.escalation == "auto":
-        answers = [r.answers.get(read.cheap_model) for r in read.records]
         choice, escalation = with_escalation(stage, answers=answers, cheap_passed=ds.cheap_passed,
                                              strong_passed=ds.strong_passed, cost_cheap=ds.cost_cheap,
                                              cost_strong=ds.cost_strong, goal=config.goal, test_rows=te,
@@ -223,18 +223,21 @@ def train(config: TrainConfig) -> TrainResult:
              f"of always-strong, quality {s['quality_vs_strong']:.3f}, {s['escalated_share']:.1%} escalated")
     for line in LEGEND:
         _say(line)
-    evaluated_stage = stage
-    if config.threshold_rows == "all" and escalation is None:  # escalation's joint certificate stays on train+val
+    evaluated_stage, evaluated_choice = stage, choice
+    if config.threshold_rows == "all":
         with Heartbeat("threshold on every labelled row", say=_say):
-            stage = every_row_stage(stage, X, ds.texts, cheap_passed=ds.cheap_passed, strong_passed=ds.strong_passed,
-                                    cost_cheap=ds.cost_cheap, cost_strong=ds.cost_strong, train_rows=tr, val_rows=va,
-                                    test_rows=te, goal=config.goal, calibration=config.calibration, seed=config.seed)
+            stage, shipped_choice, shipped_escalation = on_every_row(
+                stage, escalation, X=X, texts=ds.texts, answers=answers, cheap_passed=ds.cheap_passed,
+                strong_passed=ds.strong_passed, cost_cheap=ds.cost_cheap, cost_strong=ds.cost_strong, train_rows=tr,
+                val_rows=va, test_rows=te, goal=config.goal, calibration=config.calibration, seed=config.seed)
     if stage is not evaluated_stage:
-        head, choice = stage.head, stage.choice
-        evaluation["shipped"] = shipped_summary(evaluated_stage.choice, choice)
+        head, choice, escalation = stage.head, shipped_choice, shipped_escalation
+        evaluation["shipped"] = shipped_summary(evaluated_choice, choice)
         _say(f"shipped: the same procedure on every labelled row (the table above checks its train+validation "
              f"version on the {len(te)} test rows, which that version never saw):")
         for line in describe_choice(choice):
+            _say(line)
+        for line in describe_escalation(escalation) if escalation is not None else []:
             _say(line)
 
     # 6. artifact: graphs, metadata, parity, staged beside the target

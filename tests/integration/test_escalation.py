@@ -101,7 +101,7 @@ def test_info_and_the_savings_report_say_whether_it_escalates(escalation_trained
 def test_without_escalation_the_threshold_and_head_use_every_labelled_row(routing_only_trained, escalation_trained) -> None:
     """--threshold-rows all (the default): certified on every row after the held-out evaluation, which stays
     the train + validation version's; the prompt digest covers the test rows, so test.jsonl is reported as seen.
-    When escalation is tried, the threshold stays on train + validation."""
+    When escalation is tried, route against cascade is certified again on every row too."""
     from router_model.offline.savings import compute_report, score_log
 
     meta = read_metadata(routing_only_trained.model_dir)
@@ -110,7 +110,9 @@ def test_without_escalation_the_threshold_and_head_use_every_labelled_row(routin
     shipped = routing_only_trained.evaluation["shipped"]
     assert shipped["n_labelled"] == sum(rows.values()) and shipped["evaluated_n_labelled"] == rows["train"] + rows["val"]
     assert shipped["threshold"] == pytest.approx(meta.threshold)
-    assert read_metadata(escalation_trained.model_dir).goal.threshold_rows == "oof"
+    tried = read_metadata(escalation_trained.model_dir)
+    assert tried.goal.threshold_rows == "all" and tried.goal.n_labelled == sum(tried.data.split_rows.values())
+    assert escalation_trained.evaluation["shipped"]["evaluated_n_labelled"] == rows["train"] + rows["val"]
     model_dir = routing_only_trained.model_dir
     report = compute_report(score_log(model_dir, [model_dir.parent / (model_dir.name + "-report") / "test.jsonl"]))
     assert report["rows_seen_in_training"] == rows["test"]

@@ -157,3 +157,42 @@ def test_the_log_keeps_answers_and_names_a_bad_one() -> None:
     with pytest.raises(RowError) as err:
         parse_line(json.dumps(line).encode(), line_no=1, default_id="r1", pass_threshold=0.8)
     assert err.value.field == "grading.a.answer"
+
+
+def test_on_every_row_certifies_route_against_cascade_again_over_every_row() -> None:
+    """--threshold-rows all with escalation tried: after the held-out evaluation, both the threshold and
+    the route/cascade choice are certified on every labelled row, the test split included."""
+    from training.escalation import on_every_row
+    from training.head import make_target, select_head
+    from training.threshold import threshold_stage
+
+    rng = np.random.default_rng(3)
+    n = 1200
+    X = rng.normal(size=(n, 6))
+    strong = (rng.random(n) < 0.9).astype(float)
+    loss = (rng.random(n) < 1 / (1 + np.exp(-1.5 * X[:, 0] + 1.0))) & (strong > 0.5)
+    cheap = np.where(loss, 0.0, strong)
+    answers = [("Maybe (C)? I am not sure." if bad else "Step by step ... The answer is (B).") + f" {i}"
+               for i, bad in enumerate(loss)]
+    texts = [f"prompt {i}" for i in range(n)]
+    tr, va, te = np.arange(0, 840), np.arange(840, 1020), np.arange(1020, n)
+    outcomes = {"cheap_passed": cheap, "strong_passed": strong, "cost_cheap": np.full(n, 0.02),
+                "cost_strong": np.ones(n)}
+    goal = Goal.quality_floor(0.95, 0.05)
+    head = select_head(X, cheap, strong, train_rows=tr, val_rows=va, target=make_target("joint"),
+                       names=("logreg_c0.1",), say=lambda _: None)
+    stage = threshold_stage(head, X, texts, **outcomes, train_rows=tr, val_rows=va, goal=goal, rows="oof")
+    p_test = stage.head.p_cheap_ok(X[te])
+    choice, esc = with_escalation(stage, answers=answers, **outcomes, goal=goal, test_rows=te, p_test=p_test)
+    assert esc is not None and esc.record.on and esc.record.evaluation  # the answers give failures away
+    rows = {"train_rows": tr, "val_rows": va, "test_rows": te}
+    final, shipped_choice, shipped = on_every_row(stage, esc, X=X, texts=texts, answers=answers, **outcomes, **rows,
+                                                  goal=goal)
+    assert final.rows == "all" and final.labelled_rows is not None and len(final.labelled_rows) == n
+    assert shipped_choice.rows == "all" and shipped_choice.n_labelled == n and shipped_choice.certified
+    assert shipped is not None and shipped.record.on and shipped.scores is not None and len(shipped.scores) == n
+    assert shipped.record.evaluation == esc.record.evaluation  # the held-out check of the evaluated version
+    assert shipped.fit_features is not None and len(shipped.fit_features) == n  # the answer score refit on every row
+    # not tried (no answers): the threshold alone on every row
+    final2, choice2, none = on_every_row(stage, None, X=X, texts=texts, answers=answers, **outcomes, **rows, goal=goal)
+    assert none is None and choice2 is final2.choice and choice2.rows == "all"
