@@ -12,9 +12,10 @@ Three parts, each comparing the two certificates of training/risk.py on the same
                  prompts (split by text); the other half is the population. Labelled logs are drawn
                  with replacement from it, so "held" is exact for that population (no finite test set).
   mmlu-pipeline  the pipeline's own stages (70/15/15 split, cross-fitted scores over train +
-                 validation, then the test split as one more fold: `--threshold-rows all`, the
-                 default; the head refit on every row), both certificates on the same cross-fitted
-                 scores, scored on the disjoint test set (finite, so "held" is itself an estimate).
+                 validation, then cross-fitted again over every row, the test split in the folds:
+                 `--threshold-rows all`, the default; the head refit on every row), both
+                 certificates on the same cross-fitted scores, scored on the disjoint test set
+                 (finite, so "held" is itself an estimate).
 
     python benchmarks/certificate_simulation.py --part synthetic --draws 2000
     python benchmarks/certificate_simulation.py --part mmlu-fixed --draws 1000

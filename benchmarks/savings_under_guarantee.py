@@ -69,7 +69,9 @@ SIZES = {"routellm-mmlu": (1000, 3000), "mmlu-pro": (1500, 3000, 6000), "routerb
 RULES = ("empirical", "clopper-pearson", "betting", "every-row", "route+escalate-oof", "route+escalate")
 CASCADES = ("route+escalate-oof", "route+escalate")
 
-_STATE: Any = None  # (floor_guarantee module, its Data, the cheap answers or None), shared with forked workers
+# (floor_guarantee module, its Data, the cheap answers or None, the test set's answer features or None),
+# shared with forked workers
+_STATE: Any = None
 
 
 def _mmlu_pro_answers(path: Path) -> dict[str, str]:
@@ -100,9 +102,11 @@ def _routerbench_answers(folder: Path, model: str) -> dict[str, str]:
 
 
 def load(name: str, max_rows: int | None = None) -> Any:
-    """(floor_guarantee, its Data for the file, the cheap answers per row or None); None: the file is absent."""
+    """(floor_guarantee, its Data for the file, the cheap answers per row or None, the test set's answer
+    features or None); None: the file is absent."""
     import floor_guarantee as fg
 
+    from router_model.answer_features import answer_feature_matrix
     from training.cache import default_cache_dir
     from training.data.public import shared_data_dir
     from training.embedding.export import export_embedder
@@ -115,15 +119,15 @@ def load(name: str, max_rows: int | None = None) -> Any:
     if d is None:
         return None
     if name not in CHEAP_OUTPUTS:
-        return fg, d, None
+        return fg, d, None, None
     raw = shared_data_dir() / CHEAP_OUTPUTS[name]
     if not raw.exists():
         print(f"{name}: {raw} is absent: no route+escalate column", flush=True)
-        return fg, d, None
+        return fg, d, None, None
     by_id = _mmlu_pro_answers(raw) if name == "mmlu-pro" else _routerbench_answers(raw, fg.FILES[name][1])
     answers = [by_id.get(i, "") for i in d.ids]
     print(f"{name}: cheap answers for {sum(bool(a) for a in answers)} of {len(answers)} rows", flush=True)
-    return fg, d, answers
+    return fg, d, answers, answer_feature_matrix([answers[i] for i in d.test])  # once: every draw scores them
 
 
 def one_draw(job: tuple[int, int, float, float]) -> dict[str, Any]:
@@ -132,12 +136,12 @@ def one_draw(job: tuple[int, int, float, float]) -> dict[str, Any]:
 
     from router_model.answer_score import estimated_wait_s
     from router_model.offline.split import assign_splits, normalize_prompt
-    from training.escalation import on_every_row, score_matrix, served, with_escalation
+    from training.escalation import on_every_row, served, with_escalation, with_prompt_logit
     from training.head import make_target, select_head
     from training.threshold import Goal, choose_threshold, every_row_stage, threshold_stage
 
     n, seed, floor, risk = job
-    fg, d, answers = _STATE
+    fg, d, answers, test_features = _STATE
     te = d.test
     test = {"cheap_passed": d.w[te], "strong_passed": d.s[te], "cost_cheap": d.cc[te], "cost_strong": d.cs[te]}
     no_answer_score = np.zeros(len(te))
@@ -148,7 +152,7 @@ def one_draw(job: tuple[int, int, float, float]) -> dict[str, Any]:
     def cascade_on_test(p_test: np.ndarray, threshold: float, esc: Any) -> dict[str, Any]:
         """Route then escalate on the test set; the added wait of the escalated requests (estimated)."""
         u = esc.record.answer_threshold if esc is not None and esc.record.on else None
-        q_test = (esc.head.predict(score_matrix([answers[i] for i in te], p_test))
+        q_test = (esc.head.predict(with_prompt_logit(test_features, p_test))
                   if esc is not None and esc.head is not None and u is not None else no_answer_score)
         r = served(p_test, q_test, threshold=threshold, answer_threshold=u, **test)
         escalated = (p_test >= threshold) & (q_test >= u) if u is not None else np.zeros(len(te), dtype=bool)
@@ -303,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         if _STATE is None:
             print(f"{name}: skipped, it is absent from ../shared/data")
             continue
-        fg, d, _ = _STATE
+        fg, d, _, _ = _STATE
         rel, cheap, strong = fg.FILES[name]
         result["data"][name] = per = {"pair": f"{cheap} -> {strong}", "pool": int(len(d.pool)),
                                       "test": int(len(d.test)), "sizes": {}}

@@ -58,8 +58,13 @@ class AnswerScoreHead:
 
 def score_matrix(answers: Sequence[str], p_cheap_ok: np.ndarray) -> np.ndarray:
     """The score's inputs for many answers: answer features, then the prompt's logit (SCORE_FEATURES)."""
+    return with_prompt_logit(answer_feature_matrix(list(answers)), p_cheap_ok)
+
+
+def with_prompt_logit(answer_features: np.ndarray, p_cheap_ok: np.ndarray) -> np.ndarray:
+    """score_matrix from answer features computed once (they do not depend on the router's scores)."""
     logits = np.array([prompt_logit(p) for p in p_cheap_ok], dtype=np.float32)
-    return np.column_stack([answer_feature_matrix(list(answers)), logits]).astype(np.float32)
+    return np.column_stack([answer_features, logits]).astype(np.float32)
 
 
 def fit_answer_head(features: np.ndarray, target: np.ndarray, *, seed: int = 0) -> AnswerScoreHead:

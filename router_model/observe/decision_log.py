@@ -381,15 +381,16 @@ def read_decision_log(
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            unfinished = False
             try:
                 record = json.loads(line)
                 problem = record_problem(record)
             except json.JSONDecodeError as exc:
                 problem = f"not valid JSON ({exc.msg} at column {exc.colno})"
+                unfinished = not line.endswith("\n")  # only the last line can lack one
             if problem is None:
                 yield record
                 continue
-            unfinished = not line.endswith("\n") and problem.startswith("not valid JSON")
             if unfinished:
                 problem = "the last line has no newline yet (a write in progress, or a writer that died mid-line)"
             error = DecisionLogError(problem, path=label, line=lineno)
