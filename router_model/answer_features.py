@@ -7,13 +7,19 @@ a millisecond, with no model: length, whether a final answer is stated and parse
 self-correction and refusal phrases, signs of a cut-off, code fences, repeated lines. Changing a
 feature changes what a trained score means, so the list is versioned (`FEATURE_VERSION`) and an
 artifact trained on another version is refused.
+
+Token log-probabilities of the answer (`LOGPROB_FEATURES`) join them only when the labelled log
+kept them for every cheap answer: `router-label --logprobs` or shadow grading's `logprobs: true`
+ask the cheap model for them (chat completions' `"logprobs": true`), and the gateway then asks for
+them on every cheap answer it scores and strips them for callers that did not ask.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +42,16 @@ ANSWER_FEATURES: tuple[str, ...] = (
     "choices_named",  # log(1 + distinct "(X)" option letters named): weighing many options
     "digits",  # share of characters that are digits
 )
+
+# The answer's token log-probabilities (natural log, one per generated token), when kept.
+LOGPROB_FEATURES: tuple[str, ...] = (
+    "logprob_mean",  # mean over the answer's tokens
+    "logprob_p10",  # 10th percentile: the least sure tokens
+    "unsure_token_share",  # share of tokens with probability under 1/2
+    "logprob_tail_mean",  # mean over the last TAIL_TOKENS tokens, where a final answer is stated
+)
+TAIL_TOKENS = 8
+_HALF = math.log(0.5)
 
 _FINAL = re.compile(
     r"(?:the\s+(?:final\s+|correct\s+|best\s+)?answer\s+is|final\s+answer\s*[:\-]|answer\s*:|\\boxed\{)"
@@ -102,3 +118,37 @@ def answer_feature_matrix(answers: Sequence[str], *, finish_reasons: Sequence[st
     if not answers:
         return np.zeros((0, len(ANSWER_FEATURES)), dtype=np.float32)
     return np.stack([answer_features(a, finish_reason=r) for a, r in zip(answers, reasons)])
+
+
+def logprob_features(token_logprobs: Sequence[float]) -> np.ndarray:
+    """The LOGPROB_FEATURES of one answer's token log-probabilities (zeros for an empty answer)."""
+    values = np.asarray(token_logprobs, dtype=float)
+    if values.size == 0:
+        return np.zeros(len(LOGPROB_FEATURES), dtype=np.float32)
+    row = (values.mean(), np.percentile(values, 10), float((values < _HALF).mean()), values[-TAIL_TOKENS:].mean())
+    return np.asarray(row, dtype=np.float32)
+
+
+def logprob_feature_matrix(token_logprobs: Sequence[Sequence[float]]) -> np.ndarray:
+    """(len(token_logprobs), len(LOGPROB_FEATURES)) float32: one row per answer."""
+    if not token_logprobs:
+        return np.zeros((0, len(LOGPROB_FEATURES)), dtype=np.float32)
+    return np.stack([logprob_features(t) for t in token_logprobs])
+
+
+def chat_token_logprobs(answer: Mapping[str, Any]) -> tuple[float, ...] | None:
+    """A chat completion's first choice's token log-probabilities (`choices[0].logprobs.content[*].logprob`);
+    None when the answer carries none (not asked for, or the upstream does not give them)."""
+    choices = answer.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else None
+    logprobs = choice.get("logprobs") if choice is not None else None
+    content = logprobs.get("content") if isinstance(logprobs, Mapping) else None
+    if not isinstance(content, list):
+        return None
+    out: list[float] = []
+    for token in content:
+        value = token.get("logprob") if isinstance(token, Mapping) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None  # not the documented shape: read as none rather than guessed
+        out.append(float(value))
+    return tuple(out)

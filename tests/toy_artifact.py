@@ -71,7 +71,7 @@ from toy_graphs import (  # re-exported: tests import the toy's vocabulary and s
 )
 
 from router_model.answer_features import FEATURE_VERSION
-from router_model.answer_score import ANSWER_SCORE_FILE, SCORE_FEATURES
+from router_model.answer_score import ANSWER_SCORE_FILE, SCORE_FEATURES, SCORE_FEATURES_WITH_LOGPROBS
 from router_model.artifact import (
     FP32,
     POLICY_TIERS,
@@ -141,6 +141,7 @@ def write_toy_pair(
     default_graph: str = FP32,
     work: int = 0,
     answer_threshold: float | None = None,
+    answer_logprobs: bool = False,
 ) -> Path:
     """A cheap/strong model directory (format 1, joint target) that routes by keywords.
 
@@ -151,7 +152,8 @@ def write_toy_pair(
     `version` sets the artifact_version outright. `work` adds busy-work layers (`router_graph`): the same
     decisions, but a graph run takes time in proportion to its tokens, like a real embedder's.
     `answer_threshold` (format 3): the pair also escalates on the toy answer score
-    (`toy_answer_score_graph`: 0.88 without a stated final answer, 0.12 with one) at that threshold.
+    (`toy_answer_score_graph`: 0.88 without a stated final answer, 0.12 with one) at that threshold;
+    `answer_logprobs`: that score also reads token log-probabilities (`toy_answer_score`'s logprob_mean).
     """
     path = Path(path)
     model_inputs = encoder_inputs(token_type_ids)
@@ -159,7 +161,7 @@ def write_toy_pair(
     head_w, head_b = _pair_head(EMBED_DIM, neutral_p)
     escalation = None if answer_threshold is None else EscalationRecord(
         on=True, reason="toy", family="cascade", answer_threshold=float(answer_threshold), graph=ANSWER_SCORE_FILE,
-        features=SCORE_FEATURES, feature_version=FEATURE_VERSION,
+        features=SCORE_FEATURES_WITH_LOGPROBS if answer_logprobs else SCORE_FEATURES, feature_version=FEATURE_VERSION,
     )
 
     def build(t: np.ndarray) -> onnx.ModelProto:
@@ -172,11 +174,12 @@ def write_toy_pair(
         if drift_reference:
             write_reference(tmp, toy_drift_reference(table, threshold, neutral_p, max_length))
         if escalation is not None:  # before write_metadata, which hashes every file in the directory
-            (tmp / ANSWER_SCORE_FILE).write_bytes(toy_answer_score_graph())
+            (tmp / ANSWER_SCORE_FILE).write_bytes(toy_answer_score_graph(logprobs=answer_logprobs))
         meta = base_metadata(
             artifact_version=toy_artifact_version("pair", seed, version, hashlib.sha256(graph_bytes).hexdigest(), cheap,
                                                strong, threshold, list(features), max_length, drift_reference,
-                                               *(() if answer_threshold is None else ("answer_score", answer_threshold))),
+                                               *(() if answer_threshold is None else ("answer_score", answer_threshold)),
+                                               *(("answer_logprobs",) if answer_logprobs else ())),
             cheap_model=cheap,
             strong_model=strong,
             threshold=float(threshold),

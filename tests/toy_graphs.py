@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from router_model.answer_features import ANSWER_FEATURES
-from router_model.answer_score import SCORE_FEATURES
+from router_model.answer_score import SCORE_FEATURES, SCORE_FEATURES_WITH_LOGPROBS
 from router_model.artifact import EMBEDDING_OUTPUT, FEATURES_INPUT
 from training.escalation_export import answer_score_graph
 
@@ -257,17 +257,27 @@ def int8_like(table: np.ndarray) -> np.ndarray:
 ANSWER_SCORE_BIAS, ANSWER_SCORE_GAIN = 2.0, 4.0
 
 
-def toy_answer_score(final_answer: bool) -> float:
-    """What the toy answer-score graph gives an answer that does (True) or does not state a final answer."""
-    return sigmoid(ANSWER_SCORE_BIAS - ANSWER_SCORE_GAIN * float(final_answer))
+# The logprob-reading toy score adds -LOGPROB_GAIN * logprob_mean: an answer whose tokens average
+# log-probability -1 scores as one that states no final answer.
+LOGPROB_GAIN = ANSWER_SCORE_GAIN
 
 
-def toy_answer_score_graph(width: int = len(SCORE_FEATURES)) -> bytes:
+def toy_answer_score(final_answer: bool, *, logprob_mean: float = 0.0) -> float:
+    """What the toy answer-score graph gives an answer that does (True) or does not state a final answer
+    (and, for the graph that reads them, whose tokens' mean log-probability is `logprob_mean`)."""
+    return sigmoid(ANSWER_SCORE_BIAS - ANSWER_SCORE_GAIN * float(final_answer) - LOGPROB_GAIN * logprob_mean)
+
+
+def toy_answer_score_graph(width: int = len(SCORE_FEATURES), *, logprobs: bool = False) -> bytes:
     """The toy answer-score graph, built by training/escalation_export.py's own builder:
     `features` float[batch, width] -> `p_escalate` float[batch]; `width` other than len(SCORE_FEATURES)
-    makes a graph the loader must refuse."""
+    makes a graph the loader must refuse. `logprobs`: the graph of SCORE_FEATURES_WITH_LOGPROBS."""
+    if logprobs:
+        width = len(SCORE_FEATURES_WITH_LOGPROBS)
     coef = np.zeros(width)
     coef[min(ANSWER_FEATURES.index("final_answer"), width - 1)] = -ANSWER_SCORE_GAIN
+    if logprobs:
+        coef[SCORE_FEATURES_WITH_LOGPROBS.index("logprob_mean")] = -LOGPROB_GAIN
     return answer_score_graph(mean=np.zeros(width), scale=np.ones(width), coef=coef, intercept=ANSWER_SCORE_BIAS)
 
 

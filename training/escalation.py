@@ -18,8 +18,12 @@ and the betting (or Clopper-Pearson) test applies unchanged. The cheaper certifi
 labelled rows wins; escalation is on only when the cascade wins, so the report says plainly
 whether it pays on this log. Escalation needs a quality-floor goal with a risk; the answer score
 is cross-fitted over the same folds as the router's scores (the same assumption as
-`--threshold-rows oof`). When it is tried, the threshold stays certified on train + validation:
-`--threshold-rows all` adds the test rows only when escalation is not tried.
+`--threshold-rows oof`). Under `--threshold-rows all`, route against cascade is certified again on
+every labelled row after the held-out evaluation (`on_every_row`).
+
+When the log kept the cheap answers' token log-probabilities on every row (`router-label
+--logprobs`, shadow `logprobs: true`), the score reads them too (LOGPROB_FEATURES); on some rows
+only, they are left out and the report says so.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from router_model.answer_features import FEATURE_VERSION, answer_feature_matrix
-from router_model.answer_score import ANSWER_SCORE_FILE, SCORE_FEATURES, prompt_logit
+from router_model.answer_features import FEATURE_VERSION, answer_feature_matrix, logprob_feature_matrix
+from router_model.answer_score import ANSWER_SCORE_FILE, SCORE_FEATURES, SCORE_FEATURES_WITH_LOGPROBS, prompt_logit
 from router_model.artifact_records import EscalationRecord
 from training.risk import ALL_STRONG, certify_quality_floor, method_for
 from training.threshold import Goal, ThresholdChoice, ThresholdStage, every_row_stage
@@ -56,9 +60,17 @@ class AnswerScoreHead:
         return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=float)
 
 
-def score_matrix(answers: Sequence[str], p_cheap_ok: np.ndarray) -> np.ndarray:
-    """The score's inputs for many answers: answer features, then the prompt's logit (SCORE_FEATURES)."""
-    return with_prompt_logit(answer_feature_matrix(list(answers)), p_cheap_ok)
+Logprobs = Sequence[Sequence[float] | None]  # per row: the cheap answer's token log-probabilities (None: not kept)
+
+
+def score_matrix(answers: Sequence[str], p_cheap_ok: np.ndarray, *,
+                 token_logprobs: Sequence[Sequence[float]] | None = None) -> np.ndarray:
+    """The score's inputs for many answers: answer features, the prompt's logit (SCORE_FEATURES),
+    then, when given, the token log-probabilities' features (SCORE_FEATURES_WITH_LOGPROBS)."""
+    base = with_prompt_logit(answer_feature_matrix(list(answers)), p_cheap_ok)
+    if token_logprobs is None:
+        return base
+    return np.column_stack([base, logprob_feature_matrix(token_logprobs)]).astype(np.float32)
 
 
 def with_prompt_logit(answer_features: np.ndarray, p_cheap_ok: np.ndarray) -> np.ndarray:
@@ -157,15 +169,30 @@ class EscalationStage:
     fit_features: np.ndarray | None = None  # the rows the head was fitted on (the export's parity check)
     scores: np.ndarray | None = None  # the cross-fitted answer scores of the labelled rows
 
+    @property
+    def reads_logprobs(self) -> bool:
+        return tuple(self.record.features) == SCORE_FEATURES_WITH_LOGPROBS
+
 
 def off(reason: str) -> EscalationStage:
     return EscalationStage(EscalationRecord(on=False, reason=reason))
 
 
+def logprobs_on_every_row(token_logprobs: Logprobs | None, n: int) -> tuple[list[Sequence[float]] | None, str]:
+    """(the rows' log-probabilities when every row kept them, else None; a note when some did)."""
+    got = [t for t in (token_logprobs or ()) if t is not None]
+    if n and len(got) == n:
+        return got, "; the score reads the cheap answers' token log-probabilities"
+    if got:
+        return None, (f"; token log-probabilities on {len(got)} of {n} cheap answers are left out (the score "
+                      "reads them only when every row kept them)")
+    return None, ""
+
+
 def escalation_stage(*, answers: Sequence[str | None], p_oof: np.ndarray, cheap_passed: np.ndarray,
                      strong_passed: np.ndarray, cost_cheap: np.ndarray, cost_strong: np.ndarray,
                      folds: Sequence[tuple[np.ndarray, np.ndarray]], floor: float, risk: float, certificate: str,
-                     seed: int = 0) -> EscalationStage:
+                     seed: int = 0, token_logprobs: Logprobs | None = None) -> EscalationStage:
     """Fit the answer score on the labelled rows, cross-fit it, and certify route against cascade."""
     missing = sum(a is None for a in answers)
     if missing:
@@ -173,7 +200,8 @@ def escalation_stage(*, answers: Sequence[str | None], p_oof: np.ndarray, cheap_
                    "(router-label and shadow grading keep it unless told not to)")
     texts = [a or "" for a in answers]
     target = ((cheap_passed < 0.5) & (strong_passed >= 0.5)).astype(int)
-    F = score_matrix(texts, p_oof)
+    logprobs, logprob_note = logprobs_on_every_row(token_logprobs, len(answers))
+    F = score_matrix(texts, p_oof, token_logprobs=logprobs)
     q = cross_fitted_scores(F, target, folds=folds, seed=seed)
     best, candidates = certify_route_and_escalate(p_oof, q, cheap_passed=cheap_passed, strong_passed=strong_passed,
                                                   cost_cheap=cost_cheap, cost_strong=cost_strong, floor=floor,
@@ -182,8 +210,9 @@ def escalation_stage(*, answers: Sequence[str | None], p_oof: np.ndarray, cheap_
     head = fit_answer_head(F, target, seed=seed)
 
     def record_of(*, on: bool, family: str, reason: str, answer_threshold: float | None = None) -> EscalationRecord:
-        return EscalationRecord(on=on, reason=reason, family=family, answer_threshold=answer_threshold,
-                                graph=ANSWER_SCORE_FILE if on else "", features=SCORE_FEATURES,
+        return EscalationRecord(on=on, reason=reason + logprob_note, family=family, answer_threshold=answer_threshold,
+                                graph=ANSWER_SCORE_FILE if on else "",
+                                features=SCORE_FEATURES if logprobs is None else SCORE_FEATURES_WITH_LOGPROBS,
                                 feature_version=FEATURE_VERSION, candidates=table)
 
     if best is None:
@@ -232,7 +261,8 @@ def choice_of(candidate: Candidate | None, *, goal: Goal, p: np.ndarray, q: np.n
 
 def with_escalation(stage: ThresholdStage, *, answers: Sequence[str | None], cheap_passed: np.ndarray,
                     strong_passed: np.ndarray, cost_cheap: np.ndarray, cost_strong: np.ndarray, goal: Goal,
-                    test_rows: np.ndarray, p_test: np.ndarray, seed: int = 0) -> tuple[ThresholdChoice, EscalationStage | None]:
+                    test_rows: np.ndarray, p_test: np.ndarray, seed: int = 0,
+                    token_logprobs: Logprobs | None = None) -> tuple[ThresholdChoice, EscalationStage | None]:
     """The pipeline's step after the threshold: (the choice to serve, the escalation stage or None: not tried).
 
     Not tried (the choice stands, certified at the full risk) unless the goal is a quality floor
@@ -249,14 +279,19 @@ def with_escalation(stage: ThresholdStage, *, answers: Sequence[str | None], che
         return stage.choice, off("escalation needs --threshold-rows all or oof (the answer score is cross-fitted)")
     rows = {"cheap_passed": cheap_passed[lab], "strong_passed": strong_passed[lab], "cost_cheap": cost_cheap[lab],
             "cost_strong": cost_strong[lab]}
+    logprobs = token_logprobs if token_logprobs is not None else [None] * len(answers)
     esc = escalation_stage(answers=lab_answers, p_oof=stage.scores, **rows, folds=stage.folds, floor=goal.value,
-                           risk=goal.risk, certificate=goal.certificate, seed=seed)
+                           risk=goal.risk, certificate=goal.certificate, seed=seed,
+                           token_logprobs=[logprobs[i] for i in lab])
     if esc.scores is None or esc.head is None:  # turned off before any test (missing answers): the choice stands
         return stage.choice, esc
     choice = choice_of(esc.chosen, goal=goal, p=stage.scores, q=esc.scores, **rows)
     test_answers = [answers[i] for i in test_rows]
-    if esc.chosen is not None and all(a is not None for a in test_answers) and len(test_rows):
-        q_test = esc.head.predict(score_matrix([a or "" for a in test_answers], p_test))
+    test_logprobs, _ = logprobs_on_every_row([logprobs[i] for i in test_rows], len(test_rows))
+    if esc.chosen is not None and all(a is not None for a in test_answers) and len(test_rows) \
+            and (test_logprobs is not None or not esc.reads_logprobs):
+        q_test = esc.head.predict(score_matrix([a or "" for a in test_answers], p_test,
+                                               token_logprobs=test_logprobs if esc.reads_logprobs else None))
         test = {"cheap_passed": cheap_passed[test_rows], "strong_passed": strong_passed[test_rows],
                 "cost_cheap": cost_cheap[test_rows], "cost_strong": cost_strong[test_rows]}
         target = ((test["cheap_passed"] < 0.5) & (test["strong_passed"] >= 0.5)).astype(float)
@@ -274,8 +309,8 @@ def with_escalation(stage: ThresholdStage, *, answers: Sequence[str | None], che
 def on_every_row(stage: ThresholdStage, escalation: EscalationStage | None, *, X: np.ndarray, texts: list[str],
                  answers: Sequence[str | None], cheap_passed: np.ndarray, strong_passed: np.ndarray,
                  cost_cheap: np.ndarray, cost_strong: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
-                 test_rows: np.ndarray, goal: Goal, calibration: str = "sigmoid",
-                 seed: int = 0) -> tuple[ThresholdStage, ThresholdChoice, EscalationStage | None]:
+                 test_rows: np.ndarray, goal: Goal, calibration: str = "sigmoid", seed: int = 0,
+                 token_logprobs: Logprobs | None = None) -> tuple[ThresholdStage, ThresholdChoice, EscalationStage | None]:
     """After the held-out evaluation (`--threshold-rows all`): (the stage, the choice, the escalation) to ship.
 
     The threshold is certified again on every labelled row (`every_row_stage`) and, when escalation
@@ -290,7 +325,7 @@ def on_every_row(stage: ThresholdStage, escalation: EscalationStage | None, *, X
     if final is stage or escalation is None:
         return final, final.choice, escalation
     choice, shipped = with_escalation(final, answers=answers, **outcomes, goal=goal, test_rows=test_rows[:0],
-                                      p_test=np.empty(0), seed=seed)
+                                      p_test=np.empty(0), seed=seed, token_logprobs=token_logprobs)
     if shipped is not None and shipped.record.on and escalation.record.on:
         shipped = replace(shipped, record=replace(shipped.record, evaluation=escalation.record.evaluation))
     return final, replace(choice, rows=final.rows), shipped

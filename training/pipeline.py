@@ -198,11 +198,12 @@ def train(config: TrainConfig) -> TrainResult:
     p_test = head.p_cheap_ok(X[te])
     escalation = None
     answers = [r.answers.get(read.cheap_model) for r in read.records] if config.escalation == "auto" else []
+    logprobs = [r.token_logprobs.get(read.cheap_model) for r in read.records] if config.escalation == "auto" else []
     if config.escalation == "auto":
         choice, escalation = with_escalation(stage, answers=answers, cheap_passed=ds.cheap_passed,
                                              strong_passed=ds.strong_passed, cost_cheap=ds.cost_cheap,
                                              cost_strong=ds.cost_strong, goal=config.goal, test_rows=te,
-                                             p_test=p_test, seed=config.seed)
+                                             p_test=p_test, seed=config.seed, token_logprobs=logprobs)
     if not choice.met:
         log.warning("the goal %s cannot be met (or certified) on the labelled rows; using the safe end", config.goal)
     for line in describe_choice(choice):
@@ -229,7 +230,8 @@ def train(config: TrainConfig) -> TrainResult:
             stage, shipped_choice, shipped_escalation = on_every_row(
                 stage, escalation, X=X, texts=ds.texts, answers=answers, cheap_passed=ds.cheap_passed,
                 strong_passed=ds.strong_passed, cost_cheap=ds.cost_cheap, cost_strong=ds.cost_strong, train_rows=tr,
-                val_rows=va, test_rows=te, goal=config.goal, calibration=config.calibration, seed=config.seed)
+                val_rows=va, test_rows=te, goal=config.goal, calibration=config.calibration, seed=config.seed,
+                token_logprobs=logprobs)
     if stage is not evaluated_stage:
         head, choice, escalation = stage.head, shipped_choice, shipped_escalation
         evaluation["shipped"] = shipped_summary(evaluated_choice, choice)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router_model.answer_checks import Checks, failed_check
+from router_model.answer_features import chat_token_logprobs
 from router_model.decision import RoutingDecision
 from router_model.dollars import Usage
 from router_model.gateway.errors import BadRequestError, BodyTooLargeError, InvalidJSONError
@@ -51,6 +52,9 @@ class Protocol:
     # The answer-quality score (router_model/answer_score.py): an answer -> its text and the upstream's
     # finish reason when it says the answer was cut off ("length", "max_tokens"); None: not scored.
     answer_text: Callable[[Mapping[str, Any]], AnswerText] | None = None
+    # The API returns an answer's token log-probabilities when the body says `"logprobs": true`
+    # (chat completions): the gateway asks for them when the answer score or shadow grading reads them.
+    logprobs: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class AnswerText:
     text: str
     finish_reason: str | None = None
     tool_calls: bool = False
+    token_logprobs: tuple[float, ...] | None = None  # None: the answer carries none
 
 
 class StreamAnswer(typing.Protocol):
@@ -96,6 +101,7 @@ class ChatStreamAnswer:
         self._calls: dict[int, dict[str, Any]] = {}
         self._finish: str | None = None
         self._error = False
+        self._logprobs: list[Any] | None = None  # the chunks' `logprobs.content` tokens, when they carry them
 
     @property
     def ended(self) -> bool:
@@ -111,6 +117,9 @@ class ChatStreamAnswer:
             return
         if isinstance(choice.get("finish_reason"), str):
             self._finish = choice["finish_reason"]
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, Mapping) and isinstance(logprobs.get("content"), list):
+            self._logprobs = [*(self._logprobs or ()), *logprobs["content"]]
         delta = choice.get("delta")
         if not isinstance(delta, Mapping):
             return
@@ -126,7 +135,10 @@ class ChatStreamAnswer:
     def answer(self) -> Mapping[str, Any] | None:
         message = {"role": "assistant", "content": "".join(self._text) or None,
                    "tool_calls": [self._calls[i] for i in sorted(self._calls)]}
-        return {"choices": [{"message": message, "finish_reason": self._finish}]}
+        choice: dict[str, Any] = {"message": message, "finish_reason": self._finish}
+        if self._logprobs is not None:
+            choice["logprobs"] = {"content": self._logprobs}
+        return {"choices": [choice]}
 
 
 def chat_answer_text(answer: Mapping[str, Any]) -> AnswerText:
@@ -139,7 +151,26 @@ def chat_answer_text(answer: Mapping[str, Any]) -> AnswerText:
     content = message.get("content") if isinstance(message, Mapping) else None
     calls = bool(message.get("tool_calls")) if isinstance(message, Mapping) else False
     return AnswerText(rubric_answer_text(answer), reason if isinstance(reason, str) else None,
-                      tool_calls=calls and not (isinstance(content, str) and content.strip()))
+                      tool_calls=calls and not (isinstance(content, str) and content.strip()),
+                      token_logprobs=chat_token_logprobs(answer))
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Compact JSON; a lone surrogate ("\ud800" in the client's or upstream's JSON) stays escaped, as sent."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def without_logprobs(answer: Mapping[str, Any]) -> dict[str, Any]:
+    """A chat completion whose choices' `logprobs` (which the gateway asked for, not the caller) are
+    null, as the API answers when they are not asked for."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list):
+        return dict(answer)
+    return {**answer, "choices": [{**c, "logprobs": None} if isinstance(c, Mapping) and "logprobs" in c else c
+                                  for c in choices]}
 
 
 def chat_stream_usage(event: Mapping[str, Any]) -> tuple[Usage | None, str | None]:
@@ -183,17 +214,23 @@ class Call:
     messages: Any = None  # the router's request form of the body, set when it is decided
     fresh_model: str | None = None  # the fresh decision's model when affinity kept another (gateway/affinity.py)
     answer_score: float | None = None  # the cheap answer's score (router_model/answer_score.py), when it was scored
+    logprobs_added: str | None = None  # the model the gateway asks for token log-probabilities the caller did not ask for
+
+    @property
+    def asked_logprobs(self) -> bool:
+        """The caller's body asks for token log-probabilities itself."""
+        return self.body.get("logprobs") is True
 
     def payload(self, model: str) -> bytes:
-        """The body for `model`: the client's bytes when unchanged, else the same JSON with `model` replaced."""
-        if model == self.requested:
+        """The body for `model`: the client's bytes when unchanged, else the same JSON with `model` replaced
+        (and `"logprobs": true` when the gateway asks `model` for them: `logprobs_added`)."""
+        if model == self.requested and model != self.logprobs_added:
             return self.raw
         body = dict(self.body)
         body["model"] = model
-        try:
-            return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the client's JSON): keep it escaped, as sent
-            return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        if model == self.logprobs_added:
+            body["logprobs"] = True
+        return json_bytes(body)
 
     @property
     def served(self) -> str:
@@ -275,6 +312,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 CHAT: Protocol = Protocol(
     CHAT_ENDPOINT, "/chat/completions", parse_body, lambda body: body["messages"], Usage.from_response,
     chat_stream_usage, failed_check, turn=chat_turn, stream_answer=ChatStreamAnswer, answer_text=chat_answer_text,
+    logprobs=True,
 )
 
 

@@ -46,6 +46,11 @@ class GatewayMetrics:
             "Answer-quality scores of cheap answers, non-streamed or buffered streams (P(the cheap answer fails where the strong one passes)), by mode",
             ["mode"], registry=r, buckets=ANSWER_SCORE_BUCKETS,
         )
+        self.answers_unscored = Counter(
+            f"{PREFIX}_answers_unscored",
+            "Cheap answers the answer score could not read, by reason (no_logprobs: the score reads token "
+            "log-probabilities and the answer came without them)", ["reason"], registry=r,
+        )
         self.fallbacks = Counter(f"{PREFIX}_fallbacks", "Cheap-model failures retried on the strong model", ["cause"], registry=r)
         self.disconnects = Counter(f"{PREFIX}_client_disconnects", "Streams the client left before the end", registry=r)
         self.tokens = Counter(f"{PREFIX}_tokens", "Tokens from upstream usage", ["model", "kind"], registry=r)

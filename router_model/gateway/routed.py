@@ -33,9 +33,11 @@ from router_model.gateway.call import (
     Protocol,
     StreamAnswer,
     all_request_tags,
+    json_bytes,
     read_body,
     request_mode,
     request_tags,
+    without_logprobs,
 )
 from router_model.gateway.config import GatewayConfig
 from router_model.gateway.deciding import Decider
@@ -118,12 +120,22 @@ class RoutedEndpoint:
             self.metrics.in_flight.dec()
 
     async def _complete(self, call: Call) -> Response:
+        call.logprobs_added = self._logprobs_model(call)
         resp, content, model = await self.sender.send_with_fallback(call, stream=False)
         assert content is not None
+        if resp.status_code == 400 and model == call.logprobs_added:  # an upstream that refuses `logprobs`
+            log.warning("request %s: %s refused the request with the logprobs the gateway added; sending it as the "
+                        "caller did", call.request_id, model)
+            call.logprobs_added = None
+            resp, content, model = await self.sender.send_with_fallback(call, stream=False)
+            assert content is not None
         await self.decider.decided(call)
         if resp.status_code >= 400:
             return self._client_error(call, model, resp, content)
         data = self.accounting.accept(call, model, resp, content)
+        shadow_content = content  # shadow grading keeps the log-probabilities the gateway asked for
+        if model == call.logprobs_added:
+            content = json_bytes(without_logprobs(data))
         router = call.router
         if router is not None and model == router.cheap_model != router.strong_model:  # a cheap answer
             check = None
@@ -136,13 +148,27 @@ class RoutedEndpoint:
                     check = CHECK_ANSWER_SCORE
             if check is not None:
                 resp, content = await self._escalate(call, router, check, resp, content)
+                shadow_content = content
         headers = response_headers(resp.headers)
         headers.update(self.accounting.router_headers(call))
         self.accounting.finish(call, 200)
         self.decider.answered(call, content)  # affinity: remember the model that made its tool calls
         # Shadow grading is offered only once the answer has been sent (a background task).
-        after = BackgroundTask(self._offer_shadow, call, content) if self.shadow is not None and call.protocol.shadow else None
+        after = BackgroundTask(self._offer_shadow, call, shadow_content) \
+            if self.shadow is not None and call.protocol.shadow else None
         return Response(content, status_code=200, headers=headers, background=after)
+
+    def _logprobs_model(self, call: Call) -> str | None:
+        """The model the gateway asks for token log-probabilities the caller did not ask for: a
+        non-streamed call to a pair's cheap model, when its answer score reads them or shadow grading
+        keeps them (`shadow.logprobs`). They are stripped from the caller's answer."""
+        router = call.router
+        if router is None or call.stream or not call.protocol.logprobs or call.asked_logprobs \
+                or not call.target or call.target != router.cheap_model or router.cheap_model == router.strong_model:
+            return None
+        scorer_reads = router.answer_score is not None and router.answer_score.needs_logprobs and self.config.answer_score
+        shadow_keeps = self.shadow is not None and self.shadow.config.logprobs
+        return call.target if scorer_reads or shadow_keeps else None
 
     def _scores(self, call: Call, router: Router) -> bool:
         """Whether the call's cheap answer is scored: the artifact has an answer score, the gateway
@@ -167,10 +193,14 @@ class RoutedEndpoint:
         assert scorer is not None and decision is not None and decision.p_cheap_ok is not None
         if answer.tool_calls:  # not scored: see AnswerText
             return None
+        if scorer.needs_logprobs and answer.token_logprobs is None:  # a stream, or an upstream that gave none
+            self.metrics.answers_unscored.labels("no_logprobs").inc()
+            return None
         p_cheap_ok = float(decision.p_cheap_ok)
         try:  # regular expressions over the whole answer and a graph run: off the event loop
             score = await anyio.to_thread.run_sync(
-                lambda: scorer.score(answer.text, p_cheap_ok=p_cheap_ok, finish_reason=answer.finish_reason))
+                lambda: scorer.score(answer.text, p_cheap_ok=p_cheap_ok, finish_reason=answer.finish_reason,
+                                     token_logprobs=answer.token_logprobs))
         except Exception as exc:  # noqa: BLE001 - a scoring failure must not fail the answer
             log.warning("request %s: the answer score failed (%s); not scored", call.request_id, exc)
             return None

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the upstream key (default: OPENAI_API_KEY when set)")
     p.add_argument("--retry-ungraded", action="store_true", help="label again the requests in the .ungraded file")
     p.add_argument("--no-answers", action="store_true", help="do not store the answers in the rows")
+    p.add_argument("--logprobs", action="store_true",
+                   help="ask the cheap model for token log-probabilities and keep them in the rows, for the answer "
+                   "score (chat completions' `logprobs`; off by default)")
     p.add_argument("--output-tokens", type=positive_int, default=DEFAULT_OUTPUT_TOKENS, metavar="N",
                    help="answer tokens assumed by the estimate (default: %(default)s)")
     add_price_options(p)
@@ -187,7 +190,8 @@ class _Run:
                 async def one(item: _Item, estimate: float) -> None:
                     nonlocal ungraded
                     try:
-                        graded = await grade_request(caller, self.rubric, item.request, self.models, source=SOURCE)
+                        graded = await grade_request(caller, self.rubric, item.request, self.models, source=SOURCE,
+                                                     logprobs_for=self.models[0] if args.logprobs else None)
                         row = graded.to_row(store_answers=not args.no_answers)
                         row["metadata"]["requests_line"] = item.line_no
                         if graded.complete:
@@ -242,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(names) != 2 or names[0] == names[1]:
             parser.error(f"--models: expected two different names CHEAP,STRONG, got {args.models!r}")
         models: tuple[str, str] = (names[0], names[1])
+        if args.logprobs and args.no_answers:
+            parser.error("--logprobs keeps the cheap answers' token log-probabilities beside the answers; "
+                         "it cannot go with --no-answers")
         prices = PriceTable.load(args.prices, price_as=dict(args.price_as))
         for model in (*models, *([args.judge] if args.judge else [])):
             prices.price(model)  # an unpriced model is refused here, naming the fix

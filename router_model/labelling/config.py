@@ -47,6 +47,7 @@ SHADOW_SCHEMA: dict[str, Any] = {
         "workers": {"type": "integer", "minimum": 1},
         "retries": {"type": "integer", "minimum": 0},
         "store_answers": {"type": "boolean"},
+        "logprobs": {"type": "boolean"},
         **GRADING_PROPERTIES,
     },
 }
@@ -84,6 +85,8 @@ class ShadowConfig:
 
     Off unless configured. `drop_tags`: requests carrying any of these routing tags are never
     sampled (e.g. `pii`). `store_answers`: keep both answers in the row (for audits and regrading).
+    `logprobs`: ask the cheap model for its answers' token log-probabilities and keep them (off by
+    default): the answer score can then learn from them (router_model/answer_features.py).
     """
 
     out: Path
@@ -94,6 +97,7 @@ class ShadowConfig:
     workers: int = 2
     retries: int = 2
     store_answers: bool = True
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         rate = self.sample_rate
@@ -105,6 +109,9 @@ class ShadowConfig:
             raise LabellingConfigError(f"must be >= 1, got {self.workers!r}", key="shadow.workers")
         if self.retries < 0:
             raise LabellingConfigError(f"must be >= 0, got {self.retries!r}", key="shadow.retries")
+        if self.logprobs and not self.store_answers:
+            raise LabellingConfigError("token log-probabilities are kept beside the answers: logprobs needs "
+                                       "store_answers", key="shadow.logprobs")
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "sample_rate", float(rate))
         object.__setattr__(self, "drop_tags", frozenset(t.strip().lower() for t in self.drop_tags))
@@ -123,7 +130,7 @@ def grading_spec(raw: Mapping[str, Any]) -> GradingSpec:
 
 def shadow_config(raw: Mapping[str, Any]) -> ShadowConfig:
     """The `shadow` table of the gateway's config file (already checked against SHADOW_SCHEMA)."""
-    kwargs: dict[str, Any] = {k: raw[k] for k in ("sample_rate", "queue_size", "workers", "retries", "store_answers") if k in raw}
+    kwargs: dict[str, Any] = {k: raw[k] for k in ("sample_rate", "queue_size", "workers", "retries", "store_answers", "logprobs") if k in raw}
     return ShadowConfig(
         out=Path(raw["out"]), grading=grading_spec(raw), drop_tags=frozenset(raw.get("drop_tags") or ()), **kwargs
     )

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from router_model.answer_features import chat_token_logprobs
 from router_model.labelling.judge import Verdict, judge_body, verdict_of
 from router_model.labelling.rubric import Reference, Rubric, answer_text
 from router_model.labelling.upstream import Answer, CallFailedError, ChatCaller
@@ -128,6 +129,9 @@ class GradedRequest:
                 info["answer_paid_by_labelling"] = g.paid
                 if store_answers:
                     info["answer"] = answer_text(g.answer.data)
+                    logprobs = chat_token_logprobs(g.answer.data)
+                    if logprobs is not None:  # asked for (`logprobs_for`), or the served answer carried them
+                        info["token_logprobs"] = [round(v, 4) for v in logprobs]
             if g.judge_answer is not None:
                 info["judge_cost_usd"] = g.judge_answer.cost
             grading[g.model] = info
@@ -166,12 +170,13 @@ async def _grade_answer(caller: ChatCaller, rubric: Rubric, request: LabelReques
 
 
 async def _grade_model(
-    caller: ChatCaller, rubric: Rubric, request: LabelRequest, model: str, given: Answer | None
+    caller: ChatCaller, rubric: Rubric, request: LabelRequest, model: str, given: Answer | None, *, logprobs: bool = False
 ) -> ModelGrade:
     grade = ModelGrade(model, answer=given, paid=given is None)
     if given is None:
+        body = {**request.body, "logprobs": True} if logprobs else request.body
         try:
-            grade.answer = await caller.complete(model, request.body)
+            grade.answer = await caller.complete(model, body)
         except CallFailedError as exc:
             grade.problem = f"answer call failed: {exc}"
             return grade
@@ -189,10 +194,16 @@ async def grade_request(
     source: str,
     artifact_version: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    logprobs_for: str | None = None,
 ) -> GradedRequest:
-    """Both models' grades for one request (the models are asked and judged concurrently)."""
+    """Both models' grades for one request (the models are asked and judged concurrently).
+
+    `logprobs_for`: the model (the cheap one) whose answer call asks for token log-probabilities,
+    kept in the row for the answer score (they change nothing else: not the answer, its price or grade).
+    """
     given = given or {}
-    grades = await asyncio.gather(*(_grade_model(caller, rubric, request, m, given.get(m)) for m in models))
+    grades = await asyncio.gather(*(_grade_model(caller, rubric, request, m, given.get(m), logprobs=m == logprobs_for)
+                                    for m in models))
     return GradedRequest(
         request, list(grades), source=source, rubric=rubric.template_name or "checks-only", judge=rubric.judge,
         artifact_version=artifact_version, extra=dict(extra or {}),

@@ -134,6 +134,7 @@ class ShadowGrader:
             caller, self.rubric, request, (job.cheap_model, job.strong_model), given=given, source=SOURCE,
             artifact_version=job.artifact_version,
             extra={"mode": job.mode, "served_model": job.served_model, "request_id": job.request_id},
+            logprobs_for=job.cheap_model if self.config.logprobs else None,
         )
         row = graded.to_row(store_answers=self.config.store_answers)
         if graded.complete:

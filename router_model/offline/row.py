@@ -4,9 +4,9 @@ Two line formats, detected per line, produce one record type:
 
 * Format A (team log): ``prompt`` or ``messages`` + ``outcomes`` {model: {"passed": bool} |
   {"score": number in [0, 1]}}, optional ``id``, ``timestamp``, ``tags``, ``metadata``,
-  ``input_tokens``, ``output_tokens``, and ``grading`` {model: {"answer": text, ...}} as
-  `router-label` and shadow grading write it (the answers train the answer-quality score,
-  training/escalation.py). See ``data/README.md``.
+  ``input_tokens``, ``output_tokens``, and ``grading`` {model: {"answer": text,
+  "token_logprobs": [numbers <= 0] (when asked for), ...}} as `router-label` and shadow grading
+  write it (the answers train the answer-quality score, training/escalation.py). See ``data/README.md``.
 * Format B (the normalized public files in ``shared/data``): ``id, prompt, source, label_type,
   models{name: outcome | null}``, optional ``context_turns`` (earlier user turns) and ``meta``.
 
@@ -60,6 +60,8 @@ class LabelledRecord:
     source_file: str
     line_no: int
     answers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # model -> its answer, when kept
+    # model -> its answer's token log-probabilities, when the labeller asked for them and kept them
+    token_logprobs: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     @cached_property
     def _parsed(self) -> _Parsed:
@@ -91,7 +93,10 @@ class LabelledRecord:
             if getattr(self, key) is not None:
                 row[key] = getattr(self, key)
         row["outcomes"] = {m: {"score": self.scores[m]} for m in models}
-        kept = {m: {"answer": self.answers[m]} for m in models if m in self.answers}
+        kept: dict[str, dict[str, Any]] = {m: {"answer": self.answers[m]} for m in models if m in self.answers}
+        for m in models:
+            if m in self.token_logprobs:
+                kept.setdefault(m, {})["token_logprobs"] = list(self.token_logprobs[m])
         if kept:
             row["grading"] = kept
         return row
@@ -127,6 +132,7 @@ class ParsedRow:
     file: str = ""
     line_no: int = 0
     answers: dict[str, str] = field(default_factory=dict)
+    token_logprobs: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def record(self) -> LabelledRecord:
         """The validated record; its request is already parsed, so it is not parsed again."""
@@ -135,6 +141,7 @@ class ParsedRow:
             passed=MappingProxyType(self.passed), scores=MappingProxyType(self.scores),
             category=self.category, input_tokens=self.input_tokens, output_tokens=self.output_tokens,
             source_file=self.file, line_no=self.line_no, answers=MappingProxyType(self.answers),
+            token_logprobs=MappingProxyType(self.token_logprobs),
         )
         rec.__dict__["_parsed"] = _Parsed(self.classifier_text, self.full_text)
         return rec
@@ -228,7 +235,7 @@ def _parse_format_a(obj: Mapping[str, Any], threshold: float, default_id: str) -
         else:
             raise RowError("bad_outcome", fld, f"unknown outcome type {oc!r}; {_OUTCOME_HINT}")
     return ParsedRow("outcomes", rid, request, ctext, ftext, tuple(tags), passed, scores, category, in_tok, out_tok,
-                     answers=_answers_of(obj))
+                     answers=_answers_of(obj), token_logprobs=_token_logprobs_of(obj))
 
 
 def _answers_of(obj: Mapping[str, Any]) -> dict[str, str]:
@@ -246,6 +253,24 @@ def _answers_of(obj: Mapping[str, Any]) -> dict[str, str]:
         if not isinstance(answer, str):
             raise RowError("bad_field", f"grading.{model}.answer", f"expected a string, got {type(answer).__name__}")
         out[str(model)] = answer
+    return out
+
+
+def _token_logprobs_of(obj: Mapping[str, Any]) -> dict[str, tuple[float, ...]]:
+    """`grading.<model>.token_logprobs` of a labelled row (`router-label --logprobs`; none: {})."""
+    grading = obj.get("grading")
+    out: dict[str, tuple[float, ...]] = {}
+    for model, info in (grading.items() if isinstance(grading, dict) else ()):
+        values = info.get("token_logprobs") if isinstance(info, dict) else None
+        if values is None:
+            continue
+        field_name = f"grading.{model}.token_logprobs"
+        if not isinstance(values, list):
+            raise RowError("bad_field", field_name, f"expected a list of numbers, got {type(values).__name__}")
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v > 0:
+                raise RowError("bad_field", f"{field_name}[{i}]", f"expected a log-probability (a number <= 0), got {v!r}")
+        out[str(model)] = tuple(float(v) for v in values)
     return out
 
 

@@ -335,14 +335,20 @@ def score_log(
     scorer = router.answer_score
     if scorer is not None:
         answers = [r.answers.get(read.cheap_model) for r in records]
+        logprobs = [r.token_logprobs.get(read.cheap_model) for r in records]
         missing = sum(a is None for a in answers)
-        info["escalation"] = {"on": True, "answer_threshold": scorer.threshold, "family": scorer.record.family}
+        if scorer.needs_logprobs:
+            missing = sum(a is None or t is None for a, t in zip(answers, logprobs))
+        info["escalation"] = {"on": True, "answer_threshold": scorer.threshold, "family": scorer.record.family,
+                              "reads_logprobs": scorer.needs_logprobs}
         if missing:
+            what = ("answer or its token log-probabilities (grading.<model>.answer, .token_logprobs)"
+                    if scorer.needs_logprobs else "answer (grading.<model>.answer)")
             notes.insert(0, f"WARNING: the router escalates on its answer score, but {missing} of {len(records)} rows "
-                         "lack the cheap model's answer (grading.<model>.answer): the figures leave escalation out, "
-                         "so quality is understated and cost overstated or understated (router-label keeps answers)")
+                         f"lack the cheap model's {what}: the figures leave escalation out, so quality is understated "
+                         "and cost overstated or understated (router-label keeps answers)")
         else:
-            answer_scores = scorer.score_answers([a or "" for a in answers], p)
+            answer_scores = scorer.score_answers([a or "" for a in answers], p, token_logprobs=logprobs)
             answer_threshold = scorer.threshold
             answer_tokens = np.array([len(a or "") / 4.0 for a in answers])
     return LabelledScores(p, cheap_passed, strong_passed, np.asarray(cc, float), np.asarray(cs, float), inp, out,

@@ -60,6 +60,23 @@ def escalation_trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
 
 
 @pytest.fixture(scope="module")
+def logprob_trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, static_embedder: str,
+                    escalation_log: Path):
+    """The same log with token log-probabilities on every cheap answer. No public log holds them, so
+    they are made up here to give the rows where flash fails and gpt-4o passes away: this checks the
+    path from the log to the served score, it measures nothing."""
+    log = tmp_path_factory.mktemp("logprob-log") / "labelled.jsonl"
+    with open(escalation_log, encoding="utf-8") as src, open(log, "w", encoding="utf-8") as out:
+        for line in src:
+            row = json.loads(line)
+            lost = not row["outcomes"][CHEAP]["passed"] and row["outcomes"][STRONG]["passed"]
+            row["grading"][CHEAP]["token_logprobs"] = [-0.9 if lost else -0.05] * 8
+            out.write(json.dumps(row) + "\n")
+    return _train(tmp_path_factory.mktemp("logprobs") / "router", cache_dir, seed=0, logs=(log,),
+                  heads=("logreg_c0.1",), embedder=static_embedder)
+
+
+@pytest.fixture(scope="module")
 def routing_only_trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, static_embedder: str,
                          escalation_log: Path):
     """The same log with --escalation off: the default --threshold-rows all then certifies on every row."""
@@ -117,3 +134,27 @@ def test_without_escalation_the_threshold_and_head_use_every_labelled_row(routin
     report = compute_report(score_log(model_dir, [model_dir.parent / (model_dir.name + "-report") / "test.jsonl"]))
     assert report["rows_seen_in_training"] == rows["test"]
     assert report["notes"][0].startswith(f"WARNING: {rows['test']} of {rows['test']} rows")
+
+
+def test_token_logprobs_in_the_log_reach_the_served_score(logprob_trained, capsys) -> None:
+    from router_model.answer_score import SCORE_FEATURES_WITH_LOGPROBS, MissingLogprobsError
+
+    model_dir = logprob_trained.model_dir
+    esc = read_metadata(model_dir).escalation
+    assert esc is not None and esc.on and tuple(esc.features) == SCORE_FEATURES_WITH_LOGPROBS
+    assert "token log-probabilities" in esc.reason and esc.evaluation["answer_score_auc"] > 0.95
+    scorer = Router.load(model_dir).answer_score
+    assert scorer is not None and scorer.needs_logprobs
+    stated = "Step by step: ... The answer is (B)."
+    assert scorer.score(stated, p_cheap_ok=0.5, token_logprobs=[-0.9] * 8) > scorer.threshold \
+        > scorer.score(stated, p_cheap_ok=0.5, token_logprobs=[-0.05] * 8)
+    with pytest.raises(MissingLogprobsError):
+        scorer.score(stated, p_cheap_ok=0.5)
+    assert router_model_main(["info", "--model-dir", str(model_dir)]) == 0
+    assert "the score reads the cheap answer's token log-probabilities" in capsys.readouterr().out
+    test_log = model_dir.parent / (model_dir.name + "-report") / "test.jsonl"
+    assert all("token_logprobs" in json.loads(line)["grading"][CHEAP] for line in test_log.read_text().splitlines())
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert savings_main(["--model-dir", str(model_dir), "--log", str(test_log)]) == 0
+    assert "with escalation (included above)" in buf.getvalue()
