@@ -123,9 +123,10 @@ class RoutedEndpoint:
         call.logprobs_added = self._logprobs_model(call)
         resp, content, model = await self.sender.send_with_fallback(call, stream=False)
         assert content is not None
-        if resp.status_code == 400 and model == call.logprobs_added:  # an upstream that refuses `logprobs`
-            log.warning("request %s: %s refused the request with the logprobs the gateway added; sending it as the "
-                        "caller did", call.request_id, model)
+        if resp.status_code == 400 and model == call.logprobs_added:  # an upstream that refuses `logprobs`?
+            log.warning("request %s: %s answered 400 to the request with the logprobs the gateway added; asking "
+                        "again as the caller sent it", call.request_id, model)
+            call.attempts.append(Attempt(model, 400))
             call.logprobs_added = None
             resp, content, model = await self.sender.send_with_fallback(call, stream=False)
             assert content is not None

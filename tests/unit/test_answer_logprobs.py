@@ -30,6 +30,7 @@ from toy_artifact import toy_answer_score, write_toy_pair
 
 from router_model.answer_features import LOGPROB_FEATURES, chat_token_logprobs, logprob_features
 from router_model.answer_score import SCORE_FEATURES, SCORE_FEATURES_WITH_LOGPROBS, MissingLogprobsError
+from router_model.gateway.call import ChatStreamAnswer, chat_answer_text
 from router_model.labelling.cli import main as label_main
 from router_model.labelling.config import ShadowConfig
 from router_model.labelling.errors import LabellingConfigError
@@ -106,6 +107,22 @@ def test_the_features_of_token_logprobs_and_the_wire_shape() -> None:
     assert chat_token_logprobs(answer) == (-0.5, 0.0)
     assert chat_token_logprobs({"choices": [{"logprobs": None}]}) is None
     assert chat_token_logprobs({"choices": [{"logprobs": {"content": [{"logprob": "x"}]}}]}) is None
+
+
+def test_a_streamed_answer_keeps_the_logprobs_its_chunks_carry() -> None:
+    """A buffered stream whose caller asked for log-probabilities is scored with them (chunk by chunk)."""
+    reader = ChatStreamAnswer()
+    for piece, value in (("The answer", -0.2), (" is (B).", -0.4)):
+        reader.feed({"choices": [{"index": 0, "delta": {"content": piece},
+                                  "logprobs": {"content": [{"token": piece, "logprob": value}]}}]})
+    reader.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}]})
+    answer = reader.answer()
+    assert answer is not None and reader.ended
+    text = chat_answer_text(answer)
+    assert text.text == WITH_FINAL and text.token_logprobs == (-0.2, -0.4)
+    plain = ChatStreamAnswer()
+    plain.feed({"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}]})
+    assert chat_answer_text(plain.answer() or {}).token_logprobs is None
 
 
 def test_a_score_that_reads_logprobs_refuses_an_answer_without_them(logprob_router: Router) -> None:
@@ -195,7 +212,9 @@ def test_an_upstream_that_refuses_logprobs_is_asked_again_without_them(logprob_g
     raw = _ask(logprob_gw, tid, logprob=SURE, **{"x-refuse-logprobs": "1"})
     assert raw.http_response.status_code == 200 and raw.parse().choices[0].message.content == WITH_FINAL
     assert upstream.asked[tid] == [(CHEAP, True), (CHEAP, None)]
-    assert "answer_score" not in logprob_gw.record(tid)  # not scored: the score reads what the answer lacks
+    rec = logprob_gw.record(tid)
+    assert "answer_score" not in rec  # not scored: the score reads what the answer lacks
+    assert [(a["model"], a["status"]) for a in rec["attempts"]] == [(CHEAP, 400), (CHEAP, 200)]
     assert logprob_gw.metric("router_gateway_answers_unscored_total", reason="no_logprobs") == before + 1
 
 
