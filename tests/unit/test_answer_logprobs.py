@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,18 @@ def test_training_reads_logprobs_only_when_every_row_kept_them() -> None:
     assert esc is not None and not esc.reads_logprobs and tuple(esc.record.features) == SCORE_FEATURES
     assert f"token log-probabilities on {len(lab) // 2} of {len(lab)} cheap answers are left out" in esc.record.reason
     assert len(lab) == 1200
+
+
+def test_mlflow_and_info_say_whether_the_score_reads_logprobs(logprob_router: Router) -> None:
+    from router_model.summary import escalation_line
+    from training.tracking import escalation_params
+
+    meta = logprob_router.meta
+    assert meta.escalation is not None and escalation_params(meta.escalation)["escalation_reads_logprobs"] is True
+    assert "the score reads the cheap answer's token log-probabilities" in (escalation_line(meta) or "")
+    plain = replace(meta.escalation, features=SCORE_FEATURES)
+    assert escalation_params(plain)["escalation_reads_logprobs"] is False
+    assert "log-probabilities" not in (escalation_line(replace(meta, escalation=plain)) or "")
 
 
 # ---------------------------------------------------------------- the gateway
