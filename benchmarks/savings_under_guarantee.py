@@ -130,7 +130,7 @@ def load(name: str, max_rows: int | None = None) -> Any:
     return fg, d, answers, answer_feature_matrix([answers[i] for i in d.test])  # once: every draw scores them
 
 
-def one_draw(job: tuple[int, int, float, float]) -> dict[str, Any]:
+def one_draw(job: tuple[int, int, float, float, tuple[str, ...], str]) -> dict[str, Any]:
     """One labelled log of n rows through router-train's stages; every rule scored on the test set."""
     from threadpoolctl import threadpool_limits
 
@@ -140,7 +140,7 @@ def one_draw(job: tuple[int, int, float, float]) -> dict[str, Any]:
     from training.head import make_target, select_head
     from training.threshold import Goal, choose_threshold, every_row_stage, threshold_stage
 
-    n, seed, floor, risk = job
+    n, seed, floor, risk, heads, select_by = job
     fg, d, answers, test_features = _STATE
     te = d.test
     test = {"cheap_passed": d.w[te], "strong_passed": d.s[te], "cost_cheap": d.cc[te], "cost_strong": d.cs[te]}
@@ -174,7 +174,8 @@ def one_draw(job: tuple[int, int, float, float]) -> dict[str, Any]:
         tr, va, lte = (np.flatnonzero(split == k) for k in ("train", "val", "test"))
         goal = Goal.quality_floor(floor, risk, "betting")
         head = select_head(X, outcomes["cheap_passed"], outcomes["strong_passed"], train_rows=tr, val_rows=va,
-                           target=make_target("joint"), names=(fg.HEAD,), say=lambda _: None)
+                           target=make_target("joint"), names=heads or (fg.HEAD,), say=lambda _: None,
+                           select_by=select_by)
         def chosen_on(scores: np.ndarray, at: np.ndarray, rule_goal: Goal) -> float:
             w, s, cc, cs = (outcomes[k][at] for k in ("cheap_passed", "strong_passed", "cost_cheap", "cost_strong"))
             return choose_threshold(scores, w, s, cost_cheap=cc, cost_strong=cs, goal=rule_goal).threshold
@@ -244,7 +245,8 @@ def _print_size(name: str, n: int, summ: dict[str, Any]) -> None:
 def _run_sizes(name: str, sizes: list[int], out: dict[str, Any], args: argparse.Namespace) -> None:
     for n in sizes:
         seeds = np.random.default_rng([args.seed, n, 26]).integers(1 << 31, size=args.draws)
-        jobs = [(n, int(x), args.floor, args.risk) for x in seeds]
+        heads = tuple(h.strip() for h in args.heads.split(",") if h.strip()) if args.heads else ()
+        jobs = [(n, int(x), args.floor, args.risk, heads, args.select_by) for x in seeds]
         t1 = time.perf_counter()
         if args.workers <= 1:
             draws = [one_draw(j) for j in jobs]
@@ -294,8 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-n-model", action="store_true", help="leave the N-model part out")
     ap.add_argument("--max-rows", type=int, default=None, help="a spread sample of N rows per file (smoke runs)")
+    ap.add_argument("--heads", default=None, help="candidate heads, chosen on validation as router-train does "
+                    "(default: floor_guarantee's one head, logreg_c0.1; 'default': router-train's own candidates)")
+    ap.add_argument("--select-by", default="apgr", choices=("apgr", "log_loss"),
+                    help="how the heads are compared on validation (router-train's --select-heads-by)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
+    if args.heads == "default":
+        from training.head import DEFAULT_HEADS
+
+        args.heads = ",".join(DEFAULT_HEADS)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     t0 = time.perf_counter()
     result: dict[str, Any] = {"about": __doc__.split("\n\n")[0],
@@ -319,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_n_model:
         result["n_model_routerbench"] = n_model_part()
     result["conditions"] = {"data": args.data, "sizes": args.sizes, "draws": args.draws, "max_rows": args.max_rows,
-                            "floor": args.floor,
+                            "floor": args.floor, "heads": args.heads or "logreg_c0.1", "select_by": args.select_by,
                             "risk": args.risk, "seed": args.seed, "workers": args.workers, "cpus": os.cpu_count(),
                             "loadavg_before": load_before, "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
                             "seconds": time.perf_counter() - t0,
