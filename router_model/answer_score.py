@@ -48,6 +48,11 @@ class MissingLogprobsError(ValueError):
     """The answer score reads token log-probabilities and the answer came without them."""
 
 
+def reads_logprobs(features: Sequence[str]) -> bool:
+    """Whether a score with these features (an EscalationRecord's) reads token log-probabilities."""
+    return tuple(features) == SCORE_FEATURES_WITH_LOGPROBS
+
+
 def score_features(answer: str, *, p_cheap_ok: float, finish_reason: str | None = None,
                    token_logprobs: Sequence[float] | None = None) -> np.ndarray:
     """One row of the score's input: the answer's features, the prompt's logit, then (when given)
@@ -94,7 +99,7 @@ class AnswerScore:
     @property
     def needs_logprobs(self) -> bool:
         """The score reads the answer's token log-probabilities (the gateway asks the cheap model for them)."""
-        return tuple(self.record.features) == SCORE_FEATURES_WITH_LOGPROBS
+        return reads_logprobs(self.record.features)
 
     def _logprobs_for(self, token_logprobs: Sequence[float] | None) -> Sequence[float] | None:
         """The log-probabilities this score reads: refused when it needs them and none came, dropped when it does not."""

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from router_model.answer_score import SCORE_FEATURES_WITH_LOGPROBS
+from router_model.answer_score import reads_logprobs
 from router_model.artifact import ArtifactMetadata
 
 COLUMNS = ("apgr", "cpt50", "cpt80", "strong_share", "quality_vs_strong", "cost_saved")
@@ -59,7 +59,7 @@ def escalation_line(meta: ArtifactMetadata) -> str | None:
         return None
     if esc.on and esc.answer_threshold is not None:
         reads = (", the score reads the cheap answer's token log-probabilities: the gateway asks for them"
-                 if tuple(esc.features) == SCORE_FEATURES_WITH_LOGPROBS else "")
+                 if reads_logprobs(esc.features) else "")
         return f"escalation: on ({esc.family}, escalate when answer score >= {esc.answer_threshold:.3g}{reads})"
     return f"escalation: off ({esc.reason or 'no reason recorded'})"
 

@@ -35,7 +35,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from router_model.answer_features import FEATURE_VERSION, answer_feature_matrix, logprob_feature_matrix
-from router_model.answer_score import ANSWER_SCORE_FILE, SCORE_FEATURES, SCORE_FEATURES_WITH_LOGPROBS, prompt_logit
+from router_model.answer_score import (
+    ANSWER_SCORE_FILE,
+    SCORE_FEATURES,
+    SCORE_FEATURES_WITH_LOGPROBS,
+    prompt_logit,
+    reads_logprobs,
+)
 from router_model.artifact_records import EscalationRecord
 from training.risk import ALL_STRONG, certify_quality_floor, method_for
 from training.threshold import Goal, ThresholdChoice, ThresholdStage, every_row_stage
@@ -171,7 +177,7 @@ class EscalationStage:
 
     @property
     def reads_logprobs(self) -> bool:
-        return tuple(self.record.features) == SCORE_FEATURES_WITH_LOGPROBS
+        return reads_logprobs(self.record.features)
 
 
 def off(reason: str) -> EscalationStage:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router_model.answer_score import SCORE_FEATURES_WITH_LOGPROBS
+from router_model.answer_score import reads_logprobs
 from router_model.artifact import ArtifactMetadata, EscalationRecord, GoalRecord
 from router_model.offline.log import LogReadResult
 from router_model.price_source import price_params
@@ -157,7 +157,7 @@ def escalation_params(record: EscalationRecord | None) -> dict[str, Any]:
     return {"escalation_on": record.on, "escalation_family": record.family,
             "escalation_answer_threshold": "none" if record.answer_threshold is None else record.answer_threshold,
             "escalation_reason": record.reason,
-            "escalation_reads_logprobs": tuple(record.features) == SCORE_FEATURES_WITH_LOGPROBS}
+            "escalation_reads_logprobs": reads_logprobs(record.features)}
 
 
 def goal_metrics(goal: GoalRecord) -> dict[str, float]:
