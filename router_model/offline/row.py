@@ -256,6 +256,9 @@ def _answers_of(obj: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+_LOGPROB_SLACK = 1e-6  # a log-probability a hair above 0 is an upstream's float rounding, not bad data
+
+
 def _token_logprobs_of(obj: Mapping[str, Any]) -> dict[str, tuple[float, ...]]:
     """`grading.<model>.token_logprobs` of a labelled row (`router-label --logprobs`; none: {})."""
     grading = obj.get("grading")
@@ -268,9 +271,9 @@ def _token_logprobs_of(obj: Mapping[str, Any]) -> dict[str, tuple[float, ...]]:
         if not isinstance(values, list):
             raise RowError("bad_field", field_name, f"expected a list of numbers, got {type(values).__name__}")
         for i, v in enumerate(values):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v > 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v > _LOGPROB_SLACK:
                 raise RowError("bad_field", f"{field_name}[{i}]", f"expected a log-probability (a number <= 0), got {v!r}")
-        out[str(model)] = tuple(float(v) for v in values)
+        out[str(model)] = tuple(min(float(v), 0.0) for v in values)
     return out
 
 

@@ -139,11 +139,11 @@ def test_a_score_that_reads_logprobs_refuses_an_answer_without_them(logprob_rout
 
 def test_the_log_row_keeps_token_logprobs_and_names_a_bad_one() -> None:
     line: dict[str, Any] = {"prompt": "2+2?", "outcomes": {"a": {"passed": True}, "b": {"passed": True}},
-                            "grading": {"a": {"answer": "4", "token_logprobs": [-0.25, 0]}}}
+                            "grading": {"a": {"answer": "4", "token_logprobs": [-0.25, 0, 3e-7]}}}
     rec = parse_line(json.dumps(line).encode(), line_no=1, default_id="r1", pass_threshold=0.8).record()
-    assert dict(rec.token_logprobs) == {"a": (-0.25, 0.0)}
+    assert dict(rec.token_logprobs) == {"a": (-0.25, 0.0, 0.0)}  # a hair above 0 is float rounding: read as 0
     again = parse_line(json.dumps(rec.to_row(["a", "b"])).encode(), line_no=1, default_id="r1", pass_threshold=0.8)
-    assert dict(again.record().token_logprobs) == {"a": (-0.25, 0.0)}
+    assert dict(again.record().token_logprobs) == {"a": (-0.25, 0.0, 0.0)}
     line["grading"]["a"]["token_logprobs"] = [-0.25, 0.7]
     with pytest.raises(RowError) as err:
         parse_line(json.dumps(line).encode(), line_no=3, default_id="r1", pass_threshold=0.8)
