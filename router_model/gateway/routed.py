@@ -54,6 +54,9 @@ log = logging.getLogger("router_model.gateway")
 CHECK_ANSWER_SCORE = "answer_score"  # the escalation "check" of the learned answer score (issue 26)
 # --buffer-streams: a cheap stream is read ahead up to this many bytes; a longer one is relayed unscored.
 STREAM_BUFFER_BYTES = 4 * 1024 * 1024
+# A model whose upstream answered 400 to the `logprobs` the gateway added is not asked for them again
+# for this long: one refused call per period, not one per request.
+LOGPROBS_REFUSED_S = 600.0
 
 
 def error_response(err: GatewayError) -> JSONResponse:
@@ -73,6 +76,7 @@ class RoutedEndpoint:
         self.sender = sender
         self.accounting = accounting
         self.shadow = shadow
+        self._logprobs_refused: dict[str, float] = {}  # model -> monotonic time until which it is not asked
 
     async def handle(self, request: HTTPRequest) -> Response:
         started = time.perf_counter()
@@ -125,7 +129,9 @@ class RoutedEndpoint:
         assert content is not None
         if resp.status_code == 400 and model == call.logprobs_added:  # an upstream that refuses `logprobs`?
             log.warning("request %s: %s answered 400 to the request with the logprobs the gateway added; asking "
-                        "again as the caller sent it", call.request_id, model)
+                        "again as the caller sent it, and not asking %s for them for %.0f s", call.request_id, model,
+                        model, LOGPROBS_REFUSED_S)
+            self._logprobs_refused[model] = time.monotonic() + LOGPROBS_REFUSED_S
             call.attempts.append(Attempt(model, 400))
             call.logprobs_added = None
             resp, content, model = await self.sender.send_with_fallback(call, stream=False)
@@ -162,10 +168,13 @@ class RoutedEndpoint:
     def _logprobs_model(self, call: Call) -> str | None:
         """The model the gateway asks for token log-probabilities the caller did not ask for: a
         non-streamed call to a pair's cheap model, when its answer score reads them or shadow grading
-        keeps them (`shadow.logprobs`). They are stripped from the caller's answer."""
+        keeps them (`shadow.logprobs`), unless its upstream refused them lately (LOGPROBS_REFUSED_S).
+        They are stripped from the caller's answer."""
         router = call.router
         if router is None or call.stream or not call.protocol.logprobs or call.asked_logprobs \
                 or not call.target or call.target != router.cheap_model or router.cheap_model == router.strong_model:
+            return None
+        if time.monotonic() < self._logprobs_refused.get(call.target, 0.0):  # refused lately: not asked
             return None
         scorer_reads = router.answer_score is not None and router.answer_score.needs_logprobs and self.config.answer_score
         shadow_keeps = self.shadow is not None and self.shadow.config.logprobs

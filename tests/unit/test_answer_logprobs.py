@@ -219,16 +219,21 @@ def test_a_caller_that_asks_for_logprobs_gets_them(logprob_gw: Gw, upstream: Log
     assert logprob_gw.record(tid)["answer_score"] == round(toy_answer_score(True, logprob_mean=SURE), 4)
 
 
-def test_an_upstream_that_refuses_logprobs_is_asked_again_without_them(logprob_gw: Gw, upstream: LogprobUpstream) -> None:
-    tid = uuid.uuid4().hex
-    before = logprob_gw.metric("router_gateway_answers_unscored_total", reason="no_logprobs")
-    raw = _ask(logprob_gw, tid, logprob=SURE, **{"x-refuse-logprobs": "1"})
-    assert raw.http_response.status_code == 200 and raw.parse().choices[0].message.content == WITH_FINAL
-    assert upstream.asked[tid] == [(CHEAP, True), (CHEAP, None)]
-    rec = logprob_gw.record(tid)
-    assert "answer_score" not in rec  # not scored: the score reads what the answer lacks
-    assert [(a["model"], a["status"]) for a in rec["attempts"]] == [(CHEAP, 400), (CHEAP, 200)]
-    assert logprob_gw.metric("router_gateway_answers_unscored_total", reason="no_logprobs") == before + 1
+def test_an_upstream_that_refuses_logprobs_is_asked_again_without_them(upstream, logprob_router, tmp_path) -> None:
+    """Its own gateway: the refusal is remembered for LOGPROBS_REFUSED_S, which the other tests must not see."""
+    for gw in gateway(upstream.url, logprob_router, tmp_path / "d.jsonl"):
+        tid = uuid.uuid4().hex
+        raw = _ask(gw, tid, logprob=SURE, **{"x-refuse-logprobs": "1"})
+        assert raw.http_response.status_code == 200 and raw.parse().choices[0].message.content == WITH_FINAL
+        assert upstream.asked[tid] == [(CHEAP, True), (CHEAP, None)]
+        rec = gw.record(tid)
+        assert "answer_score" not in rec  # not scored: the score reads what the answer lacks
+        assert [(a["model"], a["status"]) for a in rec["attempts"]] == [(CHEAP, 400), (CHEAP, 200)]
+        assert gw.metric("router_gateway_answers_unscored_total", reason="no_logprobs") == 1
+        again = uuid.uuid4().hex  # the refusal is remembered: the next request goes as the caller sent it
+        assert _ask(gw, again, logprob=SURE, **{"x-refuse-logprobs": "1"}).http_response.status_code == 200
+        assert upstream.asked[again] == [(CHEAP, None)]
+        assert gw.metric("router_gateway_answers_unscored_total", reason="no_logprobs") == 2
 
 
 def test_an_artifact_whose_score_does_not_read_logprobs_never_asks(upstream, tmp_path) -> None:
