@@ -129,13 +129,15 @@ class RoutedEndpoint:
         assert content is not None
         if resp.status_code == 400 and model == call.logprobs_added:  # an upstream that refuses `logprobs`?
             log.warning("request %s: %s answered 400 to the request with the logprobs the gateway added; asking "
-                        "again as the caller sent it, and not asking %s for them for %.0f s", call.request_id, model,
-                        model, LOGPROBS_REFUSED_S)
-            self._logprobs_refused[model] = time.monotonic() + LOGPROBS_REFUSED_S
+                        "again as the caller sent it", call.request_id, model)
             call.attempts.append(Attempt(model, 400))
             call.logprobs_added = None
+            refused = model
             resp, content, model = await self.sender.send_with_fallback(call, stream=False)
             assert content is not None
+            if resp.status_code < 400:  # it was the field, not the caller's request: not asked for a while
+                log.warning("%s refuses logprobs: not asking it for them for %.0f s", refused, LOGPROBS_REFUSED_S)
+                self._logprobs_refused[refused] = time.monotonic() + LOGPROBS_REFUSED_S
         await self.decider.decided(call)
         if resp.status_code >= 400:
             return self._client_error(call, model, resp, content)

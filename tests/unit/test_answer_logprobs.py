@@ -55,6 +55,9 @@ class LogprobUpstream:
     async def chat(self, request: Request) -> Response:
         body = json.loads(await request.body())
         self.asked.setdefault(request.headers.get("x-test-id", ""), []).append((body["model"], body.get("logprobs")))
+        if request.headers.get("x-bad-request"):  # the caller's own mistake, whatever the gateway added
+            return JSONResponse({"error": {"message": "Invalid value for 'temperature'", "type": "invalid_request_error",
+                                           "param": "temperature", "code": None}}, status_code=400)
         if "logprobs" in body and request.headers.get("x-refuse-logprobs"):
             return JSONResponse({"error": {"message": "Unrecognized request argument supplied: logprobs",
                                            "type": "invalid_request_error", "param": "logprobs", "code": None}},
@@ -234,6 +237,17 @@ def test_an_upstream_that_refuses_logprobs_is_asked_again_without_them(upstream,
         assert _ask(gw, again, logprob=SURE, **{"x-refuse-logprobs": "1"}).http_response.status_code == 200
         assert upstream.asked[again] == [(CHEAP, None)]
         assert gw.metric("router_gateway_answers_unscored_total", reason="no_logprobs") == 2
+
+
+def test_a_callers_own_400_does_not_stop_the_asking(upstream, logprob_router, tmp_path) -> None:
+    for gw in gateway(upstream.url, logprob_router, tmp_path / "d.jsonl"):
+        tid = uuid.uuid4().hex
+        with pytest.raises(openai.BadRequestError):
+            _ask(gw, tid, logprob=SURE, **{"x-bad-request": "1"})
+        assert upstream.asked[tid] == [(CHEAP, True), (CHEAP, None)]  # asked again as sent: the same 400
+        after = uuid.uuid4().hex
+        assert _ask(gw, after, logprob=SURE).http_response.status_code == 200
+        assert upstream.asked[after] == [(CHEAP, True)]  # the field was not the cause: still asked for
 
 
 def test_an_artifact_whose_score_does_not_read_logprobs_never_asks(upstream, tmp_path) -> None:
