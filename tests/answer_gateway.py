@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 from gateway_upstream import wait_for
-from prometheus_client.parser import text_string_to_metric_families
+from route_gateway import metric_at
 
 from router_model.gateway.app import create_app
 from router_model.gateway.config import GatewayConfig, Upstream
@@ -81,11 +81,7 @@ class Gw:
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of /metrics (0.0 when absent)."""
-        for family in text_string_to_metric_families(httpx.get(f"{self.url}/metrics").text):
-            for s in family.samples:
-                if s.name == name and s.labels == labels:
-                    return s.value
-        return 0.0
+        return metric_at(self.url, name, **labels)
 
 
 def gateway(upstream_url: str, router: Router, log: Path, **config: Any) -> Iterator[Gw]:

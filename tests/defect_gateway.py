@@ -13,7 +13,7 @@ import json
 
 import httpx
 import openai
-from prometheus_client.parser import text_string_to_metric_families
+from route_gateway import metric_at
 
 from router_model.gateway.app import create_app
 from router_model.gateway.config import GatewayConfig
@@ -25,11 +25,7 @@ MESSAGES = [{"role": "user", "content": CHEAP_PROMPT}]
 
 
 def metric(url: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return 0.0
+    return metric_at(url, name, **labels)
 
 
 def post(url: str, body: dict | bytes, **headers: str) -> httpx.Response:

@@ -7,8 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from router_model.gateway.app import Gateway, create_app
 from router_model.gateway.config import GatewayConfig
 from router_model.gateway.server import ServerThread
@@ -33,13 +31,9 @@ class RunningGateway:
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of /metrics (0 when absent)."""
-        from prometheus_client.parser import text_string_to_metric_families
+        from route_gateway import metric_at
 
-        for family in text_string_to_metric_families(httpx.get(f"{self.url}/metrics").text):
-            for s in family.samples:
-                if s.name == name and s.labels == labels:
-                    return float(s.value)
-        return 0.0
+        return metric_at(self.url, name, **labels)
 
 
 @contextmanager

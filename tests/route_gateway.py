@@ -3,8 +3,9 @@
 tests/unit/test_gateway.py (routing, forwarding, streaming), test_gateway_failures.py (escalation,
 upstream failures, bad requests) and test_gateway_operations.py (cost, health, metrics, config,
 reload, the CLI) each run a route-mode gateway over the toy pair and the local upstream
-(`route_gateway`, through a module-scoped `route_gw` fixture of their own) and call it as a caller
+(`route_gateway`, through the module-scoped `route_gw` fixture of tests/unit/conftest.py) and call it as a caller
 would: `post` with httpx, `Gw.sdk` with the official `openai` SDK. Real servers, nothing mocked.
+`metric_at` is the one /metrics scrape every gateway test helper uses.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def metric(m: dict, name: str, **labels: str) -> float:
     return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def metric_at(url: str, name: str, **labels: str) -> float:
+    """One sample of a server's /metrics (0.0 when absent): the one scrape the gateway test helpers share."""
+    return metric(metrics(url), name, **labels)
 
 
 def log_records(path: Path) -> list[dict]:

@@ -4,6 +4,7 @@ Each directory is written once per session in a few milliseconds and is a comple
 artifact (`Router.load` checks it like a trained one). Tests must not modify them: copy one to
 `tmp_path` first (`shutil.copytree`) to tamper with it.
 
+The gateway tests share `cheap_prompt` and a route-mode `route_gw` (tests/route_gateway.py).
 It also starts the observe-mode gRPC server that the test_service*.py files share for their
 read-only tests (`server`, `ch`, `stub`, `decision_log_path`: one per test module, settings in
 tests/service_observe.py).
@@ -117,6 +118,23 @@ def upstream():
 def router(toy_model_dir) -> Router:
     """The toy pair, loaded afresh for each test module (tests may swap or compare it by identity)."""
     return Router.load(toy_model_dir)
+
+
+@pytest.fixture(scope="module")
+def cheap_prompt(router) -> str:
+    """A prompt the toy pair routes cheap (tests/route_gateway.py)."""
+    from route_gateway import pick_cheap_prompt
+
+    return pick_cheap_prompt(router)
+
+
+@pytest.fixture(scope="module")
+def route_gw(upstream, router, tmp_path_factory):
+    """A route-mode gateway over the module's `upstream` and `router` (tests/route_gateway.py); the
+    gateway test files with their own upstreams or routers define their own `route_gw`."""
+    from route_gateway import route_gateway
+
+    yield from route_gateway(upstream, router, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from gateway_upstream import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, SN
 from gateway_upstream import wait_for as _wait_for
 from route_gateway import metric as _metric
 from route_gateway import metrics as _metrics
-from route_gateway import pick_cheap_prompt, route_gateway
 from route_gateway import post as _post
 from route_gateway import start as _start
 from route_gateway import tid as _tid
@@ -40,16 +39,6 @@ IMAGE_MESSAGES = [
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def cheap_prompt(router) -> str:
-    return pick_cheap_prompt(router)
-
-
-@pytest.fixture(scope="module")
-def route_gw(upstream, router, tmp_path_factory):
-    yield from route_gateway(upstream, router, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ from route_gateway import free_port as _free_port
 from route_gateway import log_records as _log_records
 from route_gateway import metric as _metric
 from route_gateway import metrics as _metrics
-from route_gateway import pick_cheap_prompt, route_gateway
 from route_gateway import post as _post
 from route_gateway import start as _start
 from route_gateway import tid as _tid
@@ -41,16 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def cheap_prompt(router) -> str:
-    return pick_cheap_prompt(router)
-
-
-@pytest.fixture(scope="module")
-def route_gw(upstream, router, tmp_path_factory):
-    yield from route_gateway(upstream, router, tmp_path_factory)
 
 
 # ---------------------------------------------------------------- cost, health, metrics

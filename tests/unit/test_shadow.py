@@ -13,11 +13,10 @@ import stat
 import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from gateway_upstream import wait_for
-from prometheus_client.parser import text_string_to_metric_families
+from route_gateway import metric_at
 
 from router_model import Router
 from router_model.gateway.app import create_app
@@ -37,12 +36,7 @@ def _wait_for(predicate, timeout: float = 15.0, step: float = 0.05) -> bool:
     return wait_for(predicate, timeout, step)
 
 
-def _metric(url: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return 0.0
+_metric = metric_at
 
 
 def _rows(path: Path) -> list[dict]:
