@@ -12,9 +12,13 @@ split, the `logreg_c0.1` head, `threshold_stage`, `with_escalation`, `every_row_
   empirical        the threshold where validation just meets the floor (--risk none): no guarantee
   clopper-pearson  the certificate before issue 26 (a union of three bounds), cross-fitted
                    train + validation scores (--certificate clopper-pearson --threshold-rows oof)
-  betting          the betting certificate on the same scores (--threshold-rows oof)
-  every-row        betting, cross-fitted again over every labelled row (--escalation off; the
-                   default when the log keeps no answers)
+  betting          the betting certificate on the same scores (--certificate betting --threshold-rows oof)
+  exact            the exact certificate on the same scores (--threshold-rows oof; betting above
+                   2,500 rows)
+  every-row-betting  betting, cross-fitted again over every labelled row (the default before the
+                   exact certificate: --certificate betting --escalation off)
+  every-row        the exact certificate on those scores (--escalation off; the default when the
+                   log keeps no answers)
   route+escalate-oof  routing alone or the cascade on the answer score, each at risk 0.025 on
                    cross-fitted train + validation scores, the cheaper served (router-train's default
                    when the log kept the cheap answers, before it certified on every row)
@@ -66,7 +70,8 @@ CHEAP_OUTPUTS = {"mmlu-pro": "mmlu-pro/raw/model_outputs_zips/model_outputs_gemi
 # The sizes of issue 26's targets: routellm-mmlu 1,000 / 3,000; mmlu-pro up to 6,000 (its pool is 7,233);
 # routerbench's pool (1,890 rows) holds one size.
 SIZES = {"routellm-mmlu": (1000, 3000), "mmlu-pro": (1500, 3000, 6000), "routerbench": (1500,)}
-RULES = ("empirical", "clopper-pearson", "betting", "every-row", "route+escalate-oof", "route+escalate")
+RULES = ("empirical", "clopper-pearson", "betting", "exact", "every-row-betting", "every-row", "route+escalate-oof",
+         "route+escalate")
 CASCADES = ("route+escalate-oof", "route+escalate")
 
 # (floor_guarantee module, its Data, the cheap answers or None, the test set's answer features or None),
@@ -172,7 +177,7 @@ def one_draw(job: tuple[int, int, float, float, tuple[str, ...], str]) -> dict[s
                     "cost_strong": d.cs[rows]}
         split = assign_splits([normalize_prompt(t) for t in texts], seed=int(rng.integers(1 << 30)))
         tr, va, lte = (np.flatnonzero(split == k) for k in ("train", "val", "test"))
-        goal = Goal.quality_floor(floor, risk, "betting")
+        goal = Goal.quality_floor(floor, risk)
         head = select_head(X, outcomes["cheap_passed"], outcomes["strong_passed"], train_rows=tr, val_rows=va,
                            target=make_target("joint"), names=heads or (fg.HEAD,), say=lambda _: None,
                            select_by=select_by)
@@ -188,7 +193,10 @@ def one_draw(job: tuple[int, int, float, float, tuple[str, ...], str]) -> dict[s
         else:
             cp = chosen_on(stage.scores, stage.labelled_rows, replace(goal, certificate="clopper-pearson"))
         out["clopper-pearson"] = routed(p_test, cp)
-        out["betting"] = routed(p_test, stage.choice.threshold)
+        out["exact"] = routed(p_test, stage.choice.threshold)
+        if stage.scores is not None and stage.labelled_rows is not None:
+            out["betting"] = routed(p_test, chosen_on(stage.scores, stage.labelled_rows,
+                                                      replace(goal, certificate="betting")))
         if answers is None:
             final = every_row_stage(stage, X, texts, **outcomes, train_rows=tr, val_rows=va, test_rows=lte, goal=goal)
         else:  # route against cascade on train + validation, then again on every row (what router-train ships)
@@ -199,7 +207,11 @@ def one_draw(job: tuple[int, int, float, float, tuple[str, ...], str]) -> dict[s
             final, choice, esc = on_every_row(stage, esc, X=X, texts=texts, answers=draw_answers, **outcomes,
                                               train_rows=tr, val_rows=va, test_rows=lte, goal=goal)
             out["route+escalate"] = cascade_on_test(final.head.p_cheap_ok(d.X[te]), choice.threshold, esc)
-        out["every-row"] = routed(final.head.p_cheap_ok(d.X[te]), final.choice.threshold)
+        p_final = final.head.p_cheap_ok(d.X[te])
+        out["every-row"] = routed(p_final, final.choice.threshold)
+        if final.scores is not None and final.labelled_rows is not None:
+            out["every-row-betting"] = routed(p_final, chosen_on(final.scores, final.labelled_rows,
+                                                                 replace(goal, certificate="betting")))
     for rule in out:
         out[rule]["held"] = float(out[rule]["quality_vs_strong"] >= floor)
     return out

@@ -75,7 +75,7 @@ class GoalRecord:
     n_labelled: int | None = None  # rows the threshold was chosen on
     n_needed: int | None = None  # not certified: rows that would certify the best gap observed
     threshold_rows: str = "validation"  # "validation", "oof" (cross-fitted train + validation) or "all" (every labelled row)
-    # The test behind the certificate (docs/guarantee.md): "betting" or "clopper-pearson" (the only one
+    # The test behind the certificate (docs/guarantee.md): "exact", "betting" or "clopper-pearson" (the only one
     # before betting, so a record with a risk and no field reads as it); "none" without risk control.
     certificate: str = "none"
 

@@ -14,6 +14,7 @@ from router_model.errors import RouterError
 from router_model.features import DEFAULT_FEATURES, FEATURES
 from training.embedding.common import DEFAULT_EMBEDDER
 from training.head import DEFAULT_HEADS, DEFAULT_SELECT_BY, TARGETS
+from training.risk import CERTIFICATES, DEFAULT_CERTIFICATE, EXACT_MAX_ROWS
 from training.threshold import DEFAULT_RISK, THRESHOLD_ROWS, Goal
 
 EPILOG = """
@@ -69,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allowed chance that the goal fails on new traffic from the same distribution (default: "
                    "%(default)s; certified by Learn-then-Test, docs/guarantee.md); 'none' picks the threshold where "
                    "validation just meets the goal, with no guarantee")
-    p.add_argument("--certificate", choices=("betting", "clopper-pearson"), default="betting",
-                   help="the test behind the certified goal: betting = one betting test of the per-request quantity "
-                   "at the full risk; clopper-pearson = the earlier union of exact bounds (default: %(default)s; "
-                   "docs/guarantee.md)")
+    p.add_argument("--certificate", choices=CERTIFICATES, default=DEFAULT_CERTIFICATE,
+                   help="the test behind the certified goal: exact = one exact test of the passes lost and won per "
+                   f"threshold at the full risk (a quality floor with two models, up to {EXACT_MAX_ROWS:,} rows; "
+                   "otherwise betting); betting = one betting test of the per-request quantity at the full risk; "
+                   "clopper-pearson = the earlier union of exact bounds (default: %(default)s; docs/guarantee.md)")
     p.add_argument("--threshold-rows", choices=THRESHOLD_ROWS, default="all",
                    help="rows the threshold is certified on: all = after the held-out evaluation, cross-fitted scores "
                    "over every labelled row (the test split included), the head then refit on all of them; "

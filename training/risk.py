@@ -9,8 +9,10 @@ How (Angelopoulos et al. 2021, "Learn then Test"): the thresholds form a sequenc
 data is seen (all strong, then 1.000, 0.999, ..., 0.000). Each threshold t is tested at level d
 against H_t "the goal fails at t"; testing in order and stopping at the first H_t not rejected
 controls the chance of certifying any failing threshold at d (fixed-sequence testing needs no
-multiplicity correction). The test of one threshold is a union of three exact Clopper-Pearson
-bounds at d/3 each (scores are pass/fail, so per-row losses are Bernoulli):
+multiplicity correction). The default test of one threshold, `exact` (training/exact_floor.py),
+tests the counts of passes lost and won against always-strong exactly, at the full d. The earlier
+`clopper-pearson` test is a union of three exact Clopper-Pearson bounds at d/3 each (scores are
+pass/fail, so per-row losses are Bernoulli):
 
     quality(t) >= F * quality(strong)
     <=>  P(cheap routed, cheap fails, strong passes) - P(cheap routed, cheap passes, strong fails)
@@ -18,9 +20,9 @@ bounds at d/3 each (scores are pass/fail, so per-row losses are Bernoulli):
 
 rejected when upper(loss) - lower(gain) <= (1 - F) * lower(strong). A budget is a mean of per-row
 spends in [0, B] (B = the largest per-request cost in the log): Clopper-Pearson when the spend is
-0/1 (the strong-call share), Hoeffding-Bentkus otherwise. That is `--certificate clopper-pearson`; the
-default, `betting`, tests each threshold with one betting test of one per-row quantity at the full d
-(training/betting.py).
+0/1 (the strong-call share), Hoeffding-Bentkus otherwise. `betting` tests each threshold with one
+betting test of one per-row quantity at the full d (training/betting.py); it is what `exact` runs
+for budgets, N models and logs over EXACT_MAX_ROWS rows.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from training.betting import (
     betting_log_evalue,
     betting_rejects,
 )
+from training.exact_floor import MAX_ROWS as EXACT_MAX_ROWS
+from training.exact_floor import exact_floor_on_grid
 
 __all__ = [
     "ALL_STRONG",
@@ -57,6 +61,8 @@ __all__ = [
     "betting_floor_log_evalues",
     "betting_floor_sequence",
     "betting_log_evalue",
+    "EXACT_MAX_ROWS",
+    "METHOD_EXACT",
     "betting_n_needed",
     "betting_rejects",
     "binomial_lower",
@@ -71,6 +77,7 @@ __all__ = [
     "method_for",
     "n_needed",
     "quality_lower_bound",
+    "effective_certificate",
 ]
 
 ALL_STRONG = math.nextafter(1.0, 2.0)  # a threshold no probability reaches: every request goes strong
@@ -208,23 +215,39 @@ def budget_sequence(spend: np.ndarray, n: int, cap: float, *, risk: float, binar
 # ---------------------------------------------------------------- the betting certificate (the default)
 # The test itself is training/betting.py; here: its name in the artifact.
 
-CERTIFICATES = ("betting", "clopper-pearson")
-DEFAULT_CERTIFICATE = "betting"
+CERTIFICATES = ("exact", "betting", "clopper-pearson")
+DEFAULT_CERTIFICATE = "exact"
 METHOD_BETTING = "ltt-fixed-sequence-betting"
+METHOD_EXACT = "ltt-fixed-sequence-exact"
+
+
+def effective_certificate(certificate: str, *, kind: str, n: int = 0) -> str:
+    """The test a goal runs under `certificate`. Why not always the one named: "exact" tests counts of
+    lost and won passes, so it serves the quality floor of a pair on logs up to EXACT_MAX_ROWS rows;
+    a spend, N models and larger logs take the betting test (the recorded method says which ran)."""
+    if certificate == "exact" and (kind != "quality_floor" or n > EXACT_MAX_ROWS):
+        return "betting"
+    return certificate
+
+
 def method_for(certificate: str, *, budget_hb: bool = False) -> str:
     """The method string recorded in the artifact for a certificate (docs/guarantee.md)."""
     if certificate not in CERTIFICATES:
         raise ValueError(f"certificate must be one of {CERTIFICATES}, got {certificate!r}")
     if certificate == "betting":
         return METHOD_BETTING
+    if certificate == "exact":
+        return METHOD_EXACT
     return METHOD_BUDGET_HB if budget_hb else METHOD
 
 
 def certificate_of(method: str | None) -> str | None:
-    """Which certificate a recorded method used: betting, clopper-pearson (also Hoeffding-Bentkus
-    budgets, the pre-betting family), or None for the empirical rule."""
+    """Which certificate a recorded method used: exact, betting, clopper-pearson (also
+    Hoeffding-Bentkus budgets, the pre-betting family), or None for the empirical rule."""
     if not method or method == "empirical":
         return None
+    if method == METHOD_EXACT:
+        return "exact"
     return "betting" if "betting" in method else "clopper-pearson"
 
 
@@ -264,13 +287,16 @@ def certify_quality_floor(p: np.ndarray, cheap_passed: np.ndarray, strong_passed
                           risk: float, certificate: str = DEFAULT_CERTIFICATE) -> RiskChoice:
     """The cheapest threshold of GRID whose floor is certified by fixed-sequence testing; else all strong.
 
-    certificate "betting" (default): one betting test of E[Z] <= 0 per threshold at the full risk;
-    "clopper-pearson": the union of three exact bounds at risk / 3 (docs/guarantee.md).
+    certificate "exact" (default): one exact test of the counts of lost and won passes per threshold
+    at the full risk (training/exact_floor.py; betting above EXACT_MAX_ROWS rows); "betting": one
+    betting test of E[Z] <= 0; "clopper-pearson": the union of three exact bounds at risk / 3
+    (docs/guarantee.md).
     """
     _check_binary("cheap_passed", cheap_passed)
     _check_binary("strong_passed", strong_passed)
-    method = method_for(certificate)
     n = len(p)
+    certificate = effective_certificate(certificate, kind="quality_floor", n=n)
+    method = method_for(certificate)
     loss = ((cheap_passed < 0.5) & (strong_passed >= 0.5)).astype(float)  # cheap routed here loses a pass
     gain = ((cheap_passed >= 0.5) & (strong_passed < 0.5)).astype(float)  # cheap routed here wins one
     m, (kp, km) = _cheap_counts(p, [loss, gain], GRID)
@@ -278,12 +304,14 @@ def certify_quality_floor(p: np.ndarray, cheap_passed: np.ndarray, strong_passed
     if certificate == "betting":
         last, bound = _betting_floor_on_grid(p, m, loss - gain, np.asarray(strong_passed, dtype=float), floor=floor,
                                              risk=risk)
+    elif certificate == "exact":
+        last, bound = exact_floor_on_grid(m, kp, km, ks, floor=floor, risk=risk)
     else:
         last, bound = floor_sequence(kp, km, ks, n=n, floor=floor, risk=risk)
     if last >= 1 and m[last] > 0:
         return RiskChoice(float(GRID[last]), True, n, risk, method, bound, None)
     # Nothing cheap certified: all strong, and how many rows the best observed gap would need.
-    need = betting_n_needed if certificate == "betting" else n_needed
+    need = n_needed if certificate == "clopper-pearson" else betting_n_needed
     return RiskChoice(ALL_STRONG, False, n, risk, method, 1.0,
                       need(m > 0, kp / n, km / n, rate_s=ks / n, floor=floor, risk=risk))
 
@@ -350,7 +378,7 @@ def certify_budget(p: np.ndarray, cheap_passed: np.ndarray, strong_passed: np.nd
     Tested from the cheap end (the safe end of a budget) upward; spends are scaled to [0, 1] by the
     largest per-request spend in the log (the assumption: no new request costs more).
     """
-    method_for(certificate)
+    certificate = effective_certificate(certificate, kind="budget")
     n = len(p)
     grid = GRID[::-1]  # 0.000 (all cheap) ... 1.000, then all strong
     # Over the rows routed cheap at each threshold: the spends and the passes, cheap and strong.

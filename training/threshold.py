@@ -47,8 +47,9 @@ class Goal:
 
     `risk`: the allowed chance that the goal fails on new traffic (certified by Learn-then-Test);
     None chooses the threshold where the labelled set just meets the goal, with no guarantee.
-    `certificate`: the test behind each threshold (training/risk.py, docs/guarantee.md): "betting"
-    (one betting test of the goal's per-request quantity at the full risk, the default) or
+    `certificate`: the test behind each threshold (training/risk.py, docs/guarantee.md): "exact"
+    (the default: one exact test of the passes lost and won, for a quality floor; betting otherwise),
+    "betting" (one betting test of the goal's per-request quantity at the full risk) or
     "clopper-pearson" (the union of exact binomial bounds; Hoeffding-Bentkus for dollars).
     """
 

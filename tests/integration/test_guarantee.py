@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from training.risk import METHOD_BETTING
+from training.risk import METHOD_EXACT
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def test_small_benchmark_on_public_data(tmp_path: Path) -> None:
     r = res["data"]["routerbench"]["sizes"]["300"]
     assert set(r) >= set(bench.RULES) and r["draws"] == 6
     # 6 draws at a true rate <= 0.05: three or more violations would happen with probability 0.2%.
-    for rule in ("clopper-pearson", "betting", "every-row", "route+escalate"):
+    for rule in ("clopper-pearson", "betting", "exact", "every-row", "route+escalate"):
         assert 1 - r[rule]["held"] <= 2 / 6 + 1e-9, (rule, r[rule])
     assert r["empirical"]["held"] <= r["betting"]["held"]  # no guarantee: it held less often (measured, 1 in 6 broke)
     assert r["clopper-pearson"]["cheap_share"] <= r["betting"]["cheap_share"] + 1e-9  # the sharper test on the same scores
@@ -52,7 +52,7 @@ def test_trained_artifact_states_the_guarantee(second_trained, tmp_path: Path) -
     trained, model_dir = second_trained, second_trained.model_dir
     meta = json.loads((model_dir / "metadata.json").read_text())
     g = meta["goal"]
-    assert g["risk"] == 0.05 and g["method"] == METHOD_BETTING and g["certificate"] == "betting"
+    assert g["risk"] == 0.05 and g["method"] == METHOD_EXACT and g["certificate"] == "exact"
     assert g["certified"] is False and g["certified_floor"] == 1.0 and meta["threshold"] > 1.0
     rows = meta["data"]["split_rows"]
     # Every labelled row (the default), or train + validation, unless a class is too rare to cross-fit (then validation).
@@ -80,7 +80,7 @@ def test_get_model_info_states_the_guarantee(second_model_dir: Path) -> None:
     with serve(ServerConfig(model_dir=second_model_dir, port=0)) as running, channel(running) as ch:
         info = router_stub(ch).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
     # The method names the certificate (GetModelInfo has no separate field for it).
-    assert (info.goal, info.goal_value, info.method) == ("quality_floor", pytest.approx(0.95), METHOD_BETTING)
+    assert (info.goal, info.goal_value, info.method) == ("quality_floor", pytest.approx(0.95), METHOD_EXACT)
     assert info.HasField("risk") and info.risk == pytest.approx(0.05)
     assert info.HasField("certified_floor") and info.certified_floor == 1.0 and info.certified is False
     assert info.n_labelled > 0

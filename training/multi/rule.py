@@ -46,6 +46,7 @@ from training.risk import (
     betting_floor_sequence,
     betting_n_needed,
     budget_sequence,
+    effective_certificate,
     floor_sequence,
     last_before_failure,
     n_needed,
@@ -61,7 +62,7 @@ class MultiGoal:
     """quality_floor: at least `value` x the reference model's quality; max_cost_per_request: USD.
 
     `risk`: the allowed chance that the goal fails on new traffic (None: met on validation only).
-    `certificate`: "betting" (default) or "clopper-pearson", as for a pair (training/risk.py).
+    `certificate`: as for a pair (training/risk.py); "exact" (the default) runs the betting test here.
     """
 
     kind: str = "quality_floor"
@@ -357,7 +358,7 @@ def _certify_sequences(
     points: list[_Point] = []
     need: list[int] = []
     rows_of: dict[tuple[str, float], np.ndarray] = {}
-    betting = goal.certificate == "betting"
+    betting = effective_certificate(goal.certificate, kind="n_models") == "betting"
     for seq in seqs:
         picks = (np.stack([sweeps[k].picks[i] for k, i in seq]) if seq
                  else np.zeros((0, n), dtype=np.int64))  # (points, rows)
@@ -411,7 +412,7 @@ def _method(goal: MultiGoal, one: bool = False) -> str:
     if goal.risk is None:
         return EMPIRICAL
     tail = "one-sequence" if one else "bonferroni-over-rules"
-    if goal.certificate == "betting":
+    if effective_certificate(goal.certificate, kind="n_models") == "betting":
         return f"{METHOD_BETTING}-{tail}"
     return (f"{METHOD}-{tail}" if goal.kind == "quality_floor"
             else f"ltt-fixed-sequence-hoeffding-bentkus-{tail}")
