@@ -1,6 +1,6 @@
-"""Does the betting certificate keep the promise, and what does it buy over Clopper-Pearson?
+"""Do the exact and betting certificates keep the promise, and what do they buy over Clopper-Pearson?
 
-Three parts, each comparing the two certificates of training/risk.py on the same draws
+Three parts, each comparing the certificates of training/risk.py on the same draws
 (docs/guarantee.md, "Measured: the certificates side by side"):
 
   synthetic      a large synthetic population with KNOWN truth (500,000 rows; each labelled log is

@@ -43,7 +43,7 @@ from router_model.answer_score import (
     reads_logprobs,
 )
 from router_model.artifact_records import EscalationRecord
-from training.risk import ALL_STRONG, certify_quality_floor, method_for
+from training.risk import ALL_STRONG, certify_quality_floor, effective_certificate, method_for
 from training.threshold import Goal, ThresholdChoice, ThresholdStage, every_row_stage
 
 ESCALATION_MODES = ("auto", "off")
@@ -260,7 +260,8 @@ def choice_of(candidate: Candidate | None, *, goal: Goal, p: np.ndarray, q: np.n
         threshold=float(t), goal=goal, met=candidate is not None, strong_share=1.0 - got["cheap_share"],
         quality_vs_strong=got["quality_vs_strong"], cost_per_request=got["cost_vs_strong"] * always,
         cost_saved_fraction=1.0 - got["cost_vs_strong"], quality=got["quality_vs_strong"] * float(strong_passed.mean()),
-        method=(candidate.method if candidate is not None else method_for(goal.certificate)),
+        method=(candidate.method if candidate is not None
+                else method_for(effective_certificate(goal.certificate, kind="quality_floor", n=len(p)))),
         certified=candidate is not None, bound=None if candidate is None else candidate.bound,
         n_labelled=len(p), rows="oof")
 

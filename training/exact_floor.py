@@ -31,7 +31,7 @@ from functools import lru_cache
 
 import numpy as np
 
-MAX_ROWS = 2500  # above this many labelled rows the exact tables cost more than they add: betting instead
+MAX_ROWS = 2500  # above this many labelled rows betting runs instead: the exact tables grow with the rows
 TAIL = 1e-13  # loss counts less likely than this at a corner point are left out of its sum, their mass added whole
 CUT_STEP = 0.005  # the cut is searched on this grid of the statistic (normal scale)
 
@@ -139,7 +139,7 @@ def _null_law(n: int, *, floor: float) -> _NullLaw:
     from scipy.stats import binom
 
     alpha, beta = _boundary(n, floor=floor)
-    # a window of loss counts per corner wide enough that what lies outside is below TAIL (checked below)
+    # a window of loss counts per corner, +-12 standard deviations; whatever it leaves out is counted in `dropped`
     sd = np.sqrt(n * alpha * (1 - alpha)) + 1.0
     lo = np.maximum(np.floor(n * alpha - 12 * sd), 0).astype(np.int64)
     width = int(min(n + 1, np.ceil(24 * sd.max()) + 2))

@@ -50,9 +50,11 @@ __all__ = [
     "ALL_STRONG",
     "CERTIFICATES",
     "DEFAULT_CERTIFICATE",
+    "EXACT_MAX_ROWS",
     "GRID",
     "METHOD",
     "METHOD_BETTING",
+    "METHOD_EXACT",
     "RiskChoice",
     "betting_budget_bound",
     "betting_budget_log_evalues",
@@ -61,8 +63,6 @@ __all__ = [
     "betting_floor_log_evalues",
     "betting_floor_sequence",
     "betting_log_evalue",
-    "EXACT_MAX_ROWS",
-    "METHOD_EXACT",
     "betting_n_needed",
     "betting_rejects",
     "binomial_lower",
@@ -71,13 +71,13 @@ __all__ = [
     "certify_budget",
     "certify_quality_floor",
     "certificate_of",
+    "effective_certificate",
     "floor_sequence",
     "hb_upper",
     "last_before_failure",
     "method_for",
     "n_needed",
     "quality_lower_bound",
-    "effective_certificate",
 ]
 
 ALL_STRONG = math.nextafter(1.0, 2.0)  # a threshold no probability reaches: every request goes strong
@@ -212,8 +212,8 @@ def budget_sequence(spend: np.ndarray, n: int, cap: float, *, risk: float, binar
     return hb_upper(spend / n / cap, n, risk) * cap, METHOD_BUDGET_HB
 
 
-# ---------------------------------------------------------------- the betting certificate (the default)
-# The test itself is training/betting.py; here: its name in the artifact.
+# ---------------------------------------------------------------- the exact and betting certificates
+# The tests themselves are training/exact_floor.py and training/betting.py; here: their names in the artifact.
 
 CERTIFICATES = ("exact", "betting", "clopper-pearson")
 DEFAULT_CERTIFICATE = "exact"
