@@ -188,15 +188,12 @@ def one_draw(job: tuple[int, int, float, float, tuple[str, ...], str]) -> dict[s
         out["empirical"] = routed(head.p_cheap_ok(d.X[te]), chosen_on(head.p_cheap_ok(X[va]), va, replace(goal, risk=None)))
         stage = threshold_stage(head, X, texts, **outcomes, train_rows=tr, val_rows=va, goal=goal, rows="oof")
         p_test = stage.head.p_cheap_ok(d.X[te])
-        if stage.scores is None or stage.labelled_rows is None:  # too few rows of a class to cross-fit: validation
-            cp = chosen_on(head.p_cheap_ok(X[va]), va, replace(goal, certificate="clopper-pearson"))
-        else:
-            cp = chosen_on(stage.scores, stage.labelled_rows, replace(goal, certificate="clopper-pearson"))
-        out["clopper-pearson"] = routed(p_test, cp)
+        # the stage's own scores, or validation's when too few rows of a class could be cross-fitted
+        scores, at = ((head.p_cheap_ok(X[va]), va) if stage.scores is None or stage.labelled_rows is None
+                      else (stage.scores, stage.labelled_rows))
+        for cert in ("clopper-pearson", "betting"):
+            out[cert] = routed(p_test, chosen_on(scores, at, replace(goal, certificate=cert)))
         out["exact"] = routed(p_test, stage.choice.threshold)
-        if stage.scores is not None and stage.labelled_rows is not None:
-            out["betting"] = routed(p_test, chosen_on(stage.scores, stage.labelled_rows,
-                                                      replace(goal, certificate="betting")))
         if answers is None:
             final = every_row_stage(stage, X, texts, **outcomes, train_rows=tr, val_rows=va, test_rows=lte, goal=goal)
         else:  # route against cascade on train + validation, then again on every row (what router-train ships)

@@ -19,8 +19,9 @@ strong model's pass rate is not a nuisance any more.
 - On a grid of beta, the probability at (alpha(beta_j), beta_{j+1}) bounds it over the whole step
   (a smaller alpha, a larger beta): the maximum over the grid is a proven bound, not a sample.
 - The region is {signed-root likelihood ratio <= c}, made monotone, with the largest c whose bound
-  is at most the risk. The test is conditionally exact for every N, so exact unconditionally;
-  fixed-sequence testing needs nothing more of each test.
+  is at most the risk; in p-value form (`floor_pvalue`), a routing is certified when the bound for
+  the region cut at its own statistic is at most the risk. The test is conditionally exact for
+  every N, so exact unconditionally; fixed-sequence testing needs nothing more of each test.
 """
 
 from __future__ import annotations
@@ -206,7 +207,10 @@ def floor_pvalue(losses: int, gains: int, kept: int, *, floor: float) -> float:
     if n <= 0:
         return 1.0
     cut = float(signed_root(np.array(losses), np.array(gains), n, floor=floor))
-    return _size(_min_gains(n, floor=floor, cut=cut), n, _null_law(n, floor=floor))
+    min_gains = _min_gains(n, floor=floor, cut=cut)
+    if gains < min_gains[losses]:  # cannot happen with a monotone statistic; if it did, no certificate
+        return 1.0
+    return _size(min_gains, n, _null_law(n, floor=floor))
 
 
 def floor_certified(losses: int, gains: int, kept: int, *, floor: float, risk: float) -> bool:
