@@ -168,6 +168,12 @@ def _size(min_gains: np.ndarray, n: int, law: _NullLaw) -> float:
     return float(per_corner.max())
 
 
+def region_at(n: int, *, floor: float, cut: float) -> ExactRegion:
+    """The monotone region {statistic <= cut} of N = n rows and its proven size under the null."""
+    min_gains = _min_gains(n, floor=floor, cut=cut)
+    return ExactRegion(min_gains, _size(min_gains, n, _null_law(n, floor=floor)), cut)
+
+
 def exact_region(n: int, *, floor: float, risk: float) -> ExactRegion:
     """The largest region {statistic <= cut} of N = n rows whose proven size is at most `risk`, the
     cut on a grid of CUT_STEP (bisection in a fixed bracket: the same counts always get the same region).
@@ -175,23 +181,16 @@ def exact_region(n: int, *, floor: float, risk: float) -> ExactRegion:
     none = ExactRegion(np.full(n + 1, n + 1, dtype=np.int64), 0.0, -math.inf)
     if n <= 0:
         return none
-    law = _null_law(n, floor=floor)
-
-    def region(step: int) -> ExactRegion:
-        cut = step * CUT_STEP
-        mg = _min_gains(n, floor=floor, cut=cut)
-        return ExactRegion(mg, _size(mg, n, law), cut)
-
     lo, hi = round(-2.5 / CUT_STEP), round(-1.0 / CUT_STEP)  # steps: lo holds, hi is not known to
-    best = region(lo)
+    best = region_at(n, floor=floor, cut=lo * CUT_STEP)
     while best.size > risk:
         if lo * CUT_STEP < -40:
             return none
         lo -= round(0.5 / CUT_STEP)
-        best = region(lo)
+        best = region_at(n, floor=floor, cut=lo * CUT_STEP)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        r = region(mid)
+        r = region_at(n, floor=floor, cut=mid * CUT_STEP)
         if r.size <= risk:
             lo, best = mid, r
         else:
@@ -206,11 +205,9 @@ def floor_pvalue(losses: int, gains: int, kept: int, *, floor: float) -> float:
     n = losses + gains + kept
     if n <= 0:
         return 1.0
-    cut = float(signed_root(np.array(losses), np.array(gains), n, floor=floor))
-    min_gains = _min_gains(n, floor=floor, cut=cut)
-    if gains < min_gains[losses]:  # cannot happen with a monotone statistic; if it did, no certificate
-        return 1.0
-    return _size(min_gains, n, _null_law(n, floor=floor))
+    region = region_at(n, floor=floor, cut=float(signed_root(np.array(losses), np.array(gains), n, floor=floor)))
+    # a region that missed its own counts cannot happen with a monotone statistic; if it did, no certificate
+    return region.size if region.certifies(losses, gains) else 1.0
 
 
 def floor_certified(losses: int, gains: int, kept: int, *, floor: float, risk: float) -> bool:
